@@ -1,0 +1,51 @@
+# pop-router: `make demo` brings up the default lab, `make test` runs every test.
+# Every target installs what it needs when it is missing (Debian packages, .venv).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+POP   := $(VENV)/bin/pop-router
+LAB   := containerlab/pop-basic.clab.yml
+DEBS  := frr bird2 iproute2 tcpdump nftables
+STAMP := $(VENV)/.installed
+
+.PHONY: demo demo-down test unit integration lint deps debs bench clean
+
+deps: debs $(STAMP)
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: deps
+	$(PY) -m labs.demo $(LAB)
+
+demo-down: deps
+	$(POP) lab down $(LAB)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+unit: deps
+	$(PY) -m pytest -q tests/unit
+
+integration: deps
+	$(PY) -m pytest -q tests/integration
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+bench: deps
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
