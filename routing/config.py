@@ -1,0 +1,313 @@
+"""pop-router configuration: YAML validated by pydantic.
+
+Theory of operation
+-------------------
+The whole configuration is one immutable tree of pydantic models, built once by
+:func:`load_config` and passed down explicitly: there are no module-level option globals. Every
+model forbids unknown keys, because a typo in a routing policy (``max_prefix:`` instead of
+``max_prefixes:``) silently disabling a limit is worse than a refusal to start.
+
+Errors are reported as ``FILE: KEY.PATH: reason`` with the key path written the way an operator
+reads YAML (``customers[0].peers[1].address``), one line per problem, so ``pop-router check``
+can be used in a commit hook and its output pasted into a ticket.
+
+Invariants checked here (not later at run time):
+- every peer's ``address`` and ``local_address`` are of the same family;
+- peer addresses are unique across all customers, customer names are unique;
+- prefix rules are well formed (``len <= ge <= le <= max``);
+- ``fib.protocol`` is not one of the kernel's reserved ids (0-4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip_address(v: Any) -> IPAddress:
+    if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return v
+    try:
+        return ipaddress.ip_address(str(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IPv4 or IPv6 address") from None
+
+
+def _ip_network(v: Any) -> IPNetwork:
+    if isinstance(v, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return v
+    try:
+        return ipaddress.ip_network(str(v), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{v!r} is not a network prefix ({exc})") from None
+
+
+#: Single-message validators: a union of IPv4/IPv6 types would report one error per member.
+IPAddr = Annotated[IPAddress, PlainValidator(_ip_address)]
+IPNet = Annotated[IPNetwork, PlainValidator(_ip_network)]
+
+#: Non-global address space refused from customers unless the operator replaces the list.
+#: Documentation ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) are left out
+#: on purpose: every lab and example uses them. Add them in production (``router.bogons``).
+DEFAULT_BOGONS: tuple[str, ...] = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/8", "100::/64", "2001:2::/48", "2001:10::/28", "fc00::/7", "fe80::/10", "fec0::/10",
+    "ff00::/8", "3ffe::/16", "2002::/16",
+)
+
+_PREFIX_RULE = re.compile(r"^\s*(?P<prefix>\S+)(?:\s+ge\s+(?P<ge>\d+))?(?:\s+le\s+(?P<le>\d+))?\s*$")
+
+
+class ConfigError(Exception):
+    """Raised with a message ready to print: file, key path and reason for each problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrefixRule(_Model):
+    """``PREFIX [ge N] [le M]``: which prefix lengths under PREFIX match (Cisco prefix-list rules).
+
+    Without ``ge``/``le`` only PREFIX itself matches; ``le M`` alone means lengths len..M, ``ge N``
+    alone means N..max.
+    """
+
+    prefix: IPNetwork
+    ge: int
+    le: int
+
+    @classmethod
+    def parse(cls, text: str) -> PrefixRule:
+        m = _PREFIX_RULE.match(text)
+        if not m:
+            raise ValueError(f"expected 'PREFIX [ge N] [le M]', got {text!r}")
+        try:
+            prefix = ipaddress.ip_network(m["prefix"], strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{m['prefix']!r} is not a network prefix ({exc})") from None
+        maxlen = prefix.max_prefixlen
+        ge = int(m["ge"]) if m["ge"] else None
+        le = int(m["le"]) if m["le"] else None
+        lo = ge if ge is not None else prefix.prefixlen
+        hi = le if le is not None else (maxlen if ge is not None else prefix.prefixlen)
+        if not prefix.prefixlen <= lo <= hi <= maxlen:
+            raise ValueError(
+                f"{text!r}: need {prefix.prefixlen} <= ge <= le <= {maxlen}, got ge={lo} le={hi}"
+            )
+        return cls(prefix=prefix, ge=lo, le=hi)
+
+    def matches(self, net: IPNetwork) -> bool:
+        return (
+            net.version == self.prefix.version
+            and self.ge <= net.prefixlen <= self.le
+            and net.subnet_of(self.prefix)  # type: ignore[arg-type]
+        )
+
+    def __str__(self) -> str:
+        s = str(self.prefix)
+        if self.ge != self.prefix.prefixlen:
+            s += f" ge {self.ge}"
+        if self.le != self.prefix.prefixlen or self.ge != self.prefix.prefixlen:
+            s += f" le {self.le}"
+        return s
+
+
+Rule = Annotated[PrefixRule, BeforeValidator(lambda v: PrefixRule.parse(v) if isinstance(v, str) else v)]
+
+
+class RouterConfig(_Model):
+    asn: Annotated[int, Field(ge=1, le=4294967295)]
+    router_id: ipaddress.IPv4Address
+    announce: list[IPNet] = []
+    bogons: list[IPNet] = Field(default_factory=lambda: [ipaddress.ip_network(b) for b in DEFAULT_BOGONS])
+    max_prefix_length_v4: Annotated[int, Field(ge=8, le=32)] = 24
+    max_prefix_length_v6: Annotated[int, Field(ge=16, le=128)] = 48
+    hold_time_s: Annotated[int, Field(ge=3, le=65535)] = 90
+
+
+class ApiConfig(_Model):
+    socket: Path = Path("/run/pop-router/api.sock")
+    #: File holding the bearer token that state-changing API calls need; created (0600) if absent.
+    token_file: Path | None = None
+
+    @property
+    def token_path(self) -> Path:
+        return self.token_file or self.socket.with_name("api.token")
+
+
+class MetricsConfig(_Model):
+    listen: str = "127.0.0.1:9324"
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address") from None
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class FibConfig(_Model):
+    protocol: Annotated[int, Field(ge=5, le=255)] = 200
+    table: Annotated[int, Field(ge=1, le=2**31 - 1)] = 254
+    #: After a (re)start, routes of ours found in the kernel are kept this long while sessions come
+    #: back, then the ones nobody re-announced are removed.
+    stale_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    #: How many FIB operations one netlink batch may hold.
+    batch_size: Annotated[int, Field(ge=1, le=100000)] = 2000
+
+
+class ExabgpConfig(_Model):
+    #: ExaBGP executable; default: the ``exabgp`` installed next to this Python.
+    binary: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+    #: Directory for the generated ExaBGP configuration and its relay socket.
+    run_dir: Path | None = None
+    restart_backoff_min_s: Annotated[float, Field(gt=0)] = 0.5
+    restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    #: Extra ExaBGP environment settings (``exabgp.a.b: value``), applied last.
+    env: dict[str, str] = {}
+
+
+class ImportPolicy(_Model):
+    prefixes: list[Rule]
+    #: Received-prefix limit per session (BIRD's ``receive limit``): counts every prefix the peer
+    #: makes us store, accepted or rejected. Exceeding it tears the session down (cease 1).
+    max_prefixes: Annotated[int, Field(ge=1)] | None = None
+    local_pref: Annotated[int, Field(ge=0, le=2**32 - 1)] = 100
+
+
+class PeerConfig(_Model):
+    address: IPAddr
+    local_address: IPAddr
+    md5_password: str | None = None
+    hold_time_s: Annotated[int, Field(ge=3, le=65535)] | None = None
+    #: GTSM (RFC 5082): send TTL 255 and require it on receive.
+    ttl_security: bool = False
+    passive: bool = False
+
+    @model_validator(mode="after")
+    def _same_family(self) -> PeerConfig:
+        if self.address.version != self.local_address.version:
+            raise ValueError(
+                f"address {self.address} and local_address {self.local_address} are of different families"
+            )
+        if self.md5_password is not None and not self.md5_password.isascii():
+            raise ValueError("md5_password must be ASCII")
+        return self
+
+
+class CustomerConfig(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    asn: Annotated[int, Field(ge=1, le=4294967295)]
+    import_: ImportPolicy = Field(alias="import")
+    peers: Annotated[list[PeerConfig], Field(min_length=1)]
+
+
+class Config(_Model):
+    router: RouterConfig
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    fib: FibConfig = FibConfig()
+    exabgp: ExabgpConfig = ExabgpConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    customers: list[CustomerConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        names: set[str] = set()
+        addrs: dict[IPAddress, str] = {}
+        for i, c in enumerate(self.customers):
+            if c.name in names:
+                raise ValueError(f"customers[{i}].name: duplicate customer name {c.name!r}")
+            names.add(c.name)
+            for j, p in enumerate(c.peers):
+                if p.address in addrs:
+                    where = f"customers[{i}].peers[{j}].address"
+                    raise ValueError(f"{where}: {p.address} is already a peer of {addrs[p.address]}")
+                addrs[p.address] = c.name
+        return self
+
+    def peers(self) -> list[tuple[CustomerConfig, PeerConfig]]:
+        return [(c, p) for c in self.customers for p in c.peers]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = "import" if part == "import_" else str(part)
+            out += f".{name}" if out else name
+    return out
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines: list[str] = []
+        seen: set[str] = set()
+        for err in exc.errors():
+            where = _loc(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            line = f"{source}: {where}: {msg}" if where else f"{source}: {msg}"
+            if line not in seen:
+                seen.add(line)
+                lines.append(line)
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    return parse_config(data, str(path))
