@@ -1,0 +1,95 @@
+"""Value types shared by the routing core: paths, attributes, FIB entries and diffs.
+
+Theory of operation
+-------------------
+Everything here is immutable and hashable. A :class:`Path` is one peer's announcement of one
+prefix after parsing; attribute sets are interned (:func:`intern_attrs`) because a full table
+repeats a few thousand distinct attribute sets across a million prefixes, and sharing them keeps the
+Adj-RIB-In at a few hundred bytes per path.
+
+The table talks to its consumers only through :class:`FibDiff` values ``(prefix, old, new)``
+(BIRD's ``rt_notify(new, old)``): the FIB never scans the RIB.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Origin(IntEnum):
+    IGP = 0
+    EGP = 1
+    INCOMPLETE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    origin: Origin = Origin.IGP
+    as_path: tuple[int, ...] = ()
+    med: int | None = None
+    local_pref: int | None = None
+    communities: tuple[tuple[int, int], ...] = ()
+    large_communities: tuple[tuple[int, int, int], ...] = ()
+    #: MPLS label stack from labeled unicast (RFC 8277), outermost first.
+    labels: tuple[int, ...] = ()
+
+
+_ATTRS: dict[Attributes, Attributes] = {}
+
+
+def intern_attrs(a: Attributes) -> Attributes:
+    """Return the one shared instance equal to ``a`` (the cache is bounded by distinct sets)."""
+    return _ATTRS.setdefault(a, a)
+
+
+_NO_ROUTER_ID = ipaddress.IPv4Address(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What the decision process needs to know about the session a path came from."""
+
+    address: IPAddress
+    customer: str
+    asn: int
+    local_asn: int
+    router_id: ipaddress.IPv4Address = _NO_ROUTER_ID
+
+    @property
+    def ibgp(self) -> bool:
+        return self.asn == self.local_asn
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    prefix: IPNetwork
+    peer: Peer
+    nexthop: IPAddress
+    attrs: Attributes
+    #: LOCAL_PREF after import policy (eBGP paths carry none on the wire).
+    local_pref: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class FibEntry:
+    """What the kernel should hold for a prefix: a set of next hops (ECMP when more than one)."""
+
+    prefix: IPNetwork
+    nexthops: tuple[IPAddress, ...]
+    labels: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class FibDiff:
+    prefix: IPNetwork
+    old: FibEntry | None
+    new: FibEntry | None
+
+
+def afi(prefix: IPNetwork) -> str:
+    return "ipv4" if prefix.version == 4 else "ipv6"

@@ -1,0 +1,143 @@
+"""Import and export policy: pure functions from a path to a path or a rejection.
+
+Theory of operation
+-------------------
+A customer's import policy is a channel filter (BIRD's ``in_filter``): ``apply(path)`` returns the
+path to install (with LOCAL_PREF set) or a :class:`Rejection` naming the rule that refused it. The
+checks run in a fixed order so that the reason an operator sees is the most fundamental one:
+
+1. ``default_route`` — 0.0.0.0/0 and ::/0 are never accepted from a customer;
+2. ``bogon`` — the prefix overlaps martian/bogon space (``router.bogons``);
+3. ``too_specific`` — longer than ``router.max_prefix_length_v4``/``_v6`` (/24, /48);
+4. ``not_in_prefix_list`` — no rule of the customer's ``import.prefixes`` matches (``ge``/``le``);
+5. ``first_as_mismatch`` — AS_PATH does not start with the customer's ASN (RFC 4271 §6.3);
+6. ``own_as_in_path`` — our ASN appears in the AS_PATH (a loop);
+7. ``invalid_nexthop`` — the next hop is not a usable unicast address of the prefix's family.
+
+``max_prefixes`` is a session limit, not a per-path rule: the RIB enforces it
+(:class:`routing.rib.AdjRibIn`) and the daemon tears the session down with Cease subcode 1.
+
+Invariant (tested with hypothesis): a prefix that no rule of the customer's list matches is never
+accepted, whatever its attributes.
+
+Prefix arithmetic uses integers, not :mod:`ipaddress` methods: the policy runs once per received
+prefix, a million times for a full table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from routing.config import CustomerConfig, PrefixRule, RouterConfig
+from routing.model import IPAddress, IPNetwork, Path
+
+
+class RejectReason(StrEnum):
+    DEFAULT_ROUTE = "default_route"
+    BOGON = "bogon"
+    TOO_SPECIFIC = "too_specific"
+    NOT_IN_PREFIX_LIST = "not_in_prefix_list"
+    FIRST_AS_MISMATCH = "first_as_mismatch"
+    OWN_AS_IN_PATH = "own_as_in_path"
+    INVALID_NEXTHOP = "invalid_nexthop"
+    MAX_PREFIXES = "max_prefixes"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: RejectReason
+    detail: str = ""
+
+
+_Key = tuple[int, int, int]  # (version, network as int, prefix length)
+
+
+def _key(net: IPNetwork) -> _Key:
+    return net.version, int(net.network_address), net.prefixlen
+
+
+def _covers(outer: _Key, inner: _Key) -> bool:
+    """True if ``inner`` lies within ``outer`` (same family, longer or equal length)."""
+    v, a, la = outer
+    w, b, lb = inner
+    if v != w or lb < la:
+        return False
+    bits = 32 if v == 4 else 128
+    shift = bits - la
+    return (a >> shift) == (b >> shift)
+
+
+def _overlaps(x: _Key, y: _Key) -> bool:
+    return _covers(x, y) or _covers(y, x)
+
+
+class ImportPolicy:
+    """A customer's import filter (see the module docstring for the rule order)."""
+
+    def __init__(self, router: RouterConfig, customer: CustomerConfig) -> None:
+        self.customer = customer.name
+        self.customer_asn = customer.asn
+        self.local_asn = router.asn
+        self.local_pref = customer.import_.local_pref
+        self.max_len = {4: router.max_prefix_length_v4, 6: router.max_prefix_length_v6}
+        self._bogons = [_key(b) for b in router.bogons]
+        self._rules: list[tuple[_Key, int, int]] = [
+            (_key(r.prefix), r.ge, r.le) for r in customer.import_.prefixes
+        ]
+        self.rules: tuple[PrefixRule, ...] = tuple(customer.import_.prefixes)
+
+    def check_prefix(self, prefix: IPNetwork) -> Rejection | None:
+        k = _key(prefix)
+        if k[2] == 0:
+            return Rejection(RejectReason.DEFAULT_ROUTE)
+        for b in self._bogons:
+            if _overlaps(b, k):
+                return Rejection(RejectReason.BOGON, f"overlaps {_fmt(b)}")
+        if k[2] > self.max_len[k[0]]:
+            return Rejection(RejectReason.TOO_SPECIFIC, f"longer than /{self.max_len[k[0]]}")
+        for rk, ge, le in self._rules:
+            if ge <= k[2] <= le and _covers(rk, k):
+                return None
+        return Rejection(RejectReason.NOT_IN_PREFIX_LIST)
+
+    def apply(self, path: Path) -> Path | Rejection:
+        rej = self.check_prefix(path.prefix)
+        if rej is not None:
+            return rej
+        as_path = path.attrs.as_path
+        if not as_path or as_path[0] != self.customer_asn:
+            first = as_path[0] if as_path else "empty"
+            return Rejection(RejectReason.FIRST_AS_MISMATCH, f"first AS {first}, expected {self.customer_asn}")
+        if self.local_asn in as_path:
+            return Rejection(RejectReason.OWN_AS_IN_PATH, f"AS_PATH contains {self.local_asn}")
+        if not _usable_nexthop(path.nexthop, path.prefix.version):
+            return Rejection(RejectReason.INVALID_NEXTHOP, str(path.nexthop))
+        return replace(path, local_pref=self.local_pref)
+
+
+def _usable_nexthop(nh: IPAddress, version: int) -> bool:
+    if nh.version != version:
+        return False
+    return not (nh.is_unspecified or nh.is_multicast or nh.is_loopback or nh.is_link_local)
+
+
+def _fmt(k: _Key) -> str:
+    v, a, length = k
+    addr = ipaddress.IPv4Address(a) if v == 4 else ipaddress.IPv6Address(a)
+    return f"{addr}/{length}"
+
+
+def export_routes(router: RouterConfig, customer: CustomerConfig, peer_version: int) -> list[IPNetwork]:
+    """What we announce to one customer session: ``router.announce`` of the session's family.
+
+    Announcements carry our ASN (ExaBGP prepends it for eBGP) and next hop self.
+    """
+    return [n for n in router.announce if n.version == peer_version]
+
+
+def prefix_allowed(rules: Iterable[PrefixRule], prefix: IPNetwork) -> bool:
+    """Reference implementation of rule matching with :mod:`ipaddress`, used to test the fast path."""
+    return any(r.matches(prefix) for r in rules)

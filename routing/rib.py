@@ -1,0 +1,192 @@
+"""Adj-RIB-In per peer and the Loc-RIB, producing the FIB diff stream.
+
+Theory of operation
+-------------------
+The RIB is pure state owned by one task (the daemon's RIB owner); nothing here does I/O or reads a
+clock. Every mutating call returns the :class:`FibDiff` values it caused, ``(prefix, old, new)``,
+and the caller hands them to the FIB writers.
+
+- :class:`AdjRibIn` keeps, per peer, every prefix the peer announced: the accepted path (after
+  import policy) or the rejection with its reason (``show routes --rejected``). ``received`` is
+  both together and is what ``max_prefixes`` limits (BIRD's *receive limit*): a hostile peer cannot
+  make us store more than that.
+- Staleness (graceful restart helper, RFC 4724 §4.2 in spirit): when our BGP speaker dies, the
+  peers' paths are kept but marked stale; a path re-announced after the session returns is fresh
+  again; :meth:`Rib.sweep_stale` (on End-of-RIB or a timer) drops those that were not. This is how
+  killing ExaBGP leaves forwarding untouched.
+- :class:`LocRib` holds, per prefix, the accepted paths of all peers and the current
+  :class:`~routing.bestpath.Selection`. A change recomputes that prefix only and emits a diff only
+  when the FIB entry (the next-hop set) changed, so attribute-only churn never reaches the kernel.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from routing.bestpath import Selection, select
+from routing.model import FibDiff, FibEntry, IPAddress, IPNetwork, Path, afi
+from routing.policy import ImportPolicy, Rejection, RejectReason
+
+
+@dataclass(slots=True)
+class AdjRibIn:
+    peer: IPAddress
+    policy: ImportPolicy
+    max_prefixes: int | None = None
+    accepted: dict[IPNetwork, Path] = field(default_factory=dict)
+    rejected: dict[IPNetwork, tuple[Path, Rejection]] = field(default_factory=dict)
+    stale: set[IPNetwork] = field(default_factory=set)
+    #: Rejections since start, by reason (``pop_router_bgp_prefixes_rejected_total``).
+    rejected_total: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def received(self) -> int:
+        return len(self.accepted) + len(self.rejected)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per AFI: (received, accepted)."""
+        out = {"ipv4": [0, 0], "ipv6": [0, 0]}
+        for p in self.accepted:
+            c = out[afi(p)]
+            c[0] += 1
+            c[1] += 1
+        for p in self.rejected:
+            out[afi(p)][0] += 1
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+class LimitExceeded(Exception):
+    """A peer made us store more than its ``max_prefixes``; the session must be torn down."""
+
+    def __init__(self, peer: IPAddress, limit: int) -> None:
+        super().__init__(f"peer {peer} exceeded max_prefixes {limit}")
+        self.peer = peer
+        self.limit = limit
+
+
+class LocRib:
+    def __init__(self) -> None:
+        self._paths: dict[IPNetwork, dict[IPAddress, Path]] = {}
+        self._sel: dict[IPNetwork, Selection] = {}
+
+    def __len__(self) -> int:
+        return len(self._sel)
+
+    def selection(self, prefix: IPNetwork) -> Selection | None:
+        return self._sel.get(prefix)
+
+    def paths(self, prefix: IPNetwork) -> list[Path]:
+        return list(self._paths.get(prefix, {}).values())
+
+    def prefixes(self) -> Iterable[IPNetwork]:
+        return self._sel.keys()
+
+    def fib_entry(self, prefix: IPNetwork) -> FibEntry | None:
+        s = self._sel.get(prefix)
+        return _entry(s) if s else None
+
+    def set_path(self, path: Path) -> FibDiff | None:
+        self._paths.setdefault(path.prefix, {})[path.peer.address] = path
+        return self._recompute(path.prefix)
+
+    def remove_path(self, prefix: IPNetwork, peer: IPAddress) -> FibDiff | None:
+        by_peer = self._paths.get(prefix)
+        if not by_peer or by_peer.pop(peer, None) is None:
+            return None
+        if not by_peer:
+            del self._paths[prefix]
+        return self._recompute(prefix)
+
+    def _recompute(self, prefix: IPNetwork) -> FibDiff | None:
+        old = self._sel.get(prefix)
+        new = select(list(self._paths.get(prefix, {}).values()))
+        if new is None:
+            self._sel.pop(prefix, None)
+        else:
+            self._sel[prefix] = new
+        old_e = _entry(old) if old else None
+        new_e = _entry(new) if new else None
+        if old_e == new_e:
+            return None
+        return FibDiff(prefix, old_e, new_e)
+
+
+def _entry(s: Selection) -> FibEntry:
+    return FibEntry(s.best.prefix, tuple(p.nexthop for p in s.multipath), s.best.attrs.labels)
+
+
+class Rib:
+    """Adj-RIB-Ins of all peers plus the Loc-RIB; the single owner of routing state."""
+
+    def __init__(self) -> None:
+        self.adj: dict[IPAddress, AdjRibIn] = {}
+        self.loc = LocRib()
+
+    def add_peer(self, peer: IPAddress, policy: ImportPolicy, max_prefixes: int | None) -> AdjRibIn:
+        a = self.adj.get(peer)
+        if a is None:
+            a = self.adj[peer] = AdjRibIn(peer, policy, max_prefixes)
+        return a
+
+    def announce(self, peer: IPAddress, paths: Iterable[Path]) -> list[FibDiff]:
+        """Apply announcements; raises :class:`LimitExceeded` *after* storing up to the limit."""
+        a = self.adj[peer]
+        diffs: list[FibDiff] = []
+        for path in paths:
+            prefix = path.prefix
+            a.stale.discard(prefix)
+            is_new = prefix not in a.accepted and prefix not in a.rejected
+            if is_new and a.max_prefixes is not None and a.received >= a.max_prefixes:
+                a.rejected_total[RejectReason.MAX_PREFIXES.value] += 1
+                raise LimitExceeded(peer, a.max_prefixes)
+            res = a.policy.apply(path)
+            if isinstance(res, Rejection):
+                a.rejected_total[res.reason.value] += 1
+                a.rejected[prefix] = (path, res)
+                if a.accepted.pop(prefix, None) is not None:
+                    d = self.loc.remove_path(prefix, peer)
+                    if d:
+                        diffs.append(d)
+                continue
+            a.rejected.pop(prefix, None)
+            a.accepted[prefix] = res
+            d = self.loc.set_path(res)
+            if d:
+                diffs.append(d)
+        return diffs
+
+    def withdraw(self, peer: IPAddress, prefixes: Iterable[IPNetwork]) -> list[FibDiff]:
+        a = self.adj[peer]
+        diffs: list[FibDiff] = []
+        for prefix in prefixes:
+            a.stale.discard(prefix)
+            a.rejected.pop(prefix, None)
+            if a.accepted.pop(prefix, None) is not None:
+                d = self.loc.remove_path(prefix, peer)
+                if d:
+                    diffs.append(d)
+        return diffs
+
+    def peer_down(self, peer: IPAddress) -> list[FibDiff]:
+        """A session went down: BGP sends no withdrawals for that, so flush the peer ourselves."""
+        a = self.adj.get(peer)
+        if a is None:
+            return []
+        prefixes = list(a.accepted) + list(a.rejected)
+        return self.withdraw(peer, prefixes)
+
+    def mark_stale(self, peer: IPAddress) -> int:
+        a = self.adj.get(peer)
+        if a is None:
+            return 0
+        a.stale = set(a.accepted) | set(a.rejected)
+        return len(a.stale)
+
+    def sweep_stale(self, peer: IPAddress) -> list[FibDiff]:
+        a = self.adj.get(peer)
+        if a is None or not a.stale:
+            return []
+        stale, a.stale = a.stale, set()
+        return self.withdraw(peer, stale)

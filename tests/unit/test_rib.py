@@ -1,0 +1,130 @@
+"""Adj-RIB-In, Loc-RIB and the diff stream they produce."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from routing.bestpath import select
+from routing.model import FibEntry
+from routing.rib import LimitExceeded, Rib
+
+from .factories import path, peer, policy
+
+A1 = peer("10.0.1.2", "acme", 64512, "10.255.0.2")
+A2 = peer("10.0.2.2", "acme", 64512, "10.255.0.1")
+G = peer("10.0.3.2", "globex", 4200000001, "10.255.0.9")
+N = ipaddress.ip_network
+
+
+def rib(limit: int | None = None) -> Rib:
+    r = Rib()
+    r.add_peer(A1.address, policy(0), limit)
+    r.add_peer(A2.address, policy(0), limit)
+    r.add_peer(G.address, policy(1), limit)
+    return r
+
+
+def test_announce_then_withdraw() -> None:
+    r = rib()
+    d = r.announce(A1.address, [path(p=A1)])
+    assert [(x.old, x.new) for x in d] == [(None, FibEntry(N("203.0.113.0/24"), (A1.address,)))]
+    d = r.withdraw(A1.address, [N("203.0.113.0/24")])
+    assert [(x.old is not None, x.new) for x in d] == [(True, None)]
+    assert len(r.loc) == 0
+
+
+def test_ecmp_then_one_link_down() -> None:
+    r = rib()
+    r.announce(A1.address, [path(p=A1)])
+    d = r.announce(A2.address, [path(p=A2)])
+    assert d[0].new is not None and set(d[0].new.nexthops) == {A1.address, A2.address}
+    d = r.peer_down(A2.address)
+    assert d[0].new == FibEntry(N("203.0.113.0/24"), (A1.address,))
+
+
+def test_rejected_kept_and_counted_not_installed() -> None:
+    r = rib()
+    d = r.announce(A1.address, [path("10.99.0.0/16", p=A1), path("203.0.113.0/24", p=A1, as_path=(1,))])
+    assert d == []
+    a = r.adj[A1.address]
+    assert set(a.rejected) == {N("10.99.0.0/16"), N("203.0.113.0/24")}
+    assert a.rejected_total == {"bogon": 1, "first_as_mismatch": 1}
+    # A corrected re-announcement replaces the rejection.
+    d = r.announce(A1.address, [path("203.0.113.0/24", p=A1)])
+    assert len(d) == 1 and N("203.0.113.0/24") not in a.rejected
+    # A now-hostile re-announcement removes the accepted path.
+    d = r.announce(A1.address, [path("203.0.113.0/24", p=A1, as_path=(64512, 65000))])
+    assert len(d) == 1 and d[0].new is None
+
+
+def test_attribute_change_without_nexthop_change_emits_nothing() -> None:
+    r = rib()
+    r.announce(A1.address, [path(p=A1)])
+    assert r.announce(A1.address, [path(p=A1, med=50)]) == []
+
+
+def test_max_prefixes_counts_received_and_raises() -> None:
+    r = rib(limit=3)
+    r.announce(A1.address, [path("10.1.0.0/16", p=A1), path("198.51.100.0/24", p=A1)])
+    r.announce(A1.address, [path("198.51.100.0/24", p=A1)])  # a replacement is not a new prefix
+    r.announce(A1.address, [path("198.51.101.0/24", p=A1)])
+    with pytest.raises(LimitExceeded) as e:
+        r.announce(A1.address, [path("198.51.102.0/24", p=A1)])
+    assert e.value.limit == 3
+    assert r.adj[A1.address].rejected_total["max_prefixes"] == 1
+    assert r.adj[A1.address].received == 3
+
+
+def test_stale_sweep_keeps_reannounced() -> None:
+    r = rib()
+    r.announce(A1.address, [path("203.0.113.0/24", p=A1), path("198.51.100.0/24", p=A1)])
+    assert r.mark_stale(A1.address) == 2
+    assert r.announce(A1.address, [path("203.0.113.0/24", p=A1)]) == []  # unchanged: no FIB work
+    d = r.sweep_stale(A1.address)
+    assert [x.prefix for x in d] == [N("198.51.100.0/24")]
+    assert r.loc.fib_entry(N("203.0.113.0/24")) is not None
+    assert r.sweep_stale(A1.address) == []
+
+
+PEERS = [A1, A2, G]
+PREFIXES = ["203.0.113.0/24", "198.51.100.0/24", "198.51.101.0/24", "10.0.0.0/8"]
+ops = st.lists(
+    st.tuples(st.sampled_from(["announce", "withdraw", "down", "stale", "sweep"]),
+              st.sampled_from(PEERS), st.sampled_from(PREFIXES), st.integers(0, 2)),
+    max_size=40,
+)
+
+
+@given(ops)
+def test_diff_stream_rebuilds_loc_rib(seq) -> None:
+    """Applying the emitted diffs to an empty FIB always yields exactly the Loc-RIB's FIB view."""
+    r = rib()
+    fib: dict = {}
+    for op, p, prefix, med in seq:
+        if op == "announce":
+            diffs = r.announce(p.address, [path(prefix, p=p, med=med)])
+        elif op == "withdraw":
+            diffs = r.withdraw(p.address, [N(prefix)])
+        elif op == "down":
+            diffs = r.peer_down(p.address)
+        elif op == "stale":
+            r.mark_stale(p.address)
+            diffs = []
+        else:
+            diffs = r.sweep_stale(p.address)
+        for d in diffs:
+            assert fib.get(d.prefix) == d.old
+            if d.new is None:
+                del fib[d.prefix]
+            else:
+                fib[d.prefix] = d.new
+    expected = {}
+    for prefix in r.loc.prefixes():
+        s = select(r.loc.paths(prefix))
+        assert s is not None
+        expected[prefix] = FibEntry(prefix, tuple(x.nexthop for x in s.multipath))
+    assert fib == expected
