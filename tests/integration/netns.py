@@ -1,0 +1,47 @@
+"""Test helpers: uniquely named network namespaces that are always removed, and polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def unique_prefix(tag: str) -> str:
+    return f"prt{os.getpid() % 1000}{uuid.uuid4().hex[:4]}{tag}"[:12]
+
+
+def sh(*args: str, check: bool = True, ns: str | None = None, timeout: float = 60) -> str:
+    cmd = list(args)
+    if ns:
+        cmd = ["ip", "netns", "exec", ns, *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout
+
+
+def ip_json(ns: str, *args: str) -> Any:
+    out = sh("ip", "-n", ns, "-json", *args)
+    return json.loads(out) if out.strip() else []
+
+
+def wait_for(fn: Callable[[], T], *, timeout: float = 30, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll ``fn`` until it returns a truthy value (FRR topotests' run_and_expect)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as exc:  # the state may not be observable yet
+            last = exc
+        time.sleep(interval)  # poll
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
