@@ -1,0 +1,299 @@
+"""ExaBGP API lines -> typed events, and typed commands -> API lines.
+
+Theory of operation
+-------------------
+:func:`parse_line` is pure: bytes in, one event (or None for lines we ignore) out, and
+:class:`MalformedMessage` for anything that is not what ExaBGP 5.0's JSON encoder (format
+``"exabgp": "5.0.0"``) produces. The caller counts and drops malformed lines; nothing here may
+raise anything else, whatever the input (hypothesis-tested).
+
+Facts about the format this relies on (see ``shared/notes/exabgp.md``):
+
+- ``type: state`` with ``state`` ``connected`` | ``up`` | ``down`` (+ ``reason``). A session going
+  down is *not* followed by withdrawals; the RIB flushes the peer itself.
+- ``type: update`` carries either ``message.update.{attribute,announce,withdraw}`` or
+  ``message.eor``. ``announce`` maps family -> next hop -> list of ``{"nlri": P}`` (or bare strings
+  with ``exabgp.api.compact``). An IPv6 prefix with a global and a link-local next hop is listed
+  under both: link-local next hops are dropped when a global one is present for the same prefix.
+- Labeled unicast arrives as ``"ipv4 nlri-mpls"`` with ``"label": [[100]]``.
+- ``type: open`` (direction receive) carries the peer's BGP identifier, used as a best-path
+  tie-breaker.
+- ``type: notification`` with ``"notification": "shutdown"`` means ExaBGP is exiting.
+- Acks to our commands are bare ``done`` / ``error`` lines.
+
+Commands are built by functions that refuse anything but ASCII, because one non-ASCII byte makes
+ExaBGP kill the API process and drop every unacknowledged command.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import orjson
+
+from routing.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs
+
+
+class MalformedMessage(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    peer: IPAddress
+    local: IPAddress
+    state: str  # connected | up | down
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEvent:
+    peer: IPAddress
+    router_id: ipaddress.IPv4Address
+    asn: int
+    hold_time_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateEvent:
+    peer: IPAddress
+    attrs: Attributes
+    #: (prefix, next hop, labels)
+    announce: tuple[tuple[IPNetwork, IPAddress, tuple[int, ...]], ...]
+    withdraw: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EorEvent:
+    peer: IPAddress
+    afi: str
+    safi: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationEvent:
+    peer: IPAddress | None
+    code: int
+    subcode: int
+    direction: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+Event = Ack | StateEvent | OpenEvent | UpdateEvent | EorEvent | NotificationEvent | Shutdown
+
+_ORIGIN = {"igp": Origin.IGP, "egp": Origin.EGP, "incomplete": Origin.INCOMPLETE}
+_FAMILIES = {"ipv4 unicast", "ipv6 unicast", "ipv4 nlri-mpls", "ipv6 nlri-mpls"}
+
+
+def _addr(v: object) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(v))
+    except ValueError:
+        raise MalformedMessage(f"bad address {v!r}") from None
+
+
+def _net(v: object) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(str(v), strict=False)
+    except ValueError:
+        raise MalformedMessage(f"bad prefix {v!r}") from None
+
+
+def _int(v: object, lo: int = 0, hi: int = 2**32 - 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise MalformedMessage(f"bad integer {v!r}")
+    return v
+
+
+def _as_path(v: object) -> tuple[int, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, list):  # older/compact encoders: a flat list
+        return tuple(_int(x) for x in v)
+    if not isinstance(v, dict):
+        raise MalformedMessage("bad as-path")
+    out: list[int] = []
+    for key in sorted(v, key=lambda k: int(k) if str(k).isdigit() else 0):
+        seg = v[key]
+        if not isinstance(seg, dict) or not isinstance(seg.get("value"), list):
+            raise MalformedMessage("bad as-path segment")
+        values = [_int(x) for x in seg["value"]]
+        if seg.get("element") in ("as-set", "confed-set"):
+            out.append(min(values) if values else 0)  # a set counts as one hop (RFC 4271 §9.1.2.2)
+        elif seg.get("element") in ("as-sequence", "confed-sequence", None):
+            out.extend(values)
+        else:
+            raise MalformedMessage(f"unknown as-path element {seg.get('element')!r}")
+    return tuple(out)
+
+
+def _attributes(a: object) -> Attributes:
+    if a is None:
+        a = {}
+    if not isinstance(a, dict):
+        raise MalformedMessage("bad attribute block")
+    origin = _ORIGIN.get(str(a.get("origin", "igp")).lower())
+    if origin is None:
+        raise MalformedMessage(f"bad origin {a.get('origin')!r}")
+    med = a.get("med")
+    lp = a.get("local-preference")
+    comms = a.get("community") or []
+    large = a.get("large-community") or []
+    try:
+        communities = tuple((_int(c[0], 0, 65535), _int(c[1], 0, 65535)) for c in comms)
+        large_communities = tuple((_int(c[0]), _int(c[1]), _int(c[2])) for c in large)
+    except (TypeError, IndexError, KeyError):
+        raise MalformedMessage("bad community") from None
+    return intern_attrs(Attributes(
+        origin=origin,
+        as_path=_as_path(a.get("as-path")),
+        med=None if med is None else _int(med),
+        local_pref=None if lp is None else _int(lp),
+        communities=communities,
+        large_communities=large_communities,
+    ))
+
+
+def _labels(entry: dict) -> tuple[int, ...]:
+    raw = entry.get("label")
+    if not raw:
+        return ()
+    flat: list[int] = []
+    for x in raw:
+        flat.extend(x if isinstance(x, list) else [x])
+    return tuple(_int(x, 0, 2**20 - 1) for x in flat)
+
+
+def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
+    attrs = _attributes(upd.get("attribute"))
+    announce: list[tuple[IPNetwork, IPAddress, tuple[int, ...]]] = []
+    withdraw: list[IPNetwork] = []
+    for family, by_nh in (upd.get("announce") or {}).items():
+        if family not in _FAMILIES:
+            continue  # families we did not negotiate are ignored, not errors
+        if not isinstance(by_nh, dict):
+            raise MalformedMessage("bad announce block")
+        global_for: set[IPNetwork] = set()
+        link_local: list[tuple[IPNetwork, IPAddress, tuple[int, ...]]] = []
+        for nh_text, entries in by_nh.items():
+            nh = _addr(nh_text)
+            if not isinstance(entries, list):
+                raise MalformedMessage("bad nlri list")
+            for e in entries:
+                if isinstance(e, str):
+                    prefix, labels = _net(e), ()
+                elif isinstance(e, dict):
+                    prefix, labels = _net(e.get("nlri")), _labels(e)
+                else:
+                    raise MalformedMessage("bad nlri entry")
+                if nh.is_link_local:
+                    link_local.append((prefix, nh, labels))
+                else:
+                    global_for.add(prefix)
+                    announce.append((prefix, nh, labels))
+        announce.extend(x for x in link_local if x[0] not in global_for)
+    for family, entries in (upd.get("withdraw") or {}).items():
+        if family not in _FAMILIES:
+            continue
+        if not isinstance(entries, list):
+            raise MalformedMessage("bad withdraw block")
+        for e in entries:
+            withdraw.append(_net(e if isinstance(e, str) else (e.get("nlri") if isinstance(e, dict) else None)))
+    return UpdateEvent(peer, attrs, tuple(announce), tuple(withdraw))
+
+
+def parse_line(line: bytes) -> Event | None:
+    s = line.strip()
+    if not s or s.startswith(b"#"):
+        return None
+    if s == b"done":
+        return Ack(True)
+    if s == b"error":
+        return Ack(False)
+    try:
+        msg = orjson.loads(s)
+    except orjson.JSONDecodeError:
+        raise MalformedMessage(f"not JSON: {s[:80]!r}") from None
+    if not isinstance(msg, dict):
+        raise MalformedMessage("not a JSON object")
+    try:
+        return _event(msg)
+    except MalformedMessage:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise MalformedMessage(f"unexpected structure: {exc!r}") from None
+
+
+def _event(msg: dict) -> Event | None:
+    kind = msg.get("type")
+    if kind == "notification" and msg.get("notification") == "shutdown":
+        return Shutdown()
+    nb = msg.get("neighbor")
+    if not isinstance(nb, dict):
+        if kind in ("state", "update", "open", "notification"):
+            raise MalformedMessage(f"{kind} without neighbor")
+        return None
+    peer = _addr(nb["address"]["peer"])
+    if kind == "state":
+        state = nb.get("state")
+        if state not in ("connected", "up", "down"):
+            raise MalformedMessage(f"unknown state {state!r}")
+        return StateEvent(peer, _addr(nb["address"]["local"]), state, str(nb.get("reason", "")))
+    if kind == "update":
+        m = nb.get("message")
+        if not isinstance(m, dict):
+            raise MalformedMessage("update without message")
+        if "eor" in m:
+            return EorEvent(peer, str(m["eor"]["afi"]), str(m["eor"]["safi"]))
+        upd = m.get("update")
+        if not isinstance(upd, dict):
+            raise MalformedMessage("update without update block")
+        return _update(peer, upd)
+    if kind == "open":
+        if nb.get("direction") != "receive":
+            return None
+        o = nb["open"]
+        rid = ipaddress.ip_address(str(o["router_id"]))
+        if rid.version != 4:
+            raise MalformedMessage("router_id is not IPv4")
+        return OpenEvent(peer, rid, _int(o["asn"]), _int(o.get("hold_time", 0), 0, 65535))
+    if kind == "notification":
+        n = nb["notification"]
+        return NotificationEvent(peer, _int(n["code"], 0, 255), _int(n["subcode"], 0, 255), str(nb.get("direction")))
+    return None
+
+
+# --- commands ------------------------------------------------------------------------------------
+class BadCommand(ValueError):
+    pass
+
+
+def _ascii(cmd: str) -> str:
+    if not cmd.isascii() or "\n" in cmd or "\r" in cmd:
+        raise BadCommand(f"refusing to send a non-ASCII or multi-line command to ExaBGP: {cmd!r}")
+    return cmd
+
+
+def teardown(peer: IPAddress, cease_subcode: int) -> str:
+    """Close the session with NOTIFICATION Cease/subcode (RFC 4486: 1 = max prefixes, 2 = admin down)."""
+    if not 1 <= cease_subcode <= 255:
+        raise BadCommand(f"cease subcode {cease_subcode} out of range")
+    return _ascii(f"neighbor {peer} teardown {cease_subcode}")
+
+
+def route_refresh(peer: IPAddress, afi: str) -> str:
+    return _ascii(f"neighbor {peer} announce route-refresh {afi} unicast")
+
+
+def raw(cmd: str) -> str:
+    return _ascii(cmd)
