@@ -5,7 +5,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
-DEBS  := frr bird2 iproute2 tcpdump nftables
+DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down test unit integration lint deps debs bench clean

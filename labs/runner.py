@@ -1,0 +1,254 @@
+"""Run a containerlab topology on network namespaces: ``pop-router lab up|down|exec|status``.
+
+Theory of operation
+-------------------
+A node is what a container would be, minus the image: a network namespace plus a private mount
+namespace. For each node ``up``:
+
+1. creates the namespace ``<prefix><node>``, brings ``lo`` up, applies ``sysctls`` (and turns IPv6
+   DAD off, so addresses are usable at once, as containerlab's nodes usually are);
+2. creates every link as a veth pair with containerlab's interface names, directly in the two
+   namespaces;
+3. starts a *holder* process: ``nsenter --net`` into the namespace, ``unshare --mount`` with
+   private propagation, then mounts a tmpfs on ``/run`` (so ``/run/frr``, ``/run/bird`` and
+   ``/run/pop-router`` are per node) and bind-mounts the node's ``binds`` over their targets — only
+   inside that mount namespace, so the machine's own ``/etc/frr`` is untouched. The holder then
+   sleeps; every process of the node is started with ``nsenter -t HOLDER -m -n`` and so sees the
+   node's files;
+4. starts the node's role, chosen from its image the way containerlab would run it: FRR
+   (``frrinit.sh start`` with the bound ``daemons``/``frr.conf``), BIRD (``bird -c`` the bound
+   config), pop-router (``pop-router run -c`` the bound ``pop.yaml``), a node ``cmd`` (run as the
+   container command), or a plain host;
+5. runs the node's ``exec`` commands in order; a failing one fails ``up``.
+
+``down`` needs no state: it finds the lab's namespaces by their prefix, stops every process inside
+them by PID (SIGTERM, then SIGKILL after a grace period), and deletes the namespaces. It therefore
+works after a crash, and two labs (different prefixes) never touch each other. Logs and PIDs live
+in ``/run/pop-router-labs/<prefix>``.
+
+Caveat: a bind target that does not exist on this machine is created (an empty file or directory),
+because a bind mount needs a mount point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labs.topology import Node, Topology, TopologyError, load_topology
+
+STATE_ROOT = Path("/run/pop-router-labs")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _run(cmd: list[str], check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if check and p.returncode != 0:
+        raise LabError(f"{shlex.join(cmd)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()}")
+    return p
+
+
+def _venv_path() -> str:
+    return f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+
+
+class Lab:
+    def __init__(self, topo: Topology, prefix: str | None = None) -> None:
+        self.topo = topo
+        self.prefix = prefix if prefix is not None else topo.ns_prefix()
+        self.state = STATE_ROOT / self.prefix.rstrip("-")
+
+    def ns(self, node: str) -> str:
+        return f"{self.prefix}{node}"
+
+    def holder_pid(self, node: str) -> int:
+        f = self.state / f"{node}.holder"
+        if not f.exists():
+            raise LabError(f"node {node!r} of lab {self.topo.name!r} is not running (no {f})")
+        return int(f.read_text())
+
+    def enter(self, node: str) -> list[str]:
+        """Argv prefix that runs a command inside the node (network and mount namespaces)."""
+        return ["nsenter", "-t", str(self.holder_pid(node)), "-m", "-n", "--"]
+
+    def node_env(self, node: Node) -> dict[str, str]:
+        return {**os.environ, "PATH": _venv_path(), **node.env}
+
+    # --- up --------------------------------------------------------------------------------------------
+    def up(self, log: object = print) -> None:
+        existing = self.namespaces()
+        if existing:
+            raise LabError(f"lab already up (namespaces {', '.join(existing)}); run `pop-router lab down` first")
+        self.state.mkdir(parents=True, exist_ok=True)
+        try:
+            for node in self.topo.nodes.values():
+                self._create_ns(node)
+            for link in self.topo.links:
+                self._create_link(link)
+            for node in self.topo.nodes.values():
+                self._start_holder(node)
+            for node in self.topo.nodes.values():
+                self._start_role(node)
+                for cmd in node.exec:
+                    p = _run([*self.enter(node.name), "sh", "-c", cmd], check=False, env=self.node_env(node))
+                    if p.returncode != 0:
+                        raise LabError(f"{node.name}: exec {cmd!r} failed: {(p.stderr or p.stdout).strip()}")
+                log(f"  {node.name:<10} {node.role:<10} ns {self.ns(node.name)}")  # type: ignore[operator]
+        except BaseException:
+            self.down()
+            raise
+
+    def _create_ns(self, node: Node) -> None:
+        ns = self.ns(node.name)
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        sysctls = {
+            "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0",
+            **node.sysctls,
+        }
+        for k, v in sysctls.items():
+            _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{k}={v}"])
+
+    def _create_link(self, link: object) -> None:
+        a, b = link.a, link.b  # type: ignore[attr-defined]
+        _run(["ip", "link", "add", a.interface, "netns", self.ns(a.node), "type", "veth",
+              "peer", "name", b.interface, "netns", self.ns(b.node)])
+        for ep in (a, b):
+            if ep.mac:
+                _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "address", ep.mac])
+            if link.mtu:  # type: ignore[attr-defined]
+                mtu = str(link.mtu)  # type: ignore[attr-defined]
+                _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "mtu", mtu])
+            _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "up"])
+
+    def _start_holder(self, node: Node) -> None:
+        script = ["set -e", "mount -t tmpfs -o mode=755 tmpfs /run"]
+        if node.role == "frr":
+            script += ["mkdir -p /run/frr", "chown frr:frr /run/frr"]
+        for d in ("bird", "pop-router", "exabgp"):
+            script.append(f"mkdir -p /run/{d}")
+        for b in node.binds:
+            # A bind needs a mount point: an empty one is created if missing (on the machine, unless
+            # it is under the node's private /run).
+            t = shlex.quote(b.target)
+            if b.source.is_dir():
+                script.append(f"mkdir -p {t}")
+            else:
+                script.append(f"mkdir -p {shlex.quote(str(Path(b.target).parent))}; [ -e {t} ] || touch {t}")
+            script.append(f"mount --bind {shlex.quote(str(b.source))} {shlex.quote(b.target)}")
+            if b.read_only:
+                script.append(f"mount -o remount,bind,ro {shlex.quote(b.target)}")
+        script += ["echo ready", "exec sleep infinity"]
+        logf = open(self.state / f"{node.name}.holder.log", "w")
+        p = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.ns(node.name)}", "--", "unshare", "--mount", "--propagation",
+             "private", "--", "sh", "-c", "\n".join(script)],
+            stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True, text=True,
+        )
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            p.kill()
+            raise LabError(f"{node.name}: node setup failed: {(self.state / f'{node.name}.holder.log').read_text()}")
+        p.stdout.close()
+        (self.state / f"{node.name}.holder").write_text(str(p.pid))
+
+    def _background(self, node: Node, argv: list[str], tag: str) -> int:
+        logf = open(self.state / f"{node.name}.{tag}.log", "w")
+        p = subprocess.Popen([*self.enter(node.name), *argv], stdout=logf, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, env=self.node_env(node))
+        (self.state / f"{node.name}.{tag}.pid").write_text(str(p.pid))
+        return p.pid
+
+    def _start_role(self, node: Node) -> None:
+        role = node.role
+        if role == "frr":
+            _run([*self.enter(node.name), "/usr/lib/frr/frrinit.sh", "start"], env=self.node_env(node))
+        elif role == "bird":
+            b = node.bind_for(".conf")
+            conf = b.target if b else "/etc/bird/bird.conf"
+            _run([*self.enter(node.name), "bird", "-c", conf, "-s", "/run/bird/bird.ctl", "-P", "/run/bird/bird.pid"])
+        elif role == "pop-router":
+            b = node.bind_for(".yaml", ".yml")
+            conf = b.target if b else "/etc/pop-router/pop.yaml"
+            self._background(node, [sys.executable, "-m", "routing.cli", "run", "-c", conf], "pop-router")
+        elif role == "cmd":
+            self._background(node, ["sh", "-c", str(node.cmd)], "cmd")
+
+    # --- down / status ---------------------------------------------------------------------------------
+    def namespaces(self) -> list[str]:
+        p = _run(["ip", "netns", "list"], check=False)
+        names = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
+        return sorted(n for n in names if n.startswith(self.prefix) and n[len(self.prefix):] in self.topo.nodes)
+
+    def pids(self, ns: str) -> list[int]:
+        p = _run(["ip", "netns", "pids", ns], check=False)
+        return [int(x) for x in p.stdout.split() if x.isdigit()]
+
+    def down(self, grace_s: float = 5.0) -> list[str]:
+        namespaces = self.namespaces()
+        pids = {pid for ns in namespaces for pid in self.pids(ns)}
+        # Holders are in the namespaces too; processes that left the namespace are not ours to end.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 2.0)
+            while time.monotonic() < deadline:
+                pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+                if not pids:
+                    break
+                time.sleep(0.05)  # poll for the processes to exit
+        for ns in namespaces:
+            _run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(self.state, ignore_errors=True)
+        return namespaces
+
+    def exec(self, node: str, argv: list[str]) -> int:
+        if node not in self.topo.nodes:
+            raise LabError(f"no node {node!r} in {self.topo.path}")
+        return subprocess.call([*self.enter(node), *argv], env=self.node_env(self.topo.nodes[node]))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def lab_main(args: argparse.Namespace) -> int:
+    try:
+        lab = Lab(load_topology(args.topology), args.prefix)
+        if args.action == "up":
+            print(f"lab {lab.topo.name}: starting {len(lab.topo.nodes)} nodes, {len(lab.topo.links)} links")
+            lab.up()
+            print(f"lab {lab.topo.name} is up; logs in {lab.state}")
+            return 0
+        if args.action == "down":
+            gone = lab.down()
+            print(f"lab {lab.topo.name}: removed {len(gone)} namespaces")
+            return 0
+        if args.action == "status":
+            for ns in lab.namespaces():
+                print(f"{ns}: {len(lab.pids(ns))} processes")
+            return 0
+        if not args.node or not args.command:
+            print("usage: pop-router lab exec TOPOLOGY NODE COMMAND...", file=sys.stderr)
+            return 2
+        return lab.exec(args.node, args.command)
+    except (TopologyError, LabError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,224 @@
+"""The ``pop-router`` command: run the daemon, check a config, show state, run labs.
+
+The CLI is a thin client of the API's Unix socket (``show``, ``reset``) so it shows exactly what the
+daemon holds; ``--json`` prints the API's document unchanged (tests compare against it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from routing.config import ConfigError, load_config
+
+DEFAULT_SOCKET = Path("/run/pop-router/api.sock")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def api_call(sock: Path, method: str, path: str, token: str | None = None) -> tuple[int, Any]:
+    conn = _UnixHTTPConnection(str(sock))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, orjson.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def _socket_from(args: argparse.Namespace) -> Path:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    if getattr(args, "config", None):
+        return load_config(args.config).api.socket
+    return DEFAULT_SOCKET
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*r)
+    Console(width=200).print(t)
+
+
+def render(kind: str, data: Any, args: argparse.Namespace) -> None:
+    if kind == "peers":
+        _table("BGP peers", ["peer", "customer", "asn", "state", "for", "router-id", "rcvd", "accepted",
+                             "rejected", "limit", "last down reason"],
+               [[p["peer"], p["customer"], str(p["asn"]), p["state"], f"{p['since_s']:.0f}s", p["router_id"],
+                 str(p["received"]), str(p["accepted"]), str(p["rejected"]), str(p["max_prefixes"] or "-"),
+                 p["last_down_reason"]] for p in data])
+    elif kind == "routes" and args.rejected:
+        _table("Rejected announcements", ["prefix", "peer", "customer", "as-path", "reason", "detail"],
+               [[r["prefix"], r["peer"], r["customer"], " ".join(map(str, r["as_path"])), r["reason"],
+                 r["detail"]] for r in data])
+    elif kind == "routes":
+        _table("Loc-RIB", ["", "prefix", "next hop", "peer", "customer", "as-path", "lp", "med", "best-path reason"],
+               [[("*>" if r["best"] else ("*=" if r["multipath"] else " *")), r["prefix"], r["nexthop"], r["peer"],
+                 r["customer"], " ".join(map(str, r["as_path"])), str(r["local_pref"]),
+                 "" if r["med"] is None else str(r["med"]), r["reason"]] for r in data])
+    elif kind == "fib" and args.failed:
+        _table("Routes the kernel refused (retried)", ["prefix", "op", "next hops", "error", "attempts"],
+               [[r["prefix"], r["op"], ", ".join(r["nexthops"]), r["error"], str(r["attempts"])] for r in data])
+    elif kind == "fib":
+        _table("Kernel FIB (routes of ours)", ["prefix", "next hops", "stale"],
+               [[r["prefix"], ", ".join(r["nexthops"]), "stale" if r["stale"] else ""] for r in data])
+    else:
+        _table("pop-router", ["key", "value"], [[k, str(v)] for k, v in data.items()])
+
+
+# --- commands ----------------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        c = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(c.customers)} customers, {len(c.peers())} peers)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=getattr(logging, config.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but the daemon runs without it
+        pass
+    from routing.daemon import Daemon
+
+    async def main() -> None:
+        d = Daemon(config)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await d.run()
+        except asyncio.CancelledError:
+            logging.getLogger("routing").info("stopping (kernel routes are kept for the next start)")
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status"}[args.what]
+    if args.what == "routes" and args.rejected:
+        path += "?rejected=1"
+    if args.what == "fib" and args.failed:
+        path += "?failed=1"
+    try:
+        status, data = api_call(_socket_from(args), "GET", path)
+    except (OSError, ConfigError) as exc:
+        print(f"cannot reach the daemon's API: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"API error {status}: {data}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        render(args.what, data, args)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    sock = _socket_from(args)
+    token_file = Path(args.token_file) if args.token_file else None
+    if token_file is None:
+        token_file = load_config(args.config).api.token_path if args.config else sock.with_name("api.token")
+    try:
+        token = token_file.read_text().strip()
+        status, data = api_call(sock, "POST", f"/peers/{args.peer}/reset", token)
+    except OSError as exc:
+        print(f"cannot reset: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(data).decode())
+    return 0 if status == 200 else 1
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from labs.runner import lab_main
+
+    return lab_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pop-router", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the daemon in the foreground")
+    r.add_argument("-c", "--config", required=True)
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("check", help="validate a configuration file")
+    c.add_argument("-c", "--config", required=True)
+    c.set_defaults(func=cmd_check)
+    s = sub.add_parser("show", help="show daemon state")
+    s.add_argument("what", choices=["peers", "routes", "fib", "status"])
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--rejected", action="store_true", help="routes: rejected announcements with their reason")
+    s.add_argument("--failed", action="store_true", help="fib: routes the kernel refused")
+    s.add_argument("-c", "--config", help="read the API socket path from this config")
+    s.add_argument("--socket", help=f"API socket (default {DEFAULT_SOCKET})")
+    s.set_defaults(func=cmd_show)
+    x = sub.add_parser("reset", help="tear down a BGP session (needs the API token)")
+    x.add_argument("peer")
+    x.add_argument("-c", "--config")
+    x.add_argument("--socket")
+    x.add_argument("--token-file")
+    x.set_defaults(func=cmd_reset)
+    lab = sub.add_parser("lab", help="run a containerlab topology on network namespaces")
+    lab.add_argument("action", choices=["up", "down", "exec", "status"])
+    lab.add_argument("topology")
+    lab.add_argument("node", nargs="?", help="exec: the node")
+    lab.add_argument("command", nargs=argparse.REMAINDER, help="exec: the command")
+    lab.add_argument("--prefix", help="namespace name prefix (default: clab-<lab name>-)")
+    lab.set_defaults(func=cmd_lab)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""The pop-router daemon: one asyncio loop owning the RIB, the FIB writer, the API and metrics.
+
+Theory of operation
+-------------------
+One owner, requests by message (GoBGP's ``mgmtOperation``): ExaBGP events arrive on
+``self.events``; only :meth:`Daemon._rib_owner` mutates the RIB, and it hands every FIB diff to the
+kernel writer. The API reads state between events (asyncio is single-threaded, so a read never sees
+a half-applied update) and asks for changes (teardown) through the speaker's command channel.
+
+Peer lifecycle as the daemon sees it::
+
+    idle --connected--> connect --up--> established --down--> idle (routes flushed at once)
+                                            |
+                                 speaker died: routes kept, marked stale; swept after the peer's
+                                 End-of-RIB or ``fib.stale_timeout_s``
+
+Startup: the kernel writer adopts routes of our protocol left by a previous run (nothing is
+removed), and sweeps what was not re-announced once every peer has sent End-of-RIB or the stale
+timer fires. So neither a daemon restart nor an ExaBGP restart interrupts forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fib.kernel import KernelFib
+from routing.config import Config, CustomerConfig, PeerConfig
+from routing.exabgp import messages as msg
+from routing.exabgp.speaker import ChildExited, ExabgpSpeaker, RelayConnected
+from routing.metrics import Metrics
+from routing.model import FibDiff, IPAddress, Peer, afi
+from routing.model import Path as RoutePath
+from routing.policy import ImportPolicy
+from routing.rib import LimitExceeded, Rib
+
+log = logging.getLogger(__name__)
+
+CEASE_MAX_PREFIXES = 1
+CEASE_ADMIN_RESET = 4
+
+
+@dataclass(slots=True)
+class PeerState:
+    customer: CustomerConfig
+    config: PeerConfig
+    peer: Peer
+    state: str = "idle"
+    since: float = field(default_factory=time.monotonic)
+    established_count: int = 0
+    last_down_reason: str = ""
+    eor: set[str] = field(default_factory=set)
+    updates: int = 0
+
+    @property
+    def family(self) -> str:
+        return "ipv4" if self.config.address.version == 4 else "ipv6"
+
+
+class Daemon:
+    def __init__(
+        self, config: Config, *, netns: str | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.rib = Rib()
+        self.fib = KernelFib(
+            protocol=config.fib.protocol, table=config.fib.table, metric=config.fib.metric,
+            batch_size=config.fib.batch_size, metrics=self.metrics, netns=netns,
+        )
+        run_dir = config.exabgp.run_dir or config.api.socket.parent
+        self.speaker = ExabgpSpeaker(config, Path(run_dir), self.events, self.metrics)
+        self.peers: dict[IPAddress, PeerState] = {}
+        for customer, pc in config.peers():
+            policy = ImportPolicy(config.router, customer)
+            self.rib.add_peer(pc.address, policy, customer.import_.max_prefixes)
+            peer = Peer(pc.address, customer.name, customer.asn, config.router.asn)
+            self.peers[pc.address] = PeerState(customer, pc, peer)
+            self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
+        self.unknown_peer_events = 0
+        self.started = clock()
+        self.adopted = 0
+        self.token = ""
+        self._stale_task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def load_token(self) -> str:
+        path = self.config.api.token_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            tok = path.read_text().strip()
+            if tok:
+                return tok
+        tok = secrets.token_hex(24)
+        fd = path.open("w")
+        path.chmod(0o600)
+        fd.write(tok + "\n")
+        fd.close()
+        return tok
+
+    async def run(self) -> None:
+        from routing.api import serve_api, serve_metrics  # aiohttp import kept off the unit-test path
+
+        self.token = self.load_token()
+        self.adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
+        if self.adopted:
+            log.info("adopted %d routes of protocol %d from the kernel; they stay until swept",
+                     self.adopted, self.config.fib.protocol)
+            self._stale_task = asyncio.create_task(self._startup_sweep())
+        await self.speaker.start_server()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.fib.run(), name="fib")
+            tg.create_task(self._rib_owner(), name="rib")
+            tg.create_task(serve_api(self), name="api")
+            tg.create_task(serve_metrics(self), name="metrics")
+            tg.create_task(self.speaker.supervise(), name="exabgp")
+            self._ready.set()
+
+    async def _startup_sweep(self) -> None:
+        deadline = self.clock() + self.config.fib.stale_timeout_s
+        while self.clock() < deadline:
+            if self.peers and all(p.family in p.eor for p in self.peers.values()):
+                break
+            await asyncio.sleep(0.5)  # poll: EOR arrival is rare, a timer is simpler than a condition
+        n = self.fib.sweep_stale()
+        log.info("startup sweep: removed %d stale kernel routes", n)
+
+    # --- the RIB owner -----------------------------------------------------------------------------
+    def _to_fib(self, diffs: list[FibDiff]) -> None:
+        for d in diffs:
+            self.fib.submit(d.prefix, d.new)
+
+    async def _rib_owner(self) -> None:
+        handled = 0
+        while True:
+            ev = await self.events.get()
+            try:
+                await self.handle(ev)
+            except Exception:  # one bad event must never stop routing
+                log.exception("error handling %r", ev)
+            handled += 1
+            if handled % 64 == 0:
+                await asyncio.sleep(0)  # let the API and the writer run during a full-table ingest
+
+    async def handle(self, ev: object) -> None:
+        if isinstance(ev, ChildExited):
+            self._speaker_died()
+            return
+        if isinstance(ev, RelayConnected | msg.Shutdown):
+            return
+        peer_addr = getattr(ev, "peer", None)
+        ps = self.peers.get(peer_addr) if peer_addr is not None else None
+        if ps is None:
+            self.unknown_peer_events += 1
+            log.warning("event for unconfigured peer %s dropped", peer_addr)
+            return
+        if isinstance(ev, msg.UpdateEvent):
+            await self._update(ps, ev)
+        elif isinstance(ev, msg.StateEvent):
+            self._state(ps, ev)
+        elif isinstance(ev, msg.OpenEvent):
+            ps.peer = Peer(ps.peer.address, ps.peer.customer, ps.peer.asn, ps.peer.local_asn, ev.router_id)
+        elif isinstance(ev, msg.EorEvent):
+            ps.eor.add(ev.afi)
+            self._to_fib(self.rib.sweep_stale(ps.config.address))
+        elif isinstance(ev, msg.NotificationEvent):
+            ps.last_down_reason = f"notification {ev.direction} ({ev.code},{ev.subcode})"
+
+    def _state(self, ps: PeerState, ev: msg.StateEvent) -> None:
+        addr = str(ps.config.address)
+        self.metrics.bgp_session_transitions.labels(addr, ev.state).inc()
+        if ev.state == "up":
+            ps.state, ps.since = "established", self.clock()
+            ps.established_count += 1
+            ps.eor.clear()
+            self.metrics.bgp_session_up.labels(addr, ps.customer.name).set(1)
+            log.info("peer %s (%s) established", addr, ps.customer.name)
+        elif ev.state == "down":
+            was_up = ps.state == "established"
+            ps.state, ps.since = "idle", self.clock()
+            ps.last_down_reason = ev.reason or ps.last_down_reason
+            self.metrics.bgp_session_up.labels(addr, ps.customer.name).set(0)
+            diffs = self.rib.peer_down(ps.config.address)
+            self._to_fib(diffs)
+            if was_up:
+                log.warning("peer %s (%s) down: %s; %d FIB changes", addr, ps.customer.name, ev.reason, len(diffs))
+        elif ev.state == "connected" and ps.state != "established":
+            ps.state = "connect"
+
+    def _speaker_died(self) -> None:
+        kept = 0
+        for ps in self.peers.values():
+            if ps.state == "established":
+                ps.last_down_reason = "BGP speaker restarting"
+            ps.state, ps.since = "idle", self.clock()
+            ps.eor.clear()
+            self.metrics.bgp_session_up.labels(str(ps.config.address), ps.customer.name).set(0)
+            kept += self.rib.mark_stale(ps.config.address)
+        log.warning("BGP speaker died: keeping %d paths as stale for up to %.0fs",
+                    kept, self.config.fib.stale_timeout_s)
+        if self._stale_task is None or self._stale_task.done():
+            self._stale_task = asyncio.create_task(self._stale_timer())
+
+    async def _stale_timer(self) -> None:
+        await asyncio.sleep(self.config.fib.stale_timeout_s)
+        for addr in self.peers:
+            self._to_fib(self.rib.sweep_stale(addr))
+        self.fib.sweep_stale()
+
+    async def _update(self, ps: PeerState, ev: msg.UpdateEvent) -> None:
+        ps.updates += 1
+        addr = ps.config.address
+        self.metrics.bgp_updates.labels(str(addr)).inc()
+        before = dict(self.rib.adj[addr].rejected_total)
+        diffs: list[FibDiff] = []
+        if ev.withdraw:
+            diffs += self.rib.withdraw(addr, ev.withdraw)
+        if ev.announce:
+            peer, attrs = ps.peer, ev.attrs
+            paths = [RoutePath(p, peer, nh, attrs if not labels else _with_labels(attrs, labels))
+                     for p, nh, labels in ev.announce]
+            try:
+                diffs += self.rib.announce(addr, paths)
+            except LimitExceeded as exc:
+                self._count_rejections(ps, before)
+                await self._max_prefixes(ps, exc)
+                return
+        self._count_rejections(ps, before)
+        self._to_fib(diffs)
+
+    def _count_rejections(self, ps: PeerState, before: dict[str, int]) -> None:
+        after = self.rib.adj[ps.config.address].rejected_total
+        for reason, n in after.items():
+            delta = n - before.get(reason, 0)
+            if delta:
+                self.metrics.bgp_prefixes_rejected.labels(str(ps.config.address), reason).inc(delta)
+
+    async def _max_prefixes(self, ps: PeerState, exc: LimitExceeded) -> None:
+        addr = ps.config.address
+        log.error("peer %s (%s) sent more than max_prefixes %d: tearing the session down (cease 1)",
+                  addr, ps.customer.name, exc.limit)
+        ps.last_down_reason = f"max_prefixes {exc.limit} exceeded"
+        self.metrics.bgp_teardowns.labels(str(addr), "max_prefixes").inc()
+        self._to_fib(self.rib.peer_down(addr))
+        await self.speaker.command(msg.teardown(addr, CEASE_MAX_PREFIXES))
+
+    async def teardown(self, addr: IPAddress) -> bool:
+        """Operator reset of one session (API ``POST /peers/{addr}/reset``)."""
+        if addr not in self.peers:
+            raise KeyError(str(addr))
+        self.metrics.bgp_teardowns.labels(str(addr), "admin").inc()
+        return await self.speaker.command(msg.teardown(addr, CEASE_ADMIN_RESET))
+
+    # --- views for the API and metrics -------------------------------------------------------------
+    def refresh_gauges(self) -> None:
+        for addr, a in self.rib.adj.items():
+            for fam, (received, accepted) in a.counts().items():
+                self.metrics.bgp_prefixes_received.labels(str(addr), fam).set(received)
+                self.metrics.bgp_prefixes_accepted.labels(str(addr), fam).set(accepted)
+
+    def peers_view(self) -> list[dict]:
+        now = self.clock()
+        out = []
+        for addr, ps in self.peers.items():
+            a = self.rib.adj[addr]
+            counts = a.counts()
+            out.append({
+                "peer": str(addr),
+                "customer": ps.customer.name,
+                "asn": ps.customer.asn,
+                "local_address": str(ps.config.local_address),
+                "state": ps.state,
+                "since_s": round(now - ps.since, 1),
+                "router_id": str(ps.peer.router_id),
+                "received": sum(c[0] for c in counts.values()),
+                "accepted": sum(c[1] for c in counts.values()),
+                "rejected": len(a.rejected),
+                "stale": len(a.stale),
+                "max_prefixes": a.max_prefixes,
+                "established_count": ps.established_count,
+                "last_down_reason": ps.last_down_reason,
+                "eor": sorted(ps.eor),
+            })
+        return out
+
+    def routes_view(self, rejected: bool = False) -> list[dict]:
+        if rejected:
+            out = []
+            for addr, a in self.rib.adj.items():
+                for prefix, (path, rej) in a.rejected.items():
+                    out.append({
+                        "prefix": str(prefix), "peer": str(addr), "customer": path.peer.customer,
+                        "nexthop": str(path.nexthop), "as_path": list(path.attrs.as_path),
+                        "reason": rej.reason.value, "detail": rej.detail,
+                    })
+            return sorted(out, key=lambda r: (r["peer"], r["prefix"]))
+        out = []
+        for prefix in self.rib.loc.prefixes():
+            sel = self.rib.loc.selection(prefix)
+            if sel is None:
+                continue
+            for p in sorted(self.rib.loc.paths(prefix), key=lambda p: (p is not sel.best, str(p.peer.address))):
+                best = p is sel.best
+                out.append({
+                    "prefix": str(prefix), "afi": afi(prefix), "peer": str(p.peer.address),
+                    "customer": p.peer.customer, "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path),
+                    "origin": p.attrs.origin.name.lower(), "med": p.attrs.med, "local_pref": p.local_pref,
+                    "best": best, "multipath": p in sel.multipath,
+                    "reason": sel.reason.value if best else "",
+                })
+        return sorted(out, key=lambda r: (r["afi"], r["prefix"], not r["best"]))
+
+    def fib_view(self, failed: bool = False) -> list[dict]:
+        if failed:
+            import errno
+
+            return [
+                {"prefix": str(p), "nexthops": [str(n) for n in (f.entry.nexthops if f.entry else ())],
+                 "op": "install" if f.entry else "delete", "error": errno.errorcode.get(f.errno, str(f.errno)),
+                 "attempts": f.attempts}
+                for p, f in sorted(self.fib.failed.items(), key=lambda x: str(x[0]))
+            ]
+        return [
+            {"prefix": str(p), "afi": afi(p), "nexthops": [str(n) for n in nhs], "stale": p in self.fib.stale}
+            for p, nhs in sorted(self.fib.installed.items(), key=lambda x: (x[0].version, x[0]))
+        ]
+
+    def status_view(self) -> dict:
+        return {
+            "router_id": str(self.config.router.router_id),
+            "asn": self.config.router.asn,
+            "uptime_s": round(self.clock() - self.started, 1),
+            "exabgp_pid": self.speaker.proc.pid if self.speaker.proc else None,
+            "exabgp_restarts": self.speaker.restarts,
+            "malformed_messages": self.speaker.malformed,
+            "adopted_routes": self.adopted,
+            "fib_routes": len(self.fib.installed),
+            "fib_pending": len(self.fib._pending),
+            "fib_failed": len(self.fib.failed),
+            "loc_rib_prefixes": len(self.rib.loc),
+            "unknown_peer_events": self.unknown_peer_events,
+        }
+
+    async def stop(self) -> None:
+        await self.speaker.stop()
+        with contextlib.suppress(Exception):
+            self.fib.close()
+
+
+def _with_labels(attrs, labels):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from routing.model import intern_attrs
+
+    return intern_attrs(replace(attrs, labels=labels))
