@@ -183,7 +183,7 @@ class Lab:
             conf = b.target if b else "/etc/pop-router/pop.yaml"
             self._background(node, [sys.executable, "-m", "routing.cli", "run", "-c", conf], "pop-router")
         elif role == "cmd":
-            self._background(node, ["sh", "-c", str(node.cmd)], "cmd")
+            self._background(node, ["sh", "-c", f"exec {node.cmd}"], "cmd")
 
     # --- down / status ---------------------------------------------------------------------------------
     def namespaces(self) -> list[str]:

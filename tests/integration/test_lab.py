@@ -1,0 +1,231 @@
+"""End to end on the default lab: real FRR, BIRD and ExaBGP peers in namespaces.
+
+One lab per module (bringing it up takes a few seconds); tests that disturb it restore what they
+changed and poll for the expected state with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labs.runner import Lab
+from labs.topology import load_topology
+
+from .lab import kernel_routes, metric_value, metrics, peers, run_in, show
+from .netns import unique_prefix, wait_for
+
+ROOT = Path(__file__).parents[2]
+TOPOLOGY = ROOT / "containerlab" / "pop-basic.clab.yml"
+ALL_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2", "10.0.3.2", "2001:db8:3::2",
+             "10.0.4.2", "2001:db8:4::2"}
+ACCEPTED_V4 = {"198.51.100.0/24": ["10.0.1.2", "10.0.2.2"], "203.0.113.0/24": ["10.0.3.2"]}
+ACCEPTED_V6 = {"2001:db8:100::/48": ["2001:db8:1::2", "2001:db8:2::2"], "2001:db8:200::/48": ["2001:db8:3::2"],
+               "2001:db8:301::/48": ["2001:db8:4::2"]}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab = Lab(load_topology(TOPOLOGY), unique_prefix("lab") + "-")
+    try:
+        lab.up(log=lambda *_: None)
+        yield lab
+    finally:
+        lab.down()
+
+
+def established(lab: Lab) -> set[str]:
+    return {a for a, p in peers(lab).items() if p["state"] == "established"}
+
+
+@pytest.fixture(scope="module")
+def converged(lab: Lab) -> Lab:
+    wait_for(lambda: established(lab) == ALL_PEERS, timeout=60, what="all sessions Established")
+    wait_for(lambda: kernel_routes(lab) == ACCEPTED_V4 and kernel_routes(lab, "-6") == ACCEPTED_V6,
+             timeout=30, what="accepted routes in the kernel")
+    return lab
+
+
+def test_sessions_established_with_frr_bird_and_exabgp(converged: Lab) -> None:
+    ps = peers(converged)
+    assert {ps[a]["customer"] for a in ALL_PEERS} == {"acme", "globex", "mallory"}
+    assert ps["10.0.1.2"]["router_id"] == "10.255.0.1"  # FRR's BGP identifier, from its OPEN
+    assert ps["10.0.3.2"]["asn"] == 4200000001  # BIRD with a 4-byte ASN
+    m = metrics(converged)
+    assert all(metric_value(m, "pop_router_bgp_session_up", peer=a) == 1.0 for a in ALL_PEERS)
+
+
+def test_accepted_routes_in_kernel_with_our_protocol_and_ecmp(converged: Lab) -> None:
+    assert kernel_routes(converged) == ACCEPTED_V4
+    assert kernel_routes(converged, "-6") == ACCEPTED_V6
+    fib = {r["prefix"]: r["nexthops"] for r in show(converged, "fib")}
+    assert sorted(fib["198.51.100.0/24"]) == ["10.0.1.2", "10.0.2.2"]
+    routes = show(converged, "routes")
+    best = [r for r in routes if r["prefix"] == "198.51.100.0/24" and r["best"]]
+    assert len(best) == 1 and best[0]["reason"] in ("router_id", "peer_address")
+    assert all(r["multipath"] for r in routes if r["prefix"] == "198.51.100.0/24")
+    m = metrics(converged)
+    assert metric_value(m, "pop_router_fib_routes", afi="ipv4") == 2.0
+    assert metric_value(m, "pop_router_fib_routes", afi="ipv6") == 3.0
+    assert metric_value(m, "pop_router_bgp_prefixes_accepted", peer="10.0.3.2", afi="ipv4") == 1.0
+
+
+@pytest.mark.parametrize(("dst", "family"), [("203.0.113.10", "-4"), ("2001:db8:200::10", "-6")])
+def test_ping_between_hosts_crosses_the_pop(converged: Lab, dst: str, family: str) -> None:
+    p = run_in(converged, "host1", "ping", family, "-c", "3", "-i", "0.2", "-W", "2", dst)
+    assert " 0% packet loss" in p.stdout
+    # host1 -> acme -> pop -> globex -> host2: three routers decrement the TTL.
+    assert ("ttl=61" in p.stdout) or ("hlim=61" in p.stdout)
+    out = run_in(converged, "pop", "ip", family, "route", "get", dst).stdout
+    assert "proto 200" in out or "via" in out
+
+
+HOSTILE = {
+    ("0.0.0.0/0", "10.0.4.2"): "default_route",
+    ("10.99.0.0/16", "10.0.4.2"): "bogon",
+    ("198.51.100.7/32", "10.0.4.2"): "too_specific",
+    ("203.0.113.0/24", "10.0.4.2"): "not_in_prefix_list",
+    ("198.51.100.0/24", "10.0.4.2"): "own_as_in_path",
+    ("2001:db8:300::/48", "2001:db8:4::2"): "first_as_mismatch",
+}
+
+
+def test_hostile_announcements_rejected_counted_and_kept_out_of_kernel(converged: Lab) -> None:
+    rejected = {(r["prefix"], r["peer"]): r["reason"] for r in show(converged, "routes", "--rejected")}
+    for key, reason in HOSTILE.items():
+        assert rejected.get(key) == reason, (key, rejected)
+    m = metrics(converged)
+    for (_, peer), reason in HOSTILE.items():
+        assert (metric_value(m, "pop_router_bgp_prefixes_rejected_total", peer=peer, reason=reason) or 0) >= 1
+    v4 = kernel_routes(converged)
+    # None of mallory's IPv4 announcements made it: the hijacked prefixes still point at their owners.
+    assert "0.0.0.0/0" not in v4 and "default" not in v4 and "10.99.0.0/16" not in v4
+    assert "198.51.100.7" not in v4 and "198.51.100.7/32" not in v4
+    assert v4["203.0.113.0/24"] == ["10.0.3.2"] and v4["198.51.100.0/24"] == ["10.0.1.2", "10.0.2.2"]
+    assert "2001:db8:300::/48" not in kernel_routes(converged, "-6")
+    # Nothing outside our protocol id is ours: the kernel's connected routes are untouched.
+    assert len(kernel_routes(converged, "-4", "kernel")) == 4
+
+
+def test_withdrawal_at_frr_removes_kernel_route(converged: Lab) -> None:
+    def vtysh(cmd: str) -> None:
+        run_in(converged, "acme", "vtysh", "-c", "conf t", "-c", "router bgp 64512",
+               "-c", "address-family ipv4 unicast", "-c", cmd)
+
+    vtysh("no network 198.51.100.0/24")
+    try:
+        wait_for(lambda: "198.51.100.0/24" not in kernel_routes(converged), timeout=20, what="route withdrawn")
+        assert established(converged) == ALL_PEERS  # a withdrawal, not a session loss
+    finally:
+        vtysh("network 198.51.100.0/24")
+    wait_for(lambda: kernel_routes(converged) == ACCEPTED_V4, timeout=20, what="route re-announced")
+
+
+def test_session_loss_flushes_routes_without_withdrawals(converged: Lab) -> None:
+    """BGP sends no withdrawals when a session goes down: the daemon must flush the peer itself."""
+    run_in(converged, "globex", "birdc", "-s", "/run/bird/bird.ctl", "disable", "pop4")
+    try:
+        wait_for(lambda: "203.0.113.0/24" not in kernel_routes(converged), timeout=20, what="routes flushed")
+        assert peers(converged)["10.0.3.2"]["state"] != "established"
+        assert "2001:db8:200::/48" in kernel_routes(converged, "-6")  # the IPv6 session is unaffected
+    finally:
+        run_in(converged, "globex", "birdc", "-s", "/run/bird/bird.ctl", "enable", "pop4")
+    wait_for(lambda: kernel_routes(converged) == ACCEPTED_V4, timeout=30, what="routes back")
+
+
+def test_exabgp_runs_as_root_with_our_relay(converged: Lab) -> None:
+    pid = show(converged, "status")["exabgp_pid"]
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "\nUid:\t0\t0\t0\t0" in status  # it would drop to nobody unless told otherwise
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ") for c in children]
+    assert any(b"routing.exabgp.bridge" in c for c in cmdlines)
+
+
+def test_killing_exabgp_keeps_kernel_routes_and_sessions_return(converged: Lab) -> None:
+    before = show(converged, "status")
+    os.kill(before["exabgp_pid"], signal.SIGKILL)
+    # From the kill until the sessions are back, the kernel keeps every route (poll all the way).
+    deadline = time.monotonic() + 60
+    restarted = False
+    while time.monotonic() < deadline:
+        assert kernel_routes(converged) == ACCEPTED_V4
+        assert kernel_routes(converged, "-6") == ACCEPTED_V6
+        st = show(converged, "status")
+        if st["exabgp_restarts"] == before["exabgp_restarts"] + 1 and st["exabgp_pid"] != before["exabgp_pid"]:
+            restarted = True
+            if established(converged) == ALL_PEERS and all(p["stale"] == 0 for p in peers(converged).values()):
+                break
+        time.sleep(0.2)  # poll
+    assert restarted
+    assert established(converged) == ALL_PEERS
+    assert kernel_routes(converged) == ACCEPTED_V4
+    m = metrics(converged)
+    assert metric_value(m, "pop_router_child_restarts_total", child="exabgp") == before["exabgp_restarts"] + 1
+
+
+def test_operator_reset_needs_token_and_commands_are_acked_one_by_one(converged: Lab) -> None:
+    import json
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from routing.cli import api_call\n"
+        "from pathlib import Path\n"
+        "sock = Path('/run/pop-router/api.sock')\n"
+        "print(json.dumps(api_call(sock, 'POST', '/peers/10.0.4.2/reset')))\n"
+        "print(json.dumps(api_call(sock, 'POST', '/peers/10.0.4.2/reset', 'wrong')))\n"
+    )
+    out = run_in(converged, "pop", sys.executable, "-c", code).stdout.splitlines()
+    assert [json.loads(x)[0] for x in out] == [401, 401]
+    # Concurrent state-changing calls: ExaBGP acks out of order, so the daemon keeps one command in
+    # flight; every call must get its own positive ack.
+    code = (
+        "import json, concurrent.futures\n"
+        "from routing.cli import api_call\n"
+        "from pathlib import Path\n"
+        "sock = Path('/run/pop-router/api.sock'); tok = Path('/run/pop-router/api.token').read_text().strip()\n"
+        "peers = ['10.0.4.2', '2001:db8:4::2'] * 3\n"
+        "with concurrent.futures.ThreadPoolExecutor(6) as ex:\n"
+        "    res = list(ex.map(lambda p: api_call(sock, 'POST', f'/peers/{p}/reset', tok), peers))\n"
+        "print(json.dumps(res))\n"
+    )
+    res = json.loads(run_in(converged, "pop", sys.executable, "-c", code).stdout)
+    assert [r[0] for r in res] == [200] * 6 and all(r[1]["reset"] for r in res)
+    wait_for(lambda: established(converged) == ALL_PEERS, timeout=60, what="mallory back after resets")
+
+
+def test_max_prefixes_tears_session_down(converged: Lab, tmp_path: Path) -> None:
+    """mallory floods 30 prefixes past its limit of 20: the session goes, nothing reaches the kernel."""
+    lab = converged
+    routes = "\n".join(f"        route 198.51.{100 + i // 256}.{i % 256}/32 next-hop 10.0.4.2 as-path [ 64666 ];"
+                       for i in range(30))
+    conf = tmp_path / "flood.conf"
+    conf.write_text(
+        "neighbor 10.0.4.1 {\n    router-id 10.255.0.4;\n    local-address 10.0.4.2;\n    local-as 64666;\n"
+        f"    peer-as 65000;\n    passive true;\n    family {{ ipv4 unicast; }}\n    static {{\n{routes}\n    }}\n}}\n"
+    )
+    pidfile = lab.state / "mallory.cmd.pid"
+    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    wait_for(lambda: peers(lab)["10.0.4.2"]["state"] != "established", timeout=30, what="mallory v4 down")
+    node = lab.topo.nodes["mallory"]
+    flood = lab._background(node, ["exabgp", str(conf)], "flood")
+    try:
+        wait_for(lambda: "max_prefixes 20 exceeded" in peers(lab)["10.0.4.2"]["last_down_reason"], timeout=60,
+                 what="max_prefixes teardown")
+        m = metrics(lab)
+        assert (metric_value(m, "pop_router_bgp_teardowns_total", peer="10.0.4.2", reason="max_prefixes") or 0) >= 1
+        assert (metric_value(m, "pop_router_bgp_prefixes_rejected_total", peer="10.0.4.2",
+                             reason="max_prefixes") or 0) >= 1
+        assert not any(k.startswith("198.51.100.") and k != "198.51.100.0/24" for k in kernel_routes(lab))
+        log = (lab.state / "pop.pop-router.log").read_text()
+        assert "sent more than max_prefixes 20" in log
+    finally:
+        os.kill(flood, signal.SIGTERM)
+        lab._background(node, ["sh", "-c", f"exec {node.cmd}"], "cmd")
+    wait_for(lambda: established(lab) == ALL_PEERS, timeout=60, what="mallory back with its normal config")
