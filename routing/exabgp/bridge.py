@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         t.start()
     relay.done.wait()
     threads[1].join(timeout=2.0)  # flush what stdin delivered before EOF
-    return 0
+    # The stdin thread may be blocked in read(); a normal interpreter shutdown would abort on its
+    # buffer lock, so leave at once.
+    os._exit(0)
 
 
 if __name__ == "__main__":

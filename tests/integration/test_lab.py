@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,3 +230,27 @@ def test_max_prefixes_tears_session_down(converged: Lab, tmp_path: Path) -> None
         os.kill(flood, signal.SIGTERM)
         lab._background(node, ["sh", "-c", f"exec {node.cmd}"], "cmd")
     wait_for(lambda: established(lab) == ALL_PEERS, timeout=60, what="mallory back with its normal config")
+
+
+def test_daemon_sigkill_keeps_forwarding_and_restart_adopts_without_changes(converged: Lab) -> None:
+    lab = converged
+    pid = int((lab.state / "pop.pop-router.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+             timeout=10, what="daemon gone")
+    # No daemon, no ExaBGP (it dies with its parent): the kernel still forwards.
+    assert kernel_routes(lab) == ACCEPTED_V4 and kernel_routes(lab, "-6") == ACCEPTED_V6
+    p = run_in(lab, "host1", "ping", "-c", "1", "-W", "2", "203.0.113.10", check=False)
+    assert p.returncode == 0, p.stdout
+    node = lab.topo.nodes["pop"]
+    lab._background(node, [sys.executable, "-m", "routing.cli", "run", "-c", "/etc/pop-router/pop.yaml"],
+                    "pop-router")
+    wait_for(lambda: established(lab) == ALL_PEERS, timeout=60, what="sessions back after daemon restart")
+    st = show(lab, "status")
+    assert st["adopted_routes"] == len(ACCEPTED_V4) + len(ACCEPTED_V6)
+    wait_for(lambda: all(p["stale"] == 0 for p in peers(lab).values()), timeout=30, what="paths refreshed")
+    assert kernel_routes(lab) == ACCEPTED_V4 and kernel_routes(lab, "-6") == ACCEPTED_V6
+    # Every adopted route was re-announced unchanged: the restarted daemon made no kernel change.
+    m = metrics(lab)
+    assert metric_value(m, "pop_router_fib_operations_total", op="install", result="ok") is None
+    assert metric_value(m, "pop_router_fib_operations_total", op="delete", result="ok") is None

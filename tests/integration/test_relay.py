@@ -1,0 +1,88 @@
+"""The ExaBGP relay process against the hazards seen with ExaBGP (shared/notes/exabgp.md).
+
+ExaBGP writes to its API process synchronously: if the relay stopped reading stdin while the daemon
+is busy, ExaBGP would freeze after ~64 KB and every session's hold timer would expire. Here the
+real relay runs as a process, with a daemon socket that reads nothing for a while.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _start(tmp_path: Path) -> tuple[socket.socket, subprocess.Popen, socket.socket]:
+    path = tmp_path / "relay.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    relay = subprocess.Popen([sys.executable, "-m", "routing.exabgp.bridge", str(path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    srv.settimeout(10)
+    conn, _ = srv.accept()
+    return srv, relay, conn
+
+
+def test_relay_drains_stdin_while_the_daemon_does_not_read(tmp_path: Path) -> None:
+    srv, relay, conn = _start(tmp_path)
+    try:
+        line = b'{"exabgp": "5.0.0", "type": "update", "pad": "' + b"x" * 900 + b'"}\n'
+        n = 20_000  # ~18 MB: ~300x what ExaBGP can buffer before it blocks
+        done = threading.Event()
+
+        def write() -> None:
+            assert relay.stdin is not None
+            for _ in range(n):
+                relay.stdin.write(line)
+            relay.stdin.flush()
+            done.set()
+
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        # The daemon reads nothing; ExaBGP's writes must still all complete.
+        assert done.wait(30), "the relay stopped reading stdin while its socket was blocked"
+        # Then the daemon catches up and receives every line intact and in order.
+        conn.settimeout(30)
+        got = b""
+        first = conn.recv(65536)
+        assert first.startswith(b"# relay pid ")
+        got = first.split(b"\n", 1)[1]
+        expected = len(line) * n
+        while len(got) < expected:
+            chunk = conn.recv(1 << 20)
+            assert chunk
+            got += chunk
+        assert got == line * n
+    finally:
+        relay.kill()
+        relay.wait()
+        conn.close()
+        srv.close()
+
+
+def test_relay_never_forwards_non_ascii_commands(tmp_path: Path) -> None:
+    srv, relay, conn = _start(tmp_path)
+    try:
+        conn.sendall("neighbor 10.0.1.2 teardown 2 \u00e9\n".encode() + b"neighbor 10.0.1.2 teardown 2\n")
+        assert relay.stdout is not None
+        deadline = time.monotonic() + 10
+        out = b""
+        while b"\n" not in out and time.monotonic() < deadline:
+            out += relay.stdout.read1(4096)  # type: ignore[attr-defined]
+        assert out == b"neighbor 10.0.1.2 teardown 2\n"
+    finally:
+        relay.kill()
+        relay.wait()
+        conn.close()
+        srv.close()
+
+
+def test_relay_exits_when_the_daemon_goes_away(tmp_path: Path) -> None:
+    srv, relay, conn = _start(tmp_path)
+    conn.close()
+    srv.close()
+    assert relay.wait(10) == 0  # ExaBGP respawns it; the new one reconnects
