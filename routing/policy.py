@@ -26,6 +26,7 @@ prefix, a million times for a full table.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -84,6 +85,12 @@ class ImportPolicy:
         self.local_pref = customer.import_.local_pref
         self.max_len = {4: router.max_prefix_length_v4, 6: router.max_prefix_length_v6}
         self._bogons = [_key(b) for b in router.bogons]
+        # Bogons indexed by (version, length) -> network bits, so "is the prefix inside a bogon" is one
+        # set lookup per distinct bogon length instead of a scan of the list.
+        self._bogon_bits: dict[tuple[int, int], set[int]] = {}
+        for v, a, length in self._bogons:
+            bits = 32 if v == 4 else 128
+            self._bogon_bits.setdefault((v, length), set()).add(a >> (bits - length))
         self._rules: list[tuple[_Key, int, int]] = [
             (_key(r.prefix), r.ge, r.le) for r in customer.import_.prefixes
         ]
@@ -93,15 +100,29 @@ class ImportPolicy:
         k = _key(prefix)
         if k[2] == 0:
             return Rejection(RejectReason.DEFAULT_ROUTE)
-        for b in self._bogons:
-            if _overlaps(b, k):
-                return Rejection(RejectReason.BOGON, f"overlaps {_fmt(b)}")
+        if self._is_bogon(k):
+            for b in self._bogons:
+                if _overlaps(b, k):
+                    return Rejection(RejectReason.BOGON, f"overlaps {_fmt(b)}")
         if k[2] > self.max_len[k[0]]:
             return Rejection(RejectReason.TOO_SPECIFIC, f"longer than /{self.max_len[k[0]]}")
         for rk, ge, le in self._rules:
             if ge <= k[2] <= le and _covers(rk, k):
                 return None
         return Rejection(RejectReason.NOT_IN_PREFIX_LIST)
+
+    def _is_bogon(self, k: _Key) -> bool:
+        v, a, length = k
+        bits = 32 if v == 4 else 128
+        for (bv, blen), nets in self._bogon_bits.items():
+            if bv != v:
+                continue
+            if blen <= length:
+                if (a >> (bits - blen)) in nets:
+                    return True
+            elif any((n >> (blen - length)) == (a >> (bits - length)) for n in nets):
+                return True
+        return False
 
     def apply(self, path: Path) -> Path | Rejection:
         rej = self.check_prefix(path.prefix)
@@ -118,7 +139,9 @@ class ImportPolicy:
         return replace(path, local_pref=self.local_pref)
 
 
+@functools.lru_cache(maxsize=4096)
 def _usable_nexthop(nh: IPAddress, version: int) -> bool:
+    """Cached: a session has one or two next hops, checked once instead of once per prefix."""
     if nh.version != version:
         return False
     return not (nh.is_unspecified or nh.is_multicast or nh.is_loopback or nh.is_link_local)

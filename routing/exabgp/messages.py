@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from routing.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs
+from routing.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs, parse_prefix
 
 
 class MalformedMessage(ValueError):
@@ -104,7 +104,7 @@ def _addr(v: object) -> IPAddress:
 
 def _net(v: object) -> IPNetwork:
     try:
-        return ipaddress.ip_network(str(v), strict=False)
+        return parse_prefix(str(v))
     except ValueError:
         raise MalformedMessage(f"bad prefix {v!r}") from None
 
