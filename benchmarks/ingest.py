@@ -148,9 +148,9 @@ customers:
     import: {{prefixes: ["20.0.0.0/7 le 24"], max_prefixes: {self.n + 10}}}
     peers: [{{address: 10.0.1.2, local_address: 10.0.1.1}}]
 """)
-        log = open(self.work / "pop.log", "w")  # noqa: SIM115
-        d = subprocess.Popen(["ip", "netns", "exec", self.a, sys.executable, "-m", "routing.cli", "run", "-c", str(cfg)],
-                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log = open(self.work / "pop.log", "w")
+        argv = ["ip", "netns", "exec", self.a, sys.executable, "-m", "routing.cli", "run", "-c", str(cfg)]
+        d = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             deadline = time.monotonic() + 900
             t_up = None
