@@ -1,0 +1,338 @@
+"""The BFD session: a sans-IO state machine (RFC 5880 §6.8), plus demultiplexing (§6.3).
+
+Theory of operation
+-------------------
+:class:`BfdSession` never touches a socket or a clock. The transport feeds it
+``on_packet(packet, raw, now)`` and ``on_timer(now)`` and re-arms one timer at ``next_deadline()``;
+the session answers with actions: :class:`Send` (bytes to transmit) and :class:`StateChanged`
+(with the time it was detected). Tests drive it with a fake clock.
+
+States and transitions (§6.8.6; each row of :data:`TRANSITIONS` names its rule)::
+
+    AdminDown  <-- admin_down() from any state; admin_up() --> Down
+    Down  --rx Down--> Init --rx Init/Up--> Up
+    Down  --rx Init--> Up
+    Init/Up --rx AdminDown or (Up) rx Down--> Down (diag 3, neighbor signaled down)
+    Init/Up --no packet for the detection time--> Down (diag 1, detection time expired)
+
+Invariants:
+- while not Up, the advertised Desired Min TX is at least 1 s (§6.8.3);
+- a change of Desired Min TX or Required Min RX starts a Poll Sequence: every packet carries P
+  until one with F arrives; a larger TX interval is only used once the poll completes, and a smaller
+  RX interval only counts for detection once it completes (§6.8.3);
+- a packet with P is answered at once with F, never with P and F together (§6.5);
+- transmit interval = max(local Desired Min TX, remote Required Min RX) with jitter 75-100 %
+  (75-90 % when our detect mult is 1) (§6.8.7); no periodic packets while the remote Required Min
+  RX is 0;
+- detection time = remote Detect Mult x max(local Required Min RX, remote Desired Min TX), counted
+  from the last valid packet, only in Init and Up (§6.8.4);
+- packets are authenticated iff the session has auth configured; the A bit must match (§6.7).
+
+:class:`SessionTable` demultiplexes: a packet with Your Discriminator is matched on it; one without
+is accepted only in Down/AdminDown and matched on (peer address, local address, interface).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from bfd.auth import AuthConfig, AuthState, sign
+from bfd.packet import ControlPacket, Diag, DropReason, State, encode
+
+ONE_SECOND_US = 1_000_000
+
+
+class TransitionError(RuntimeError):
+    """A (local, remote) state pair with no row in the table: a bug, never input-driven."""
+
+
+#: (local state, received state) -> (new state, diag to set or None). §6.8.6, last part.
+TRANSITIONS: dict[tuple[State, State], tuple[State, Diag | None]] = {
+    # "If bfd.SessionState is Down: if received State is Down, set bfd.SessionState to Init"
+    (State.DOWN, State.DOWN): (State.INIT, None),
+    # "... else if received State is Init, set bfd.SessionState to Up"
+    (State.DOWN, State.INIT): (State.UP, None),
+    # Down ignores a remote Up (the remote must first see us) and a remote AdminDown.
+    (State.DOWN, State.UP): (State.DOWN, None),
+    (State.DOWN, State.ADMIN_DOWN): (State.DOWN, None),
+    # "Else if bfd.SessionState is Init: if received State is Init or Up, set ... Up"
+    (State.INIT, State.INIT): (State.UP, None),
+    (State.INIT, State.UP): (State.UP, None),
+    (State.INIT, State.DOWN): (State.INIT, None),
+    # "If received state is AdminDown: if bfd.SessionState is not Down, set bfd.LocalDiag to 3 ... Down"
+    (State.INIT, State.ADMIN_DOWN): (State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN),
+    (State.UP, State.ADMIN_DOWN): (State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN),
+    # "Else (bfd.SessionState is Up): if received State is Down, set bfd.LocalDiag to 3 ... Down"
+    (State.UP, State.DOWN): (State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN),
+    (State.UP, State.INIT): (State.UP, None),
+    (State.UP, State.UP): (State.UP, None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    local_discriminator: int
+    desired_min_tx_us: int
+    required_min_rx_us: int
+    detect_mult: int = 3
+    auth: AuthConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.local_discriminator <= 0xFFFFFFFF:
+            raise ValueError("local discriminator must be non-zero")
+        if not 1 <= self.detect_mult <= 255:
+            raise ValueError("detect_mult must be 1..255")
+        if self.desired_min_tx_us < 1 or self.required_min_rx_us < 0:
+            raise ValueError("intervals must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+    packet: ControlPacket
+    #: For periodic packets: when it was due and the interval, so the transport can count late ones.
+    due: float | None = None
+    interval_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    old: State
+    new: State
+    diag: Diag
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    reason: DropReason
+
+
+Action = Send | StateChanged | Dropped
+
+
+class BfdSession:
+    def __init__(self, cfg: SessionConfig, now: float, rng: Callable[[], float] | None = None) -> None:
+        self.cfg = cfg
+        self._rng = rng or random.random
+        self.state = State.DOWN
+        self.remote_state = State.DOWN
+        self.local_diag = Diag.NONE
+        self.remote_diag = Diag.NONE
+        self.remote_discr = 0
+        self.remote_min_rx_us = 1  # §6.8.1: initialised to 1
+        self.remote_desired_tx_us = 0
+        self.remote_detect_mult = 0
+        self.desired_min_tx_us = max(cfg.desired_min_tx_us, ONE_SECOND_US)
+        self.required_min_rx_us = cfg.required_min_rx_us
+        self._tx_in_use_us = self.desired_min_tx_us
+        self._rx_for_detect_us = self.required_min_rx_us
+        self.poll_active = False
+        self.auth = AuthState(cfg.auth) if cfg.auth else None
+        self.last_rx: float | None = None
+        self.next_tx = now  # first packet goes out at once
+        self.detect_deadline: float | None = None
+        self.up_since: float | None = None
+        self.flaps = 0
+        self.last_down_diag = Diag.NONE
+        self.tx_packets = 0
+        self.rx_packets = 0
+
+    # --- derived values ---------------------------------------------------------------------------
+    def tx_interval_us(self) -> int:
+        return max(self._tx_in_use_us, self.remote_min_rx_us)
+
+    def detection_time_us(self) -> int:
+        return self.remote_detect_mult * max(self._rx_for_detect_us, self.remote_desired_tx_us)
+
+    def next_deadline(self) -> float | None:
+        cands = [d for d in (self.next_tx if self._periodic() else None, self.detect_deadline) if d is not None]
+        return min(cands) if cands else None
+
+    def _periodic(self) -> bool:
+        # §6.8.7: "If bfd.RemoteMinRxInterval is zero, the local system MUST NOT periodically transmit"
+        return self.remote_min_rx_us != 0
+
+    def _jittered_s(self) -> float:
+        lo, hi = (0.75, 0.90) if self.cfg.detect_mult == 1 else (0.75, 1.0)
+        return self.tx_interval_us() / 1e6 * (lo + (hi - lo) * self._rng())
+
+    # --- building packets -------------------------------------------------------------------------
+    def _packet(self, final: bool = False) -> ControlPacket:
+        return ControlPacket(
+            state=self.state, diag=self.local_diag, detect_mult=self.cfg.detect_mult,
+            my_discriminator=self.cfg.local_discriminator, your_discriminator=self.remote_discr,
+            desired_min_tx_us=self.desired_min_tx_us, required_min_rx_us=self.required_min_rx_us,
+            required_min_echo_rx_us=0, poll=self.poll_active and not final, final=final,
+        )
+
+    def _send(self, final: bool = False, due: float | None = None, interval_s: float = 0.0) -> Send:
+        p = self._packet(final)
+        if self.auth is not None:
+            data = sign(p, self.auth.cfg, self.auth.next_tx_sequence())
+        else:
+            data = encode(p)
+        self.tx_packets += 1
+        return Send(data, p, due, interval_s)
+
+    # --- timer changes and poll sequences (§6.8.3) ------------------------------------------------
+    def _set_desired_tx(self, us: int) -> None:
+        if us == self.desired_min_tx_us:
+            return
+        increase = us > self.desired_min_tx_us
+        self.desired_min_tx_us = us
+        if not (increase and self.state == State.UP):
+            self._tx_in_use_us = us
+        self.poll_active = True
+
+    def set_timers(self, desired_min_tx_us: int, required_min_rx_us: int) -> None:
+        """Operator change of the configured intervals (starts a Poll Sequence)."""
+        self.cfg = replace(self.cfg, desired_min_tx_us=desired_min_tx_us, required_min_rx_us=required_min_rx_us)
+        if required_min_rx_us != self.required_min_rx_us:
+            if not (required_min_rx_us < self.required_min_rx_us and self.state == State.UP):
+                self._rx_for_detect_us = required_min_rx_us
+            self.required_min_rx_us = required_min_rx_us
+            self.poll_active = True
+        self._set_desired_tx(desired_min_tx_us if self.state == State.UP else max(desired_min_tx_us, ONE_SECOND_US))
+
+    def _poll_done(self) -> None:
+        self.poll_active = False
+        self._tx_in_use_us = self.desired_min_tx_us
+        self._rx_for_detect_us = self.required_min_rx_us
+
+    # --- state changes ----------------------------------------------------------------------------
+    def _change(self, new: State, diag: Diag | None, now: float) -> StateChanged | None:
+        old = self.state
+        if diag is not None:
+            self.local_diag = diag
+        if new == old:
+            return None
+        self.state = new
+        if new == State.UP:
+            self.up_since = now
+            self.local_diag = Diag.NONE
+            self._set_desired_tx(self.cfg.desired_min_tx_us)
+        elif old == State.UP:
+            self.flaps += 1
+            self.up_since = None
+            self.last_down_diag = self.local_diag
+            self._set_desired_tx(max(self.cfg.desired_min_tx_us, ONE_SECOND_US))
+        if new in (State.DOWN, State.ADMIN_DOWN):
+            self.detect_deadline = None
+            if new == State.DOWN and old != State.ADMIN_DOWN:
+                # §6.8.1: once Down, forget the remote discriminator so the next packet we send asks anew.
+                self.remote_discr = 0
+        self.next_tx = now  # tell the peer at once
+        return StateChanged(old, new, self.local_diag, now)
+
+    def admin_down(self, now: float) -> list[Action]:
+        ch = self._change(State.ADMIN_DOWN, Diag.ADMINISTRATIVELY_DOWN, now)
+        return [ch, self._send()] if ch else []
+
+    def admin_up(self, now: float) -> list[Action]:
+        if self.state != State.ADMIN_DOWN:
+            return []
+        ch = self._change(State.DOWN, Diag.NONE, now)
+        return [ch] if ch else []
+
+    # --- input ------------------------------------------------------------------------------------
+    def on_packet(self, p: ControlPacket, raw: bytes, now: float) -> list[Action]:
+        # A bit against our configuration (§6.8.6).
+        if self.auth is None and p.auth is not None:
+            return [Dropped(DropReason.AUTH_UNEXPECTED)]
+        if self.auth is not None:
+            if p.auth is None:
+                return [Dropped(DropReason.AUTH_MISSING)]
+            if self.last_rx is not None and self.detection_time_us() and \
+                    now - self.last_rx > 2 * self.detection_time_us() / 1e6:
+                self.auth.seq_known = False  # §6.8.1 bfd.AuthSeqKnown
+            bad = self.auth.verify(raw, p, p.detect_mult)
+            if bad is not None:
+                return [Dropped(bad)]
+        if self.state == State.ADMIN_DOWN:
+            return [Dropped(DropReason.ADMIN_DOWN)]
+        self.rx_packets += 1
+        self.last_rx = now
+        self.remote_discr = p.my_discriminator
+        self.remote_state = p.state
+        self.remote_diag = p.diag
+        self.remote_min_rx_us = p.required_min_rx_us
+        self.remote_desired_tx_us = p.desired_min_tx_us
+        self.remote_detect_mult = p.detect_mult
+        if p.final and self.poll_active:
+            self._poll_done()
+        actions: list[Action] = []
+        try:
+            new, diag = TRANSITIONS[(self.state, p.state)]
+        except KeyError:
+            raise TransitionError(f"no transition for local {self.state.name}, received {p.state.name}") from None
+        ch = self._change(new, diag, now)
+        if ch is not None:
+            actions.append(ch)
+        if self.state in (State.INIT, State.UP):
+            self.detect_deadline = now + self.detection_time_us() / 1e6
+        if p.poll:
+            actions.append(self._send(final=True))
+        elif ch is not None:
+            actions += self.on_timer(now)
+        return actions
+
+    def on_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.detect_deadline is not None and now >= self.detect_deadline:
+            ch = self._change(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, now)
+            if ch is not None:
+                actions.append(ch)
+        if self._periodic() and now >= self.next_tx:
+            due = self.next_tx
+            interval = self._jittered_s()
+            actions.append(self._send(due=due, interval_s=interval))
+            # Keep the average rate when a little late; start afresh when more than an interval late.
+            self.next_tx = due + interval if now - due < interval else now + interval
+        return actions
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    peer: str
+    local: str
+    interface: str
+    multihop: bool
+
+
+class SessionTable:
+    """Demultiplexing of received packets to sessions (§6.3), with the TTL checks of RFC 5881/5883."""
+
+    def __init__(self) -> None:
+        self.by_discr: dict[int, tuple[SessionKey, BfdSession, int]] = {}
+        self.by_key: dict[SessionKey, tuple[BfdSession, int]] = {}
+
+    def add(self, key: SessionKey, s: BfdSession, min_ttl: int) -> None:
+        self.by_discr[s.cfg.local_discriminator] = (key, s, min_ttl)
+        self.by_key[key] = (s, min_ttl)
+
+    def remove(self, key: SessionKey) -> BfdSession | None:
+        entry = self.by_key.pop(key, None)
+        if entry is None:
+            return None
+        self.by_discr.pop(entry[0].cfg.local_discriminator, None)
+        return entry[0]
+
+    def lookup(self, p: ControlPacket, key: SessionKey, ttl: int) -> tuple[BfdSession | None, DropReason | None]:
+        if p.your_discriminator:
+            entry = self.by_discr.get(p.your_discriminator)
+            if entry is None:
+                return None, DropReason.NO_SESSION
+            k, s, min_ttl = entry
+            if k.peer != key.peer or k.multihop != key.multihop:
+                return None, DropReason.NO_SESSION
+        else:
+            e = self.by_key.get(key)
+            if e is None:
+                return None, DropReason.NO_SESSION
+            s, min_ttl = e
+        if ttl < min_ttl:
+            return None, DropReason.TTL
+        return s, None

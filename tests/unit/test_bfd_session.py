@@ -1,0 +1,284 @@
+"""The BFD session state machine driven by a fake clock: every table row, timers, Poll/Final, auth."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+
+from bfd.auth import AuthConfig, AuthState, sign
+from bfd.packet import Auth, AuthType, ControlPacket, Diag, DropReason, State, decode, encode
+from bfd.session import (
+    TRANSITIONS,
+    BfdSession,
+    Dropped,
+    Send,
+    SessionConfig,
+    SessionKey,
+    SessionTable,
+    StateChanged,
+)
+
+MS = 1000
+
+
+def cfg(discr: int = 1, tx_ms: int = 10, rx_ms: int = 10, mult: int = 3, auth: AuthConfig | None = None):
+    return SessionConfig(discr, tx_ms * MS, rx_ms * MS, mult, auth)
+
+
+def pkt(state: State, my: int = 99, your: int = 1, tx_ms: int = 10, rx_ms: int = 10, mult: int = 3, **kw):
+    return ControlPacket(state, Diag.NONE, mult, my, your, tx_ms * MS, rx_ms * MS, **kw)
+
+
+def feed(s: BfdSession, p: ControlPacket, now: float):
+    return s.on_packet(p, encode(p), now)
+
+
+def session_in(state: State, now: float = 0.0) -> BfdSession:
+    s = BfdSession(cfg(), now, rng=lambda: 1.0)
+    if state == State.ADMIN_DOWN:
+        s.admin_down(now)
+    elif state == State.INIT:
+        feed(s, pkt(State.DOWN, your=0), now)
+    elif state == State.UP:
+        feed(s, pkt(State.INIT), now)
+    assert s.state == state
+    return s
+
+
+@pytest.mark.parametrize(("local", "remote"), list(itertools.product(State, State)))
+def test_every_transition_row(local: State, remote: State) -> None:
+    s = session_in(local)
+    your = 1 if remote not in (State.DOWN, State.ADMIN_DOWN) else 0
+    actions = feed(s, pkt(remote, your=your), 0.5)
+    if local == State.ADMIN_DOWN:
+        assert actions == [Dropped(DropReason.ADMIN_DOWN)] and s.state == State.ADMIN_DOWN
+        return
+    new, diag = TRANSITIONS[(local, remote)]
+    assert s.state == new
+    changes = [a for a in actions if isinstance(a, StateChanged)]
+    if new != local:
+        assert changes == [StateChanged(local, new, diag or Diag.NONE, 0.5)]
+        # A state change is announced to the peer at once.
+        assert any(isinstance(a, Send) and decode(a.data).state == new for a in actions)
+    else:
+        assert changes == []
+    if diag is not None:
+        assert s.local_diag == diag
+
+
+def test_table_is_complete() -> None:
+    assert set(TRANSITIONS) == {(a, b) for a in (State.DOWN, State.INIT, State.UP) for b in State}
+
+
+def test_three_way_handshake_and_detection_with_two_sessions() -> None:
+    a = BfdSession(cfg(1), 0.0, rng=lambda: 1.0)
+    b = BfdSession(cfg(2), 0.0, rng=lambda: 1.0)
+    now = 0.0
+    queue: list[tuple[str, bytes]] = []
+    for _ in range(200):
+        for name, s in (("a", a), ("b", b)):
+            for act in s.on_timer(now):
+                if isinstance(act, Send):
+                    queue.append((name, act.data))
+        while queue:
+            src, data = queue.pop(0)
+            dst = b if src == "a" else a
+            for act in dst.on_packet(decode(data), data, now):
+                if isinstance(act, Send):
+                    queue.append(("b" if src == "a" else "a", act.data))
+        if a.state == b.state == State.UP and not a.poll_active and not b.poll_active:
+            break
+        now = min(x for x in (a.next_deadline(), b.next_deadline()) if x is not None)
+    assert a.state == b.state == State.UP
+    # Once Up, both send at the negotiated 10 ms and detect in 3 x 10 ms.
+    assert a.tx_interval_us() == 10 * MS and a.detection_time_us() == 30 * MS
+    last_rx = a.last_rx
+    assert last_rx is not None
+    # b goes silent: a declares it down exactly at last_rx + 30 ms, not a tick earlier.
+    t = last_rx + 0.0299
+    assert not [x for x in a.on_timer(t) if isinstance(x, StateChanged)]
+    ch = [x for x in a.on_timer(last_rx + 0.030) if isinstance(x, StateChanged)]
+    assert ch == [StateChanged(State.UP, State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, last_rx + 0.030)]
+    assert a.flaps == 1 and a.desired_min_tx_us == 1_000_000 and a.remote_discr == 0
+
+
+def test_slow_rate_while_not_up_and_jitter_bounds() -> None:
+    s = BfdSession(cfg(tx_ms=10), 0.0, rng=lambda: 0.0)
+    assert s.desired_min_tx_us == 1_000_000  # §6.8.3
+    sends = [a for a in s.on_timer(0.0) if isinstance(a, Send)]
+    assert len(sends) == 1 and decode(sends[0].data).desired_min_tx_us == 1_000_000
+    assert s.next_tx == pytest.approx(0.75)  # 75 % jitter floor
+    s2 = BfdSession(cfg(mult=1), 0.0, rng=lambda: 1.0)
+    s2.on_timer(0.0)
+    assert s2.next_tx == pytest.approx(0.90)  # 75-90 % with detect mult 1
+    assert s.on_timer(0.7) == []  # nothing before it is due
+
+
+def test_going_up_starts_a_poll_and_final_ends_it() -> None:
+    s = session_in(State.UP)
+    assert s.poll_active and s.desired_min_tx_us == 10 * MS
+    sends = [a for a in s.on_timer(0.01) if isinstance(a, Send)]
+    assert sends and decode(sends[-1].data).poll
+    feed(s, pkt(State.UP, final=True), 0.02)
+    assert not s.poll_active
+    sends = [a for a in s.on_timer(0.04) if isinstance(a, Send)]
+    assert sends and not decode(sends[-1].data).poll and s.state == State.UP
+
+
+def test_poll_is_answered_at_once_with_final_only() -> None:
+    s = session_in(State.UP)
+    actions = feed(s, pkt(State.UP, poll=True), 0.1)
+    finals = [decode(a.data) for a in actions if isinstance(a, Send)]
+    assert len(finals) == 1 and finals[0].final and not finals[0].poll
+
+
+def test_larger_tx_interval_waits_for_poll_completion() -> None:
+    s = session_in(State.UP)
+    feed(s, pkt(State.UP, final=True), 0.01)
+    s.set_timers(50 * MS, 10 * MS)
+    assert s.poll_active and s.desired_min_tx_us == 50 * MS
+    assert s.tx_interval_us() == 10 * MS  # old rate until the peer confirms
+    feed(s, pkt(State.UP, final=True), 0.02)
+    assert s.tx_interval_us() == 50 * MS
+
+
+def test_smaller_rx_interval_counts_for_detection_after_poll() -> None:
+    s = session_in(State.UP)
+    feed(s, pkt(State.UP, final=True, tx_ms=5), 0.01)
+    assert s.detection_time_us() == 30 * MS
+    s.set_timers(10 * MS, 5 * MS)
+    assert s.detection_time_us() == 30 * MS
+    feed(s, pkt(State.UP, final=True, tx_ms=5), 0.02)
+    assert s.detection_time_us() == 15 * MS
+
+
+def test_detection_uses_remote_values() -> None:
+    s = session_in(State.UP)
+    feed(s, pkt(State.UP, tx_ms=50, mult=5), 1.0)
+    assert s.detection_time_us() == 5 * 50 * MS
+    assert s.detect_deadline == pytest.approx(1.25)
+
+
+def test_remote_min_rx_zero_stops_periodic_tx() -> None:
+    s = session_in(State.UP)
+    feed(s, pkt(State.UP, rx_ms=0), 0.1)
+    assert all(not isinstance(a, Send) for a in s.on_timer(5.0)) or s.detect_deadline is not None
+
+
+def test_admin_down_sent_and_honoured() -> None:
+    s = session_in(State.UP)
+    actions = s.admin_down(1.0)
+    assert actions[0] == StateChanged(State.UP, State.ADMIN_DOWN, Diag.ADMINISTRATIVELY_DOWN, 1.0)
+    assert decode(actions[1].data).state == State.ADMIN_DOWN
+    assert decode(actions[1].data).diag == Diag.ADMINISTRATIVELY_DOWN
+    assert s.admin_up(2.0) == [StateChanged(State.ADMIN_DOWN, State.DOWN, Diag.NONE, 2.0)]
+    peer = session_in(State.UP)
+    feed(peer, pkt(State.ADMIN_DOWN, your=1), 1.0)
+    assert peer.state == State.DOWN and peer.local_diag == Diag.NEIGHBOR_SIGNALED_SESSION_DOWN
+
+
+# --- authentication ---------------------------------------------------------------------------------
+AUTHS = [
+    AuthConfig(AuthType.SIMPLE, 7, b"secret"),
+    AuthConfig(AuthType.KEYED_MD5, 7, b"secret"),
+    AuthConfig(AuthType.METICULOUS_KEYED_MD5, 7, b"secret"),
+    AuthConfig(AuthType.KEYED_SHA1, 7, b"secret"),
+    AuthConfig(AuthType.METICULOUS_KEYED_SHA1, 7, b"secret"),
+]
+
+
+@pytest.mark.parametrize("a", AUTHS, ids=[a.type.name for a in AUTHS])
+def test_auth_sign_verify_and_wrong_secret(a: AuthConfig) -> None:
+    p = pkt(State.DOWN, your=0)
+    data = sign(p, a, 1000)
+    st = AuthState(a)
+    assert st.verify(data, decode(data), 3) is None
+    wrong = AuthConfig(a.type, a.key_id, b"other")
+    assert AuthState(wrong).verify(data, decode(data), 3) == DropReason.AUTH_FAILED
+    other_key = AuthConfig(a.type, 8, a.secret)
+    assert AuthState(other_key).verify(data, decode(data), 3) == DropReason.AUTH_FAILED
+    # A flipped bit in the packet body breaks the digest (simple password has none to break).
+    if a.type != AuthType.SIMPLE:
+        bad = bytearray(data)
+        bad[14] ^= 1
+        assert AuthState(a).verify(bytes(bad), decode(bytes(bad)), 3) == DropReason.AUTH_FAILED
+
+
+def test_md5_vector_matches_rfc_construction() -> None:
+    """Keyed MD5 = MD5(packet with the zero-padded key in the digest field), §6.7.3."""
+    a = AuthConfig(AuthType.KEYED_MD5, 1, b"abc")
+    p = pkt(State.UP, my=0x01020304, your=0x05060708)
+    data = sign(p, a, 0x0A0B0C0D)
+    with_key = encode(p.with_auth(Auth(AuthType.KEYED_MD5, 1, b"abc".ljust(16, b"\0"), 0x0A0B0C0D)))
+    assert data[:-16] == with_key[:-16]
+    assert data[-16:] == hashlib.md5(with_key).digest()
+    assert data[24:32].hex() == "021801000a0b0c0d"  # type 2, len 24, key id 1, reserved, sequence
+
+
+@pytest.mark.parametrize("t", [AuthType.METICULOUS_KEYED_MD5, AuthType.METICULOUS_KEYED_SHA1])
+def test_meticulous_rejects_replay_and_old_sequence(t: AuthType) -> None:
+    a = AuthConfig(t, 1, b"k")
+    st = AuthState(a)
+    p = pkt(State.UP)
+    d1 = sign(p, a, 100)
+    assert st.verify(d1, decode(d1), 3) is None
+    assert st.verify(d1, decode(d1), 3) == DropReason.AUTH_SEQUENCE  # replay
+    d2 = sign(p, a, 101)
+    assert st.verify(d2, decode(d2), 3) is None
+    far = sign(p, a, 101 + 3 * 3 + 1)
+    assert st.verify(far, decode(far), 3) == DropReason.AUTH_SEQUENCE  # outside the 3 x mult window
+
+
+@pytest.mark.parametrize("t", [AuthType.KEYED_MD5, AuthType.KEYED_SHA1])
+def test_keyed_accepts_same_sequence_and_wraps(t: AuthType) -> None:
+    a = AuthConfig(t, 1, b"k")
+    st = AuthState(a)
+    p = pkt(State.UP)
+    d = sign(p, a, 0xFFFFFFFF)
+    assert st.verify(d, decode(d), 3) is None
+    assert st.verify(d, decode(d), 3) is None  # keyed: the same number is allowed
+    wrapped = sign(p, a, 2)
+    assert st.verify(wrapped, decode(wrapped), 3) is None  # modulo 2^32
+    old = sign(p, a, 0xFFFFFFF0)
+    assert st.verify(old, decode(old), 3) == DropReason.AUTH_SEQUENCE
+
+
+def test_session_a_bit_must_match_configuration() -> None:
+    plain = BfdSession(cfg(), 0.0)
+    a = AUTHS[1]
+    signed = sign(pkt(State.DOWN, your=0), a, 1)
+    assert plain.on_packet(decode(signed), signed, 0.1) == [Dropped(DropReason.AUTH_UNEXPECTED)]
+    authed = BfdSession(cfg(auth=a), 0.0)
+    unsigned = encode(pkt(State.DOWN, your=0))
+    assert authed.on_packet(decode(unsigned), unsigned, 0.1) == [Dropped(DropReason.AUTH_MISSING)]
+    assert authed.on_packet(decode(signed), signed, 0.1)[0] == StateChanged(State.DOWN, State.INIT, Diag.NONE, 0.1)
+    # Our own packets carry the auth section.
+    sends = [x for x in authed.on_timer(0.2) if isinstance(x, Send)]
+    assert sends and decode(sends[0].data).auth is not None
+
+
+def test_meticulous_tx_sequence_increments_keyed_does_not() -> None:
+    m = BfdSession(cfg(auth=AUTHS[2]), 0.0)
+    k = BfdSession(cfg(auth=AUTHS[1]), 0.0)
+    seqs_m = [decode(m._send().data).auth.sequence for _ in range(3)]  # type: ignore[union-attr]
+    seqs_k = [decode(k._send().data).auth.sequence for _ in range(3)]  # type: ignore[union-attr]
+    assert seqs_m[1] == (seqs_m[0] + 1) & 0xFFFFFFFF and seqs_m[2] == (seqs_m[1] + 1) & 0xFFFFFFFF
+    assert len(set(seqs_k)) == 1
+
+
+# --- demultiplexing -----------------------------------------------------------------------------------
+def test_demux_by_discriminator_then_by_addresses_and_ttl() -> None:
+    t = SessionTable()
+    key = SessionKey("10.0.1.2", "10.0.1.1", "eth1", False)
+    s = BfdSession(cfg(5), 0.0)
+    t.add(key, s, 255)
+    assert t.lookup(pkt(State.DOWN, your=0), key, 255) == (s, None)
+    assert t.lookup(pkt(State.UP, your=5), key, 255) == (s, None)
+    assert t.lookup(pkt(State.UP, your=6), key, 255) == (None, DropReason.NO_SESSION)
+    other = SessionKey("10.0.9.9", "10.0.1.1", "eth1", False)
+    assert t.lookup(pkt(State.DOWN, your=0), other, 255) == (None, DropReason.NO_SESSION)
+    assert t.lookup(pkt(State.UP, your=5), other, 255) == (None, DropReason.NO_SESSION)  # discr of another peer
+    assert t.lookup(pkt(State.UP, your=5), key, 254) == (None, DropReason.TTL)  # RFC 5881: TTL 255 only
+    assert t.remove(key) is s and t.lookup(pkt(State.UP, your=5), key, 255) == (None, DropReason.NO_SESSION)
