@@ -255,6 +255,7 @@ class BfdSession:
             return [Dropped(DropReason.ADMIN_DOWN)]
         self.rx_packets += 1
         self.last_rx = now
+        interval_before = self.tx_interval_us()
         self.remote_discr = p.my_discriminator
         self.remote_state = p.state
         self.remote_diag = p.diag
@@ -263,6 +264,11 @@ class BfdSession:
         self.remote_detect_mult = p.detect_mult
         if p.final and self.poll_active:
             self._poll_done()
+        if self.tx_interval_us() < interval_before:
+            # The peer now accepts packets faster (FRR advertises 1 s while not Up, then its real
+            # rate): a packet scheduled at the old, slower rate would arrive after the peer's new
+            # detection time. Pull the next transmission in.
+            self.next_tx = min(self.next_tx, now + self._jittered_s())
         actions: list[Action] = []
         try:
             new, diag = TRANSITIONS[(self.state, p.state)]

@@ -19,7 +19,9 @@ namespace. For each node ``up``:
    (``frrinit.sh start`` with the bound ``daemons``/``frr.conf``), BIRD (``bird -c`` the bound
    config), pop-router (``pop-router run -c`` the bound ``pop.yaml``), a node ``cmd`` (run as the
    container command), or a plain host;
-5. runs the node's ``exec`` commands in order; a failing one fails ``up``.
+5. runs the node's ``exec`` commands in order (before the role for everything but FRR, whose own
+   configuration sets its addresses and whose exec lines usually need it running); a failing one
+   fails ``up``.
 
 ``down`` needs no state: it finds the lab's namespaces by their prefix, stops every process inside
 them by PID (SIGTERM, then SIGKILL after a grace period), and deletes the namespaces. It therefore
@@ -98,15 +100,25 @@ class Lab:
             for node in self.topo.nodes.values():
                 self._start_holder(node)
             for node in self.topo.nodes.values():
-                self._start_role(node)
-                for cmd in node.exec:
-                    p = _run([*self.enter(node.name), "sh", "-c", cmd], check=False, env=self.node_env(node))
-                    if p.returncode != 0:
-                        raise LabError(f"{node.name}: exec {cmd!r} failed: {(p.stderr or p.stdout).strip()}")
+                # FRR configures its own addresses and its exec lines usually talk to it (vtysh): start
+                # it first, as containerlab does. Other daemons bind to addresses that exec lines
+                # create (BIRD's BFD sockets fail otherwise), so those lines run before them.
+                if node.role == "frr":
+                    self._start_role(node)
+                    self._exec(node)
+                else:
+                    self._exec(node)
+                    self._start_role(node)
                 log(f"  {node.name:<10} {node.role:<10} ns {self.ns(node.name)}")  # type: ignore[operator]
         except BaseException:
             self.down()
             raise
+
+    def _exec(self, node: Node) -> None:
+        for cmd in node.exec:
+            p = _run([*self.enter(node.name), "sh", "-c", cmd], check=False, env=self.node_env(node))
+            if p.returncode != 0:
+                raise LabError(f"{node.name}: exec {cmd!r} failed: {(p.stderr or p.stdout).strip()}")
 
     def _create_ns(self, node: Node) -> None:
         ns = self.ns(node.name)

@@ -11,6 +11,7 @@ Endpoints (all JSON)::
     GET  /peers                       BGP sessions
     GET  /routes[?rejected=1]         Loc-RIB paths with best-path reason, or rejected announcements
     GET  /fib[?failed=1]              kernel routes of ours, or routes the kernel refused
+    GET  /bfd                         BFD sessions: states, diags, negotiated timers, flaps
     POST /peers/{address}/reset       tear the session down (cease 4, admin reset); needs the token
 """
 
@@ -57,6 +58,9 @@ def build_app(d: Daemon) -> web.Application:
     async def fib(request: web.Request) -> web.Response:
         return _json(d.fib_view(failed=_flag(request, "failed")))
 
+    async def bfd(_: web.Request) -> web.Response:
+        return _json(d.bfd_view())
+
     async def reset(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), d.token)):
@@ -75,6 +79,7 @@ def build_app(d: Daemon) -> web.Application:
         web.get("/peers", peers),
         web.get("/routes", routes),
         web.get("/fib", fib),
+        web.get("/bfd", bfd),
         web.post("/peers/{address}/reset", reset),
     ])
     return app

@@ -83,6 +83,13 @@ def render(kind: str, data: Any, args: argparse.Namespace) -> None:
                [[("*>" if r["best"] else ("*=" if r["multipath"] else " *")), r["prefix"], r["nexthop"], r["peer"],
                  r["customer"], " ".join(map(str, r["as_path"])), str(r["local_pref"]),
                  "" if r["med"] is None else str(r["med"]), r["reason"]] for r in data])
+    elif kind == "bfd":
+        _table("BFD sessions", ["peer", "customer", "state", "remote", "diag", "tx ms", "rx ms", "detect ms",
+                                "up for", "flaps", "last down", "auth"],
+               [[s["peer"] + (" (multihop)" if s["multihop"] else ""), s["customer"], s["state"], s["remote_state"],
+                 s["local_diag"], f"{s['tx_interval_ms']:g}", f"{s['rx_interval_ms']:g}",
+                 f"{s['detect_time_ms']:g}", f"{s['uptime_s']:.0f}s", str(s["flaps"]), s["last_down_diag"],
+                 s["auth"] or "-"] for s in data])
     elif kind == "fib" and args.failed:
         _table("Routes the kernel refused (retried)", ["prefix", "op", "next hops", "error", "attempts"],
                [[r["prefix"], r["op"], ", ".join(r["nexthops"]), r["error"], str(r["attempts"])] for r in data])
@@ -141,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status"}[args.what]
+    path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status", "bfd": "/bfd"}[args.what]
     if args.what == "routes" and args.rejected:
         path += "?rejected=1"
     if args.what == "fib" and args.failed:
@@ -192,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=cmd_check)
     s = sub.add_parser("show", help="show daemon state")
-    s.add_argument("what", choices=["peers", "routes", "fib", "status"])
+    s.add_argument("what", choices=["peers", "routes", "fib", "bfd", "status"])
     s.add_argument("--json", action="store_true")
     s.add_argument("--rejected", action="store_true", help="routes: rejected announcements with their reason")
     s.add_argument("--failed", action="store_true", help="fib: routes the kernel refused")

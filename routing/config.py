@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -204,6 +205,86 @@ class ExabgpConfig(_Model):
     env: dict[str, str] = {}
 
 
+AUTH_TYPES = ("simple", "keyed-md5", "meticulous-keyed-md5", "keyed-sha1", "meticulous-keyed-sha1")
+
+
+class BfdAuthConfig(_Model):
+    type: Literal["simple", "keyed-md5", "meticulous-keyed-md5", "keyed-sha1", "meticulous-keyed-sha1"]
+    key_id: Annotated[int, Field(ge=0, le=255)] = 1
+    secret: Annotated[str, Field(min_length=1, max_length=20)]
+
+    @model_validator(mode="after")
+    def _secret_fits(self) -> BfdAuthConfig:
+        if not self.secret.isascii():
+            raise ValueError("secret must be ASCII")
+        if self.type in ("simple", "keyed-md5", "meticulous-keyed-md5") and len(self.secret) > 16:
+            raise ValueError(f"{self.type} secrets are at most 16 characters")
+        return self
+
+
+class BfdSettings(_Model):
+    """A BFD block at any level (global ``bfd``, ``customers[].bfd``, ``customers[].peers[].bfd``).
+
+    Unset keys inherit from the level above; a block at customer or peer level without ``enabled``
+    turns BFD on for the peers it covers.
+    """
+
+    enabled: bool | None = None
+    tx_interval_ms: Annotated[int, Field(ge=1, le=60000)] | None = None
+    rx_interval_ms: Annotated[int, Field(ge=1, le=60000)] | None = None
+    multiplier: Annotated[int, Field(ge=1, le=255)] | None = None
+    #: RFC 5883 multihop (UDP 4784, TTL checked against ``min_ttl``) instead of single-hop (3784, TTL 255).
+    multihop: bool | None = None
+    min_ttl: Annotated[int, Field(ge=1, le=255)] | None = None
+    #: Routes from the peer are installed only while its BFD session is Up.
+    strict: bool | None = None
+    #: Interface for single-hop sessions; default: the one holding ``local_address``.
+    interface: str | None = None
+    auth: BfdAuthConfig | None = None
+
+
+class BfdGlobalConfig(BfdSettings):
+    #: Run the BFD process SCHED_FIFO at this priority (1-99): a routing process busy with a full
+    #: table then never delays a BFD packet. None: normal scheduling.
+    realtime_priority: Annotated[int, Field(ge=1, le=99)] | None = None
+
+
+@dataclass(frozen=True)
+class BfdPeerSettings:
+    """The effective BFD settings of one peer after inheritance."""
+
+    enabled: bool
+    tx_interval_ms: int
+    rx_interval_ms: int
+    multiplier: int
+    multihop: bool
+    min_ttl: int
+    strict: bool
+    interface: str | None
+    auth: BfdAuthConfig | None
+
+
+def effective_bfd(glob: BfdGlobalConfig, customer: BfdSettings | None, peer: BfdSettings | None) -> BfdPeerSettings:
+    levels = [glob, customer, peer]
+    enabled = bool(glob.enabled)
+    for lv in (customer, peer):
+        if lv is not None:
+            enabled = lv.enabled if lv.enabled is not None else True
+
+    def pick(name: str, default: Any) -> Any:
+        val = default
+        for lv in levels:
+            if lv is not None and getattr(lv, name) is not None:
+                val = getattr(lv, name)
+        return val
+
+    return BfdPeerSettings(
+        enabled=enabled, tx_interval_ms=pick("tx_interval_ms", 300), rx_interval_ms=pick("rx_interval_ms", 300),
+        multiplier=pick("multiplier", 3), multihop=pick("multihop", False), min_ttl=pick("min_ttl", 254),
+        strict=pick("strict", False), interface=pick("interface", None), auth=pick("auth", None),
+    )
+
+
 class ImportPolicy(_Model):
     prefixes: list[Rule]
     #: Received-prefix limit per session (BIRD's ``receive limit``): counts every prefix the peer
@@ -220,6 +301,7 @@ class PeerConfig(_Model):
     #: GTSM (RFC 5082): send TTL 255 and require it on receive.
     ttl_security: bool = False
     passive: bool = False
+    bfd: BfdSettings | None = None
 
     @model_validator(mode="after")
     def _same_family(self) -> PeerConfig:
@@ -237,6 +319,7 @@ class CustomerConfig(_Model):
     asn: Annotated[int, Field(ge=1, le=4294967295)]
     import_: ImportPolicy = Field(alias="import")
     peers: Annotated[list[PeerConfig], Field(min_length=1)]
+    bfd: BfdSettings | None = None
 
 
 class Config(_Model):
@@ -245,6 +328,7 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     fib: FibConfig = FibConfig()
     exabgp: ExabgpConfig = ExabgpConfig()
+    bfd: BfdGlobalConfig = BfdGlobalConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     customers: list[CustomerConfig] = []
 
@@ -265,6 +349,9 @@ class Config(_Model):
 
     def peers(self) -> list[tuple[CustomerConfig, PeerConfig]]:
         return [(c, p) for c in self.customers for p in c.peers]
+
+    def peer_bfd(self, customer: CustomerConfig, peer: PeerConfig) -> BfdPeerSettings:
+        return effective_bfd(self.bfd, customer.bfd, peer.bfd)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

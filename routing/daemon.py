@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bfd.control import BfdController, BfdEvent
 from fib.kernel import KernelFib
 from routing.config import Config, CustomerConfig, PeerConfig
 from routing.exabgp import messages as msg
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CEASE_MAX_PREFIXES = 1
 CEASE_ADMIN_RESET = 4
+CEASE_BFD_DOWN = 10  # RFC 9384
 
 
 @dataclass(slots=True)
@@ -57,6 +59,10 @@ class PeerState:
     last_down_reason: str = ""
     eor: set[str] = field(default_factory=set)
     updates: int = 0
+    bfd: bool = False
+    bfd_strict: bool = False
+    bfd_state: str = "down"
+    bfd_down_at: float | None = None
 
     @property
     def family(self) -> str:
@@ -83,8 +89,13 @@ class Daemon:
             policy = ImportPolicy(config.router, customer)
             self.rib.add_peer(pc.address, policy, customer.import_.max_prefixes)
             peer = Peer(pc.address, customer.name, customer.asn, config.router.asn)
-            self.peers[pc.address] = PeerState(customer, pc, peer)
+            ps = self.peers[pc.address] = PeerState(customer, pc, peer)
+            b = config.peer_bfd(customer, pc)
+            ps.bfd, ps.bfd_strict = b.enabled, b.enabled and b.strict
+            if ps.bfd_strict:
+                self.rib.set_eligible(pc.address, False)
             self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
+        self.bfd = BfdController(config, Path(run_dir), self.events, self.metrics)
         self.unknown_peer_events = 0
         self.started = clock()
         self.adopted = 0
@@ -117,7 +128,11 @@ class Daemon:
                      self.adopted, self.config.fib.protocol)
             self._stale_task = asyncio.create_task(self._startup_sweep())
         await self.speaker.start_server()
+        if self.bfd.enabled:
+            await self.bfd.start_server()
         async with asyncio.TaskGroup() as tg:
+            if self.bfd.enabled:
+                tg.create_task(self.bfd.supervise(), name="bfd")
             tg.create_task(self.fib.run(), name="fib")
             tg.create_task(self._rib_owner(), name="rib")
             tg.create_task(serve_api(self), name="api")
@@ -155,6 +170,9 @@ class Daemon:
             self._speaker_died()
             return
         if isinstance(ev, RelayConnected | msg.Shutdown):
+            return
+        if isinstance(ev, BfdEvent):
+            await self._bfd_event(ev)
             return
         peer_addr = getattr(ev, "peer", None)
         ps = self.peers.get(peer_addr) if peer_addr is not None else None
@@ -214,6 +232,33 @@ class Daemon:
         for addr in self.peers:
             self._to_fib(self.rib.sweep_stale(addr))
         self.fib.sweep_stale()
+
+    async def _bfd_event(self, ev: BfdEvent) -> None:
+        ps = self.peers.get(ev.peer)
+        if ps is None:
+            return
+        addr = str(ev.peer)
+        self.metrics.bfd_transitions.labels(addr, ev.new).inc()
+        ps.bfd_state = ev.new
+        if ev.new == "up":
+            log.info("BFD %s (%s) up", addr, ps.customer.name)
+            if ps.bfd_strict:
+                self._to_fib(self.rib.set_eligible(ev.peer, True))
+            return
+        if ev.old != "up":
+            return
+        # The path to this neighbour is dead: take its routes out of the kernel now, then close BGP.
+        ps.bfd_down_at = ev.at
+        ps.last_down_reason = f"BFD down ({ev.diag})"
+        if ps.bfd_strict:
+            diffs = self.rib.set_eligible(ev.peer, False)
+        else:
+            diffs = self.rib.peer_down(ev.peer)
+        self._to_fib(diffs)
+        log.warning("BFD %s (%s) down (%s), detected %.1f ms ago: %d FIB changes, tearing BGP down",
+                    addr, ps.customer.name, ev.diag, (self.clock() - ev.at) * 1000, len(diffs))
+        self.metrics.bgp_teardowns.labels(addr, "bfd_down").inc()
+        await self.speaker.command(msg.teardown(ev.peer, CEASE_BFD_DOWN))
 
     async def _update(self, ps: PeerState, ev: msg.UpdateEvent) -> None:
         ps.updates += 1
@@ -290,6 +335,8 @@ class Daemon:
                 "established_count": ps.established_count,
                 "last_down_reason": ps.last_down_reason,
                 "eor": sorted(ps.eor),
+                "bfd": ps.bfd_state if ps.bfd else None,
+                "bfd_down_at": ps.bfd_down_at,
             })
         return out
 
@@ -351,7 +398,12 @@ class Daemon:
             "unknown_peer_events": self.unknown_peer_events,
         }
 
+    def bfd_view(self) -> list[dict]:
+        customers = {str(a): ps.customer.name for a, ps in self.peers.items()}
+        return self.bfd.sessions_view(customers)
+
     async def stop(self) -> None:
+        await self.bfd.stop()
         await self.speaker.stop()
         with contextlib.suppress(Exception):
             self.fib.close()

@@ -58,3 +58,17 @@ class Metrics:
             "pop_router_child_restarts", "Supervised child processes restarted", ["child"], registry=r
         )
         self.child_up = Gauge("pop_router_child_up", "1 if the child process is running", ["child"], registry=r)
+        self.bfd_session_up = Gauge("pop_router_bfd_session_up", "1 if the BFD session is Up", ["peer"], registry=r)
+        self.bfd_transitions = Counter(
+            "pop_router_bfd_transitions", "BFD session state changes", ["peer", "state"], registry=r
+        )
+        self.bfd_rx_dropped = Counter(
+            "pop_router_bfd_rx_dropped", "Received BFD packets discarded, by reason", ["reason"], registry=r
+        )
+        self.bfd_detect_time = Gauge(
+            "pop_router_bfd_detect_time_seconds", "Negotiated BFD detection time", ["peer"], registry=r
+        )
+        self.bfd_tx_late = Counter(
+            "pop_router_bfd_tx_late", "BFD packets sent more than 25 % of their interval after they were due",
+            registry=r,
+        )

@@ -123,6 +123,23 @@ class Rib:
     def __init__(self) -> None:
         self.adj: dict[IPAddress, AdjRibIn] = {}
         self.loc = LocRib()
+        #: Peers whose accepted paths may enter the Loc-RIB (False: BFD strict mode, session not Up).
+        self.eligible: dict[IPAddress, bool] = {}
+
+    def set_eligible(self, peer: IPAddress, eligible: bool) -> list[FibDiff]:
+        """Gate a peer's accepted paths in or out of the Loc-RIB (BFD strict mode) without losing them."""
+        if self.eligible.get(peer, True) == eligible:
+            return []
+        self.eligible[peer] = eligible
+        a = self.adj.get(peer)
+        if a is None:
+            return []
+        diffs: list[FibDiff] = []
+        for prefix, path in a.accepted.items():
+            d = self.loc.set_path(path) if eligible else self.loc.remove_path(prefix, peer)
+            if d:
+                diffs.append(d)
+        return diffs
 
     def add_peer(self, peer: IPAddress, policy: ImportPolicy, max_prefixes: int | None) -> AdjRibIn:
         a = self.adj.get(peer)
@@ -133,6 +150,7 @@ class Rib:
     def announce(self, peer: IPAddress, paths: Iterable[Path]) -> list[FibDiff]:
         """Apply announcements; raises :class:`LimitExceeded` *after* storing up to the limit."""
         a = self.adj[peer]
+        eligible = self.eligible.get(peer, True)
         diffs: list[FibDiff] = []
         for path in paths:
             prefix = path.prefix
@@ -152,6 +170,8 @@ class Rib:
                 continue
             a.rejected.pop(prefix, None)
             a.accepted[prefix] = res
+            if not eligible:
+                continue
             d = self.loc.set_path(res)
             if d:
                 diffs.append(d)

@@ -282,3 +282,13 @@ def test_demux_by_discriminator_then_by_addresses_and_ttl() -> None:
     assert t.lookup(pkt(State.UP, your=5), other, 255) == (None, DropReason.NO_SESSION)  # discr of another peer
     assert t.lookup(pkt(State.UP, your=5), key, 254) == (None, DropReason.TTL)  # RFC 5881: TTL 255 only
     assert t.remove(key) is s and t.lookup(pkt(State.UP, your=5), key, 255) == (None, DropReason.NO_SESSION)
+
+
+def test_next_packet_pulled_in_when_the_peer_speeds_up() -> None:
+    """FRR advertises Required Min RX 1 s until it is Up: once it asks for 50 ms, a packet already
+    scheduled a second away must be brought forward, or FRR declares us dead (seen in the lab)."""
+    s = BfdSession(cfg(tx_ms=20, rx_ms=30), 0.0, rng=lambda: 1.0)
+    feed(s, pkt(State.INIT, tx_ms=1000, rx_ms=1000), 1.0)  # -> Up; interval is max(20 ms, 1 s)
+    assert s.state == State.UP and s.next_tx == pytest.approx(2.0)
+    feed(s, pkt(State.UP, tx_ms=40, rx_ms=50, poll=True), 1.001)
+    assert s.next_tx <= 1.001 + 0.050

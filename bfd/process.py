@@ -1,0 +1,189 @@
+"""The BFD process: ``python -m bfd.process SOCKET [--realtime PRIO]``.
+
+Theory of operation
+-------------------
+BFD runs in its own process (like FRR's bfdd) because a full-table ingest keeps the routing loop
+busy for seconds, and a BFD packet that leaves late makes the *peer* declare us dead. It can run
+``SCHED_FIFO`` (``bfd.realtime_priority``) so even a busy machine schedules it first.
+
+Protocol with the daemon, JSON lines over a Unix socket (the daemon listens, we connect):
+
+- daemon -> us: ``{"op": "sessions", "sessions": [SPEC, ...]}`` — the complete desired set. We add
+  what is new, remove what is gone and change timers in place (a Poll Sequence). The daemon sends it
+  again after every (re)connect, so session requests survive a restart of this process.
+- us -> daemon: ``{"event": "state", "peer", "local", "multihop", "old", "new", "diag", "at"}`` on
+  every transition, ``at`` being CLOCK_MONOTONIC when it was detected; and once a second
+  ``{"event": "stats", ...}`` with every session's state, negotiated timers and counters.
+
+If the daemon goes away we exit; it restarts us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from bfd.auth import AuthConfig
+from bfd.packet import AuthType, State
+from bfd.session import BfdSession, SessionConfig, SessionKey, StateChanged
+from bfd.transport import Transport, ifname_for_address
+
+log = logging.getLogger("bfd")
+
+AUTH_TYPES = {
+    "simple": AuthType.SIMPLE, "keyed-md5": AuthType.KEYED_MD5, "meticulous-keyed-md5": AuthType.METICULOUS_KEYED_MD5,
+    "keyed-sha1": AuthType.KEYED_SHA1, "meticulous-keyed-sha1": AuthType.METICULOUS_KEYED_SHA1,
+}
+
+
+def _key(spec: dict) -> SessionKey:
+    return SessionKey(spec["peer"], spec["local"], "", bool(spec.get("multihop")))
+
+
+def _cfg(spec: dict, discr: int) -> SessionConfig:
+    auth = None
+    if spec.get("auth"):
+        a = spec["auth"]
+        auth = AuthConfig(AUTH_TYPES[a["type"]], int(a.get("key_id", 1)), str(a["secret"]).encode())
+    return SessionConfig(discr, int(spec["tx_ms"]) * 1000, int(spec["rx_ms"]) * 1000, int(spec["mult"]), auth)
+
+
+class BfdProcess:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.transport = Transport(self._on_state)
+        self.specs: dict[SessionKey, dict] = {}
+        self._next_discr = int.from_bytes(os.urandom(4), "big") | 1
+
+    def _discr(self) -> int:
+        self._next_discr = (self._next_discr + 1) & 0xFFFFFFFF or 1
+        return self._next_discr
+
+    def _send(self, doc: dict) -> None:
+        self.writer.write(orjson.dumps(doc) + b"\n")
+
+    def _on_state(self, key: SessionKey, s: BfdSession, ch: StateChanged) -> None:
+        log.info("%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
+        self._send({"event": "state", "peer": key.peer, "local": key.local, "multihop": key.multihop,
+                    "old": ch.old.name.lower(), "new": ch.new.name.lower(), "diag": ch.diag.name.lower(),
+                    "at": ch.at})
+
+    def set_sessions(self, specs: list[dict]) -> None:
+        wanted = {_key(s): s for s in specs}
+        for key in list(self.specs):
+            if key not in wanted:
+                self.transport.remove(key)
+                del self.specs[key]
+        for key, spec in wanted.items():
+            old = self.specs.get(key)
+            if old is None:
+                iface = spec.get("interface")
+                if not iface and not key.multihop:
+                    iface = ifname_for_address(key.local)
+                try:
+                    self.transport.add(key, _cfg(spec, self._discr()), interface=iface,
+                                       min_ttl=int(spec.get("min_ttl", 255)) if key.multihop else 255)
+                except OSError as exc:
+                    log.error("cannot create BFD session to %s: %s", key.peer, exc)
+                    continue
+            elif old != spec:
+                e = self.transport.entries.get(key)
+                if e is not None and (old.get("auth") != spec.get("auth") or old.get("mult") != spec.get("mult")):
+                    self.transport.remove(key)
+                    self.transport.add(key, _cfg(spec, self._discr()), interface=e.interface, min_ttl=e.min_ttl)
+                elif e is not None:
+                    e.session.set_timers(int(spec["tx_ms"]) * 1000, int(spec["rx_ms"]) * 1000)
+            self.specs[key] = spec
+
+    def stats(self) -> dict[str, Any]:
+        now = self.transport.loop.time()
+        sessions = []
+        for key, e in self.transport.entries.items():
+            s = e.session
+            sessions.append({
+                "peer": key.peer, "local": key.local, "multihop": key.multihop, "interface": e.interface,
+                "state": s.state.name.lower(), "remote_state": s.remote_state.name.lower(),
+                "local_diag": s.local_diag.name.lower(), "remote_diag": s.remote_diag.name.lower(),
+                "local_discriminator": s.cfg.local_discriminator, "remote_discriminator": s.remote_discr,
+                "tx_interval_ms": s.tx_interval_us() / 1000,
+                "rx_interval_ms": max(s.required_min_rx_us, s.remote_desired_tx_us) / 1000,
+                "detect_mult": s.cfg.detect_mult, "remote_detect_mult": s.remote_detect_mult,
+                "detect_time_ms": s.detection_time_us() / 1000,
+                "uptime_s": round(now - s.up_since, 3) if s.up_since is not None and s.state == State.UP else 0,
+                "flaps": s.flaps, "last_down_diag": s.last_down_diag.name.lower(),
+                "tx_packets": s.tx_packets, "rx_packets": s.rx_packets,
+                "auth": self.specs.get(key, {}).get("auth", {}).get("type") if self.specs.get(key, {}).get("auth")
+                else None,
+            })
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {"event": "stats", "sessions": sessions, "rx_dropped": dict(self.transport.dropped),
+                "tx_late": self.transport.tx_late, "tx_errors": self.transport.tx_errors,
+                "cpu_s": ru.ru_utime + ru.ru_stime, "pid": os.getpid()}
+
+
+async def run(path: str) -> None:
+    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
+    proc = BfdProcess(writer)
+
+    async def report() -> None:
+        while True:
+            proc._send(proc.stats())
+            await writer.drain()
+            await asyncio.sleep(1.0)  # stats cadence for show bfd and metrics
+
+    task = asyncio.create_task(report())
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log.warning("bad request line from the daemon: %r", line[:80])
+                continue
+            if msg.get("op") == "sessions":
+                proc.set_sessions(msg.get("sessions", []))
+                proc._send(proc.stats())
+            elif msg.get("op") == "stats":
+                proc._send(proc.stats())
+    finally:
+        task.cancel()
+        proc.transport.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bfd.process")
+    ap.add_argument("socket")
+    ap.add_argument("--realtime", type=int, default=None, help="SCHED_FIFO priority (1-99)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bfd[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stdout)
+    if args.realtime:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))
+            log.info("running SCHED_FIFO priority %d", args.realtime)
+        except OSError as exc:
+            log.warning("cannot use SCHED_FIFO: %s", exc)
+    # The default event loop on purpose: its clock is time.monotonic() (the `at` of our events must be
+    # CLOCK_MONOTONIC) and its timers are not rounded to libuv's millisecond tick like uvloop's.
+    t0 = time.monotonic()
+    try:
+        asyncio.run(run(args.socket))
+    except (ConnectionError, FileNotFoundError) as exc:
+        log.error("daemon socket %s: %s", args.socket, exc)
+        return 1
+    log.info("daemon went away after %.0fs; exiting", time.monotonic() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

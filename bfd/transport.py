@@ -1,0 +1,316 @@
+"""BFD over UDP: the only module that touches sockets and the event loop (RFC 5881, RFC 5883).
+
+Theory of operation
+-------------------
+- Receive: one socket per (family, single-hop | multihop) bound to UDP 3784 / 4784, read with
+  ``recvmsg`` so the TTL / hop limit and the destination address come with each datagram
+  (``IP_RECVTTL``/``IP_PKTINFO``, ``IPV6_RECVHOPLIMIT``/``IPV6_RECVPKTINFO``). Single-hop packets
+  must arrive with TTL 255 (RFC 5881 §5, GTSM); multihop ones with at least the session's
+  ``min_ttl`` (RFC 5883 §2). Every drop is counted by reason, never raised.
+- Transmit: one socket per session, bound to the local address and a source port in 49152-65535
+  (RFC 5881 §4), to the interface for single-hop (``SO_BINDTODEVICE``), TTL / hop limit 255, DSCP
+  CS6 (TOS 0xC0), connected to the peer.
+- Timers: sessions are pure (``bfd.session``); this module keeps a heap of their
+  ``next_deadline()`` values and re-arms a single ``loop.call_at`` to the earliest (aioquic's
+  pattern). When it fires, the sockets are drained first — a packet that already arrived is
+  processed before a detection timeout is declared — then every due session gets ``on_timer``.
+- A periodic packet that leaves more than 25 % of its interval after it was due is counted in
+  ``tx_late`` (what makes the *peer* declare us dead is lateness, not loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import heapq
+import ipaddress
+import logging
+import random
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bfd.packet import DecodeError, DropReason, decode
+from bfd.session import BfdSession, Dropped, Send, SessionConfig, SessionKey, SessionTable, StateChanged
+
+log = logging.getLogger(__name__)
+
+PORT_SINGLE_HOP = 3784
+PORT_MULTIHOP = 4784
+IP_TTL = 2
+IP_PKTINFO = 8
+IP_RECVTTL = 12
+IP_FREEBIND = 15
+IPV6_RECVPKTINFO = 49
+IPV6_PKTINFO = 50
+IPV6_RECVHOPLIMIT = 51
+IPV6_HOPLIMIT = 52
+IPV6_FREEBIND = 78
+SO_BINDTODEVICE = 25
+TOS_CS6 = 0xC0
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: SessionKey
+    session: BfdSession
+    sock: socket.socket | None
+    min_ttl: int
+    interface: str | None
+
+
+class Transport:
+    def __init__(self, on_state: Callable[[SessionKey, BfdSession, StateChanged], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.on_state = on_state
+        self.table = SessionTable()
+        self.entries: dict[SessionKey, _Entry] = {}
+        self.rx_socks: dict[tuple[int, bool], socket.socket] = {}
+        self.dropped: Counter[str] = Counter()
+        self.tx_late = 0
+        self.tx_errors = 0
+        self._heap: list[tuple[float, int, SessionKey]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._in_timer = False
+
+    # --- sessions ------------------------------------------------------------------------------------
+    def add(self, key: SessionKey, cfg: SessionConfig, *, interface: str | None, min_ttl: int) -> BfdSession:
+        fam = socket.AF_INET6 if ":" in key.peer else socket.AF_INET
+        self._rx_socket(fam, key.multihop)
+        s = BfdSession(cfg, self.loop.time())
+        entry = _Entry(key, s, None, min_ttl, interface)
+        entry.sock = self._tx_socket(key, fam, interface)
+        self.entries[key] = entry
+        self.table.add(key, s, min_ttl)
+        self._schedule(key)
+        return s
+
+    def remove(self, key: SessionKey) -> None:
+        e = self.entries.pop(key, None)
+        if e is None:
+            return
+        self.table.remove(key)
+        if e.sock is not None:
+            e.sock.close()
+
+    def close(self) -> None:
+        for key in list(self.entries):
+            self.remove(key)
+        for s in self.rx_socks.values():
+            self.loop.remove_reader(s.fileno())
+            s.close()
+        self.rx_socks.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # --- sockets -----------------------------------------------------------------------------------
+    def _rx_socket(self, fam: int, multihop: bool) -> socket.socket:
+        k = (fam, multihop)
+        if k in self.rx_socks:
+            return self.rx_socks[k]
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", PORT_MULTIHOP if multihop else PORT_SINGLE_HOP))
+        s.setblocking(False)
+        self.loop.add_reader(s.fileno(), self._drain, s, multihop)
+        self.rx_socks[k] = s
+        return s
+
+    def _tx_socket(self, key: SessionKey, fam: int, interface: str | None) -> socket.socket:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        if fam == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, IP_TTL, 255)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_CS6)
+            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_CS6)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        if interface and not key.multihop:
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+        for _ in range(64):
+            try:
+                s.bind((key.local, random.randint(49152, 65535)))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        s.connect((key.peer, PORT_MULTIHOP if key.multihop else PORT_SINGLE_HOP))
+        s.setblocking(False)
+        return s
+
+    # --- receive -----------------------------------------------------------------------------------
+    def _drain(self, sock: socket.socket, multihop: bool) -> None:
+        while True:
+            try:
+                data, anc, _flags, src = sock.recvmsg(512, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.dropped["socket_error"] += 1
+                return
+            self._receive(data, anc, src, multihop)
+
+    def _receive(self, data: bytes, anc: list, src: tuple, multihop: bool) -> None:
+        now = self.loop.time()
+        ttl = 0
+        dst = ""
+        for level, kind, cdata in anc:
+            if level == socket.IPPROTO_IP and kind == IP_TTL:
+                ttl = struct.unpack("=i", cdata[:4])[0]
+            elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                dst = socket.inet_ntop(socket.AF_INET, cdata[8:12])
+            elif level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT:
+                ttl = struct.unpack("=i", cdata[:4])[0]
+            elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+                dst = socket.inet_ntop(socket.AF_INET6, cdata[:16])
+        try:
+            p = decode(data)
+        except DecodeError as exc:
+            self.dropped[exc.reason.value] += 1
+            return
+        peer = str(ipaddress.ip_address(src[0].split("%")[0]))
+        key = SessionKey(peer, dst, "", multihop)
+        s, reason = self.table.lookup(p, key, ttl)
+        if s is None:
+            self.dropped[(reason or DropReason.NO_SESSION).value] += 1
+            return
+        self._apply(self._key_of(s), s.on_packet(p, data[: len(data)], now), now)
+
+    def _key_of(self, s: BfdSession) -> SessionKey:
+        return self.table.by_discr[s.cfg.local_discriminator][0]
+
+    # --- actions and timers ------------------------------------------------------------------------
+    def _apply(self, key: SessionKey, actions: list, now: float) -> None:
+        e = self.entries.get(key)
+        if e is None:
+            return
+        for a in actions:
+            if isinstance(a, Send):
+                if a.due is not None and a.interval_s and now - a.due > 0.25 * a.interval_s:
+                    self.tx_late += 1
+                try:
+                    if e.sock is not None:
+                        e.sock.send(a.data)
+                except OSError:
+                    self.tx_errors += 1
+            elif isinstance(a, StateChanged):
+                self.on_state(key, e.session, a)
+            elif isinstance(a, Dropped):
+                self.dropped[a.reason.value] += 1
+        self._schedule(key)
+
+    def _schedule(self, key: SessionKey) -> None:
+        e = self.entries.get(key)
+        if e is None:
+            return
+        d = e.session.next_deadline()
+        if d is None:
+            return
+        self._seq += 1
+        heapq.heappush(self._heap, (d, self._seq, key))
+        if self._in_timer:
+            return  # _on_timer arms the timer on the heap's earliest entry when it is done
+        if self._timer_at is None or d < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = d
+            self._timer = self.loop.call_at(d, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._in_timer = True
+        try:
+            self._run_due()
+        finally:
+            self._in_timer = False
+        self._arm()
+
+    def _run_due(self) -> None:
+        # Packets that already arrived count before any timeout is declared.
+        for (_fam, multihop), s in self.rx_socks.items():
+            self._drain(s, multihop)
+        now = self.loop.time()
+        due: list[SessionKey] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, key = heapq.heappop(self._heap)
+            due.append(key)
+        seen: set[SessionKey] = set()
+        for key in due:
+            if key in seen:
+                continue
+            seen.add(key)
+            e = self.entries.get(key)
+            if e is None:
+                continue
+            nd = e.session.next_deadline()
+            if nd is None or nd > now:
+                continue  # a stale entry: the deadline moved, and its new entry is in the heap
+            self._apply(key, e.session.on_timer(now), now)
+
+    def _arm(self) -> None:
+        """Arm the one timer on the earliest live deadline. Every live deadline has a heap entry
+        (each change goes through _schedule); stale entries on top are dropped here."""
+        while self._heap:
+            d, _, key = self._heap[0]
+            e = self.entries.get(key)
+            if e is None or e.session.next_deadline() != d:
+                heapq.heappop(self._heap)
+                continue
+            if self._timer is not None:
+                if self._timer_at is not None and self._timer_at <= d:
+                    return
+                self._timer.cancel()
+            self._timer_at = d
+            self._timer = self.loop.call_at(d, self._on_timer)
+            return
+
+    def admin(self, key: SessionKey, down: bool) -> None:
+        e = self.entries.get(key)
+        if e is None:
+            return
+        now = self.loop.time()
+        self._apply(key, e.session.admin_down(now) if down else e.session.admin_up(now), now)
+
+
+def ifname_for_address(addr: str) -> str | None:
+    """The interface holding ``addr`` in this namespace (pyroute2: links and addresses are off the
+    hot path), or None if no interface has it yet.
+
+    pyroute2's synchronous IPRoute runs its own event loop, so it is used from a worker thread when
+    called under a running loop (only when a session is created).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _ifname_for_address(addr)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(_ifname_for_address, addr).result()
+
+
+def _ifname_for_address(addr: str) -> str | None:
+    from pyroute2 import IPRoute
+
+    with contextlib.closing(IPRoute()) as ipr:
+        for a in ipr.get_addr():
+            if a.get_attr("IFA_ADDRESS") == addr or a.get_attr("IFA_LOCAL") == addr:
+                links = ipr.get_links(a["index"])
+                if links:
+                    return links[0].get_attr("IFLA_IFNAME")
+    return None
