@@ -62,6 +62,7 @@ class BfdProcess:
         self.transport = Transport(self._on_state)
         self.specs: dict[SessionKey, dict] = {}
         self._next_discr = int.from_bytes(os.urandom(4), "big") | 1
+        self._stats_pending = False
 
     def _discr(self) -> int:
         self._next_discr = (self._next_discr + 1) & 0xFFFFFFFF or 1
@@ -75,6 +76,14 @@ class BfdProcess:
         self._send({"event": "state", "peer": key.peer, "local": key.local, "multihop": key.multihop,
                     "old": ch.old.name.lower(), "new": ch.new.name.lower(), "diag": ch.diag.name.lower(),
                     "at": ch.at})
+        # A fresh snapshot right after a transition, so `show bfd` never lags a state change.
+        if not self._stats_pending:
+            self._stats_pending = True
+            self.transport.loop.call_soon(self._send_stats_now)
+
+    def _send_stats_now(self) -> None:
+        self._stats_pending = False
+        self._send(self.stats())
 
     def set_sessions(self, specs: list[dict]) -> None:
         wanted = {_key(s): s for s in specs}

@@ -63,6 +63,8 @@ class PeerState:
     bfd_strict: bool = False
     bfd_state: str = "down"
     bfd_down_at: float | None = None
+    #: Why *we* closed the session (BFD, max_prefixes, operator): kept over ExaBGP's own wording.
+    teardown_reason: str = ""
 
     @property
     def family(self) -> str:
@@ -204,7 +206,8 @@ class Daemon:
         elif ev.state == "down":
             was_up = ps.state == "established"
             ps.state, ps.since = "idle", self.clock()
-            ps.last_down_reason = ev.reason or ps.last_down_reason
+            ps.last_down_reason = ps.teardown_reason or ev.reason or ps.last_down_reason
+            ps.teardown_reason = ""
             self.metrics.bgp_session_up.labels(addr, ps.customer.name).set(0)
             diffs = self.rib.peer_down(ps.config.address)
             self._to_fib(diffs)
@@ -249,7 +252,7 @@ class Daemon:
             return
         # The path to this neighbour is dead: take its routes out of the kernel now, then close BGP.
         ps.bfd_down_at = ev.at
-        ps.last_down_reason = f"BFD down ({ev.diag})"
+        ps.last_down_reason = ps.teardown_reason = f"BFD down ({ev.diag})"
         if ps.bfd_strict:
             diffs = self.rib.set_eligible(ev.peer, False)
         else:
@@ -292,7 +295,7 @@ class Daemon:
         addr = ps.config.address
         log.error("peer %s (%s) sent more than max_prefixes %d: tearing the session down (cease 1)",
                   addr, ps.customer.name, exc.limit)
-        ps.last_down_reason = f"max_prefixes {exc.limit} exceeded"
+        ps.last_down_reason = ps.teardown_reason = f"max_prefixes {exc.limit} exceeded"
         self.metrics.bgp_teardowns.labels(str(addr), "max_prefixes").inc()
         self._to_fib(self.rib.peer_down(addr))
         await self.speaker.command(msg.teardown(addr, CEASE_MAX_PREFIXES))
@@ -389,6 +392,8 @@ class Daemon:
             "uptime_s": round(self.clock() - self.started, 1),
             "exabgp_pid": self.speaker.proc.pid if self.speaker.proc else None,
             "exabgp_restarts": self.speaker.restarts,
+            "bfd_pid": self.bfd.proc.pid if self.bfd.proc and self.bfd.proc.returncode is None else None,
+            "bfd_restarts": self.bfd.restarts,
             "malformed_messages": self.speaker.malformed,
             "adopted_routes": self.adopted,
             "fib_routes": len(self.fib.installed),

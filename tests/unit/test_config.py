@@ -129,3 +129,38 @@ def test_prefix_rule_ranges(rule: str, ge: int, le: int) -> None:
     r = PrefixRule.parse(rule)
     assert (r.ge, r.le) == (ge, le)
     assert str(PrefixRule.parse(str(r))) == str(r)
+
+
+def test_bfd_inheritance_global_customer_peer() -> None:
+    d = base()
+    d["bfd"] = {"tx_interval_ms": 100, "multiplier": 5}
+    d["customers"][0]["bfd"] = {"rx_interval_ms": 50}
+    d["customers"][0]["peers"][1]["bfd"] = {"enabled": False}
+    d["customers"][0]["peers"][0]["bfd"] = {"auth": {"type": "meticulous-keyed-sha1", "key_id": 9, "secret": "s"},
+                                            "strict": True}
+    c = parse_config(d, "pop.yaml")
+    cust = c.customers[0]
+    b0 = c.peer_bfd(cust, cust.peers[0])
+    assert (b0.enabled, b0.tx_interval_ms, b0.rx_interval_ms, b0.multiplier, b0.strict) == (True, 100, 50, 5, True)
+    assert b0.auth is not None and b0.auth.type == "meticulous-keyed-sha1"
+    assert c.peer_bfd(cust, cust.peers[1]).enabled is False
+    d2 = base()
+    c2 = parse_config(d2, "pop.yaml")
+    assert c2.peer_bfd(c2.customers[0], c2.customers[0].peers[0]).enabled is False  # off unless asked
+
+
+@pytest.mark.parametrize(
+    ("bfd", "message"),
+    [
+        ({"tx_interval_ms": 0}, "customers[0].bfd.tx_interval_ms: Input should be greater than or equal to 1"),
+        ({"multiplier": 256}, "customers[0].bfd.multiplier: Input should be less than or equal to 255"),
+        ({"auth": {"type": "md5", "secret": "x"}}, "customers[0].bfd.auth.type: Input should be"),
+        ({"auth": {"type": "keyed-md5", "secret": "x" * 17}}, "keyed-md5 secrets are at most 16 characters"),
+    ],
+)
+def test_bad_bfd_blocks(bfd: dict, message: str) -> None:
+    d = base()
+    d["customers"][0]["bfd"] = bfd
+    with pytest.raises(ConfigError) as e:
+        parse_config(d, "pop.yaml")
+    assert message in str(e.value), str(e.value)

@@ -128,3 +128,15 @@ def test_diff_stream_rebuilds_loc_rib(seq) -> None:
         assert s is not None
         expected[prefix] = FibEntry(prefix, tuple(x.nexthop for x in s.multipath))
     assert fib == expected
+
+
+def test_strict_mode_gates_paths_without_losing_them() -> None:
+    r = rib()
+    assert r.set_eligible(A1.address, False) == []
+    assert r.announce(A1.address, [path(p=A1)]) == []  # stored, not installed
+    assert N("203.0.113.0/24") in r.adj[A1.address].accepted
+    d = r.set_eligible(A1.address, True)  # BFD Up
+    assert [(x.prefix, x.new is not None) for x in d] == [(N("203.0.113.0/24"), True)]
+    d = r.set_eligible(A1.address, False)  # BFD Down: out of the FIB, kept in the Adj-RIB-In
+    assert [(x.prefix, x.new) for x in d] == [(N("203.0.113.0/24"), None)]
+    assert N("203.0.113.0/24") in r.adj[A1.address].accepted

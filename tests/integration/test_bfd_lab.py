@@ -1,0 +1,148 @@
+"""BFD against real FRR bfdd and BIRD in the pop-bfd lab: sessions, timers, auth, multihop, path cuts.
+
+Paths are cut by blocking a port of the switch node's bridge (`bridge link set dev X state 0`): the
+routers see no interface event, only missing packets, as with a failed transport circuit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labs.runner import Lab
+from labs.topology import load_topology
+
+from .lab import kernel_routes, metric_value, metrics, peers, run_in, show
+from .netns import unique_prefix, wait_for
+
+ROOT = Path(__file__).parents[2]
+TOPOLOGY = ROOT / "containerlab" / "pop-bfd.clab.yml"
+BFD_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2", "10.255.0.3",
+             "10.0.11.2", "10.0.12.2", "10.0.13.2", "10.0.14.2", "10.0.15.2"}
+BGP_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2"}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab = Lab(load_topology(TOPOLOGY), unique_prefix("bfd") + "-")
+    try:
+        lab.up(log=lambda *_: None)
+        yield lab
+    finally:
+        lab.down()
+
+
+def bfd(lab: Lab) -> dict[str, dict]:
+    return {s["peer"]: s for s in show(lab, "bfd")}
+
+
+def all_up(lab: Lab) -> bool:
+    b = bfd(lab)
+    est = {a for a, p in peers(lab).items() if p["state"] == "established"}
+    return set(b) == BFD_PEERS and all(s["state"] == "up" for s in b.values()) and BGP_PEERS <= est
+
+
+@pytest.fixture(scope="module")
+def converged(lab: Lab) -> Lab:
+    wait_for(lambda: all_up(lab), timeout=60, what="all BFD sessions Up and BGP Established")
+    # FRR 8.4 resets its BFD session once when its BGP session first reaches Established (we then
+    # tear BGP down as BFD asks); wait until that settles.
+    wait_for(lambda: all_up(lab) and kernel_routes(lab).get("198.51.100.0/24") and
+             kernel_routes(lab).get("203.0.113.0/24"), timeout=60, what="routes installed")
+    return lab
+
+
+def test_sessions_up_with_frr_and_bird_ipv4_ipv6_and_timers_negotiated(converged: Lab) -> None:
+    b = bfd(converged)
+    # Ours: we asked 20/30 ms, FRR 40/50 ms -> we send every max(20, 50) = 50 ms, FRR every 40 ms,
+    # and we detect after 3 x max(30, 40) = 120 ms.
+    for a in ("10.0.1.2", "2001:db8:1::2"):
+        assert (b[a]["tx_interval_ms"], b[a]["rx_interval_ms"], b[a]["detect_time_ms"]) == (50, 40, 120)
+    for a in ("10.0.2.2", "2001:db8:2::2"):
+        assert (b[a]["tx_interval_ms"], b[a]["detect_time_ms"]) == (10, 30)
+    frr = json.loads(run_in(converged, "frr", "vtysh", "-c", "show bfd peers json").stdout)
+    by_peer = {p["peer"]: p for p in frr}
+    for a in ("10.0.1.1", "2001:db8:1::1"):
+        p = by_peer[a]
+        assert p["status"] == "up"
+        # FRR's side of the same negotiation: what we told it, and what it uses.
+        assert (p["remote-receive-interval"], p["remote-transmit-interval"]) == (30, 20)
+        assert (p["receive-interval"], p["transmit-interval"]) == (50, 40)
+    out = run_in(converged, "bird", "birdc", "-s", "/run/bird/bird.ctl", "show", "bfd", "sessions").stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isdigit()}
+    assert rows["10.0.2.1"][2] == "Up" and rows["10.0.2.1"][-2:] == ["0.010", "0.030"]
+    assert rows["2001:db8:2::1"][2] == "Up"
+
+
+def test_bird_every_authentication_type(converged: Lab) -> None:
+    b = bfd(converged)
+    expected = {"10.0.11.2": "simple", "10.0.12.2": "keyed-md5", "10.0.13.2": "meticulous-keyed-md5",
+                "10.0.14.2": "keyed-sha1", "10.0.15.2": "meticulous-keyed-sha1"}
+    for peer, auth in expected.items():
+        assert b[peer]["state"] == "up" and b[peer]["auth"] == auth
+        assert b[peer]["rx_packets"] > 0
+    out = run_in(converged, "bird", "birdc", "-s", "/run/bird/bird.ctl", "show", "bfd", "sessions").stdout
+    for i in range(11, 16):
+        assert any(line.startswith(f"10.0.{i}.1 ") and " Up " in line for line in out.splitlines()), out
+    m = metrics(converged)
+    assert not metric_value(m, "pop_router_bfd_rx_dropped_total", reason="auth_failed")
+
+
+def test_multihop_with_bird(converged: Lab) -> None:
+    s = bfd(converged)["10.255.0.3"]
+    assert s["multihop"] and s["state"] == "up" and s["detect_time_ms"] == 150
+    out = run_in(converged, "bird", "birdc", "-s", "/run/bird/bird.ctl", "show", "bfd", "sessions").stdout
+    assert any(line.startswith("10.255.0.1 ") and " Up " in line for line in out.splitlines()), out
+
+
+def _cut(lab: Lab, port: str, state: int) -> float:
+    t = time.monotonic()
+    run_in(lab, "sw", "bridge", "link", "set", "dev", port, "state", str(state))
+    return t
+
+
+@pytest.mark.parametrize(
+    ("port", "peer", "prefix", "detect_ms"),
+    [("eth4", "10.0.2.2", "203.0.113.0/24", 30), ("eth2", "10.0.1.2", "198.51.100.0/24", 120)],
+    ids=["bird-10ms", "frr-40ms"],
+)
+def test_path_cut_detected_bgp_and_routes_go_then_return(converged: Lab, port: str, peer: str, prefix: str,
+                                                          detect_ms: int) -> None:
+    lab = converged
+    t_cut = _cut(lab, port, 0)
+    try:
+        wait_for(lambda: prefix not in kernel_routes(lab), timeout=5, interval=0.01, what="routes withdrawn")
+        p = peers(lab)[peer]
+        assert p["bfd"] == "down" and p["state"] != "established"
+        assert p["last_down_reason"].startswith("BFD down (control_detection_time_expired)")
+        # Detected no later than the negotiated detection time after the cut, plus scheduling slack
+        # of the test itself (the benchmark measures it precisely).
+        assert p["bfd_down_at"] - t_cut <= detect_ms / 1000 + 0.1
+        assert bfd(lab)[peer]["local_diag"] == "control_detection_time_expired"
+        m = metrics(lab)
+        assert (metric_value(m, "pop_router_bfd_transitions_total", peer=peer, state="down") or 0) >= 1
+        assert (metric_value(m, "pop_router_bgp_teardowns_total", peer=peer, reason="bfd_down") or 0) >= 1
+    finally:
+        _cut(lab, port, 3)
+    wait_for(lambda: bfd(lab)[peer]["state"] == "up" and peers(lab)[peer]["state"] == "established",
+             timeout=60, what="BFD and BGP back after the heal")
+    wait_for(lambda: prefix in kernel_routes(lab), timeout=30, what="routes back")
+
+
+def test_bfd_process_restart_keeps_requests(converged: Lab) -> None:
+    lab = converged
+    pid = show(lab, "status")["bfd_pid"]
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: show(lab, "status")["bfd_pid"] not in (None, pid), timeout=30, what="BFD process restarted")
+    wait_for(lambda: all(s["state"] == "up" for s in bfd(lab).values()) and set(bfd(lab)) == BFD_PEERS,
+             timeout=60, what="sessions re-requested from the new BFD process and Up")
+    assert show(lab, "status")["bfd_restarts"] == 1
+    m = metrics(lab)
+    assert (metric_value(m, "pop_router_child_restarts_total", child="bfd") or 0) >= 1
