@@ -46,6 +46,7 @@ test: deps
 
 bench: deps
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/bfd.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import resource
+import signal
 import sys
 import time
 from typing import Any
@@ -141,6 +142,21 @@ class BfdProcess:
 async def run(path: str) -> None:
     reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
     proc = BfdProcess(writer)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    # A graceful stop tells every peer AdminDown (RFC 5880 §6.8.16): a planned shutdown is not a
+    # failure, and the peers' routing must not fail over because of it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def admin_down_on_stop() -> None:
+        await stopping.wait()
+        for key in list(proc.transport.entries):
+            proc.transport.admin(key, down=True)
+        await asyncio.sleep(0.05)  # let the AdminDown packets leave before the sockets close
+        writer.close()
+
+    stopper = asyncio.create_task(admin_down_on_stop())
 
     async def report() -> None:
         while True:
@@ -166,6 +182,7 @@ async def run(path: str) -> None:
                 proc._send(proc.stats())
     finally:
         task.cancel()
+        stopper.cancel()
         proc.transport.close()
 
 

@@ -146,3 +146,40 @@ def test_bfd_process_restart_keeps_requests(converged: Lab) -> None:
     assert show(lab, "status")["bfd_restarts"] == 1
     m = metrics(lab)
     assert (metric_value(m, "pop_router_child_restarts_total", child="bfd") or 0) >= 1
+
+
+def test_strict_mode_keeps_routes_out_while_bfd_is_not_up(converged: Lab) -> None:
+    """2001:db8:2::2 is `strict`: with its BFD packets dropped at BIRD (nft), BGP comes back but
+    the routes stay out of the kernel until BFD is Up again."""
+    lab = converged
+    nft = "nft add table inet popt; nft add chain inet popt in '{ type filter hook input priority 0; }'; " \
+          "nft add rule inet popt in ip6 saddr 2001:db8:2::1 udp dport 3784 drop"
+    run_in(lab, "bird", "sh", "-c", nft)
+    try:
+        wait_for(lambda: peers(lab)["2001:db8:2::2"]["bfd"] != "up", timeout=10, what="BFD not Up")
+        wait_for(lambda: peers(lab)["2001:db8:2::2"]["state"] == "established"
+                 and peers(lab)["2001:db8:2::2"]["accepted"] == 1, timeout=60, what="BGP back with BFD down")
+        assert "2001:db8:200::/48" not in kernel_routes(lab, "-6")
+        assert peers(lab)["2001:db8:2::2"]["bfd"] != "up"
+    finally:
+        run_in(lab, "bird", "nft", "delete", "table", "inet", "popt")
+    wait_for(lambda: "2001:db8:200::/48" in kernel_routes(lab, "-6"), timeout=60, what="routes in once BFD is Up")
+    assert peers(lab)["2001:db8:2::2"]["bfd"] == "up"
+
+
+def test_graceful_stop_sends_admin_down(converged: Lab) -> None:
+    """Stopping the daemon (SIGTERM) stops the BFD process, which tells every peer AdminDown."""
+    lab = converged
+    pid = int((lab.state / "pop.pop-router.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    def bird_sessions() -> str:
+        return run_in(lab, "bird", "birdc", "-s", "/run/bird/bird.ctl", "show", "bfd", "sessions").stdout
+    wait_for(lambda: "10.0.11.1" in bird_sessions() and all(
+        " Up " not in line for line in bird_sessions().splitlines() if line.startswith("10.0.1")),
+        timeout=20, what="BIRD sees our sessions go down")
+    frr = json.loads(run_in(lab, "frr", "vtysh", "-c", "show bfd peers json").stdout)
+    wait_for(lambda: all(p["status"] != "up" for p in
+                         json.loads(run_in(lab, "frr", "vtysh", "-c", "show bfd peers json").stdout)),
+             timeout=20, what="FRR sees our sessions go down")
+    frr = json.loads(run_in(lab, "frr", "vtysh", "-c", "show bfd peers json").stdout)
+    assert all(p.get("remote-diagnostic") == "administratively down" for p in frr), frr
