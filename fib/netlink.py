@@ -60,6 +60,27 @@ RTA_GATEWAY = 5
 RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
+RTA_VIA = 18
+RTA_NEWDST = 19
+RTA_ENCAP_TYPE = 21
+RTA_ENCAP = 22
+RTA_NH_ID = 30
+
+RTM_NEWNEXTHOP = 104
+RTM_DELNEXTHOP = 105
+RTM_GETNEXTHOP = 106
+NHMSG = struct.Struct("=BBBBI")  # family, scope, protocol, resvd, flags
+NEXTHOP_GRP = struct.Struct("=IBBH")  # id, weight - 1, resvd1, resvd2
+NHA_ID = 1
+NHA_GROUP = 2
+NHA_GROUP_TYPE = 3
+NHA_OIF = 5
+NHA_GATEWAY = 6
+NHA_ENCAP_TYPE = 7
+NHA_ENCAP = 8
+LWTUNNEL_ENCAP_MPLS = 1
+MPLS_IPTUNNEL_DST = 1
+AF_MPLS = 28
 
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
@@ -91,6 +112,120 @@ class KernelRoute:
     table: int
     metric: int
     oifs: tuple[int, ...] = ()
+    nhid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KernelNexthop:
+    """A nexthop object or group as the kernel holds it."""
+
+    id: int
+    protocol: int
+    gateway: IPAddress | None = None
+    oif: int = 0
+    #: Group members as (nexthop id, weight); empty for a plain nexthop.
+    group: tuple[tuple[int, int], ...] = ()
+    labels: tuple[int, ...] = ()
+
+
+def mpls_label_stack(labels: Sequence[int], ttl: int = 0) -> bytes:
+    """RFC 3032 label stack entries: label(20) | TC(3) | S(1) | TTL(8), bottom of stack last."""
+    out = b""
+    for i, label in enumerate(labels):
+        if not 0 <= label < 1 << 20:
+            raise ValueError(f"MPLS label {label} out of range")
+        out += struct.pack("!I", (label << 12) | ((1 if i == len(labels) - 1 else 0) << 8) | ttl)
+    return out
+
+
+def _nested(kind: int, *attrs: bytes) -> bytes:
+    return _rta(kind | 0x8000, b"".join(attrs))  # NLA_F_NESTED
+
+
+def encode_nexthop(
+    seq: int, nhid: int, gateway: IPAddress, oif: int, *, protocol: int, replace: bool = False,
+    labels: Sequence[int] = (),
+) -> bytes:
+    """RTM_NEWNEXTHOP for one gateway on one interface, optionally with an MPLS push (kernel MPLS)."""
+    family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
+    flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    attrs = [_rta(NHA_ID, struct.pack("=I", nhid)), _rta(NHA_OIF, struct.pack("=I", oif)),
+             _rta(NHA_GATEWAY, gateway.packed)]
+    if labels:
+        attrs += [_rta(NHA_ENCAP_TYPE, struct.pack("=H", LWTUNNEL_ENCAP_MPLS)),
+                  _nested(NHA_ENCAP, _rta(MPLS_IPTUNNEL_DST, mpls_label_stack(labels)))]
+    payload = NHMSG.pack(family, 0, protocol, 0, 0) + b"".join(attrs)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWNEXTHOP, flags, seq, 0) + payload
+
+
+def encode_group(seq: int, nhid: int, members: Sequence[int], *, protocol: int, replace: bool = False) -> bytes:
+    """RTM_NEWNEXTHOP for a multipath group of nexthop ids (equal weights). Replacing a group's members
+    moves every route that points at it in one message (prefix-independent failover)."""
+    flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    grp = b"".join(NEXTHOP_GRP.pack(m, 0, 0, 0) for m in members)
+    payload = NHMSG.pack(socket.AF_UNSPEC, 0, protocol, 0, 0) + _rta(NHA_ID, struct.pack("=I", nhid)) + \
+        _rta(NHA_GROUP, grp)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWNEXTHOP, flags, seq, 0) + payload
+
+
+def encode_del_nexthop(seq: int, nhid: int) -> bytes:
+    payload = NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _rta(NHA_ID, struct.pack("=I", nhid))
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_DELNEXTHOP, NLM_F_REQUEST, seq, 0) + payload
+
+
+def encode_route_nhid(
+    op: int, seq: int, prefix: IPNetwork, nhid: int, *, protocol: int, table: int, metric: int, replace: bool = True,
+) -> bytes:
+    """RTM_NEWROUTE/RTM_DELROUTE pointing at a nexthop object or group (RTA_NH_ID)."""
+    family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
+    flags = NLM_F_REQUEST
+    if op == RTM_NEWROUTE:
+        flags |= NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    body = RTMSG.pack(family, prefix.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol,
+                      RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    attrs = _rta(RTA_DST, prefix.network_address.packed) + _rta(RTA_TABLE, struct.pack("=I", table)) + \
+        _rta(RTA_PRIORITY, struct.pack("=I", metric))
+    if op == RTM_NEWROUTE:
+        attrs += _rta(RTA_NH_ID, struct.pack("=I", nhid))
+    payload = body + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), op, flags, seq, 0) + payload
+
+
+def encode_mpls_route(seq: int, in_label: int, out_labels: Sequence[int], via: IPAddress, oif: int, *,
+                      protocol: int) -> bytes:
+    """An incoming-label route (AF_MPLS): swap ``in_label`` for ``out_labels`` (empty: pop) towards ``via``."""
+    body = RTMSG.pack(AF_MPLS, 20, 0, 0, 254, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    fam = socket.AF_INET if via.version == 4 else socket.AF_INET6
+    attrs = _rta(RTA_DST, mpls_label_stack([in_label]))
+    if out_labels:
+        attrs += _rta(RTA_NEWDST, mpls_label_stack(out_labels))
+    attrs += _rta(RTA_VIA, struct.pack("=H", fam) + via.packed) + _rta(RTA_OIF, struct.pack("=I", oif))
+    payload = body + attrs
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWROUTE, flags, seq, 0) + payload
+
+
+def decode_nexthop(msg: bytes) -> KernelNexthop | None:
+    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
+    if kind != RTM_NEWNEXTHOP:
+        return None
+    family, _scope, protocol, _r, _flags = NHMSG.unpack_from(msg, NLMSGHDR.size)
+    nhid, oif, gw, group = 0, 0, None, ()
+    labels: tuple[int, ...] = ()
+    for a, data in _attrs(msg, NLMSGHDR.size + NHMSG.size, len(msg)):
+        if a == NHA_ID:
+            nhid = struct.unpack("=I", data[:4])[0]
+        elif a == NHA_OIF:
+            oif = struct.unpack("=I", data[:4])[0]
+        elif a == NHA_GATEWAY:
+            gw = ipaddress.ip_address(data[:4] if family == socket.AF_INET else data[:16])
+        elif a == NHA_GROUP:
+            group = tuple((m[0], m[1] + 1) for m in NEXTHOP_GRP.iter_unpack(data[: len(data) // 8 * 8]))
+        elif a == NHA_ENCAP:
+            for b, nd in _attrs(data, 0, len(data)):
+                if b == MPLS_IPTUNNEL_DST:
+                    labels = tuple(x >> 12 for (x,) in struct.iter_unpack("!I", nd[: len(nd) // 4 * 4]))
+    return KernelNexthop(nhid, protocol, gw, oif, group, labels)
 
 
 def encode_route(
@@ -156,8 +291,11 @@ def decode_route(msg: bytes) -> KernelRoute | None:
     gws: list[IPAddress] = []
     oifs: list[int] = []
     metric = 0
+    nhid = 0
     for a, data in _attrs(msg, NLMSGHDR.size + RTMSG.size, len(msg)):
-        if a == RTA_DST:
+        if a == RTA_NH_ID:
+            nhid = struct.unpack("=I", data[:4])[0]
+        elif a == RTA_DST:
             dst = data[:addr_len]
         elif a == RTA_GATEWAY:
             gws.append(ipaddress.ip_address(data[:addr_len]))
@@ -179,7 +317,7 @@ def decode_route(msg: bytes) -> KernelRoute | None:
                         gws.append(ipaddress.ip_address(nd[:addr_len]))
                 off += _align(ln)
     prefix = ipaddress.ip_network((int.from_bytes(dst, "big"), dst_len))
-    return KernelRoute(prefix, tuple(sorted(gws, key=int)), protocol, table, metric, tuple(oifs))
+    return KernelRoute(prefix, tuple(sorted(gws, key=int)), protocol, table, metric, tuple(oifs), nhid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +395,44 @@ class RouteSocket:
                 return BatchResult(errors, len(messages))
 
     def dump_routes(self, family: int = socket.AF_UNSPEC) -> list[KernelRoute]:
+        return self._dump(RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), decode_route)
+
+    def dump_nexthops(self) -> list[KernelNexthop]:
+        return self._dump(RTM_GETNEXTHOP, NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), decode_nexthop)
+
+    def route_get(self, dst: IPAddress) -> tuple[int, IPAddress | None]:
+        """The kernel's forwarding decision for ``dst``: (output interface index, gateway or None)."""
         seq = self.next_seq()
-        req = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-        hdr = NLMSGHDR.pack(NLMSGHDR.size + len(req), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        body = RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + _rta(RTA_DST, dst.packed)
+        self.sock.sendall(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body)
+        while True:
+            data = self.sock.recv(65536)
+            off = 0
+            while off + NLMSGHDR.size <= len(data):
+                n, kind, _f, s, _p = NLMSGHDR.unpack_from(data, off)
+                if n < NLMSGHDR.size:
+                    break
+                if s == seq:
+                    if kind == NLMSG_ERROR:
+                        (err,) = NLMSGERR.unpack_from(data, off + NLMSGHDR.size)
+                        if err:
+                            raise OSError(-err, os.strerror(-err))
+                    elif kind == RTM_NEWROUTE:
+                        oif, gw = 0, None
+                        for a, d in _attrs(data, off + NLMSGHDR.size + RTMSG.size, off + n):
+                            if a == RTA_OIF:
+                                oif = struct.unpack("=i", d[:4])[0]
+                            elif a == RTA_GATEWAY:
+                                gw = ipaddress.ip_address(d)
+                        return oif, gw
+                off += _align(n)
+
+    def _dump(self, kind: int, req: bytes, decoder):  # type: ignore[no-untyped-def]
+        seq = self.next_seq()
+        hdr = NLMSGHDR.pack(NLMSGHDR.size + len(req), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         self.sock.sendall(hdr + req)
-        routes: list[KernelRoute] = []
+        routes: list = []
         while True:
             data = self.sock.recv(1 << 20)
             off = 0
@@ -275,7 +446,7 @@ class RouteSocket:
                     if kind == NLMSG_ERROR:
                         (err,) = NLMSGERR.unpack_from(data, off + NLMSGHDR.size)
                         raise OSError(-err, os.strerror(-err))
-                    r = decode_route(data[off: off + n])
+                    r = decoder(data[off: off + n])
                     if r is not None:
                         routes.append(r)
                 off += _align(n)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bfd.control import BfdController, BfdEvent
-from fib.kernel import KernelFib
+from fib.kernel import KernelFib, set_compat_mode
 from routing.config import Config, CustomerConfig, PeerConfig
 from routing.exabgp import messages as msg
 from routing.exabgp.speaker import ChildExited, ExabgpSpeaker, RelayConnected
@@ -124,6 +124,9 @@ class Daemon:
         from routing.api import serve_api, serve_metrics  # aiohttp import kept off the unit-test path
 
         self.token = self.load_token()
+        if set_compat_mode(self.fib.netns, 0):
+            log.info("net.ipv4.nexthop_compat_mode=0 in this namespace: group changes no longer re-notify "
+                     "every route (a failover is one message, not one per route); route dumps show nhid only")
         self.adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
         if self.adopted:
             log.info("adopted %d routes of protocol %d from the kernel; they stay until swept",
@@ -245,21 +248,25 @@ class Daemon:
         ps.bfd_state = ev.new
         if ev.new == "up":
             log.info("BFD %s (%s) up", addr, ps.customer.name)
+            await self.fib.recover_gateway(ev.peer)
             if ps.bfd_strict:
                 self._to_fib(self.rib.set_eligible(ev.peer, True))
             return
         if ev.old != "up":
             return
-        # The path to this neighbour is dead: take its routes out of the kernel now, then close BGP.
+        # The path to this neighbour is dead. First move every nexthop group off it (one batch, every
+        # prefix at once), then let the RIB converge and close BGP.
         ps.bfd_down_at = ev.at
+        rewritten = await self.fib.fail_gateway(ev.peer, ev.at)
         ps.last_down_reason = ps.teardown_reason = f"BFD down ({ev.diag})"
         if ps.bfd_strict:
             diffs = self.rib.set_eligible(ev.peer, False)
         else:
             diffs = self.rib.peer_down(ev.peer)
         self._to_fib(diffs)
-        log.warning("BFD %s (%s) down (%s), detected %.1f ms ago: %d FIB changes, tearing BGP down",
-                    addr, ps.customer.name, ev.diag, (self.clock() - ev.at) * 1000, len(diffs))
+        log.warning("BFD %s (%s) down (%s): %d groups rewritten %.1f ms after detection; %d routes to "
+                    "reconcile; tearing BGP down", addr, ps.customer.name, ev.diag, rewritten,
+                    self.fib.last_failover_ms or 0.0, len(diffs))
         self.metrics.bgp_teardowns.labels(addr, "bfd_down").inc()
         await self.speaker.command(msg.teardown(ev.peer, CEASE_BFD_DOWN))
 
@@ -381,8 +388,9 @@ class Daemon:
                 for p, f in sorted(self.fib.failed.items(), key=lambda x: str(x[0]))
             ]
         return [
-            {"prefix": str(p), "afi": afi(p), "nexthops": [str(n) for n in nhs], "stale": p in self.fib.stale}
-            for p, nhs in sorted(self.fib.installed.items(), key=lambda x: (x[0].version, x[0]))
+            {"prefix": str(p), "afi": afi(p), "nexthops": [str(n) for n in self.fib.gateways(gid)],
+             "nhid": gid, "stale": p in self.fib.stale}
+            for p, gid in sorted(self.fib.installed.items(), key=lambda x: (x[0].version, x[0]))
         ]
 
     def status_view(self) -> dict:
@@ -399,6 +407,8 @@ class Daemon:
             "fib_routes": len(self.fib.installed),
             "fib_pending": len(self.fib._pending),
             "fib_failed": len(self.fib.failed),
+            "fib_nexthop_groups": len(self.fib.group_by_id),
+            "fib_last_failover_ms": self.fib.last_failover_ms,
             "loc_rib_prefixes": len(self.rib.loc),
             "unknown_peer_events": self.unknown_peer_events,
         }

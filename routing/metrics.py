@@ -51,6 +51,13 @@ class Metrics:
             "pop_router_fib_write_seconds", "Time to write one netlink batch",
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5), registry=r,
         )
+        self.fib_nexthop_groups = Gauge(
+            "pop_router_fib_nexthop_groups", "Kernel nexthop groups of ours", registry=r
+        )
+        self.fib_failover_seconds = Histogram(
+            "pop_router_fib_failover_seconds", "From a BFD Down detection to the nexthop groups rewritten",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
+        )
         self.fib_failed_routes = Gauge(
             "pop_router_fib_failed_routes", "Routes the kernel refused, waiting for a retry", registry=r
         )

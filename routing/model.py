@@ -114,6 +114,8 @@ class FibEntry:
     prefix: IPNetwork
     nexthops: tuple[IPAddress, ...]
     labels: tuple[int, ...] = field(default=())
+    #: Next hops to use if every primary one dies: the next-best path on another link or router.
+    backup: tuple[IPAddress, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)

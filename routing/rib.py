@@ -70,6 +70,7 @@ class LocRib:
     def __init__(self) -> None:
         self._paths: dict[IPNetwork, dict[IPAddress, Path]] = {}
         self._sel: dict[IPNetwork, Selection] = {}
+        self._entries: dict[IPNetwork, FibEntry] = {}
 
     def __len__(self) -> int:
         return len(self._sel)
@@ -85,7 +86,7 @@ class LocRib:
 
     def fib_entry(self, prefix: IPNetwork) -> FibEntry | None:
         s = self._sel.get(prefix)
-        return _entry(s) if s else None
+        return _entry(s, self._paths.get(prefix)) if s else None
 
     def set_path(self, path: Path) -> FibDiff | None:
         self._paths.setdefault(path.prefix, {})[path.peer.address] = path
@@ -100,21 +101,30 @@ class LocRib:
         return self._recompute(prefix)
 
     def _recompute(self, prefix: IPNetwork) -> FibDiff | None:
-        old = self._sel.get(prefix)
-        new = select(list(self._paths.get(prefix, {}).values()))
+        old_e = self._entries.get(prefix)
+        paths = self._paths.get(prefix, {})
+        new = select(list(paths.values()))
         if new is None:
             self._sel.pop(prefix, None)
+            self._entries.pop(prefix, None)
+            new_e = None
         else:
             self._sel[prefix] = new
-        old_e = _entry(old) if old else None
-        new_e = _entry(new) if new else None
+            new_e = self._entries[prefix] = _entry(new, paths)
         if old_e == new_e:
             return None
         return FibDiff(prefix, old_e, new_e)
 
 
-def _entry(s: Selection) -> FibEntry:
-    return FibEntry(s.best.prefix, tuple(p.nexthop for p in s.multipath), s.best.attrs.labels)
+def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry:
+    primary = tuple(p.nexthop for p in s.multipath)
+    backup: tuple[IPAddress, ...] = ()
+    if paths and len(paths) > len(s.multipath):
+        rest = [p for p in paths.values() if p.nexthop not in primary]
+        alt = select(rest)
+        if alt is not None:
+            backup = tuple(p.nexthop for p in alt.multipath)
+    return FibEntry(s.best.prefix, primary, s.best.attrs.labels, backup)
 
 
 class Rib:

@@ -9,6 +9,8 @@ from typing import Any
 
 from labs.runner import Lab
 
+from .netns import resolve_routes
+
 
 def run_in(lab: Lab, node: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     p = subprocess.run([*lab.enter(node), *argv], capture_output=True, text=True, timeout=timeout,
@@ -29,14 +31,8 @@ def peers(lab: Lab) -> dict[str, dict]:
 
 def kernel_routes(lab: Lab, family: str = "-4", proto: str = "200") -> dict[str, list[str]]:
     out = json.loads(run_in(lab, "pop", "ip", "-json", family, "route", "show", "proto", proto).stdout or "[]")
-    routes = {}
-    for r in out:
-        if "nexthops" in r:
-            gws = [n["gateway"] for n in r["nexthops"]]
-        else:
-            gws = [r.get("gateway", "dev " + r.get("dev", "?"))]
-        routes[r["dst"]] = sorted(gws)
-    return routes
+    nhs = json.loads(run_in(lab, "pop", "ip", "-json", "nexthop", "show").stdout or "[]")
+    return resolve_routes(out, nhs)
 
 
 def metrics(lab: Lab) -> str:

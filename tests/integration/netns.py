@@ -45,3 +45,36 @@ def wait_for(fn: Callable[[], T], *, timeout: float = 30, interval: float = 0.1,
             last = exc
         time.sleep(interval)  # poll
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def resolve_routes(routes: list[dict], nexthops: list[dict]) -> dict[str, list[str]]:
+    """`ip -json route` entries -> {dst: sorted gateways}, following nhid through `ip -json nexthop`
+    (with nexthop_compat_mode=0 the kernel reports only the nhid of a route)."""
+    by_id = {n["id"]: n for n in nexthops}
+
+    def gws(nhid: int) -> list[str]:
+        n = by_id.get(nhid, {})
+        if "group" in n:
+            return [g for m in n["group"] for g in gws(m["id"])]
+        return [n["gateway"]] if "gateway" in n else []
+
+    out = {}
+    for r in routes:
+        if "nhid" in r:
+            g = gws(r["nhid"])
+        elif "nexthops" in r:
+            g = [n["gateway"] for n in r["nexthops"]]
+        else:
+            g = [r.get("gateway", "dev " + r.get("dev", "?"))]
+        out[r["dst"]] = sorted(g, key=_addr_key)
+    return out
+
+
+def _addr_key(a: str) -> tuple[int, int, str]:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(a)
+    except ValueError:
+        return (9, 0, a)
+    return (ip.version, int(ip), a)

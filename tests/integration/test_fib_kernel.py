@@ -1,4 +1,4 @@
-"""The kernel writer on a real kernel in a fresh namespace, checked against `ip -json route`."""
+"""The kernel writer on a real kernel in a fresh namespace, checked against `ip -json route/nexthop`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import ipaddress
 import random
 import subprocess
 
-from fib.kernel import KernelFib
-from fib.netlink import RTM_NEWROUTE, RouteSocket, encode_route
+from fib.kernel import KernelFib, set_compat_mode
+from fib.netlink import RTM_NEWROUTE, RouteSocket, encode_group, encode_nexthop, encode_route, encode_route_nhid
 from fib.netns import netns as enter_netns
 from routing.model import FibEntry
 
-from .netns import ip_json
+from .netns import ip_json, resolve_routes
 
 N = ipaddress.ip_network
 A = ipaddress.ip_address
@@ -20,49 +20,63 @@ PROTO = 200
 
 
 def kernel_routes(ns: str, family: str = "-4") -> dict[str, tuple[str, ...]]:
+    routes = ip_json(ns, family, "route", "show", "proto", str(PROTO))
+    nhs = ip_json(ns, "nexthop", "show")
     out = {}
-    for r in ip_json(ns, family, "route", "show", "proto", str(PROTO)):
-        if "nexthops" in r:
-            gws = tuple(sorted((n["gateway"] for n in r["nexthops"]), key=lambda g: int(A(g))))
-        else:
-            gws = (r["gateway"],)
-        dst = r["dst"] if "/" in r["dst"] else r["dst"] + ("/32" if family == "-4" else "/128")
-        out[dst] = gws
+    for dst, gws in resolve_routes(routes, nhs).items():
+        if "/" not in dst:
+            dst += "/32" if family == "-4" else "/128"
+        out[dst] = tuple(gws)
     return out
+
+
+def entry(prefix: str, *nhs: str, backup: tuple[str, ...] = ()) -> FibEntry:
+    p = N(prefix)
+    return FibEntry(p, tuple(A(x) for x in nhs), (), tuple(A(x) for x in backup))
 
 
 async def _apply(fib: KernelFib, entries: list[tuple[str, tuple[str, ...] | None]]) -> None:
     task = asyncio.create_task(fib.run())
     try:
         for prefix, nhs in entries:
-            p = N(prefix)
-            fib.submit(p, FibEntry(p, tuple(A(x) for x in nhs)) if nhs else None)
-        await asyncio.wait_for(fib.wait_idle(), 30)
+            fib.submit(N(prefix), entry(prefix, *nhs) if nhs else None)
+        await asyncio.wait_for(fib.wait_idle(), 60)
     finally:
         task.cancel()
 
 
-def test_encoder_round_trip_against_ip_json(netns: str) -> None:
+def test_nexthop_and_group_encoders_round_trip_against_ip_json(netns: str) -> None:
     with enter_netns(netns):
         s = RouteSocket()
+    oif = s.route_get(A("10.0.0.2"))[0]
+    oif6 = s.route_get(A("2001:db8:1::2"))[0]
+    assert oif > 0 and oif6 == oif
     msgs = [
-        encode_route(RTM_NEWROUTE, 0, N("198.51.100.0/24"), [A("10.0.0.2")], protocol=PROTO, table=254, metric=20),
-        encode_route(RTM_NEWROUTE, 0, N("203.0.113.0/24"), [A("10.0.0.2"), A("10.0.0.3")],
-                     protocol=PROTO, table=254, metric=20),
-        encode_route(RTM_NEWROUTE, 0, N("2001:db8:100::/48"), [A("2001:db8:1::2")], protocol=PROTO, table=254,
-                     metric=20),
-        encode_route(RTM_NEWROUTE, 0, N("2001:db8:200::/48"), [A("2001:db8:1::2"), A("2001:db8:1::3")],
-                     protocol=PROTO, table=254, metric=20),
+        encode_nexthop(0, 101, A("10.0.0.2"), oif, protocol=PROTO),
+        encode_nexthop(0, 102, A("10.0.0.3"), oif, protocol=PROTO),
+        encode_nexthop(0, 103, A("2001:db8:1::2"), oif, protocol=PROTO),
+        encode_group(0, 110, [101, 102], protocol=PROTO),
+        encode_group(0, 111, [103], protocol=PROTO),
+        encode_route_nhid(RTM_NEWROUTE, 0, N("198.51.100.0/24"), 110, protocol=PROTO, table=254, metric=20),
+        encode_route_nhid(RTM_NEWROUTE, 0, N("2001:db8:100::/48"), 111, protocol=PROTO, table=254, metric=20),
+        encode_route(RTM_NEWROUTE, 0, N("203.0.113.0/24"), [A("10.0.0.2"), A("10.0.0.3")], protocol=PROTO,
+                     table=254, metric=20),
     ]
     assert s.apply(msgs).errors == []
-    assert kernel_routes(netns) == {"198.51.100.0/24": ("10.0.0.2",), "203.0.113.0/24": ("10.0.0.2", "10.0.0.3")}
-    v6 = kernel_routes(netns, "-6")
-    assert v6 == {"2001:db8:100::/48": ("2001:db8:1::2",), "2001:db8:200::/48": ("2001:db8:1::2", "2001:db8:1::3")}
-    r4 = ip_json(netns, "-4", "route", "show", "203.0.113.0/24")[0]
-    assert r4["protocol"] == str(PROTO) and r4["metric"] == 20
-    # Our decoder reads back what we wrote.
-    dumped = {str(r.prefix): tuple(map(str, r.nexthops)) for r in s.dump_owned(PROTO, 254)}
-    assert dumped == {**kernel_routes(netns), **v6}
+    nh = {n["id"]: n for n in ip_json(netns, "nexthop", "show")}
+    assert nh[101]["gateway"] == "10.0.0.2" and nh[101]["protocol"] == str(PROTO)
+    assert [m["id"] for m in nh[110]["group"]] == [101, 102]
+    assert nh[103]["gateway"] == "2001:db8:1::2"
+    assert kernel_routes(netns) == {"198.51.100.0/24": ("10.0.0.2", "10.0.0.3"),
+                                    "203.0.113.0/24": ("10.0.0.2", "10.0.0.3")}
+    assert kernel_routes(netns, "-6") == {"2001:db8:100::/48": ("2001:db8:1::2",)}
+    r = ip_json(netns, "-4", "route", "show", "198.51.100.0/24")[0]
+    assert r["nhid"] == 110 and r["protocol"] == str(PROTO) and r["metric"] == 20
+    # Our decoders read back what we wrote.
+    mine = {n.id: n for n in s.dump_nexthops() if n.protocol == PROTO}
+    assert mine[110].group == ((101, 1), (102, 1)) and str(mine[102].gateway) == "10.0.0.3"
+    routes = {str(x.prefix): x for x in s.dump_owned(PROTO, 254)}
+    assert routes["198.51.100.0/24"].nhid == 110 and routes["2001:db8:100::/48"].nhid == 111
     s.close()
 
 
@@ -98,13 +112,13 @@ async def test_failed_routes_are_retried_and_visible(netns: str) -> None:
     fib = KernelFib(protocol=PROTO, netns=netns)
     task = asyncio.create_task(fib.run())
     p = N("198.51.100.0/24")
-    fib.submit(p, FibEntry(p, (A("10.5.0.2"),)))
+    fib.submit(p, entry("198.51.100.0/24", "10.5.0.2"))
     await asyncio.wait_for(fib.wait_idle(), 10)
     assert p in fib.failed and fib.failed[p].errno == 101
     # The missing link appears; the retry installs the route without any new RIB input.
     subprocess.run(["ip", "-n", netns, "addr", "add", "10.5.0.1/24", "dev", "d0"], check=True)
-    for _ in range(100):
-        if p not in fib.failed:
+    for _ in range(200):
+        if p not in fib.failed and p in fib.installed:
             break
         await asyncio.sleep(0.05)  # poll
     assert p not in fib.failed
@@ -116,19 +130,50 @@ async def test_failed_routes_are_retried_and_visible(netns: str) -> None:
 async def test_adopt_after_restart_keeps_routes_and_sweeps_stale(netns: str) -> None:
     first = KernelFib(protocol=PROTO, netns=netns)
     await _apply(first, [("198.51.100.0/24", ("10.0.0.2",)), ("198.51.101.0/24", ("10.0.0.3",)),
-                       ("2001:db8:100::/48", ("2001:db8:1::2",))])
-    first.close()  # the "old daemon" is gone; its routes stay
+                         ("198.51.102.0/24", ("10.0.0.2", "10.0.0.3")), ("2001:db8:100::/48", ("2001:db8:1::2",))])
+    first.close()  # the "old daemon" is gone; its routes, groups and nexthops stay
+    before = kernel_routes(netns)
     second = KernelFib(protocol=PROTO, netns=netns)
-    assert second.adopt() == 3
+    assert second.adopt() == 4
     ops_before = second.operations
     # Re-announced unchanged: no kernel operation at all; the un-announced one is swept.
-    await _apply(second, [("198.51.100.0/24", ("10.0.0.2",)), ("2001:db8:100::/48", ("2001:db8:1::2",))])
+    await _apply(second, [("198.51.100.0/24", ("10.0.0.2",)), ("198.51.102.0/24", ("10.0.0.2", "10.0.0.3")),
+                          ("2001:db8:100::/48", ("2001:db8:1::2",))])
     assert second.operations == ops_before
+    assert kernel_routes(netns) == before
     second.sweep_stale()
     await _apply(second, [])
-    assert kernel_routes(netns) == {"198.51.100.0/24": ("10.0.0.2",)}
-    assert second.operations == ops_before + 1
+    assert kernel_routes(netns) == {"198.51.100.0/24": ("10.0.0.2",), "198.51.102.0/24": ("10.0.0.2", "10.0.0.3")}
+    # The swept route's group (10.0.0.3 alone) is gone from the kernel too; the others are kept.
+    groups = [n for n in ip_json(netns, "nexthop", "show") if "group" in n]
+    assert len(groups) == 3
     second.close()
+
+
+async def test_failover_rewrites_groups_not_routes(netns: str) -> None:
+    set_compat_mode(netns, 0)
+    fib = KernelFib(protocol=PROTO, netns=netns)
+    task = asyncio.create_task(fib.run())
+    n = 1000
+    for i in range(n):
+        p = f"10.{100 + i // 256}.{i % 256}.0/24"
+        fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.3",)))
+    await asyncio.wait_for(fib.wait_idle(), 30)
+    nhid_before = {r["dst"]: r["nhid"] for r in ip_json(netns, "-4", "route", "show", "proto", str(PROTO))}
+    assert len(nhid_before) == n and len(set(nhid_before.values())) == 1
+    ops = fib.operations
+    rewritten = await fib.fail_gateway(A("10.0.0.2"), detected_at=fib.clock())
+    assert rewritten == 1
+    # Every route moved to the backup, and not one route was written.
+    assert set(kernel_routes(netns).values()) == {("10.0.0.3",)}
+    assert {r["dst"]: r["nhid"] for r in ip_json(netns, "-4", "route", "show", "proto", str(PROTO))} == nhid_before
+    assert fib.last_failover_ms is not None and fib.last_failover_ms < 1000
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    assert fib.operations == ops  # the writer had nothing to do
+    await fib.recover_gateway(A("10.0.0.2"))
+    assert set(kernel_routes(netns).values()) == {("10.0.0.2",)}
+    task.cancel()
+    fib.close()
 
 
 async def test_random_diff_sequences_leave_kernel_equal_to_desired(netns: str) -> None:
@@ -150,4 +195,24 @@ async def test_random_diff_sequences_leave_kernel_equal_to_desired(netns: str) -
                 ops.append((p, nhs))
         await _apply(fib, ops)
         assert kernel_routes(netns) == desired
+    # Nothing leaks: every nexthop object and group of ours in the kernel is in use.
+    nhs = [n for n in ip_json(netns, "nexthop", "show")]
+    used_groups = {r["nhid"] for r in ip_json(netns, "-4", "route", "show", "proto", str(PROTO))}
+    assert {n["id"] for n in nhs if "group" in n} == used_groups
+    members = {m["id"] for n in nhs if "group" in n for m in n["group"]}
+    assert {n["id"] for n in nhs if "group" not in n} == members | {n["id"] for n in nhs if "group" not in n
+                                                                    and n["id"] in _held(fib)}
     fib.close()
+
+
+def _held(fib: KernelFib) -> set[int]:
+    return {i for g in fib.group_by_id.values() for i in g.holds}
+
+
+def test_compat_mode_is_per_namespace(netns: str) -> None:
+    root_before = open("/proc/sys/net/ipv4/nexthop_compat_mode").read()
+    assert set_compat_mode(netns, 0)
+    out = subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-n", "net.ipv4.nexthop_compat_mode"],
+                         capture_output=True, text=True).stdout.strip()
+    assert out == "0"
+    assert open("/proc/sys/net/ipv4/nexthop_compat_mode").read() == root_before  # the machine's is untouched

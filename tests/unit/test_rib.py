@@ -37,6 +37,17 @@ def test_announce_then_withdraw() -> None:
     assert len(r.loc) == 0
 
 
+def test_backup_is_the_next_best_path_elsewhere() -> None:
+    r = rib()
+    r.announce(A1.address, [path(p=A1)])
+    r.announce(G.address, [path(p=G, as_path=(4200000001, 4200000001))])  # longer: not best
+    e = r.loc.fib_entry(N("203.0.113.0/24"))
+    assert e is not None and e.nexthops == (A1.address,) and e.backup == (G.address,)
+    d = r.announce(A2.address, [path(p=A2)])  # ECMP primary over acme's two links; globex stays backup
+    assert d[0].new is not None and set(d[0].new.nexthops) == {A1.address, A2.address}
+    assert d[0].new.backup == (G.address,)
+
+
 def test_ecmp_then_one_link_down() -> None:
     r = rib()
     r.announce(A1.address, [path(p=A1)])
@@ -124,9 +135,13 @@ def test_diff_stream_rebuilds_loc_rib(seq) -> None:
                 fib[d.prefix] = d.new
     expected = {}
     for prefix in r.loc.prefixes():
-        s = select(r.loc.paths(prefix))
+        paths = r.loc.paths(prefix)
+        s = select(paths)
         assert s is not None
-        expected[prefix] = FibEntry(prefix, tuple(x.nexthop for x in s.multipath))
+        primary = tuple(x.nexthop for x in s.multipath)
+        alt = select([x for x in paths if x.nexthop not in primary])
+        backup = tuple(x.nexthop for x in alt.multipath) if alt else ()
+        expected[prefix] = FibEntry(prefix, primary, (), backup)
     assert fib == expected
 
 
