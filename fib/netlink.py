@@ -173,10 +173,38 @@ def encode_del_nexthop(seq: int, nhid: int) -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_DELNEXTHOP, NLM_F_REQUEST, seq, 0) + payload
 
 
+# A whole RTM_NEWROUTE/RTM_DELROUTE with RTA_DST, RTA_TABLE, RTA_PRIORITY (and RTA_NH_ID) in one
+# struct: one pack per route instead of five (the writer's hot loop, ~1M calls for a full table).
+_ROUTE4_NH = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI" "HHI" "HHI")
+_ROUTE6_NH = struct.Struct("=IHHII" "BBBBBBBBI" "HH16s" "HHI" "HHI" "HHI")
+_ROUTE4_DEL = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI" "HHI")
+_ROUTE6_DEL = struct.Struct("=IHHII" "BBBBBBBBI" "HH16s" "HHI" "HHI")
+
+
 def encode_route_nhid(
     op: int, seq: int, prefix: IPNetwork, nhid: int, *, protocol: int, table: int, metric: int, replace: bool = True,
 ) -> bytes:
     """RTM_NEWROUTE/RTM_DELROUTE pointing at a nexthop object or group (RTA_NH_ID)."""
+    v4 = prefix.version == 4
+    family = socket.AF_INET if v4 else socket.AF_INET6
+    rtm_table = table if table < 256 else RT_TABLE_COMPAT
+    alen = 8 if v4 else 20
+    if op == RTM_NEWROUTE:
+        flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+        st = _ROUTE4_NH if v4 else _ROUTE6_NH
+        return st.pack(st.size, op, flags, seq, 0, family, prefix.prefixlen, 0, 0, rtm_table, protocol,
+                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, alen, RTA_DST, prefix.network_address.packed,
+                       8, RTA_TABLE, table, 8, RTA_PRIORITY, metric, 8, RTA_NH_ID, nhid)
+    st = _ROUTE4_DEL if v4 else _ROUTE6_DEL
+    return st.pack(st.size, op, NLM_F_REQUEST, seq, 0, family, prefix.prefixlen, 0, 0, rtm_table, protocol,
+                   RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, alen, RTA_DST, prefix.network_address.packed,
+                   8, RTA_TABLE, table, 8, RTA_PRIORITY, metric)
+
+
+def _encode_route_nhid_reference(
+    op: int, seq: int, prefix: IPNetwork, nhid: int, *, protocol: int, table: int, metric: int, replace: bool = True,
+) -> bytes:
+    """The same message built attribute by attribute: the declaration the fast path is tested against."""
     family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
     flags = NLM_F_REQUEST
     if op == RTM_NEWROUTE:
