@@ -113,7 +113,7 @@ class KernelFib:
         protocol: int,
         table: int = 254,
         metric: int = 20,
-        batch_size: int = 2000,
+        batch_size: int = 10000,
         metrics: object | None = None,
         clock: Callable[[], float] = time.monotonic,
         netns: str | None = None,
@@ -388,7 +388,9 @@ class KernelFib:
                 if old is None:
                     self._count[prefix.version] += 1
                 self.installed[prefix] = new
-                self.group_by_id[new].refs += 1
+                g = self.group_by_id.get(new)
+                if g is not None:
+                    g.refs += 1
         m = self.metrics
         if m is not None:
             for kind in ok:
@@ -518,8 +520,14 @@ class KernelFib:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             work = self._take_work()
+            # Pipelined: batch N+1 is planned and encoded here while batch N is in the kernel (the
+            # worker thread releases the GIL inside sendmsg), so Python and kernel time overlap.
+            in_flight: tuple[_Plan, asyncio.Future] | None = None
             for i in range(0, len(work), self.batch_size):
                 plan = self._plan(work[i: i + self.batch_size])
-                errors = await self._send(plan)
-                self._complete(plan, errors)
+                if in_flight is not None:
+                    self._complete(in_flight[0], await in_flight[1])
+                in_flight = (plan, asyncio.ensure_future(self._send(plan)))
+            if in_flight is not None:
+                self._complete(in_flight[0], await in_flight[1])
             self._update_gauges()

@@ -91,6 +91,8 @@ NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 
 MAX_BATCH_BYTES = 1 << 20
+_U32 = struct.Struct("=I")
+_U16 = struct.Struct("=H")
 
 
 def _align(n: int) -> int:
@@ -387,21 +389,29 @@ class RouteSocket:
         """Send already-encoded messages (their seq fields are rewritten here) and collect errors."""
         if not messages:
             return BatchResult([], 0)
-        first = self.next_seq()
-        out = bytearray()
-        for i, m in enumerate(messages):
-            seq = first + i if i == 0 else self.next_seq()
-            last = i == len(messages) - 1
-            n, kind, flags, _s, pid = NLMSGHDR.unpack_from(m, 0)
-            if last:
-                flags |= NLM_F_ACK
-            hdr = NLMSGHDR.pack(n, kind, flags, seq, pid)
-            if len(out) + len(m) > MAX_BATCH_BYTES:
-                self.sock.sendall(bytes(out))
-                out.clear()
-            out += hdr + m[NLMSGHDR.size:]
-        self.sock.sendall(bytes(out))
+        first = (self._seq + 1) & 0xFFFFFFFF or 1
+        if first + len(messages) > 0xFFFFFFFF:
+            first = 1
+        self._seq = first + len(messages) - 1
         last_seq = self._seq
+        # One buffer, sequence numbers patched in place (offset 8 of each header), the ack flag on the
+        # last message only; sent in chunks of at most MAX_BATCH_BYTES.
+        buf = bytearray(b"".join(messages))
+        pack_into = _U32.pack_into
+        off = 0
+        cut = 0
+        seq = first
+        for m in messages:
+            if off + len(m) - cut > MAX_BATCH_BYTES:
+                self.sock.sendall(memoryview(buf)[cut:off])
+                cut = off
+            pack_into(buf, off + 8, seq)
+            seq += 1
+            last_off = off
+            off += len(m)
+        (flags,) = _U16.unpack_from(buf, last_off + 6)
+        _U16.pack_into(buf, last_off + 6, flags | NLM_F_ACK)
+        self.sock.sendall(memoryview(buf)[cut:off])
         errors: list[tuple[int, int]] = []
         while True:
             data = self.sock.recv(1 << 20)

@@ -128,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the daemon runs without it
         pass
     from routing.daemon import Daemon
+    from routing.gc import tune_gc
+
+    tune_gc()
 
     async def main() -> None:
         d = Daemon(config)

@@ -187,7 +187,7 @@ class FibConfig(_Model):
     #: back, then the ones nobody re-announced are removed.
     stale_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     #: How many FIB operations one netlink batch may hold.
-    batch_size: Annotated[int, Field(ge=1, le=100000)] = 2000
+    batch_size: Annotated[int, Field(ge=1, le=100000)] = 10000
     #: Route metric (priority) of our routes. Replace only hits a route with the same prefix *and*
     #: metric, so a distinct metric keeps us from ever overwriting another protocol's route.
     metric: Annotated[int, Field(ge=0, le=2**32 - 1)] = 20

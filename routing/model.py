@@ -48,6 +48,37 @@ class Prefix6(ipaddress.IPv6Network):
             return h
 
 
+class Address4(ipaddress.IPv4Address):
+    """An IPv4Address with a cached hash: ``IPv4Address.__hash__`` is ``hash(hex(int(self._ip)))``,
+    and next hops are hashed several times per route on the FIB path."""
+
+    __slots__ = ("_h",)
+
+    def __hash__(self) -> int:
+        try:
+            return self._h  # type: ignore[has-type]
+        except AttributeError:
+            self._h = h = super().__hash__()
+            return h
+
+
+class Address6(ipaddress.IPv6Address):
+    """IPv6 twin of :class:`Address4`."""
+
+    __slots__ = ("_h",)
+
+    def __hash__(self) -> int:
+        try:
+            return self._h  # type: ignore[has-type]
+        except AttributeError:
+            self._h = h = super().__hash__()
+            return h
+
+
+def parse_address(text: str) -> IPAddress:
+    return Address6(text) if ":" in text else Address4(text)
+
+
 def parse_prefix(text: str) -> IPNetwork:
     """Parse ``ADDR/LEN`` (host bits cleared) into a hash-caching prefix; ValueError if invalid."""
     return Prefix6(text, strict=False) if ":" in text else Prefix4(text, strict=False)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from routing.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs, parse_prefix
+from routing.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs, parse_address, parse_prefix
 
 
 class MalformedMessage(ValueError):
@@ -97,7 +97,7 @@ _FAMILIES = {"ipv4 unicast", "ipv6 unicast", "ipv4 nlri-mpls", "ipv6 nlri-mpls"}
 
 def _addr(v: object) -> IPAddress:
     try:
-        return ipaddress.ip_address(str(v))
+        return parse_address(str(v).split("%")[0])
     except ValueError:
         raise MalformedMessage(f"bad address {v!r}") from None
 
