@@ -46,14 +46,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fib.netlink import (
+    RTM_DELNEXTHOP,
     RTM_DELROUTE,
     RTM_NEWROUTE,
     RouteSocket,
+    decode_nexthop,
+    decode_route_any,
     encode_del_nexthop,
     encode_group,
     encode_nexthop,
     encode_route_nhid,
     errno_name,
+    monitor_socket,
+    split_messages,
 )
 from fib.netns import netns as enter_netns
 from routing.model import FibEntry, IPAddress, IPNetwork
@@ -146,6 +151,10 @@ class KernelFib:
         self.batches = 0
         self.operations = 0
         self.last_failover_ms: float | None = None
+        self._inflight: set[IPNetwork] = set()  # route ops sent, not yet completed
+        self._inflight_objs: set[int] = set()  # nexthop/group ids we are deleting
+        self.drift_repaired: dict[str, int] = {}
+        self._mon = None
 
     # --- sockets -------------------------------------------------------------------------------
     def _socket(self) -> RouteSocket:
@@ -165,6 +174,11 @@ class KernelFib:
             if s is not None:
                 s.close()
         self._sock = self._fast = None
+        if self._mon is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(self._mon.fileno())
+            self._mon.close()
+            self._mon = None
 
     # --- input ---------------------------------------------------------------------------------
     def submit(self, prefix: IPNetwork, entry: FibEntry | None) -> None:
@@ -368,6 +382,7 @@ class KernelFib:
                         failed_objects.add(g.id)
                 continue
             _, prefix, entry, old, new = op
+            self._inflight.discard(prefix)
             kind = "install" if entry is not None else "delete"
             if entry is None and err == errno_mod.ESRCH:
                 err = None  # already gone
@@ -476,6 +491,131 @@ class KernelFib:
         self._wake.set()  # nexthops released by the rewrite are collected by the writer
         return len(msgs)
 
+    # --- drift: someone else changed our routes or nexthops --------------------------------------------
+    def _repaired(self, kind: str, n: int = 1) -> None:
+        self.drift_repaired[kind] = self.drift_repaired.get(kind, 0) + n
+        if self.metrics is not None:
+            self.metrics.fib_drift_repaired.labels(kind).inc(n)  # type: ignore[attr-defined]
+
+    def desired(self, prefix: IPNetwork) -> FibEntry | None:
+        """What we installed for ``prefix``, rebuilt from its group's (primary, backup) key."""
+        gid = self.installed.get(prefix)
+        g = self.group_by_id.get(gid) if gid is not None else None
+        if g is None or g.key is None:
+            return None
+        return FibEntry(prefix, g.key[0], (), g.key[1])
+
+    def start_monitor(self) -> None:
+        """Follow route and nexthop notifications: repair what others delete or change, resync on
+        ENOBUFS (notifications were lost)."""
+        with enter_netns(self.netns):
+            self._mon = monitor_socket()
+        asyncio.get_running_loop().add_reader(self._mon.fileno(), self._on_notify)
+
+    def _on_notify(self) -> None:
+        assert self._mon is not None
+        while True:
+            try:
+                data = self._mon.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno_mod.ENOBUFS:
+                    log.warning("route notifications overflowed (ENOBUFS): resynchronising with the kernel")
+                    asyncio.get_running_loop().create_task(self.resync())
+                    continue
+                raise
+            for kind, msg in split_messages(data):
+                if kind in (RTM_NEWROUTE, RTM_DELROUTE):
+                    # Cheap filters first: a full-table write brings one notification per route.
+                    if len(msg) < 28 or msg[21] != self.protocol:  # rtm_protocol
+                        continue
+                    if kind == RTM_NEWROUTE and self._inflight:
+                        continue  # most likely our own batch; a change hidden here is found by resync
+                    self._route_notice(kind, msg)
+                elif kind == RTM_DELNEXTHOP:
+                    nh = decode_nexthop(msg)
+                    if nh is not None and nh.id not in self._inflight_objs and (
+                            nh.id in self.group_by_id or nh.id in self.nh_key):
+                        log.warning("nexthop %d of ours was deleted by someone else: resynchronising", nh.id)
+                        self._repaired("nexthop_deleted")
+                        asyncio.get_running_loop().create_task(self.resync())
+
+    def _route_notice(self, kind: int, msg: bytes) -> None:
+        r = decode_route_any(msg)
+        if r is None or r.protocol != self.protocol or r.table != self.table or r.metric != self.metric:
+            return
+        p = r.prefix
+        if p in self._inflight or p in self._pending:
+            return  # our own operation, or one about to be superseded
+        gid = self.installed.get(p)
+        if gid is None:
+            return
+        if kind == RTM_DELROUTE:
+            want = self.desired(p)
+            self.installed.pop(p, None)
+            self._count[p.version] -= 1
+            g = self.group_by_id.get(gid)
+            if g is not None:
+                g.refs -= 1
+            log.warning("route %s of ours was deleted by someone else: reinstalling", p)
+            self._repaired("route_deleted")
+            if want is not None:
+                self.submit(p, want)
+        elif r.nhid != gid:
+            log.warning("route %s of ours was changed by someone else (nhid %d, ours %d): repairing", p, r.nhid, gid)
+            self._repaired("route_changed")
+            want = self.desired(p)
+            self.installed[p] = -1  # force a replace back to our group
+            g = self.group_by_id.get(gid)
+            if g is not None:
+                g.refs -= 1
+            if want is not None:
+                self.submit(p, want)
+
+    async def resync(self) -> int:
+        """Compare our bookkeeping with a dump of the kernel and repair every difference."""
+        loop = asyncio.get_running_loop()
+        await self.wait_idle()
+        with enter_netns(self.netns):
+            s = RouteSocket()
+        try:
+            nhs = await loop.run_in_executor(None, s.dump_nexthops)
+            routes = await loop.run_in_executor(None, s.dump_owned, self.protocol, self.table)
+        finally:
+            s.close()
+        kernel_ids = {n.id for n in nhs if n.protocol == self.protocol}
+        wants = {p: self.desired(p) for p in self.installed}
+        # Objects we believe exist but the kernel lost: forget them so they are created again.
+        for gid, g in list(self.group_by_id.items()):
+            if gid not in kernel_ids or any(m not in kernel_ids for m in g.members):
+                self.group_by_id.pop(gid, None)
+                if g.key is not None:
+                    self.groups.pop(g.key, None)
+                self._hold(g.holds, -1)
+        for nid in [n for n in self.nh_key if n not in kernel_ids]:
+            k = self.nh_key.pop(nid)
+            self.nexthops.pop(k, None)
+            self.nh_refs.pop(nid, None)
+        kroutes = {r.prefix: r.nhid for r in routes if r.metric == self.metric}
+        fixed = 0
+        for p, gid in list(self.installed.items()):
+            if kroutes.get(p) != gid or gid not in self.group_by_id:
+                want = wants.get(p) or self._pending.get(p)
+                g = self.group_by_id.get(gid)
+                if g is not None:
+                    g.refs -= 1
+                self.installed.pop(p)
+                self._count[p.version] -= 1
+                if want is not None:
+                    self.submit(p, want)
+                fixed += 1
+        if fixed:
+            self._repaired("resync", fixed)
+        self._idle.clear()
+        self._wake.set()
+        return fixed
+
     # --- the writer --------------------------------------------------------------------------------
     def _requeue_due(self) -> float | None:
         now = self.clock()
@@ -494,6 +634,11 @@ class KernelFib:
     async def _send(self, plan: _Plan) -> list[tuple[int, int]]:
         if not plan.msgs:
             return []
+        for op in plan.ops:
+            if op[0] == "route":
+                self._inflight.add(op[1])
+            elif op[0] in ("delgroup", "delnh"):
+                self._inflight_objs.add(op[1])
         t0 = time.perf_counter()
         res = await asyncio.get_running_loop().run_in_executor(None, self._socket().apply, plan.msgs)
         if self.metrics is not None:
@@ -510,6 +655,8 @@ class KernelFib:
                     for i, err in errors:
                         if err != errno_mod.ENOENT:
                             log.warning("deleting unused %s failed: %s", plan.ops[i][0], errno_name(err))
+                    for op in plan.ops:
+                        self._inflight_objs.discard(op[1])
                     self.operations += len(plan.msgs)
                     self._update_gauges()
                     continue

@@ -237,7 +237,7 @@ def encode_mpls_route(seq: int, in_label: int, out_labels: Sequence[int], via: I
 
 def decode_nexthop(msg: bytes) -> KernelNexthop | None:
     _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind != RTM_NEWNEXTHOP:
+    if kind not in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
         return None
     family, _scope, protocol, _r, _flags = NHMSG.unpack_from(msg, NLMSGHDR.size)
     nhid, oif, gw, group = 0, 0, None, ()
@@ -491,6 +491,43 @@ class RouteSocket:
 
     def dump_owned(self, protocol: int, table: int) -> list[KernelRoute]:
         return [r for r in self.dump_routes() if r.protocol == protocol and r.table == table]
+
+
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+RTNLGRP_NEXTHOP = 32
+NETLINK_ADD_MEMBERSHIP = 1
+
+
+def monitor_socket() -> socket.socket:
+    """A non-blocking socket receiving route and nexthop notifications (for drift detection)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                      socket.NETLINK_ROUTE)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    s.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+    s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
+    return s
+
+
+def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
+    off = 0
+    while off + NLMSGHDR.size <= len(data):
+        n, kind, _f, _s, _p = NLMSGHDR.unpack_from(data, off)
+        if n < NLMSGHDR.size:
+            return
+        yield kind, data[off: off + n]
+        off += _align(n)
+
+
+def decode_route_any(msg: bytes) -> KernelRoute | None:
+    """Like decode_route, for RTM_DELROUTE notifications too."""
+    _n, kind, f, s, p = NLMSGHDR.unpack_from(msg, 0)
+    if kind == RTM_DELROUTE:
+        msg = NLMSGHDR.pack(_n, RTM_NEWROUTE, f, s, p) + msg[NLMSGHDR.size:]
+    return decode_route(msg)
 
 
 def errno_name(code: int) -> str:

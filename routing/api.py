@@ -12,6 +12,7 @@ Endpoints (all JSON)::
     GET  /routes[?rejected=1]         Loc-RIB paths with best-path reason, or rejected announcements
     GET  /fib[?failed=1]              kernel routes of ours, or routes the kernel refused
     GET  /bfd                         BFD sessions: states, diags, negotiated timers, flaps
+    GET  /fib/diff                    RIB versus kernel: missing, extra and different routes
     POST /peers/{address}/reset       tear the session down (cease 4, admin reset); needs the token
 """
 
@@ -58,6 +59,9 @@ def build_app(d: Daemon) -> web.Application:
     async def fib(request: web.Request) -> web.Response:
         return _json(d.fib_view(failed=_flag(request, "failed")))
 
+    async def fib_diff(_: web.Request) -> web.Response:
+        return _json(await d.fib_diff())
+
     async def bfd(_: web.Request) -> web.Response:
         return _json(d.bfd_view())
 
@@ -80,6 +84,7 @@ def build_app(d: Daemon) -> web.Application:
         web.get("/routes", routes),
         web.get("/fib", fib),
         web.get("/bfd", bfd),
+        web.get("/fib/diff", fib_diff),
         web.post("/peers/{address}/reset", reset),
     ])
     return app

@@ -186,6 +186,28 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_fib(args: argparse.Namespace) -> int:
+    try:
+        status, data = api_call(_socket_from(args), "GET", "/fib/diff")
+    except (OSError, ConfigError) as exc:
+        print(f"cannot reach the daemon's API: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"API error {status}: {data}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        rows = [[r["prefix"], "missing in kernel", ", ".join(r["rib"]), ""] for r in data["missing"]]
+        rows += [[r["prefix"], "extra in kernel", "", ", ".join(r["kernel"])] for r in data["extra"]]
+        rows += [[r["prefix"], "different", ", ".join(r["rib"]), ", ".join(r["kernel"])] for r in data["different"]]
+        _table(f"RIB vs kernel: {data['in_sync']} in sync, {len(rows)} differences "
+               f"({data['pending']} pending, {data['failed']} failed, {data['stale']} stale)",
+               ["prefix", "", "RIB", "kernel"], rows)
+    diffs = len(data["missing"]) + len(data["extra"]) + len(data["different"])
+    return 0 if diffs == 0 else 3
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from labs.runner import lab_main
 
@@ -215,6 +237,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--socket")
     x.add_argument("--token-file")
     x.set_defaults(func=cmd_reset)
+    f = sub.add_parser("fib", help="compare the RIB with the kernel FIB")
+    f.add_argument("action", choices=["diff"])
+    f.add_argument("--json", action="store_true")
+    f.add_argument("-c", "--config")
+    f.add_argument("--socket")
+    f.set_defaults(func=cmd_fib)
     lab = sub.add_parser("lab", help="run a containerlab topology on network namespaces")
     lab.add_argument("action", choices=["up", "down", "exec", "status"])
     lab.add_argument("topology")

@@ -135,6 +135,7 @@ class Daemon:
         await self.speaker.start_server()
         if self.bfd.enabled:
             await self.bfd.start_server()
+        self.fib.start_monitor()
         async with asyncio.TaskGroup() as tg:
             if self.bfd.enabled:
                 tg.create_task(self.bfd.supervise(), name="bfd")
@@ -411,6 +412,48 @@ class Daemon:
             "fib_last_failover_ms": self.fib.last_failover_ms,
             "loc_rib_prefixes": len(self.rib.loc),
             "unknown_peer_events": self.unknown_peer_events,
+        }
+
+    async def fib_diff(self) -> dict:
+        """RIB versus kernel: what the kernel should forward (after failover) against what it does."""
+        from fib.netlink import RouteSocket
+        from fib.netns import netns as enter_netns
+
+        def dump() -> tuple[list, list]:
+            with enter_netns(self.fib.netns):
+                s = RouteSocket()
+            try:
+                return s.dump_owned(self.fib.protocol, self.fib.table), s.dump_nexthops()
+            finally:
+                s.close()
+
+        routes, nhs = await asyncio.get_running_loop().run_in_executor(None, dump)
+        by_id = {n.id: n for n in nhs}
+
+        def gws(nhid: int) -> list[str]:
+            n = by_id.get(nhid)
+            if n is None:
+                return []
+            if n.group:
+                return sorted(g for m, _w in n.group for g in gws(m))
+            return [str(n.gateway)] if n.gateway is not None else []
+
+        kernel = {r.prefix: gws(r.nhid) if r.nhid else sorted(map(str, r.nexthops)) for r in routes
+                  if r.metric == self.fib.metric}
+        want = {}
+        for prefix in self.rib.loc.prefixes():
+            e = self.rib.loc.fib_entry(prefix)
+            if e is not None:
+                want[prefix] = sorted(str(g) for g in self.fib._active((tuple(e.nexthops), tuple(e.backup))))
+        missing = sorted((p for p in want if p not in kernel), key=lambda p: (p.version, p))
+        extra = sorted((p for p in kernel if p not in want), key=lambda p: (p.version, p))
+        different = sorted((p for p in want if p in kernel and kernel[p] != want[p]), key=lambda p: (p.version, p))
+        return {
+            "in_sync": len(want) - len(missing) - len(different),
+            "missing": [{"prefix": str(p), "rib": want[p]} for p in missing],
+            "extra": [{"prefix": str(p), "kernel": kernel[p]} for p in extra],
+            "different": [{"prefix": str(p), "rib": want[p], "kernel": kernel[p]} for p in different],
+            "pending": len(self.fib._pending), "failed": len(self.fib.failed), "stale": len(self.fib.stale),
         }
 
     def bfd_view(self) -> list[dict]:

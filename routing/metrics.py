@@ -58,6 +58,10 @@ class Metrics:
             "pop_router_fib_failover_seconds", "From a BFD Down detection to the nexthop groups rewritten",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
         )
+        self.fib_drift_repaired = Counter(
+            "pop_router_fib_drift_repaired", "Routes or nexthops of ours changed by someone else and repaired",
+            ["kind"], registry=r,
+        )
         self.fib_failed_routes = Gauge(
             "pop_router_fib_failed_routes", "Routes the kernel refused, waiting for a retry", registry=r
         )

@@ -216,3 +216,36 @@ def test_compat_mode_is_per_namespace(netns: str) -> None:
                          capture_output=True, text=True).stdout.strip()
     assert out == "0"
     assert open("/proc/sys/net/ipv4/nexthop_compat_mode").read() == root_before  # the machine's is untouched
+
+
+async def test_drift_is_detected_and_repaired(netns: str) -> None:
+    set_compat_mode(netns, 0)
+    fib = KernelFib(protocol=PROTO, netns=netns)
+    task = asyncio.create_task(fib.run())
+    fib.start_monitor()
+    for p in ("198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"):
+        fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.3",)))
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    want = kernel_routes(netns)
+    # Someone deletes one of our routes, and re-points another to their own nexthop.
+    subprocess.run(["ip", "-n", netns, "route", "del", "198.51.100.0/24", "proto", str(PROTO)], check=True)
+    subprocess.run(["ip", "-n", netns, "nexthop", "add", "id", "7", "via", "10.0.0.9", "dev", "d0"], check=True)
+    subprocess.run(["ip", "-n", netns, "route", "replace", "198.51.101.0/24", "nhid", "7", "proto", str(PROTO),
+                    "metric", "20"], check=True)
+    for _ in range(200):
+        await asyncio.sleep(0.02)  # poll: notifications arrive on the monitor socket
+        if fib.drift_repaired.get("route_deleted") and fib.drift_repaired.get("route_changed") and \
+                kernel_routes(netns) == want:
+            break
+    assert kernel_routes(netns) == want
+    assert fib.drift_repaired["route_deleted"] == 1 and fib.drift_repaired["route_changed"] == 1
+    # Someone deletes our group: the kernel drops the routes on it silently; a resync puts it all back.
+    gid = fib.installed[N("198.51.102.0/24")]
+    subprocess.run(["ip", "-n", netns, "nexthop", "del", "id", str(gid)], check=True)
+    for _ in range(200):
+        await asyncio.sleep(0.02)  # poll
+        if fib.drift_repaired.get("nexthop_deleted") and kernel_routes(netns) == want:
+            break
+    assert kernel_routes(netns) == want
+    task.cancel()
+    fib.close()

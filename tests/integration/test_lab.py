@@ -76,6 +76,26 @@ def test_accepted_routes_in_kernel_with_our_protocol_and_ecmp(converged: Lab) ->
     assert metric_value(m, "pop_router_bgp_prefixes_accepted", peer="10.0.3.2", afi="ipv4") == 1.0
 
 
+def test_fib_diff_in_sync_and_drift_repaired(converged: Lab) -> None:
+    import json
+    import sys
+
+    def diff() -> dict:
+        p = run_in(converged, "pop", sys.executable, "-m", "routing.cli", "fib", "diff", "--json", check=False)
+        return json.loads(p.stdout)
+
+    d = diff()
+    assert (d["missing"], d["extra"], d["different"], d["in_sync"]) == ([], [], [], 5)
+    # Routes sit on nexthop groups of ours.
+    groups = json.loads(run_in(converged, "pop", "ip", "-json", "nexthop", "show", "protocol", "200").stdout)
+    assert any("group" in g for g in groups)
+    run_in(converged, "pop", "ip", "route", "del", "203.0.113.0/24", "proto", "200")
+    wait_for(lambda: kernel_routes(converged) == ACCEPTED_V4, timeout=10, what="deleted route repaired")
+    assert (metric_value(metrics(converged), "pop_router_fib_drift_repaired_total", kind="route_deleted") or 0) >= 1
+    d = diff()
+    assert (d["missing"], d["extra"], d["different"]) == ([], [], [])
+
+
 @pytest.mark.parametrize(("dst", "family"), [("203.0.113.10", "-4"), ("2001:db8:200::10", "-6")])
 def test_ping_between_hosts_crosses_the_pop(converged: Lab, dst: str, family: str) -> None:
     p = run_in(converged, "host1", "ping", family, "-c", "3", "-i", "0.2", "-W", "2", dst)
