@@ -291,6 +291,9 @@ class ImportPolicy(_Model):
     #: makes us store, accepted or rejected. Exceeding it tears the session down (cease 1).
     max_prefixes: Annotated[int, Field(ge=1)] | None = None
     local_pref: Annotated[int, Field(ge=0, le=2**32 - 1)] = 100
+    #: MPLS label stack (outermost first) pushed on traffic towards this customer's prefixes; labels
+    #: from labeled-unicast routes (RFC 8277) take precedence.
+    set_mpls_label: list[Annotated[int, Field(ge=16, le=1048575)]] = []
 
 
 class PeerConfig(_Model):

@@ -127,6 +127,14 @@ class Daemon:
         if set_compat_mode(self.fib.netns, 0):
             log.info("net.ipv4.nexthop_compat_mode=0 in this namespace: group changes no longer re-notify "
                      "every route (a failover is one message, not one per route); route dumps show nhid only")
+        from fib.capabilities import probe_mpls
+
+        self.mpls = probe_mpls(self.fib.netns, self.config.fib.protocol)
+        if self.mpls.usable:
+            log.info("kernel MPLS available: labels are imposed by the kernel")
+        else:
+            log.warning("kernel MPLS forwarding is not available here (%s): routes are installed without "
+                        "labels; label imposition belongs to the XDP fast path", self.mpls.detail)
         self.adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
         if self.adopted:
             log.info("adopted %d routes of protocol %d from the kernel; they stay until swept",
@@ -373,7 +381,7 @@ class Daemon:
                     "prefix": str(prefix), "afi": afi(prefix), "peer": str(p.peer.address),
                     "customer": p.peer.customer, "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path),
                     "origin": p.attrs.origin.name.lower(), "med": p.attrs.med, "local_pref": p.local_pref,
-                    "best": best, "multipath": p in sel.multipath,
+                    "best": best, "multipath": p in sel.multipath, "labels": list(p.attrs.labels),
                     "reason": sel.reason.value if best else "",
                 })
         return sorted(out, key=lambda r: (r["afi"], r["prefix"], not r["best"]))
@@ -409,6 +417,8 @@ class Daemon:
             "fib_pending": len(self.fib._pending),
             "fib_failed": len(self.fib.failed),
             "fib_nexthop_groups": len(self.fib.group_by_id),
+            "kernel_mpls": getattr(self, "mpls", None) and self.mpls.usable,
+            "kernel_mpls_detail": getattr(self, "mpls", None) and self.mpls.detail,
             "fib_last_failover_ms": self.fib.last_failover_ms,
             "loc_rib_prefixes": len(self.rib.loc),
             "unknown_peer_events": self.unknown_peer_events,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from routing.config import CustomerConfig, PrefixRule, RouterConfig
-from routing.model import IPAddress, IPNetwork, Path
+from routing.model import IPAddress, IPNetwork, Path, intern_attrs
 
 
 class RejectReason(StrEnum):
@@ -83,6 +83,7 @@ class ImportPolicy:
         self.customer_asn = customer.asn
         self.local_asn = router.asn
         self.local_pref = customer.import_.local_pref
+        self.labels = tuple(customer.import_.set_mpls_label)
         self.max_len = {4: router.max_prefix_length_v4, 6: router.max_prefix_length_v6}
         self._bogons = [_key(b) for b in router.bogons]
         # Bogons indexed by (version, length) -> network bits, so "is the prefix inside a bogon" is one
@@ -136,6 +137,9 @@ class ImportPolicy:
             return Rejection(RejectReason.OWN_AS_IN_PATH, f"AS_PATH contains {self.local_asn}")
         if not _usable_nexthop(path.nexthop, path.prefix.version):
             return Rejection(RejectReason.INVALID_NEXTHOP, str(path.nexthop))
+        if self.labels and not path.attrs.labels:
+            attrs = intern_attrs(replace(path.attrs, labels=self.labels))
+            return replace(path, local_pref=self.local_pref, attrs=attrs)
         return replace(path, local_pref=self.local_pref)
 
 

@@ -249,3 +249,21 @@ async def test_drift_is_detected_and_repaired(netns: str) -> None:
     assert kernel_routes(netns) == want
     task.cancel()
     fib.close()
+
+
+def test_mpls_probe_matches_this_kernel(netns: str) -> None:
+    """Where /proc/sys/net/mpls is absent (this machine), both probes must say no, with the reason."""
+    from pathlib import Path
+
+    from fib.capabilities import probe_mpls
+
+    m = probe_mpls(netns)
+    with enter_netns(netns):
+        has_proc = Path("/proc/sys/net/mpls/platform_labels").exists()
+    if not has_proc:
+        assert not m.routing and not m.usable
+        assert "no /proc/sys/net/mpls" in m.detail
+    if not m.iptunnel:
+        assert "MPLS encap refused" in m.detail
+    # The probe leaves nothing behind.
+    assert not [n for n in ip_json(netns, "nexthop", "show") if n["id"] == 0x7FFFFFF0]

@@ -93,3 +93,19 @@ def test_le_range_members_accepted(sub: int, length: int) -> None:
     net = ipaddress.ip_network((0xC6336400 + sub, length), strict=False)  # 198.51.100.0/22 le 24
     res = policy().apply(path(str(net)))
     assert not isinstance(res, Rejection)
+
+
+def test_set_mpls_label_policy() -> None:
+    from routing.config import parse_config
+
+    from .factories import CONFIG
+
+    cfg = dict(CONFIG)
+    cust = dict(cfg["customers"][0])
+    cust["import"] = {**cust["import"], "set_mpls_label": [100, 200]}
+    cfg["customers"] = [cust, *cfg["customers"][1:]]
+    c = parse_config(cfg)
+    from routing.policy import ImportPolicy
+
+    res = ImportPolicy(c.router, c.customers[0]).apply(path("203.0.113.0/24"))
+    assert not isinstance(res, Rejection) and res.attrs.labels == (100, 200)
