@@ -23,9 +23,9 @@ from .netns import unique_prefix, wait_for
 
 ROOT = Path(__file__).parents[2]
 TOPOLOGY = ROOT / "containerlab" / "pop-bfd.clab.yml"
-BFD_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2", "10.255.0.3",
+BFD_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.3.2", "10.0.2.2", "2001:db8:2::2", "10.255.0.3",
              "10.0.11.2", "10.0.12.2", "10.0.13.2", "10.0.14.2", "10.0.15.2"}
-BGP_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2"}
+BGP_PEERS = {"10.0.1.2", "2001:db8:1::2", "10.0.3.2", "10.0.2.2", "2001:db8:2::2"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_sessions_up_with_frr_and_bird_ipv4_ipv6_and_timers_negotiated(converged
         assert (b[a]["tx_interval_ms"], b[a]["detect_time_ms"]) == (10, 30)
     frr = json.loads(run_in(converged, "frr", "vtysh", "-c", "show bfd peers json").stdout)
     by_peer = {p["peer"]: p for p in frr}
-    for a in ("10.0.1.1", "2001:db8:1::1"):
+    for a in ("10.0.1.1", "2001:db8:1::1", "10.0.3.1"):
         p = by_peer[a]
         assert p["status"] == "up"
         # FRR's side of the same negotiation: what we told it, and what it uses.
@@ -108,16 +108,21 @@ def _cut(lab: Lab, port: str, state: int) -> float:
 
 
 @pytest.mark.parametrize(
-    ("port", "peer", "prefix", "detect_ms"),
-    [("eth4", "10.0.2.2", "203.0.113.0/24", 30), ("eth2", "10.0.1.2", "198.51.100.0/24", 120)],
-    ids=["bird-10ms", "frr-40ms"],
+    ("port", "peer", "prefix", "detect_ms", "backup"),
+    [("eth4", "10.0.2.2", "203.0.113.0/24", 30, None), ("eth2", "10.0.1.2", "198.51.100.0/24", 120, "10.0.3.2")],
+    ids=["bird-10ms", "frr-40ms-with-backup"],
 )
 def test_path_cut_detected_bgp_and_routes_go_then_return(converged: Lab, port: str, peer: str, prefix: str,
-                                                          detect_ms: int) -> None:
+                                                          detect_ms: int, backup: str | None) -> None:
     lab = converged
+    primary = kernel_routes(lab)[prefix]
     t_cut = _cut(lab, port, 0)
     try:
-        wait_for(lambda: prefix not in kernel_routes(lab), timeout=5, interval=0.01, what="routes withdrawn")
+        if backup is None:
+            wait_for(lambda: prefix not in kernel_routes(lab), timeout=5, interval=0.01, what="routes withdrawn")
+        else:
+            wait_for(lambda: kernel_routes(lab).get(prefix) == [backup], timeout=5, interval=0.01,
+                     what="traffic moved to the backup")
         p = peers(lab)[peer]
         assert p["bfd"] == "down" and p["state"] != "established"
         assert p["last_down_reason"].startswith("BFD down (control_detection_time_expired)")
@@ -132,7 +137,32 @@ def test_path_cut_detected_bgp_and_routes_go_then_return(converged: Lab, port: s
         _cut(lab, port, 3)
     wait_for(lambda: bfd(lab)[peer]["state"] == "up" and peers(lab)[peer]["state"] == "established",
              timeout=60, what="BFD and BGP back after the heal")
-    wait_for(lambda: prefix in kernel_routes(lab), timeout=30, what="routes back")
+    wait_for(lambda: kernel_routes(lab).get(prefix) == primary, timeout=30, what="routes back on the primary")
+
+
+def test_traffic_continues_over_the_backup_when_the_primary_is_cut(converged: Lab) -> None:
+    """hsrc -> pop -> frr (dual-homed) -> hdst at 100 packets/s; the primary link is cut mid-stream."""
+    import subprocess
+
+    lab = converged
+    wait_for(lambda: kernel_routes(lab).get("198.51.100.0/24") == ["10.0.1.2"], timeout=30, what="primary in use")
+    ping = subprocess.Popen([*lab.enter("hsrc"), "ping", "-c", "300", "-i", "0.01", "-W", "1", "198.51.100.10"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # poll: traffic flowing over the primary before the cut
+    _cut(lab, "eth2", 0)
+    try:
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        _cut(lab, "eth2", 3)
+    sent, received = (int(x) for x in
+                      [line for line in out.splitlines() if "packets transmitted" in line][0].split()[0:4:3])
+    # BFD detects in 120 ms here (FRR asks 40 ms x 3); the replies also need FRR to move to its backup.
+    assert sent == 300 and received >= sent - 40, out
+    last = [line for line in out.splitlines() if "icmp_seq=" in line][-1]
+    assert "icmp_seq=300" in last or int(last.split("icmp_seq=")[1].split()[0]) > 280, out
+    m = metrics(lab)
+    assert (metric_value(m, "pop_router_fib_failover_seconds_count") or 0) >= 1
+    wait_for(lambda: bfd(lab)["10.0.1.2"]["state"] == "up", timeout=60, what="primary BFD back")
 
 
 def test_bfd_process_restart_keeps_requests(converged: Lab) -> None:
