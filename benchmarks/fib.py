@@ -48,8 +48,9 @@ def prefixes(n: int, v6: bool) -> list:
 
 def entries(pfx: list, v6: bool) -> list[FibEntry]:
     gws = GW6 if v6 else GW4
-    # Realistic sharing: a handful of (primary, backup) sets.
-    return [FibEntry(p, (gws[i % 2],), (), (gws[2 + i % 2],)) for i, p in enumerate(pfx)]
+    # Realistic sharing: a handful of (primary, backup) sets, as shared tuples (the RIB interns them).
+    sets = [((gws[0],), (gws[2],)), ((gws[1],), (gws[3],))]
+    return [FibEntry(p, sets[i % 2][0], (), sets[i % 2][1]) for i, p in enumerate(pfx)]
 
 
 async def writer_run(ns: str, ents: list[FibEntry]) -> tuple[float, float, int]:

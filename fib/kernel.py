@@ -151,7 +151,8 @@ class KernelFib:
         self.batches = 0
         self.operations = 0
         self.last_failover_ms: float | None = None
-        self._inflight: set[IPNetwork] = set()  # route ops sent, not yet completed
+        self._inflight_batches = 0  # batches sent, not yet completed
+        self._inflight_deletes: set[IPNetwork] = set()  # route deletes sent, not yet completed
         self._inflight_objs: set[int] = set()  # nexthop/group ids we are deleting
         self.drift_repaired: dict[str, int] = {}
         self._mon = None
@@ -182,9 +183,11 @@ class KernelFib:
 
     # --- input ---------------------------------------------------------------------------------
     def submit(self, prefix: IPNetwork, entry: FibEntry | None) -> None:
-        if entry is not None:
+        # Hot path (a full table is a million calls): skip the set/dict probes when they are empty.
+        if entry is not None and self.stale:
             self.stale.discard(prefix)
-        self.failed.pop(prefix, None)
+        if self.failed:
+            self.failed.pop(prefix, None)
         self._pending[prefix] = entry
         self._idle.clear()
         self._wake.set()
@@ -325,25 +328,34 @@ class KernelFib:
 
     def _plan(self, work: list[tuple[IPNetwork, FibEntry | None]]) -> _Plan:
         plan = _Plan()
+        msgs, ops = plan.msgs, plan.ops
+        installed_get = self.installed.get
+        proto, table, metric = self.protocol, self.table, self.metric
+        # Routes of a table share a few (primary, backup) tuples (the RIB interns them): resolve each
+        # distinct pair of tuple objects to its group once per batch instead of once per route.
+        by_tuples: dict[tuple[int, int], Group | None] = {}
         for prefix, entry in work:
-            old = self.installed.get(prefix)
+            old = installed_get(prefix)
             if entry is None:
                 if old is None:
                     continue
-                plan.msgs.append(encode_route_nhid(RTM_DELROUTE, 0, prefix, 0, protocol=self.protocol,
-                                                   table=self.table, metric=self.metric))
-                plan.ops.append(("route", prefix, None, old, None))
+                msgs.append(encode_route_nhid(RTM_DELROUTE, 0, prefix, 0, protocol=proto, table=table,
+                                              metric=metric))
+                ops.append(("route", prefix, None, old, None))
                 continue
-            key = (_sorted(entry.nexthops), _sorted(tuple(getattr(entry, "backup", ()) or ())))
-            g = self._ensure_group(key, plan)
+            tk = (id(entry.nexthops), id(entry.backup))
+            if tk in by_tuples:
+                g = by_tuples[tk]
+            else:
+                g = by_tuples[tk] = self._ensure_group((_sorted(entry.nexthops), _sorted(entry.backup)), plan)
             if g is None:
                 self._fail(prefix, entry, errno_mod.ENETUNREACH)
                 continue
             if old == g.id:
                 continue
-            plan.msgs.append(encode_route_nhid(RTM_NEWROUTE, 0, prefix, g.id, protocol=self.protocol,
-                                               table=self.table, metric=self.metric, replace=old is not None))
-            plan.ops.append(("route", prefix, entry, old, g.id))
+            msgs.append(encode_route_nhid(RTM_NEWROUTE, 0, prefix, g.id, protocol=proto, table=table, metric=metric,
+                                          replace=old is not None))
+            ops.append(("route", prefix, entry, old, g.id))
         return plan
 
     # --- results ---------------------------------------------------------------------------------
@@ -358,6 +370,10 @@ class KernelFib:
             log.warning("kernel refused %s %s: %s", "install" if entry else "delete", prefix, errno_name(err))
 
     def _complete(self, plan: _Plan, errors: list[tuple[int, int]]) -> None:
+        self._inflight_batches -= 1
+        if not errors:
+            self._complete_clean(plan)
+            return
         errs = dict(errors)
         failed_objects: set[int] = set()
         ok = {"install": 0, "delete": 0}
@@ -382,7 +398,7 @@ class KernelFib:
                         failed_objects.add(g.id)
                 continue
             _, prefix, entry, old, new = op
-            self._inflight.discard(prefix)
+            self._inflight_deletes.discard(prefix)
             kind = "install" if entry is not None else "delete"
             if entry is None and err == errno_mod.ESRCH:
                 err = None  # already gone
@@ -413,6 +429,45 @@ class KernelFib:
                     m.fib_operations.labels(kind, "ok").inc(ok[kind])  # type: ignore[attr-defined]
                 if bad[kind]:
                     m.fib_operations.labels(kind, "error").inc(bad[kind])  # type: ignore[attr-defined]
+        self.operations += len(plan.msgs)
+        self.batches += 1
+
+    def _complete_clean(self, plan: _Plan) -> None:
+        """The common case, a batch without a single error: bookkeeping in bulk."""
+        installed = self.installed
+        refs: dict[int, int] = {}
+        ok = {"install": 0, "delete": 0}
+        count = self._count
+        for op in plan.ops:
+            if op[0] != "route":
+                continue
+            _, prefix, entry, old, new = op
+            if old is not None:
+                refs[old] = refs.get(old, 0) - 1
+            if entry is None:
+                self._inflight_deletes.discard(prefix)
+                del installed[prefix]
+                count[prefix.version] -= 1
+                ok["delete"] += 1
+            else:
+                if old is None:
+                    count[prefix.version] += 1
+                installed[prefix] = new
+                refs[new] = refs.get(new, 0) + 1
+                ok["install"] += 1
+        if self.failed:
+            for op in plan.ops:
+                if op[0] == "route":
+                    self.failed.pop(op[1], None)
+        for gid, delta in refs.items():
+            g = self.group_by_id.get(gid)
+            if g is not None:
+                g.refs += delta
+        m = self.metrics
+        if m is not None:
+            for kind, n in ok.items():
+                if n:
+                    m.fib_operations.labels(kind, "ok").inc(n)  # type: ignore[attr-defined]
         self.operations += len(plan.msgs)
         self.batches += 1
 
@@ -530,7 +585,7 @@ class KernelFib:
                     # Cheap filters first: a full-table write brings one notification per route.
                     if len(msg) < 28 or msg[21] != self.protocol:  # rtm_protocol
                         continue
-                    if kind == RTM_NEWROUTE and self._inflight:
+                    if kind == RTM_NEWROUTE and self._inflight_batches:
                         continue  # most likely our own batch; a change hidden here is found by resync
                     self._route_notice(kind, msg)
                 elif kind == RTM_DELNEXTHOP:
@@ -546,7 +601,7 @@ class KernelFib:
         if r is None or r.protocol != self.protocol or r.table != self.table or r.metric != self.metric:
             return
         p = r.prefix
-        if p in self._inflight or p in self._pending:
+        if p in self._inflight_deletes or p in self._pending or (kind == RTM_NEWROUTE and self._inflight_batches):
             return  # our own operation, or one about to be superseded
         gid = self.installed.get(p)
         if gid is None:
@@ -632,11 +687,13 @@ class KernelFib:
         return any(g.refs <= 0 for g in self.group_by_id.values()) or any(r <= 0 for r in self.nh_refs.values())
 
     async def _send(self, plan: _Plan) -> list[tuple[int, int]]:
+        self._inflight_batches += 1
         if not plan.msgs:
             return []
         for op in plan.ops:
             if op[0] == "route":
-                self._inflight.add(op[1])
+                if op[2] is None:
+                    self._inflight_deletes.add(op[1])
             elif op[0] in ("delgroup", "delnh"):
                 self._inflight_objs.add(op[1])
         t0 = time.perf_counter()
@@ -657,6 +714,7 @@ class KernelFib:
                             log.warning("deleting unused %s failed: %s", plan.ops[i][0], errno_name(err))
                     for op in plan.ops:
                         self._inflight_objs.discard(op[1])
+                    self._inflight_batches -= 1
                     self.operations += len(plan.msgs)
                     self._update_gauges()
                     continue

@@ -116,14 +116,22 @@ class LocRib:
         return FibDiff(prefix, old_e, new_e)
 
 
+_NH_TUPLES: dict[tuple[IPAddress, ...], tuple[IPAddress, ...]] = {}
+
+
+def _intern(t: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+    """One shared tuple per distinct next-hop set: the FIB writer resolves groups by tuple identity."""
+    return _NH_TUPLES.setdefault(t, t)
+
+
 def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry:
-    primary = tuple(p.nexthop for p in s.multipath)
+    primary = _intern(tuple(p.nexthop for p in s.multipath))
     backup: tuple[IPAddress, ...] = ()
     if paths and len(paths) > len(s.multipath):
         rest = [p for p in paths.values() if p.nexthop not in primary]
         alt = select(rest)
         if alt is not None:
-            backup = tuple(p.nexthop for p in alt.multipath)
+            backup = _intern(tuple(p.nexthop for p in alt.multipath))
     return FibEntry(s.best.prefix, primary, s.best.attrs.labels, backup)
 
 

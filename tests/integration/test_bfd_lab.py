@@ -155,7 +155,7 @@ def test_traffic_continues_over_the_backup_when_the_primary_is_cut(converged: La
     finally:
         _cut(lab, "eth2", 3)
     sent, received = (int(x) for x in
-                      [line for line in out.splitlines() if "packets transmitted" in line][0].split()[0:4:3])
+                      next(line for line in out.splitlines() if "packets transmitted" in line).split()[0:4:3])
     # BFD detects in 120 ms here (FRR asks 40 ms x 3); the replies also need FRR to move to its backup.
     assert sent == 300 and received >= sent - 40, out
     last = [line for line in out.splitlines() if "icmp_seq=" in line][-1]
