@@ -253,7 +253,13 @@ def test_max_prefixes_tears_session_down(converged: Lab, tmp_path: Path) -> None
 
 
 def test_daemon_sigkill_keeps_forwarding_and_restart_adopts_without_changes(converged: Lab) -> None:
+    import subprocess
+
     lab = converged
+    # A packet stream through the PoP for the whole kill/restart: not one packet may be lost.
+    ping = subprocess.Popen([*lab.enter("host1"), "ping", "-c", "600", "-i", "0.02", "-W", "1", "203.0.113.10"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # poll: the stream is flowing before the kill
     pid = int((lab.state / "pop.pop-router.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
@@ -274,3 +280,5 @@ def test_daemon_sigkill_keeps_forwarding_and_restart_adopts_without_changes(conv
     m = metrics(lab)
     assert metric_value(m, "pop_router_fib_operations_total", op="install", result="ok") is None
     assert metric_value(m, "pop_router_fib_operations_total", op="delete", result="ok") is None
+    out, _ = ping.communicate(timeout=60)
+    assert "600 packets transmitted, 600 received, 0% packet loss" in out, out
