@@ -50,6 +50,7 @@ from fib.netlink import (
     RTM_DELROUTE,
     RTM_NEWROUTE,
     RouteSocket,
+    decode_link_state,
     decode_nexthop,
     decode_route_any,
     encode_del_nexthop,
@@ -155,6 +156,11 @@ class KernelFib:
         self._inflight_deletes: set[IPNetwork] = set()  # route deletes sent, not yet completed
         self._inflight_objs: set[int] = set()  # nexthop/group ids we are deleting
         self.drift_repaired: dict[str, int] = {}
+        self.down_links: set[int] = set()
+        self._down_gws: dict[int, set[IPAddress]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._resync_lock = asyncio.Lock()
+        self._resync_again = False
         self._mon = None
 
     # --- sockets -------------------------------------------------------------------------------
@@ -577,10 +583,16 @@ class KernelFib:
             except OSError as exc:
                 if exc.errno == errno_mod.ENOBUFS:
                     log.warning("route notifications overflowed (ENOBUFS): resynchronising with the kernel")
-                    asyncio.get_running_loop().create_task(self.resync())
+                    self._tasks.add(t := asyncio.get_running_loop().create_task(self.resync()))
+                    t.add_done_callback(self._tasks.discard)
                     continue
                 raise
             for kind, msg in split_messages(data):
+                if kind in (16, 17):  # RTM_NEWLINK, RTM_DELLINK
+                    st = decode_link_state(msg)
+                    if st is not None:
+                        self._link_notice(*st)
+                    continue
                 if kind in (RTM_NEWROUTE, RTM_DELROUTE):
                     # Cheap filters first: a full-table write brings one notification per route.
                     if len(msg) < 28 or msg[21] != self.protocol:  # rtm_protocol
@@ -590,11 +602,61 @@ class KernelFib:
                     self._route_notice(kind, msg)
                 elif kind == RTM_DELNEXTHOP:
                     nh = decode_nexthop(msg)
+                    if nh is not None and nh.id in self.nh_key and self.nh_key[nh.id][1] in self.down_links:
+                        continue  # the kernel flushing a downed link's nexthops: handled by _link_notice
                     if nh is not None and nh.id not in self._inflight_objs and (
                             nh.id in self.group_by_id or nh.id in self.nh_key):
                         log.warning("nexthop %d of ours was deleted by someone else: resynchronising", nh.id)
                         self._repaired("nexthop_deleted")
-                        asyncio.get_running_loop().create_task(self.resync())
+                        self._tasks.add(t := asyncio.get_running_loop().create_task(self.resync()))
+                        t.add_done_callback(self._tasks.discard)
+
+    def _link_notice(self, ifindex: int, usable: bool) -> None:
+        """A link went down (or came back): the kernel has already flushed its nexthops (and the routes
+        of any group left empty); fail its gateways over to their backups and reconcile."""
+        gws = {gw for gw, oif in self._oif.items() if oif == ifindex}
+        if not usable and ifindex not in self.down_links:
+            self.down_links.add(ifindex)
+            self._down_gws[ifindex] = gws
+            log.warning("link %d down: failing over %d gateway(s)", ifindex, len(gws))
+            self._tasks.add(t := asyncio.get_running_loop().create_task(self._link_down(gws)))
+            t.add_done_callback(self._tasks.discard)
+        elif usable and ifindex in self.down_links:
+            self.down_links.discard(ifindex)
+            gws |= self._down_gws.pop(ifindex, set())
+            log.info("link %d up: gateways %s usable again", ifindex, ", ".join(map(str, gws)) or "-")
+            self._tasks.add(t := asyncio.get_running_loop().create_task(self._link_up(gws)))
+            t.add_done_callback(self._tasks.discard)
+
+    async def _link_down(self, gws: set[IPAddress]) -> None:
+        if gws:
+            await self.fail_gateway_many(gws)
+        await self.resync()  # what the kernel flushed with the link is rebuilt on the survivors
+
+    async def _link_up(self, gws: set[IPAddress]) -> None:
+        self.dead -= gws
+        await self.resync()  # forget the nexthops the kernel flushed with the link
+        # Recreate the gateways' nexthop objects and move their groups back to the primaries.
+        plan = _Plan()
+        for key, g in self.groups.items():
+            if not (set(key[0]) | set(key[1])) & gws:
+                continue
+            ids = {gw: self._ensure_nh(gw, plan) for gw in dict.fromkeys(key[0] + key[1])}
+            new_holds = tuple(i for i in ids.values() if i is not None and i not in g.holds)
+            self._hold(new_holds, +1)
+            g.holds += new_holds
+            active = [ids.get(gw) for gw in self._active(key)]
+            if all(a is not None for a in active) and tuple(active) != g.members:
+                g.members = tuple(a for a in active if a is not None)
+                plan.msgs.append(encode_group(0, g.id, g.members, protocol=self.protocol, replace=True))
+                plan.ops.append(("regroup", g.id))
+        if plan.msgs:
+            res = await asyncio.get_running_loop().run_in_executor(None, self._fast_socket().apply, plan.msgs)
+            for i, err in res.errors:
+                log.error("restoring %s after link up failed: %s", plan.ops[i][0], errno_name(err))
+
+    async def fail_gateway_many(self, gws: set[IPAddress]) -> int:
+        return await self._rewrite(set(gws), add_dead=True, detected_at=None)
 
     def _route_notice(self, kind: int, msg: bytes) -> None:
         r = decode_route_any(msg)
@@ -629,7 +691,23 @@ class KernelFib:
                 self.submit(p, want)
 
     async def resync(self) -> int:
-        """Compare our bookkeeping with a dump of the kernel and repair every difference."""
+        """Compare our bookkeeping with a dump of the kernel and repair every difference.
+
+        Serialised: two overlapping resyncs would each repair from their own dump and undo the
+        other's repairs (a route reinstalled after the first dump looks missing to it).
+        """
+        if self._resync_lock.locked():
+            self._resync_again = True
+            return 0
+        async with self._resync_lock:
+            fixed = 0
+            while True:
+                self._resync_again = False
+                fixed += await self._resync_once()
+                if not self._resync_again:
+                    return fixed
+
+    async def _resync_once(self) -> int:
         loop = asyncio.get_running_loop()
         await self.wait_idle()
         with enter_netns(self.netns):

@@ -493,6 +493,12 @@ class RouteSocket:
         return [r for r in self.dump_routes() if r.protocol == protocol and r.table == table]
 
 
+RTMGRP_LINK = 0x1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
 RTNLGRP_NEXTHOP = 32
@@ -507,7 +513,7 @@ def monitor_socket() -> socket.socket:
         s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
     except OSError:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-    s.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+    s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
     s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
     return s
 
@@ -520,6 +526,16 @@ def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
             return
         yield kind, data[off: off + n]
         off += _align(n)
+
+
+def decode_link_state(msg: bytes) -> tuple[int, bool] | None:
+    """(ifindex, usable) from RTM_NEWLINK/RTM_DELLINK: usable = administratively up with carrier."""
+    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
+    if kind not in (RTM_NEWLINK, RTM_DELLINK) or len(msg) < NLMSGHDR.size + IFINFOMSG.size:
+        return None
+    _fam, _type, index, flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
+    usable = kind == RTM_NEWLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+    return index, usable
 
 
 def decode_route_any(msg: bytes) -> KernelRoute | None:

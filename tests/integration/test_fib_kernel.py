@@ -267,3 +267,36 @@ def test_mpls_probe_matches_this_kernel(netns: str) -> None:
         assert "MPLS encap refused" in m.detail
     # The probe leaves nothing behind.
     assert not [n for n in ip_json(netns, "nexthop", "show") if n["id"] == 0x7FFFFFF0]
+
+
+async def test_link_down_fails_over_to_the_backup(netns: str) -> None:
+    """A second link carries the backup; downing the primary's link moves traffic without any BFD."""
+    set_compat_mode(netns, 0)
+    for cmd in ("link add e0 type veth peer name e1", "link set e0 up", "link set e1 up",
+                "addr add 10.7.0.1/24 dev e0"):
+        subprocess.run(["ip", "-n", netns, *cmd.split()], check=True)
+    fib = KernelFib(protocol=PROTO, netns=netns)
+    task = asyncio.create_task(fib.run())
+    fib.start_monitor()
+    for i in range(50):
+        p = f"10.{100 + i}.0.0/24"
+        fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.7.0.2",)))
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    assert set(kernel_routes(netns).values()) == {("10.0.0.2",)}
+    subprocess.run(["ip", "-n", netns, "link", "set", "d1", "down"], check=True)  # carrier lost on d0
+    for _ in range(200):
+        await asyncio.sleep(0.02)  # poll
+        routes = kernel_routes(netns)
+        if len(routes) == 50 and set(routes.values()) == {("10.7.0.2",)}:
+            break
+    routes = kernel_routes(netns)
+    assert len(routes) == 50 and set(routes.values()) == {("10.7.0.2",)}
+    subprocess.run(["ip", "-n", netns, "link", "set", "d1", "up"], check=True)
+    for _ in range(300):
+        await asyncio.sleep(0.02)  # poll
+        routes = kernel_routes(netns)
+        if len(routes) == 50 and set(routes.values()) == {("10.0.0.2",)}:
+            break
+    assert set(kernel_routes(netns).values()) == {("10.0.0.2",)}
+    task.cancel()
+    fib.close()
