@@ -438,6 +438,61 @@ class KernelFib:
         self.operations += len(plan.msgs)
         self.batches += 1
 
+    async def _withdraw_whole_groups(
+        self, work: list[tuple[IPNetwork, FibEntry | None]]
+    ) -> list[tuple[IPNetwork, FibEntry | None]]:
+        """Withdrawals that empty a whole group (a peer's routes going away, a table flush) become one
+        RTM_DELNEXTHOP of the group: the kernel drops every route using it at once (~0.5 s for 1M
+        routes instead of ~25 s route by route). Only when no install in the same work needs that
+        group."""
+        dels: dict[int, int] = {}
+        wanted: set[GroupKey] = set()
+        seen: dict[tuple[int, int], GroupKey] = {}
+        for prefix, entry in work:
+            if entry is None:
+                gid = self.installed.get(prefix)
+                if gid is not None:
+                    dels[gid] = dels.get(gid, 0) + 1
+            else:
+                tk = (id(entry.nexthops), id(entry.backup))
+                if tk not in seen:
+                    seen[tk] = (_sorted(entry.nexthops), _sorted(entry.backup))
+                wanted.add(seen[tk])
+        whole = [gid for gid, n in dels.items()
+                 if (g := self.group_by_id.get(gid)) is not None and n == g.refs and n >= 2 and g.key not in wanted]
+        if not whole:
+            return work
+        plan = _Plan()
+        for gid in whole:
+            plan.msgs.append(encode_del_nexthop(0, gid))
+            plan.ops.append(("delgroup", gid))
+        errors = dict(await self._send(plan))
+        self._inflight_batches -= 1
+        gone = {gid for i, gid in enumerate(whole) if i not in errors}
+        if not gone:
+            return work
+        rest: list[tuple[IPNetwork, FibEntry | None]] = []
+        installed = self.installed
+        n = 0
+        for prefix, entry in work:
+            if entry is None and installed.get(prefix) in gone:
+                del installed[prefix]
+                self._count[prefix.version] -= 1
+                if self.failed:
+                    self.failed.pop(prefix, None)
+                n += 1
+            else:
+                rest.append((prefix, entry))
+        for gid in gone:
+            g = self.group_by_id.pop(gid)
+            if g.key is not None:
+                self.groups.pop(g.key, None)
+            self._hold(g.holds, -1)
+        if self.metrics is not None:
+            self.metrics.fib_operations.labels("delete", "ok").inc(n)  # type: ignore[attr-defined]
+        self.operations += len(plan.msgs)
+        return rest
+
     def _complete_clean(self, plan: _Plan) -> None:
         """The common case, a batch without a single error: bookkeeping in bulk."""
         installed = self.installed
@@ -802,7 +857,7 @@ class KernelFib:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            work = self._take_work()
+            work = await self._withdraw_whole_groups(self._take_work())
             # Pipelined: batch N+1 is planned and encoded here while batch N is in the kernel (the
             # worker thread releases the GIL inside sendmsg), so Python and kernel time overlap.
             in_flight: tuple[_Plan, asyncio.Future] | None = None

@@ -300,3 +300,26 @@ async def test_link_down_fails_over_to_the_backup(netns: str) -> None:
     assert set(kernel_routes(netns).values()) == {("10.0.0.2",)}
     task.cancel()
     fib.close()
+
+
+async def test_withdrawing_a_whole_group_is_one_message(netns: str) -> None:
+    set_compat_mode(netns, 0)
+    fib = KernelFib(protocol=PROTO, netns=netns)
+    task = asyncio.create_task(fib.run())
+    primary, backup = (A("10.0.0.2"),), (A("10.0.0.3"),)
+    keep = N("198.51.100.0/24")
+    for i in range(500):
+        p = N(f"10.{100 + i // 256}.{i % 256}.0/24")
+        fib.submit(p, FibEntry(p, primary, (), backup))
+    fib.submit(keep, FibEntry(keep, backup, (), ()))
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    ops = fib.operations
+    for i in range(500):
+        fib.submit(N(f"10.{100 + i // 256}.{i % 256}.0/24"), None)
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    assert kernel_routes(netns) == {"198.51.100.0/24": ("10.0.0.3",)}
+    # One group delete for 500 routes, then only the now-unused nexthop object is collected.
+    assert fib.operations - ops <= 3, fib.operations - ops
+    assert len(fib.installed) == 1 and fib._count[4] == 1
+    task.cancel()
+    fib.close()
