@@ -49,6 +49,7 @@ from fib.netlink import (
     RTM_DELNEXTHOP,
     RTM_DELROUTE,
     RTM_NEWROUTE,
+    BatchResult,
     RouteSocket,
     decode_link_state,
     decode_nexthop,
@@ -67,6 +68,7 @@ from routing.model import FibEntry, IPAddress, IPNetwork
 log = logging.getLogger(__name__)
 
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+_EMPTY = BatchResult([], 0)
 NhKey = tuple[IPAddress, int]  # (gateway, ifindex)
 GroupKey = tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]  # (primary, backup), each sorted
 
@@ -819,10 +821,15 @@ class KernelFib:
     def _has_garbage(self) -> bool:
         return any(g.refs <= 0 for g in self.group_by_id.values()) or any(r <= 0 for r in self.nh_refs.values())
 
-    async def _send(self, plan: _Plan) -> list[tuple[int, int]]:
+    def _start_send(self, plan: _Plan) -> asyncio.Future:
+        """Hand a batch to the worker thread *now* (not when a coroutine first runs), so the caller can
+        plan the next batch while the kernel processes this one."""
         self._inflight_batches += 1
+        loop = asyncio.get_running_loop()
         if not plan.msgs:
-            return []
+            f: asyncio.Future = loop.create_future()
+            f.set_result(_EMPTY)
+            return f
         for op in plan.ops:
             if op[0] == "route":
                 if op[2] is None:
@@ -830,10 +837,14 @@ class KernelFib:
             elif op[0] in ("delgroup", "delnh"):
                 self._inflight_objs.add(op[1])
         t0 = time.perf_counter()
-        res = await asyncio.get_running_loop().run_in_executor(None, self._socket().apply, plan.msgs)
+        fut = loop.run_in_executor(None, self._socket().apply, plan.msgs)
         if self.metrics is not None:
-            self.metrics.fib_write_seconds.observe(time.perf_counter() - t0)  # type: ignore[attr-defined]
-        return res.errors
+            hist = self.metrics.fib_write_seconds  # type: ignore[attr-defined]
+            fut.add_done_callback(lambda _f: hist.observe(time.perf_counter() - t0))
+        return fut
+
+    async def _send(self, plan: _Plan) -> list[tuple[int, int]]:
+        return (await self._start_send(plan)).errors
 
     async def run(self) -> None:
         while True:
@@ -864,8 +875,8 @@ class KernelFib:
             for i in range(0, len(work), self.batch_size):
                 plan = self._plan(work[i: i + self.batch_size])
                 if in_flight is not None:
-                    self._complete(in_flight[0], await in_flight[1])
-                in_flight = (plan, asyncio.ensure_future(self._send(plan)))
+                    self._complete(in_flight[0], (await in_flight[1]).errors)
+                in_flight = (plan, self._start_send(plan))
             if in_flight is not None:
-                self._complete(in_flight[0], await in_flight[1])
+                self._complete(in_flight[0], (await in_flight[1]).errors)
             self._update_gauges()
