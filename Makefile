@@ -47,6 +47,8 @@ test: deps
 bench: deps
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/bfd.py
+	$(PY) benchmarks/fib.py
+	$(PY) benchmarks/failover.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
