@@ -210,10 +210,6 @@ class KernelFib:
             return ()
         return tuple(self.nh_key[m][0] for m in g.members if m in self.nh_key)
 
-    def route_nexthops(self, prefix: IPNetwork) -> tuple[IPAddress, ...]:
-        gid = self.installed.get(prefix)
-        return self.gateways(gid) if gid is not None else ()
-
     # --- adoption ------------------------------------------------------------------------------
     def adopt(self) -> int:
         """Take over our routes, groups and nexthops already in the kernel (after a restart)."""

@@ -28,7 +28,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from routing.model import IPAddress, IPNetwork
@@ -548,9 +548,3 @@ def decode_route_any(msg: bytes) -> KernelRoute | None:
 
 def errno_name(code: int) -> str:
     return errno_mod.errorcode.get(code, str(code))
-
-
-def encode_many(
-    ops: Iterable[tuple[int, IPNetwork, Sequence[IPAddress]]], *, protocol: int, table: int, metric: int
-) -> list[bytes]:
-    return [encode_route(op, 0, p, nhs, protocol=protocol, table=table, metric=metric) for op, p, nhs in ops]

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from labs.topology import Node, Topology, TopologyError, load_topology
+from labs.topology import Link, Node, Topology, TopologyError, load_topology
 
 STATE_ROOT = Path("/run/pop-router-labs")
 
@@ -131,15 +131,15 @@ class Lab:
         for k, v in sysctls.items():
             _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{k}={v}"])
 
-    def _create_link(self, link: object) -> None:
-        a, b = link.a, link.b  # type: ignore[attr-defined]
+    def _create_link(self, link: Link) -> None:
+        a, b = link.a, link.b
         _run(["ip", "link", "add", a.interface, "netns", self.ns(a.node), "type", "veth",
               "peer", "name", b.interface, "netns", self.ns(b.node)])
         for ep in (a, b):
             if ep.mac:
                 _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "address", ep.mac])
-            if link.mtu:  # type: ignore[attr-defined]
-                mtu = str(link.mtu)  # type: ignore[attr-defined]
+            if link.mtu:
+                mtu = str(link.mtu)
                 _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "mtu", mtu])
             _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "up"])
 

@@ -27,7 +27,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bfd.control import BfdController, BfdEvent
@@ -36,7 +36,7 @@ from routing.config import Config, CustomerConfig, PeerConfig
 from routing.exabgp import messages as msg
 from routing.exabgp.speaker import ChildExited, ExabgpSpeaker, RelayConnected
 from routing.metrics import Metrics
-from routing.model import FibDiff, IPAddress, Peer, afi
+from routing.model import FibDiff, IPAddress, Peer, afi, intern_attrs
 from routing.model import Path as RoutePath
 from routing.policy import ImportPolicy
 from routing.rib import LimitExceeded, Rib
@@ -289,7 +289,7 @@ class Daemon:
             diffs += self.rib.withdraw(addr, ev.withdraw)
         if ev.announce:
             peer, attrs = ps.peer, ev.attrs
-            paths = [RoutePath(p, peer, nh, attrs if not labels else _with_labels(attrs, labels))
+            paths = [RoutePath(p, peer, nh, attrs if not labels else intern_attrs(replace(attrs, labels=labels)))
                      for p, nh, labels in ev.announce]
             try:
                 diffs += self.rib.announce(addr, paths)
@@ -476,10 +476,3 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.fib.close()
 
-
-def _with_labels(attrs, labels):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    from routing.model import intern_attrs
-
-    return intern_attrs(replace(attrs, labels=labels))
