@@ -60,9 +60,11 @@ def main(argv: list[str]) -> int:
     print(_show(lab, "routes").stdout)
     print("== pop-router show routes --rejected   (mallory's junk, and our own prefixes reflected back)")
     print(_show(lab, "routes", "--rejected").stdout)
-    print("== the kernel's view in the PoP: ip route / ip -6 route (proto 200 = pop-router)")
+    print("== the kernel's view in the PoP: ip route / ip -6 route (proto 200 = pop-router; routes point at")
+    print("   nexthop groups, nhid N) and ip nexthop (the groups and their members)")
     print(_in(lab, "pop", "ip", "route").stdout)
     print(_in(lab, "pop", "ip", "-6", "route", "show", "proto", "200").stdout)
+    print(_in(lab, "pop", "ip", "nexthop", "show").stdout)
     ok = True
     for dst in ("203.0.113.10", "2001:db8:200::10"):
         print(f"== ping from host1 (behind acme, FRR) to {dst} (host2, behind globex, BIRD)")
