@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m routing.exabgp.bridge SOCKET", file=sys.stderr)
         return 2
     sock = connect(argv[0])
-    sock.sendall(f"# relay pid {os.getpid()}\n".encode())
+    try:
+        sock.sendall(f"# relay pid {os.getpid()}\n".encode())
+    except OSError:
+        os._exit(0)  # the daemon went away already; ExaBGP respawns us and the next one reconnects
     relay = Relay(sock, sys.stdin.buffer, sys.stdout.buffer)
     threads = [threading.Thread(target=f, daemon=True) for f in (relay.read_stdin, relay.to_daemon, relay.from_daemon)]
     for t in threads:
