@@ -5,12 +5,18 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
-DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps
+DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev
+XDP_OBJ := build/pop_xdp.o
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down test unit integration lint deps debs bench clean
 
-deps: debs $(STAMP)
+deps: debs $(STAMP) $(XDP_OBJ)
+
+# The XDP program is built here, never committed (clang -target bpf, headers from libbpf-dev).
+$(XDP_OBJ): fib/xdp/pop_xdp.c
+	mkdir -p build
+	clang -O2 -g -Wall -target bpf -I/usr/include/$$(uname -m)-linux-gnu -c $< -o $@
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

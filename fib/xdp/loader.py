@@ -1,0 +1,177 @@
+"""Loading the XDP program and writing its maps, through libbpf (``libbpf.so.1``) via ctypes.
+
+Why ctypes and not a binding: Debian ships libbpf 1.1 as a C library; the Python bindings on PyPI
+(e.g. ``libbpf`` wheels) lag it or vendor their own copy. The few calls we need (open, load, find
+maps, attach/detach XDP, map update/lookup/delete) are stable libbpf ABI. Pointer returns are
+declared ``c_void_p`` (ctypes would truncate them to 32 bits).
+
+Namespaces: an XDP attach and a DEVMAP entry resolve interface indexes in the network namespace of
+the *calling thread*, so every call that names an interface runs inside :func:`fib.netns.netns`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from fib.netns import netns as enter_netns
+
+ROOT = Path(__file__).resolve().parents[2]
+OBJECT = ROOT / "build" / "pop_xdp.o"
+SOURCE = Path(__file__).with_name("pop_xdp.c")
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+MAX_MEMBERS = 8
+MAX_LABELS = 3
+NH_VALID = 1
+STATS = ("forwarded", "mpls_pushed", "passed_no_route", "passed_ttl", "passed_options", "passed_fragment",
+         "passed_not_ip", "passed_neighbour", "passed_no_group", "dropped_malformed", "dropped_redirect")
+
+LPM4_KEY = struct.Struct("=I4s")
+LPM6_KEY = struct.Struct("=I16s")
+GROUP = struct.Struct("=I8I")
+NEXTHOP = struct.Struct("=I6s6sHH3I")
+U32 = struct.Struct("=I")
+
+
+class XdpError(OSError):
+    pass
+
+
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_object__open_file.restype = ctypes.c_void_p
+    lib.bpf_object__open_file.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    lib.bpf_object__load.argtypes = [ctypes.c_void_p]
+    lib.bpf_object__close.argtypes = [ctypes.c_void_p]
+    lib.bpf_object__find_program_by_name.restype = ctypes.c_void_p
+    lib.bpf_object__find_program_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.bpf_program__fd.argtypes = [ctypes.c_void_p]
+    lib.bpf_object__find_map_fd_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.bpf_xdp_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
+    lib.bpf_xdp_detach.argtypes = [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
+    for f in ("bpf_map_update_elem", "bpf_map_lookup_elem", "bpf_map_delete_elem"):
+        getattr(lib, f).argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + (
+            [ctypes.c_uint64] if f == "bpf_map_update_elem" else [])
+    return lib
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = -rc if rc < -1 else ctypes.get_errno()
+        raise XdpError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+@dataclass(frozen=True, slots=True)
+class Nexthop:
+    ifindex: int
+    smac: bytes
+    dmac: bytes
+    valid: bool = True
+    labels: tuple[int, ...] = ()
+
+
+class XdpProgram:
+    """One loaded copy of the program and its maps."""
+
+    def __init__(self, obj_path: Path = OBJECT) -> None:
+        if not obj_path.exists():
+            raise XdpError(2, f"{obj_path} not built (make builds it from {SOURCE} with clang)")
+        self.lib = _lib()
+        self.obj = self.lib.bpf_object__open_file(str(obj_path).encode(), None)
+        if not self.obj:
+            raise XdpError(ctypes.get_errno(), f"cannot open {obj_path}")
+        _check(self.lib.bpf_object__load(self.obj), "loading the XDP program")
+        self.fds = {name: _check(self.lib.bpf_object__find_map_fd_by_name(self.obj, name.encode()), name)
+                    for name in ("lpm4", "lpm6", "groups", "nexthops", "tx_ports", "stats")}
+        self.prog_fd = self._prog("pop_xdp")
+        self.pass_fd = self._prog("xdp_pass")
+        self.attached: list[tuple[str | None, int, int]] = []
+
+    def _prog(self, name: str) -> int:
+        p = self.lib.bpf_object__find_program_by_name(self.obj, name.encode())
+        if not p:
+            raise XdpError(2, f"program {name} not found")
+        return _check(self.lib.bpf_program__fd(p), name)
+
+    # --- attach ----------------------------------------------------------------------------------
+    def attach(self, ifname: str, netns: str | None = None, *, pass_only: bool = False) -> str:
+        """Attach natively, falling back to generic (skb) mode with a warning; returns the mode."""
+        fd = self.pass_fd if pass_only else self.prog_fd
+        with enter_netns(netns):
+            ifindex = socket_ifindex(ifname)
+            try:
+                _check(self.lib.bpf_xdp_attach(ifindex, fd, XDP_FLAGS_DRV_MODE, None), f"attach to {ifname}")
+                mode = "native"
+            except XdpError:
+                _check(self.lib.bpf_xdp_attach(ifindex, fd, XDP_FLAGS_SKB_MODE, None), f"attach to {ifname}")
+                mode = "generic"
+        self.attached.append((netns, ifindex, XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE))
+        return mode
+
+    def close(self) -> None:
+        for netns, ifindex, flags in self.attached:
+            with enter_netns(netns):
+                self.lib.bpf_xdp_detach(ifindex, flags, None)
+        self.attached.clear()
+        if self.obj:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = None
+
+    # --- maps --------------------------------------------------------------------------------------
+    def _update(self, m: str, key: bytes, value: bytes) -> None:
+        kb, vb = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+        _check(self.lib.bpf_map_update_elem(self.fds[m], kb, vb, 0), f"update {m}")
+
+    def _delete(self, m: str, key: bytes) -> None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        self.lib.bpf_map_delete_elem(self.fds[m], kb)
+
+    def set_route(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network, group: int) -> None:
+        if prefix.version == 4:
+            self._update("lpm4", LPM4_KEY.pack(prefix.prefixlen, prefix.network_address.packed), U32.pack(group))
+        else:
+            self._update("lpm6", LPM6_KEY.pack(prefix.prefixlen, prefix.network_address.packed), U32.pack(group))
+
+    def del_route(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        if prefix.version == 4:
+            self._delete("lpm4", LPM4_KEY.pack(prefix.prefixlen, prefix.network_address.packed))
+        else:
+            self._delete("lpm6", LPM6_KEY.pack(prefix.prefixlen, prefix.network_address.packed))
+
+    def set_group(self, group: int, members: list[int]) -> None:
+        """One map write moves every prefix of the group (the XDP half of prefix-independent failover)."""
+        if not 1 <= len(members) <= MAX_MEMBERS:
+            raise ValueError(f"a group has 1..{MAX_MEMBERS} members")
+        self._update("groups", U32.pack(group), GROUP.pack(len(members), *(members + [0] * (8 - len(members)))))
+
+    def set_nexthop(self, nh: int, hop: Nexthop, netns: str | None = None) -> None:
+        if len(hop.labels) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels")
+        labels = list(hop.labels) + [0] * (MAX_LABELS - len(hop.labels))
+        self._update("nexthops", U32.pack(nh), NEXTHOP.pack(hop.ifindex, hop.smac, hop.dmac,
+                                                              NH_VALID if hop.valid else 0, len(hop.labels), *labels))
+        with enter_netns(netns):  # DEVMAP entries resolve in the writer thread's namespace
+            self._update("tx_ports", U32.pack(hop.ifindex), U32.pack(hop.ifindex))
+
+    def stats(self) -> dict[str, int]:
+        ncpu = self.lib.libbpf_num_possible_cpus()
+        out = {}
+        for i, name in enumerate(STATS):
+            kb = ctypes.create_string_buffer(U32.pack(i), 4)
+            vb = ctypes.create_string_buffer(8 * ncpu)
+            if self.lib.bpf_map_lookup_elem(self.fds["stats"], kb, vb) == 0:
+                out[name] = sum(struct.unpack(f"={ncpu}Q", vb.raw))
+        return out
+
+
+def socket_ifindex(name: str) -> int:
+    import socket
+
+    return socket.if_nametoindex(name)

@@ -1,0 +1,199 @@
+"""The XDP fast path on real packets: A -> R (XDP on R's ingress) -> B, in namespaces.
+
+R's program forwards from its maps (LPM -> group -> nexthop) and redirects through a DEVMAP; B's
+end of the veth runs a pass-only program (a veth only delivers redirected frames when its peer has
+XDP). The sender's veth has transmit checksum offload turned off: it would otherwise leave a partial UDP
+checksum that nobody completes after a redirect (seen on this kernel).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from fib.netns import netns
+from fib.xdp.loader import OBJECT, Nexthop, XdpProgram
+
+from .netns import unique_prefix
+
+SO_NO_CHECK = 11
+IP_RECVTTL = 12
+IPV6_RECVHOPLIMIT = 51
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=True)
+
+
+def tx_checksum_off(ns: str, ifname: str) -> None:
+    """`ethtool -K IF tx off` without ethtool (not installed here): the SIOCETHTOOL ioctl."""
+    import array
+    import fcntl
+
+    ev = array.array("I", [0x17, 0])  # ETHTOOL_STXCSUM, off
+    with netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s, 0x8946, struct.pack("16sP", ifname.encode(), ev.buffer_info()[0]))  # SIOCETHTOOL
+    finally:
+        s.close()
+
+
+def mac(ns: str, ifname: str) -> bytes:
+    out = subprocess.run(["ip", "-n", ns, "-br", "link", "show", ifname], capture_output=True, text=True).stdout
+    return bytes.fromhex(out.split()[2].replace(":", ""))
+
+
+@pytest.fixture
+def topo() -> Iterator[tuple[dict[str, str], XdpProgram]]:
+    if not OBJECT.exists():
+        pytest.fail(f"{OBJECT} is missing: `make test` builds it (clang -target bpf)")
+    p = unique_prefix("xdp")
+    ns = {k: f"{p}{k}" for k in "arb"}
+    try:
+        for n in ns.values():
+            sh(f"ip netns add {n} && ip -n {n} link set lo up")
+        a, r, b = ns["a"], ns["r"], ns["b"]
+        sh(f"ip link add aR netns {a} type veth peer name rA netns {r}")
+        sh(f"ip link add rB netns {r} type veth peer name bR netns {b}")
+        sh(f"ip -n {a} addr add 10.9.0.2/24 dev aR && ip -n {a} link set aR up")
+        sh(f"ip -n {a} addr add 2001:db8:9::2/64 dev aR nodad")
+        sh(f"ip -n {a} route add default via 10.9.0.1 && ip -n {a} -6 route add default via 2001:db8:9::1")
+        sh(f"ip -n {r} addr add 10.9.0.1/24 dev rA && ip -n {r} addr add 10.9.1.1/24 dev rB")
+        sh(f"ip -n {r} addr add 2001:db8:9::1/64 dev rA nodad && ip -n {r} addr add 2001:db8:91::1/64 dev rB nodad")
+        sh(f"ip -n {r} link set rA up && ip -n {r} link set rB up")
+        sh(f"ip -n {b} addr add 10.9.1.2/24 dev bR && ip -n {b} addr add 198.51.100.10/24 dev bR")
+        sh(f"ip -n {b} addr add 2001:db8:91::2/64 dev bR nodad && ip -n {b} addr add 2001:db8:100::10/64 dev bR nodad")
+        sh(f"ip -n {b} link set bR up && ip -n {b} route add default via 10.9.1.1")
+        sh(f"ip -n {b} -6 route add default via 2001:db8:91::1")
+        sh(f"ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+        # The kernel holds the same routes as the XDP maps (it is the slow path and the source of truth).
+        sh(f"ip -n {r} route add 198.51.100.0/24 via 10.9.1.2 && ip -n {r} route add 203.0.113.0/24 via 10.9.1.2")
+        sh(f"ip -n {r} -6 route add 2001:db8:100::/48 via 2001:db8:91::2")
+        tx_checksum_off(a, "aR")
+        x = XdpProgram()
+        try:
+            x.attach("rA", r)
+            x.attach("bR", b, pass_only=True)
+            with netns(r):
+                rb = socket.if_nametoindex("rB")
+            plain = Nexthop(rb, mac(r, "rB"), mac(b, "bR"))
+            x.set_nexthop(1, plain, r)
+            x.set_nexthop(2, Nexthop(rb, mac(r, "rB"), mac(b, "bR"), True, (100, 200)), r)
+            x.set_nexthop(3, Nexthop(rb, mac(r, "rB"), mac(b, "bR"), False), r)  # neighbour unresolved
+            x.set_group(10, [1])
+            x.set_group(11, [3])
+            x.set_route(ipaddress.ip_network("198.51.100.0/24"), 10)
+            x.set_route(ipaddress.ip_network("2001:db8:100::/48"), 10)
+            x.set_route(ipaddress.ip_network("203.0.113.0/24"), 11)
+            yield ns, x
+        finally:
+            x.close()
+    finally:
+        for n in ns.values():
+            subprocess.run(["ip", "netns", "del", n], check=False)
+
+
+def _udp_roundtrip(ns: dict[str, str], dst: str, v6: bool = False, ttl: int = 64) -> tuple[bytes, int] | None:
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    with netns(ns["b"]):
+        rx = socket.socket(fam, socket.SOCK_DGRAM)
+        rx.bind(("::" if v6 else "0.0.0.0", 9999))
+        if v6:
+            rx.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+        else:
+            rx.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+    with netns(ns["a"]):
+        tx = socket.socket(fam, socket.SOCK_DGRAM)
+        if v6:
+            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+        else:
+            tx.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    try:
+        for _ in range(3):  # the first packet may wait for neighbour resolution
+            tx.sendto(b"pop-router", (dst, 9999))
+            if select.select([rx], [], [], 1.0)[0]:
+                data, anc, _f, _src = rx.recvmsg(100, 64)
+                return data, struct.unpack("=i", anc[0][2][:4])[0]
+        return None
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_ipv4_forwarded_with_ttl_and_checksum(topo) -> None:
+    ns, x = topo
+    got = _udp_roundtrip(ns, "198.51.100.10")
+    # The receiving kernel accepted it (IP header checksum valid) with the TTL decremented once.
+    assert got == (b"pop-router", 63)
+    assert x.stats()["forwarded"] >= 1
+
+
+def test_ipv6_forwarded_with_hop_limit(topo) -> None:
+    ns, x = topo
+    ipv6_udp_cksum_ok = _udp_roundtrip(ns, "2001:db8:100::10", v6=True)
+    assert ipv6_udp_cksum_ok is not None and ipv6_udp_cksum_ok[1] == 63
+    assert x.stats()["forwarded"] >= 1
+
+
+def test_no_route_and_unresolved_neighbour_go_to_the_kernel(topo) -> None:
+    ns, x = topo
+    # 10.9.1.2 is not in our LPM: XDP_PASS, and the kernel forwards it (TTL 63 as well).
+    assert _udp_roundtrip(ns, "10.9.1.2") == (b"pop-router", 63)
+    assert x.stats()["passed_no_route"] >= 1
+    before = x.stats()["passed_neighbour"]
+    with netns(ns["a"]):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"x", ("203.0.113.10", 9999))
+        s.close()
+    for _ in range(50):
+        if x.stats()["passed_neighbour"] > before:
+            break
+        select.select([], [], [], 0.02)  # poll
+    assert x.stats()["passed_neighbour"] == before + 1
+
+
+def test_ttl_one_is_passed_and_answered_by_the_kernel(topo) -> None:
+    ns, x = topo
+    with netns(ns["a"]):
+        icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        assert _udp_roundtrip(ns, "198.51.100.10", ttl=1) is None  # never reaches B
+        assert x.stats()["passed_ttl"] >= 1
+        assert select.select([icmp], [], [], 2.0)[0], "no ICMP time exceeded"
+        pkt = icmp.recv(200)
+        assert pkt[(pkt[0] & 15) * 4] == 11  # ICMP type 11, time exceeded, from the kernel slow path
+    finally:
+        icmp.close()
+
+
+def test_group_switch_moves_traffic_and_pushes_mpls(topo) -> None:
+    """One group write re-points every prefix of the group: here to a nexthop that pushes labels."""
+    ns, x = topo
+    with netns(ns["b"]):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8847))
+        cap.bind(("bR", 0))
+    try:
+        x.set_group(10, [2])
+        with netns(ns["a"]):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+            s.sendto(b"labelled", ("198.51.100.10", 9999))
+            s.close()
+        assert select.select([cap], [], [], 2.0)[0], "no MPLS frame"
+        frame = cap.recv(200)
+        assert frame[12:14] == b"\x88\x47"
+        l1, l2 = struct.unpack("!II", frame[14:22])
+        assert (l1 >> 12, (l1 >> 8) & 1, l1 & 0xFF) == (100, 0, 63)  # label, bottom-of-stack, TTL copied
+        assert (l2 >> 12, (l2 >> 8) & 1, l2 & 0xFF) == (200, 1, 63)
+        assert frame[22] >> 4 == 4 and frame[22 + 8] == 63  # the IPv4 packet follows, TTL decremented
+        assert x.stats()["mpls_pushed"] >= 1
+    finally:
+        cap.close()
