@@ -294,14 +294,9 @@ def ifname_for_address(addr: str) -> str | None:
     pyroute2's synchronous IPRoute runs its own event loop, so it is used from a worker thread when
     called under a running loop (only when a session is created).
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _ifname_for_address(addr)
-    import concurrent.futures
+    from fib.netns import outside_loop
 
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(_ifname_for_address, addr).result()
+    return outside_loop(_ifname_for_address, addr)
 
 
 def _ifname_for_address(addr: str) -> str | None:

@@ -162,6 +162,8 @@ class KernelFib:
         self._down_gws: dict[int, set[IPAddress]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._resync_lock = asyncio.Lock()
+        #: Second provider fed by the same stream (the XDP map writer); synced after each batch.
+        self.mirror = None
         self._resync_again = False
         self._mon = None
 
@@ -551,6 +553,14 @@ class KernelFib:
                     del self.nexthops[k]
         return plan
 
+    def _sync_mirror(self) -> None:
+        if self.mirror is None:
+            return
+        try:
+            self.mirror.sync(self)
+        except OSError as exc:
+            log.error("XDP map sync failed: %s", exc)
+
     def _update_gauges(self) -> None:
         m = self.metrics
         if m is None:
@@ -597,6 +607,8 @@ class KernelFib:
             res = await asyncio.get_running_loop().run_in_executor(None, self._fast_socket().apply, msgs)
             for _i, err in res.errors:
                 log.error("failover group rewrite refused: %s", errno_name(err))
+        if msgs:
+            self._sync_mirror()  # the same failover in the XDP maps: one group write each
         if detected_at is not None:
             self.last_failover_ms = (self.clock() - detected_at) * 1000
             if self.metrics is not None:
@@ -876,3 +888,4 @@ class KernelFib:
             if in_flight is not None:
                 self._complete(in_flight[0], (await in_flight[1]).errors)
             self._update_gauges()
+            self._sync_mirror()

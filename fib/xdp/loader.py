@@ -55,9 +55,9 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_object__find_map_fd_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     lib.bpf_xdp_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
     lib.bpf_xdp_detach.argtypes = [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
-    for f in ("bpf_map_update_elem", "bpf_map_lookup_elem", "bpf_map_delete_elem"):
-        getattr(lib, f).argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + (
-            [ctypes.c_uint64] if f == "bpf_map_update_elem" else [])
+    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     return lib
 
 

@@ -197,3 +197,35 @@ def test_group_switch_moves_traffic_and_pushes_mpls(topo) -> None:
         assert x.stats()["mpls_pushed"] >= 1
     finally:
         cap.close()
+
+
+async def test_kernel_writer_feeds_the_xdp_maps(topo) -> None:
+    """The XDP maps follow the kernel writer: same prefix -> group -> nexthop, failover included."""
+    import asyncio
+
+    from fib.kernel import KernelFib, set_compat_mode
+    from fib.xdp.mirror import XdpMirror
+    from routing.model import FibEntry
+
+    ns, x = topo
+    r = ns["r"]
+    set_compat_mode(r, 0)
+    subprocess.run(["ip", "netns", "exec", ns["r"], "ping", "-c", "1", "-W", "1", "10.9.1.2"], capture_output=True)
+    fib = KernelFib(protocol=200, netns=r, metric=30)
+    fib.mirror = XdpMirror(x, r)
+    task = asyncio.create_task(fib.run())
+    p = ipaddress.ip_network("192.0.2.0/24")
+    sh(f"ip -n {ns['b']} addr add 192.0.2.10/24 dev bR")
+    fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    v = fib.mirror.view()
+    assert v["routes"] == 1 and v["groups"] == 1 and v["nexthops_valid"] == 1
+    before = x.stats()["forwarded"]
+    got = await asyncio.get_running_loop().run_in_executor(None, _udp_roundtrip, ns, "192.0.2.10")
+    assert got == (b"pop-router", 63)
+    assert x.stats()["forwarded"] > before  # forwarded by XDP from maps the writer filled
+    fib.submit(p, None)
+    await asyncio.wait_for(fib.wait_idle(), 10)
+    assert fib.mirror.view()["routes"] == 0
+    task.cancel()
+    fib.close()
