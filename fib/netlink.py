@@ -438,6 +438,13 @@ class RouteSocket:
     def dump_nexthops(self) -> list[KernelNexthop]:
         return self._dump(RTM_GETNEXTHOP, NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), decode_nexthop)
 
+    def dump_neighbours(self) -> list[tuple[IPAddress, int, int, bytes]]:
+        """(address, ifindex, NUD state, link-layer address) of every neighbour entry."""
+        return self._dump(RTM_GETNEIGH, NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), _decode_neigh)
+
+    def dump_link_macs(self) -> dict[int, bytes]:
+        return dict(self._dump(RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), _decode_link_mac))
+
     def route_get(self, dst: IPAddress) -> tuple[int, IPAddress | None]:
         """The kernel's forwarding decision for ``dst``: (output interface index, gateway or None)."""
         seq = self.next_seq()
@@ -526,6 +533,40 @@ def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
             return
         yield kind, data[off: off + n]
         off += _align(n)
+
+
+RTM_GETLINK = 18
+RTM_NEWNEIGH = 28
+RTM_GETNEIGH = 30
+NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+NDA_DST = 1
+NDA_LLADDR = 2
+IFLA_ADDRESS = 1
+
+
+def _decode_neigh(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
+    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
+    if kind != RTM_NEWNEIGH:
+        return None
+    family, ifindex, state, _flags, _type = NDMSG.unpack_from(msg, NLMSGHDR.size)
+    dst, ll = None, b""
+    for a, data in _attrs(msg, NLMSGHDR.size + NDMSG.size, len(msg)):
+        if a == NDA_DST and family in (socket.AF_INET, socket.AF_INET6):
+            dst = ipaddress.ip_address(data[: 4 if family == socket.AF_INET else 16])
+        elif a == NDA_LLADDR:
+            ll = bytes(data)
+    return (dst, ifindex, state, ll) if dst is not None else None
+
+
+def _decode_link_mac(msg: bytes) -> tuple[int, bytes] | None:
+    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
+    if kind != RTM_NEWLINK:
+        return None
+    _fam, _type, index, _flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
+    for a, data in _attrs(msg, NLMSGHDR.size + IFINFOMSG.size, len(msg)):
+        if a == IFLA_ADDRESS:
+            return index, bytes(data)
+    return None
 
 
 def decode_link_state(msg: bytes) -> tuple[int, bool] | None:

@@ -62,6 +62,9 @@ def build_app(d: Daemon) -> web.Application:
     async def fib_diff(_: web.Request) -> web.Response:
         return _json(await d.fib_diff())
 
+    async def xdp(_: web.Request) -> web.Response:
+        return _json(d.xdp_view())
+
     async def bfd(_: web.Request) -> web.Response:
         return _json(d.bfd_view())
 
@@ -84,6 +87,7 @@ def build_app(d: Daemon) -> web.Application:
         web.get("/routes", routes),
         web.get("/fib", fib),
         web.get("/bfd", bfd),
+        web.get("/xdp", xdp),
         web.get("/fib/diff", fib_diff),
         web.post("/peers/{address}/reset", reset),
     ])
@@ -110,6 +114,9 @@ async def serve_api(d: Daemon) -> None:
 async def serve_metrics(d: Daemon) -> None:
     async def metrics(_: web.Request) -> web.Response:
         d.refresh_gauges()
+        if d.xdp is not None:
+            for action, n in d.xdp.prog.stats().items():
+                d.metrics.xdp_packets.labels(action).set(n)
         return web.Response(body=generate_latest(d.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

@@ -83,6 +83,11 @@ def render(kind: str, data: Any, args: argparse.Namespace) -> None:
                [[("*>" if r["best"] else ("*=" if r["multipath"] else " *")), r["prefix"], r["nexthop"], r["peer"],
                  r["customer"], " ".join(map(str, r["as_path"])), str(r["local_pref"]),
                  "" if r["med"] is None else str(r["med"]), r["reason"]] for r in data])
+    elif kind == "xdp":
+        rows = [[k, str(v)] for k, v in data.items() if k not in ("counters", "attached")]
+        rows += [[f"attached ifindex {a['ifindex']}", a["mode"]] for a in data.get("attached", [])]
+        rows += [[f"packets {k}", str(v)] for k, v in (data.get("counters") or {}).items()]
+        _table("XDP fast path", ["key", "value"], rows)
     elif kind == "bfd":
         _table("BFD sessions", ["peer", "customer", "state", "remote", "diag", "tx ms", "rx ms", "detect ms",
                                 "up for", "flaps", "last down", "auth"],
@@ -151,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status", "bfd": "/bfd"}[args.what]
+    path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status", "bfd": "/bfd",
+            "xdp": "/xdp"}[args.what]
     if args.what == "routes" and args.rejected:
         path += "?rejected=1"
     if args.what == "fib" and args.failed:
@@ -224,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=cmd_check)
     s = sub.add_parser("show", help="show daemon state")
-    s.add_argument("what", choices=["peers", "routes", "fib", "bfd", "status"])
+    s.add_argument("what", choices=["peers", "routes", "fib", "bfd", "xdp", "status"])
     s.add_argument("--json", action="store_true")
     s.add_argument("--rejected", action="store_true", help="routes: rejected announcements with their reason")
     s.add_argument("--failed", action="store_true", help="fib: routes the kernel refused")

@@ -180,6 +180,13 @@ class MetricsConfig(_Model):
         return int(self.listen.rpartition(":")[2])
 
 
+class XdpConfig(_Model):
+    #: Interfaces whose received packets the XDP fast path forwards (others: kernel only). Empty: off.
+    interfaces: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,15}$")]] = []
+    #: How often neighbour MACs are re-read into the nexthop entries.
+    neighbour_refresh_s: Annotated[float, Field(gt=0)] = 1.0
+
+
 class FibConfig(_Model):
     protocol: Annotated[int, Field(ge=5, le=255)] = 200
     table: Annotated[int, Field(ge=1, le=2**31 - 1)] = 254
@@ -191,6 +198,7 @@ class FibConfig(_Model):
     #: Route metric (priority) of our routes. Replace only hits a route with the same prefix *and*
     #: metric, so a distinct metric keeps us from ever overwriting another protocol's route.
     metric: Annotated[int, Field(ge=0, le=2**32 - 1)] = 20
+    xdp: XdpConfig = XdpConfig()
 
 
 class ExabgpConfig(_Model):

@@ -103,6 +103,7 @@ class Daemon:
         self.adopted = 0
         self.token = ""
         self._stale_task: asyncio.Task | None = None
+        self.xdp = None
         self._ready = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -136,6 +137,7 @@ class Daemon:
             log.warning("kernel MPLS forwarding is not available here (%s): routes are installed without "
                         "labels; label imposition belongs to the XDP fast path", self.mpls.detail)
         self.adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
+        self.xdp = self._start_xdp()
         if self.adopted:
             log.info("adopted %d routes of protocol %d from the kernel; they stay until swept",
                      self.adopted, self.config.fib.protocol)
@@ -147,12 +149,50 @@ class Daemon:
         async with asyncio.TaskGroup() as tg:
             if self.bfd.enabled:
                 tg.create_task(self.bfd.supervise(), name="bfd")
+            if self.xdp is not None:
+                tg.create_task(self._xdp_neighbours(), name="xdp")
             tg.create_task(self.fib.run(), name="fib")
             tg.create_task(self._rib_owner(), name="rib")
             tg.create_task(serve_api(self), name="api")
             tg.create_task(serve_metrics(self), name="metrics")
             tg.create_task(self.speaker.supervise(), name="exabgp")
             self._ready.set()
+
+    def _start_xdp(self):  # type: ignore[no-untyped-def]
+        """Load and attach the XDP fast path on ``fib.xdp.interfaces`` and make it the writer's mirror."""
+        ifaces = self.config.fib.xdp.interfaces
+        if not ifaces:
+            return None
+        from fib.xdp.loader import XdpError, XdpProgram
+        from fib.xdp.mirror import XdpMirror
+
+        try:
+            prog = XdpProgram()
+            for ifname in ifaces:
+                mode = prog.attach(ifname, self.fib.netns)
+                if mode != "native":
+                    log.warning("XDP on %s runs in generic mode (slower): the driver has no native XDP", ifname)
+                else:
+                    log.info("XDP fast path attached to %s (native)", ifname)
+        except XdpError as exc:
+            log.error("XDP fast path not started (the kernel keeps forwarding): %s", exc)
+            return None
+        self.fib.mirror = XdpMirror(prog, self.fib.netns)
+        self.fib.mirror.sync(self.fib)
+        return self.fib.mirror
+
+    async def _xdp_neighbours(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.fib.xdp.neighbour_refresh_s)  # poll the neighbour table
+            try:
+                self.xdp.refresh_neighbours(self.fib)
+            except OSError as exc:
+                log.error("XDP neighbour refresh failed: %s", exc)
+
+    def xdp_view(self) -> dict:
+        if self.xdp is None:
+            return {"enabled": False, "interfaces": self.config.fib.xdp.interfaces}
+        return {"enabled": True, "interfaces": self.config.fib.xdp.interfaces, **self.xdp.view()}
 
     async def _startup_sweep(self) -> None:
         deadline = self.clock() + self.config.fib.stale_timeout_s
@@ -471,6 +511,9 @@ class Daemon:
         return self.bfd.sessions_view(customers)
 
     async def stop(self) -> None:
+        if self.xdp is not None:
+            # Detach: the kernel forwards everything again (it always had the same routes).
+            self.xdp.prog.close()
         await self.bfd.stop()
         await self.speaker.stop()
         with contextlib.suppress(Exception):

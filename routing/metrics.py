@@ -69,6 +69,11 @@ class Metrics:
             "pop_router_child_restarts", "Supervised child processes restarted", ["child"], registry=r
         )
         self.child_up = Gauge("pop_router_child_up", "1 if the child process is running", ["child"], registry=r)
+        # Read from the program's per-CPU counters at scrape time (monotonic while the program is loaded).
+        self.xdp_packets = Gauge(
+            "pop_router_xdp_packets_total", "Packets seen by the XDP fast path, by action and reason", ["action"],
+            registry=r,
+        )
         self.bfd_session_up = Gauge("pop_router_bfd_session_up", "1 if the BFD session is Up", ["peer"], registry=r)
         self.bfd_transitions = Counter(
             "pop_router_bfd_transitions", "BFD session state changes", ["peer", "state"], registry=r

@@ -20,13 +20,11 @@ daemon restart reloads the program (the kernel keeps forwarding meanwhile).
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
+from fib.netlink import RouteSocket
 from fib.netns import netns as enter_netns
-from fib.netns import outside_loop
 from fib.xdp.loader import Nexthop, XdpProgram
 
 if TYPE_CHECKING:
@@ -35,23 +33,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _neighbours_and_macs(netns: str | None) -> tuple[dict[tuple[str, int], bytes], dict[int, bytes]]:
-    from pyroute2 import IPRoute
+# NUD_REACHABLE, STALE, DELAY, PROBE, PERMANENT: states in which the kernel itself forwards.
+_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80
 
-    neigh: dict[tuple[str, int], bytes] = {}
-    macs: dict[int, bytes] = {}
-    with enter_netns(netns), contextlib.closing(IPRoute()) as ipr:
-        for n in ipr.get_neighbours():
-            lladdr = n.get_attr("NDA_LLADDR")
-            dst = n.get_attr("NDA_DST")
-            # NUD_REACHABLE 0x02, STALE 0x04, DELAY 0x08, PROBE 0x10, PERMANENT 0x80: usable for forwarding
-            if lladdr and dst and n["state"] & (0x02 | 0x04 | 0x08 | 0x10 | 0x80):
-                neigh[(str(ipaddress.ip_address(dst)), n["ifindex"])] = bytes.fromhex(lladdr.replace(":", ""))
-        for link in ipr.get_links():
-            addr = link.get_attr("IFLA_ADDRESS")
-            if addr:
-                macs[link["index"]] = bytes.fromhex(addr.replace(":", ""))
-    return neigh, macs
+
+def _neighbours_and_macs(netns: str | None) -> tuple[dict[tuple[str, int], bytes], dict[int, bytes]]:
+    """Neighbour and interface MACs, read with our own netlink dumps: pyroute2's IPRoute cannot run
+    from the daemon, whose loop (uvloop) it would have to share."""
+    with enter_netns(netns):
+        s = RouteSocket()
+    try:
+        neigh = {(str(dst), ifindex): ll for dst, ifindex, state, ll in s.dump_neighbours()
+                 if ll and state & _USABLE}
+        return neigh, s.dump_link_macs()
+    finally:
+        s.close()
 
 
 class XdpMirror:
@@ -66,7 +62,7 @@ class XdpMirror:
     def sync(self, fib: KernelFib) -> int:
         """Bring the maps to ``fib``'s state; returns the number of map writes."""
         writes = 0
-        neigh, macs = outside_loop(_neighbours_and_macs, self.netns)
+        neigh, macs = _neighbours_and_macs(self.netns)
         for nid, (gw, oif) in list(fib.nh_key.items()):
             dmac = neigh.get((str(gw), oif))
             hop = Nexthop(oif, macs.get(oif, b"\0" * 6), dmac or b"\0" * 6, valid=dmac is not None)
