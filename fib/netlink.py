@@ -451,50 +451,43 @@ class RouteSocket:
         family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         body = RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + _rta(RTA_DST, dst.packed)
         self.sock.sendall(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body)
+        for kind, msg in self._replies(seq):
+            if kind == RTM_NEWROUTE:
+                oif, gw = 0, None
+                for a, d in _attrs(msg, NLMSGHDR.size + RTMSG.size, len(msg)):
+                    if a == RTA_OIF:
+                        oif = struct.unpack("=i", d[:4])[0]
+                    elif a == RTA_GATEWAY:
+                        gw = ipaddress.ip_address(d)
+                return oif, gw
+        raise OSError(errno_mod.ENOENT, "no route")
+
+    def _replies(self, seq: int) -> Iterator[tuple[int, bytes]]:
+        """The kernel's answers to request ``seq`` until NLMSG_DONE or an ack; errors raise OSError."""
         while True:
-            data = self.sock.recv(65536)
-            off = 0
-            while off + NLMSGHDR.size <= len(data):
-                n, kind, _f, s, _p = NLMSGHDR.unpack_from(data, off)
-                if n < NLMSGHDR.size:
-                    break
-                if s == seq:
-                    if kind == NLMSG_ERROR:
-                        (err,) = NLMSGERR.unpack_from(data, off + NLMSGHDR.size)
-                        if err:
-                            raise OSError(-err, os.strerror(-err))
-                    elif kind == RTM_NEWROUTE:
-                        oif, gw = 0, None
-                        for a, d in _attrs(data, off + NLMSGHDR.size + RTMSG.size, off + n):
-                            if a == RTA_OIF:
-                                oif = struct.unpack("=i", d[:4])[0]
-                            elif a == RTA_GATEWAY:
-                                gw = ipaddress.ip_address(d)
-                        return oif, gw
-                off += _align(n)
+            data = self.sock.recv(1 << 20)
+            for kind, msg in split_messages(data):
+                if NLMSGHDR.unpack_from(msg, 0)[3] != seq:
+                    continue
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    (err,) = NLMSGERR.unpack_from(msg, NLMSGHDR.size)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    return
+                yield kind, msg
 
     def _dump(self, kind: int, req: bytes, decoder):  # type: ignore[no-untyped-def]
         seq = self.next_seq()
         hdr = NLMSGHDR.pack(NLMSGHDR.size + len(req), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         self.sock.sendall(hdr + req)
-        routes: list = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            off = 0
-            while off + NLMSGHDR.size <= len(data):
-                n, kind, _f, s, _p = NLMSGHDR.unpack_from(data, off)
-                if n < NLMSGHDR.size:
-                    break
-                if s == seq:
-                    if kind == NLMSG_DONE:
-                        return routes
-                    if kind == NLMSG_ERROR:
-                        (err,) = NLMSGERR.unpack_from(data, off + NLMSGHDR.size)
-                        raise OSError(-err, os.strerror(-err))
-                    r = decoder(data[off: off + n])
-                    if r is not None:
-                        routes.append(r)
-                off += _align(n)
+        out: list = []
+        for _kind, msg in self._replies(seq):
+            r = decoder(msg)
+            if r is not None:
+                out.append(r)
+        return out
 
     def dump_owned(self, protocol: int, table: int) -> list[KernelRoute]:
         return [r for r in self.dump_routes() if r.protocol == protocol and r.table == table]

@@ -162,19 +162,27 @@ def cmd_show(args: argparse.Namespace) -> int:
         path += "?rejected=1"
     if args.what == "fib" and args.failed:
         path += "?failed=1"
-    try:
-        status, data = api_call(_socket_from(args), "GET", path)
-    except (OSError, ConfigError) as exc:
-        print(f"cannot reach the daemon's API: {exc}", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"API error {status}: {data}", file=sys.stderr)
+    data = _get(args, path)
+    if data is None:
         return 1
     if args.json:
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         render(args.what, data, args)
     return 0
+
+
+def _get(args: argparse.Namespace, path: str) -> Any:
+    """GET an API document; None (after saying why on stderr) if the daemon cannot give it."""
+    try:
+        status, data = api_call(_socket_from(args), "GET", path)
+    except (OSError, ConfigError) as exc:
+        print(f"cannot reach the daemon's API: {exc}", file=sys.stderr)
+        return None
+    if status != 200:
+        print(f"API error {status}: {data}", file=sys.stderr)
+        return None
+    return data
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -193,13 +201,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_fib(args: argparse.Namespace) -> int:
-    try:
-        status, data = api_call(_socket_from(args), "GET", "/fib/diff")
-    except (OSError, ConfigError) as exc:
-        print(f"cannot reach the daemon's API: {exc}", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"API error {status}: {data}", file=sys.stderr)
+    data = _get(args, "/fib/diff")
+    if data is None:
         return 1
     if args.json:
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
