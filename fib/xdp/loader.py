@@ -58,6 +58,7 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
     lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -159,6 +160,38 @@ class XdpProgram:
                                                               NH_VALID if hop.valid else 0, len(hop.labels), *labels))
         with enter_netns(netns):  # DEVMAP entries resolve in the writer thread's namespace
             self._update("tx_ports", U32.pack(hop.ifindex), U32.pack(hop.ifindex))
+
+    def _items(self, m: str, ksize: int, vsize: int) -> list[tuple[bytes, bytes]]:
+        fd = self.fds[m]
+        out = []
+        key = None
+        nxt = ctypes.create_string_buffer(ksize)
+        val = ctypes.create_string_buffer(vsize)
+        while self.lib.bpf_map_get_next_key(fd, key, nxt) == 0:
+            k = nxt.raw
+            if self.lib.bpf_map_lookup_elem(fd, nxt, val) == 0:
+                out.append((k, val.raw))
+            key = ctypes.create_string_buffer(k, ksize)
+        return out
+
+    def dump(self) -> dict:
+        """The maps as the program sees them: {prefix: gateway-free group id}, groups, nexthops."""
+        routes = {}
+        for k, v in self._items("lpm4", LPM4_KEY.size, 4):
+            plen, addr = LPM4_KEY.unpack(k)
+            routes[ipaddress.ip_network((int.from_bytes(addr, "big"), plen))] = U32.unpack(v)[0]
+        for k, v in self._items("lpm6", LPM6_KEY.size, 4):
+            plen, addr = LPM6_KEY.unpack(k)
+            routes[ipaddress.ip_network((int.from_bytes(addr, "big"), plen))] = U32.unpack(v)[0]
+        groups = {}
+        for k, v in self._items("groups", 4, GROUP.size):
+            n, *members = GROUP.unpack(v)
+            groups[U32.unpack(k)[0]] = tuple(members[:n])
+        nexthops = {}
+        for k, v in self._items("nexthops", 4, NEXTHOP.size):
+            ifindex, _s, _d, flags, nl, *labels = NEXTHOP.unpack(v)
+            nexthops[U32.unpack(k)[0]] = (ifindex, bool(flags & NH_VALID), tuple(labels[:nl]))
+        return {"routes": routes, "groups": groups, "nexthops": nexthops}
 
     def stats(self) -> dict[str, int]:
         ncpu = self.lib.libbpf_num_possible_cpus()
