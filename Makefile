@@ -55,6 +55,7 @@ bench: deps
 	$(PY) benchmarks/bfd.py
 	$(PY) benchmarks/fib.py
 	$(PY) benchmarks/failover.py
+	$(PY) benchmarks/xdp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
