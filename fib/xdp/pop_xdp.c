@@ -68,13 +68,25 @@ static __always_inline __u16 csum_fold(__u32 c)
 	return (__u16)~c;
 }
 
+/* Integer mixer: every input bit reaches the low bits the member index is taken from (a plain xor
+ * of addresses and ports left all flows of one host pair on one member). */
+static __always_inline __u32 mix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x45d9f3b;
+	h ^= h >> 16;
+	h *= 0x45d9f3b;
+	h ^= h >> 16;
+	return h;
+}
+
 static __always_inline struct nexthop *pick(__u32 gid, __u32 hash)
 {
 	struct group *g = bpf_map_lookup_elem(&groups, &gid);
 	if (!g || g->count == 0 || g->count > MAX_MEMBERS)
 		return 0;
 	/* idx < count <= MAX_MEMBERS already; the mask proves it to the verifier (MAX_MEMBERS is 2^n). */
-	__u32 idx = hash % g->count;
+	__u32 idx = mix(hash) % g->count;
 	asm volatile("" : "+r"(idx)); /* keep the compiler from dropping the mask below */
 	idx &= MAX_MEMBERS - 1;
 	__u32 nh = g->members[idx];
@@ -159,7 +171,6 @@ static __always_inline int forward(struct xdp_md *ctx)
 			if ((void *)(ports + 1) <= end)
 				hash ^= *ports;
 		}
-		hash ^= hash >> 16;
 		struct nexthop *nh = pick(*gid, hash);
 		if (!nh)
 			return count(ST_PASS_NO_GROUP, XDP_PASS);

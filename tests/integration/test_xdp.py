@@ -290,3 +290,61 @@ async def test_xdp_maps_equal_kernel_fib_after_random_changes(topo) -> None:
     assert compared > 50  # the property was checked on real content, not on empty maps
     task.cancel()
     fib.close()
+
+
+def test_ecmp_spreads_flows_over_members(topo) -> None:
+    """Group of two members that differ visibly on the wire (one pushes a label): 64 flows, both used."""
+    ns, x = topo
+    x.set_group(10, [1, 2])
+    with netns(ns["b"]):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+        cap.bind(("bR", 0))
+        cap.setblocking(False)
+    seen = {"ip": 0, "mpls": 0}
+    try:
+        with netns(ns["a"]):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for port in range(20000, 20064):  # one flow per source port
+            with netns(ns["a"]):
+                s.close()
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("10.9.0.2", port))
+            s.sendto(b"flow", ("198.51.100.10", 9999))
+        s.close()
+        deadline = 100
+        while deadline and sum(seen.values()) < 64:
+            if not select.select([cap], [], [], 0.05)[0]:  # poll
+                deadline -= 1
+                continue
+            f = cap.recv(200)
+            if f[12:14] == b"\x88\x47":
+                seen["mpls"] += 1
+            elif f[12:14] == b"\x08\x00" and f[14 + 9] == 17 and f[30:34] == socket.inet_aton("198.51.100.10"):
+                seen["ip"] += 1
+    finally:
+        cap.close()
+    assert seen["ip"] + seen["mpls"] == 64 and seen["ip"] >= 8 and seen["mpls"] >= 8, seen
+
+
+def test_fragments_go_to_the_kernel_and_are_delivered(topo) -> None:
+    ns, x = topo
+    before = x.stats()["passed_fragment"]
+    with netns(ns["b"]):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("0.0.0.0", 9998))
+    with netns(ns["a"]):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: let it fragment
+    try:
+        payload = bytes(range(256)) * 12  # 3,072 bytes: three fragments at MTU 1500
+        got = None
+        for _ in range(3):  # the first datagram may wait for neighbour resolution
+            tx.sendto(payload, ("198.51.100.10", 9998))
+            if select.select([rx], [], [], 1.0)[0]:
+                got = rx.recv(5000)
+                break
+        assert got == payload  # reassembled at B: every fragment went through the kernel's slow path
+        assert x.stats()["passed_fragment"] >= before + 3
+    finally:
+        rx.close()
+        tx.close()
