@@ -571,24 +571,24 @@ class KernelFib:
         m.fib_nexthop_groups.set(len(self.group_by_id))  # type: ignore[attr-defined]
 
     # --- failover ----------------------------------------------------------------------------------
-    def _regroup(self, gateways: set[IPAddress]) -> list[bytes]:
-        msgs = []
+    def _regroup(self, gateways: set[IPAddress]) -> _Plan:
+        """New members for every group that uses one of ``gateways``. Nexthop objects normally exist
+        already (groups hold their backups); after a link comes back the kernel has flushed them, and
+        they are created here first, in the same batch."""
+        plan = _Plan()
         for key, g in self.groups.items():
             if not (set(key[0]) | set(key[1])) & gateways:
                 continue
-            ids = []
-            for gw in self._active(key):
-                oif = self._oif.get(gw)
-                nid = self.nexthops.get((gw, oif)) if oif is not None else None
-                if nid is None:
-                    break
-                ids.append(nid)
-            else:
-                members = tuple(ids)
-                if members and members != g.members:
-                    g.members = members
-                    msgs.append(encode_group(0, g.id, members, protocol=self.protocol, replace=True))
-        return msgs
+            ids = {gw: self._ensure_nh(gw, plan) for gw in dict.fromkeys(key[0] + key[1])}
+            new_holds = tuple(i for i in ids.values() if i is not None and i not in g.holds)
+            self._hold(new_holds, +1)
+            g.holds += new_holds
+            active = [ids.get(gw) for gw in self._active(key)]
+            if active and all(a is not None for a in active) and tuple(active) != g.members:
+                g.members = tuple(a for a in active if a is not None)
+                plan.msgs.append(encode_group(0, g.id, g.members, protocol=self.protocol, replace=True))
+                plan.ops.append(("regroup", g.id))
+        return plan
 
     async def fail_gateway(self, gw: IPAddress, detected_at: float | None = None) -> int:
         """A neighbour is dead (BFD Down, link down): move every group off it now. Returns groups rewritten."""
@@ -602,20 +602,19 @@ class KernelFib:
             self.dead |= gws
         else:
             self.dead -= gws
-        msgs = self._regroup(gws)
-        if msgs:
-            res = await asyncio.get_running_loop().run_in_executor(None, self._fast_socket().apply, msgs)
-            for _i, err in res.errors:
-                log.error("failover group rewrite refused: %s", errno_name(err))
-        if msgs:
-            self._sync_mirror()  # the same failover in the XDP maps: one group write each
+        plan = self._regroup(gws)
+        if plan.msgs:
+            res = await asyncio.get_running_loop().run_in_executor(None, self._fast_socket().apply, plan.msgs)
+            for i, err in res.errors:
+                log.error("group rewrite (%s) refused: %s", plan.ops[i][0], errno_name(err))
+            self._sync_mirror()  # the same change in the XDP maps: one group write each
         if detected_at is not None:
             self.last_failover_ms = (self.clock() - detected_at) * 1000
             if self.metrics is not None:
                 self.metrics.fib_failover_seconds.observe(self.last_failover_ms / 1000)  # type: ignore[attr-defined]
         self._idle.clear()
         self._wake.set()  # nexthops released by the rewrite are collected by the writer
-        return len(msgs)
+        return sum(1 for op in plan.ops if op[0] == "regroup")
 
     # --- drift: someone else changed our routes or nexthops --------------------------------------------
     def _repaired(self, kind: str, n: int = 1) -> None:
@@ -695,33 +694,13 @@ class KernelFib:
 
     async def _link_down(self, gws: set[IPAddress]) -> None:
         if gws:
-            await self.fail_gateway_many(gws)
+            await self._rewrite(gws, add_dead=True, detected_at=None)
         await self.resync()  # what the kernel flushed with the link is rebuilt on the survivors
 
     async def _link_up(self, gws: set[IPAddress]) -> None:
-        self.dead -= gws
         await self.resync()  # forget the nexthops the kernel flushed with the link
         # Recreate the gateways' nexthop objects and move their groups back to the primaries.
-        plan = _Plan()
-        for key, g in self.groups.items():
-            if not (set(key[0]) | set(key[1])) & gws:
-                continue
-            ids = {gw: self._ensure_nh(gw, plan) for gw in dict.fromkeys(key[0] + key[1])}
-            new_holds = tuple(i for i in ids.values() if i is not None and i not in g.holds)
-            self._hold(new_holds, +1)
-            g.holds += new_holds
-            active = [ids.get(gw) for gw in self._active(key)]
-            if all(a is not None for a in active) and tuple(active) != g.members:
-                g.members = tuple(a for a in active if a is not None)
-                plan.msgs.append(encode_group(0, g.id, g.members, protocol=self.protocol, replace=True))
-                plan.ops.append(("regroup", g.id))
-        if plan.msgs:
-            res = await asyncio.get_running_loop().run_in_executor(None, self._fast_socket().apply, plan.msgs)
-            for i, err in res.errors:
-                log.error("restoring %s after link up failed: %s", plan.ops[i][0], errno_name(err))
-
-    async def fail_gateway_many(self, gws: set[IPAddress]) -> int:
-        return await self._rewrite(set(gws), add_dead=True, detected_at=None)
+        await self._rewrite(gws, add_dead=False, detected_at=None)
 
     def _route_notice(self, kind: int, msg: bytes) -> None:
         r = decode_route_any(msg)

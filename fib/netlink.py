@@ -357,6 +357,16 @@ class BatchResult:
     messages: int
 
 
+def _buffers(s: socket.socket, size: int, *, send: bool) -> None:
+    """Large socket buffers: SO_RCVBUFFORCE/SO_SNDBUFFORCE as root, the capped plain options otherwise."""
+    pairs = [(33, socket.SO_RCVBUF)] + ([(32, socket.SO_SNDBUF)] if send else [])
+    for force, plain in pairs:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 class RouteSocket:
     """A NETLINK_ROUTE socket in the calling thread's network namespace, for batches and dumps.
 
@@ -366,11 +376,7 @@ class RouteSocket:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-        for opt in (33, 32):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE (root); fall back to the plain ones
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF if opt == 33 else socket.SO_SNDBUF, 8 << 20)
+        _buffers(self.sock, 8 << 20, send=True)
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         except OSError:
@@ -414,21 +420,17 @@ class RouteSocket:
         self.sock.sendall(memoryview(buf)[cut:off])
         errors: list[tuple[int, int]] = []
         while True:
-            data = self.sock.recv(1 << 20)
-            off = 0
             done = False
-            while off + NLMSGHDR.size <= len(data):
-                n, kind, _f, seq, _p = NLMSGHDR.unpack_from(data, off)
-                if n < NLMSGHDR.size:
-                    break
-                if kind == NLMSG_ERROR:
-                    (err,) = NLMSGERR.unpack_from(data, off + NLMSGHDR.size)
-                    idx = (seq - first) & 0xFFFFFFFF
-                    if err and idx < len(messages):
-                        errors.append((idx, -err))
-                    if seq == last_seq:
-                        done = True
-                off += _align(n)
+            for kind, msg in split_messages(self.sock.recv(1 << 20)):
+                if kind != NLMSG_ERROR:
+                    continue
+                seq = NLMSGHDR.unpack_from(msg, 0)[3]
+                (err,) = NLMSGERR.unpack_from(msg, NLMSGHDR.size)
+                idx = (seq - first) & 0xFFFFFFFF
+                if err and idx < len(messages):
+                    errors.append((idx, -err))
+                if seq == last_seq:
+                    done = True
             if done:
                 return BatchResult(errors, len(messages))
 
@@ -509,10 +511,7 @@ def monitor_socket() -> socket.socket:
     """A non-blocking socket receiving route and nexthop notifications (for drift detection)."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
                       socket.NETLINK_ROUTE)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    _buffers(s, 16 << 20, send=False)
     s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
     s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
     return s

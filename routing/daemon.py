@@ -185,7 +185,7 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.fib.xdp.neighbour_refresh_s)  # poll the neighbour table
             try:
-                self.xdp.refresh_neighbours(self.fib)
+                self.xdp.sync(self.fib)
             except OSError as exc:
                 log.error("XDP neighbour refresh failed: %s", exc)
 

@@ -85,8 +85,7 @@ class LocRib:
         return self._sel.keys()
 
     def fib_entry(self, prefix: IPNetwork) -> FibEntry | None:
-        s = self._sel.get(prefix)
-        return _entry(s, self._paths.get(prefix)) if s else None
+        return self._entries.get(prefix)
 
     def set_path(self, path: Path) -> FibDiff | None:
         self._paths.setdefault(path.prefix, {})[path.peer.address] = path

@@ -9,9 +9,9 @@ the kernel's), writing only what changed since the last sync. A failover is ther
 write in XDP too.
 
 A nexthop entry needs the egress interface's MAC and the neighbour's MAC. Neighbours are read from
-the kernel's table (pyroute2: off the hot path) at every sync and by :meth:`refresh_neighbours`,
-which the daemon calls periodically; a nexthop whose neighbour is not resolved (or has failed) is
-written as *not valid*, and the program hands its packets to the kernel (which resolves it).
+the kernel's table (our own netlink dump) at every sync, which the daemon also runs periodically; a
+nexthop whose neighbour is not resolved (or has failed) is written as *not valid*, and the program
+hands its packets to the kernel (which resolves it).
 
 Known limits of this first version: neighbour changes are polled (1 s), not followed through
 netlink notifications; counters are per program, not per interface; maps are not pinned, so a
@@ -86,9 +86,6 @@ class XdpMirror:
             writes += 1
         self.writes += writes
         return writes
-
-    def refresh_neighbours(self, fib: KernelFib) -> int:
-        return self.sync(fib)
 
     def view(self) -> dict:
         return {
