@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fib.kernel import KernelFib, set_compat_mode  # noqa: E402
-from routing.gc import tune_gc  # noqa: E402
 from routing.model import FibEntry, Prefix4, parse_address  # noqa: E402
+from routing.runtime import tune_runtime  # noqa: E402
 
 SENDER = r"""
 import socket, struct, sys, time
@@ -197,7 +197,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,1000000")
     ap.add_argument("--pps", type=int, default=10000)
     args = ap.parse_args()
-    tune_gc()
+    tune_runtime()
     work = Path(tempfile.mkdtemp(prefix="pop-failover-"))
     os.chmod(work, 0o755)
     tag = uuid.uuid4().hex[:4]

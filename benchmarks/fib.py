@@ -2,11 +2,12 @@
 """FIB writer benchmark: install and delete 100k / 1M IPv4 and 200k IPv6 routes through the writer,
 next to `ip -batch` doing the same in the same run, in a fresh namespace.
 
-    .venv/bin/python benchmarks/fib.py [--sizes 100000,1000000] [--v6 200000]
+    .venv/bin/python benchmarks/fib.py [--sizes 100000,1000000] [--v6 200000] [--repeat 3]
 
 The writer path is the daemon's: FibEntry -> plan (nexthop objects, groups, routes on nhid) ->
 ~1 MiB netlink batches -> errors matched back. `ip -batch` adds plain `via` routes (protocol 201).
-Memory per route is the writer process's RSS growth per installed route. Ends with RESULT {json}.
+Memory per route is the writer process's RSS growth per installed route. Each size runs --repeat
+times, writer and ip -batch alternating; the table shows medians. Ends with RESULT {json}.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from fib.kernel import KernelFib, set_compat_mode  # noqa: E402
 from fib.netlink import RouteSocket  # noqa: E402
 from fib.netns import netns  # noqa: E402
-from routing.gc import tune_gc  # noqa: E402
 from routing.model import FibEntry, Prefix4, Prefix6, parse_address  # noqa: E402
+from routing.runtime import tune_runtime  # noqa: E402
 
 GW4 = [parse_address(f"10.0.0.{i}") for i in (2, 3, 4, 5)]
 GW6 = [parse_address(f"2001:db8:1::{i}") for i in (2, 3, 4, 5)]
@@ -54,21 +56,19 @@ def entries(pfx: list, v6: bool) -> list[FibEntry]:
 
 
 async def writer_run(ns: str, ents: list[FibEntry]) -> tuple[float, float, int]:
-    tune_gc()
+    tune_runtime()
     fib = KernelFib(protocol=200, netns=ns)
     task = asyncio.create_task(fib.run())
     gc.collect()
     r0 = rss()
     t0 = time.perf_counter()
-    for e in ents:
-        fib.submit(e.prefix, e)
+    fib.submit_many((e.prefix, e) for e in ents)  # the daemon hands each RIB diff over this way
     await fib.wait_idle()
     t_install = time.perf_counter() - t0
     r1 = rss()
     assert len(fib.installed) == len(ents) and not fib.failed, (len(fib.installed), len(fib.failed))
     t0 = time.perf_counter()
-    for e in ents:
-        fib.submit(e.prefix, None)
+    fib.submit_many((e.prefix, None) for e in ents)
     await fib.wait_idle()
     t_delete = time.perf_counter() - t0
     assert not fib.installed
@@ -103,6 +103,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--v6", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size; medians are reported")
     args = ap.parse_args()
     ns = f"bfib{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="pop-fib-bench-"))
@@ -118,15 +119,23 @@ def main() -> int:
         for n, v6 in runs:
             pfx = prefixes(n, v6)
             ents = entries(pfx, v6)
-            base = count_routes(ns)
-            ins, dele, mem = asyncio.run(writer_run(ns, ents))
-            assert count_routes(ns) == base
-            ref_add, ref_del = ip_batch(ns, pfx, v6, work)
+            for p in pfx:  # in the daemon every prefix has been a RIB dict key (hash cached) before the FIB
+                hash(p)
+            samples = []
+            for _ in range(args.repeat):  # alternate writer and reference so both see the same noise
+                base = count_routes(ns)
+                ins, dele, mem = asyncio.run(writer_run(ns, ents))
+                assert count_routes(ns) == base
+                ref_add, ref_del = ip_batch(ns, pfx, v6, work)
+                samples.append((ins, dele, ref_add, ref_del, mem / n))
+            ins, dele, ref_add, ref_del, _ = (statistics.median(col) for col in zip(*samples, strict=True))
+            per_route = max(s[4] for s in samples)  # later runs reuse freed memory: the first is the honest one
             fam = "IPv6" if v6 else "IPv4"
-            rows.append((fam, n, ins, dele, ref_add, ref_del, mem / n))
+            rows.append((fam, n, ins, dele, ref_add, ref_del, per_route))
+            spread = ", ".join(f"{s[2] / s[0]:.1f}x" for s in samples)
             print(f"{fam} {n:>9,}: writer install {ins:6.2f} s, delete {dele:6.2f} s | ip -batch add {ref_add:6.2f} s, "
-                  f"del {ref_del:6.2f} s | ratio {ref_add / ins:4.1f}x / {ref_del / dele:4.1f}x | {mem / n:5.0f} B/route",
-                  flush=True)
+                  f"del {ref_del:6.2f} s | ratio {ref_add / ins:4.1f}x / {ref_del / dele:4.1f}x | {per_route:5.0f} B/route"
+                  f" | medians of {len(samples)}; install ratios per run {spread}", flush=True)
             del pfx, ents
             gc.collect()
     finally:

@@ -41,8 +41,10 @@ import contextlib
 import errno as errno_mod
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 from fib.netlink import (
@@ -60,6 +62,7 @@ from fib.netlink import (
     encode_route_nhid,
     errno_name,
     monitor_socket,
+    route_encoder,
     split_messages,
 )
 from fib.netns import netns as enter_netns
@@ -145,6 +148,7 @@ class KernelFib:
         self._oif: dict[IPAddress, int] = {}
         self._next_id = (protocol << 22) + 1
         self._pending: dict[IPNetwork, FibEntry | None] = {}
+        self._pending_deletes = False  # some pending entry is a withdrawal (None)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -166,6 +170,7 @@ class KernelFib:
         self.mirror = None
         self._resync_again = False
         self._mon = None
+        self._encode_route = route_encoder(protocol=protocol, table=table, metric=metric)
 
     # --- sockets -------------------------------------------------------------------------------
     def _socket(self) -> RouteSocket:
@@ -199,6 +204,26 @@ class KernelFib:
         if self.failed:
             self.failed.pop(prefix, None)
         self._pending[prefix] = entry
+        if entry is None:
+            self._pending_deletes = True
+        self._idle.clear()
+        self._wake.set()
+
+    def submit_many(self, items: Iterable[tuple[IPNetwork, FibEntry | None]]) -> None:
+        """:meth:`submit` for a whole RIB diff at once (one UPDATE, a peer flush, a table): one dict
+        update instead of a method call and two event operations per prefix."""
+        if self.stale or self.failed:
+            for prefix, entry in items:
+                self.submit(prefix, entry)
+            return
+        pending = self._pending
+        deletes = False
+        for prefix, entry in items:
+            pending[prefix] = entry
+            if entry is None:
+                deletes = True
+        if deletes:
+            self._pending_deletes = True
         self._idle.clear()
         self._wake.set()
 
@@ -288,7 +313,7 @@ class KernelFib:
             self.nexthops[k] = nid
             self.nh_key[nid] = k
             self.nh_refs[nid] = 0
-            plan.msgs.append(encode_nexthop(0, nid, gw, oif, protocol=self.protocol))
+            plan.msgs.append(encode_nexthop(len(plan.msgs), nid, gw, oif, protocol=self.protocol))
             plan.ops.append(("nh", k))
         return nid
 
@@ -324,19 +349,23 @@ class KernelFib:
         self._hold(holds, +1)
         self.groups[key] = g
         self.group_by_id[g.id] = g
-        plan.msgs.append(encode_group(0, g.id, members, protocol=self.protocol))
+        plan.msgs.append(encode_group(len(plan.msgs), g.id, members, protocol=self.protocol))
         plan.ops.append(("group", key))
         return g
 
-    def _take_work(self) -> list[tuple[IPNetwork, FibEntry | None]]:
+    def _take_work(self) -> dict[IPNetwork, FibEntry | None]:
         pending, self._pending = self._pending, {}
-        return list(pending.items())
+        self._pending_deletes = False
+        return pending
 
     def _plan(self, work: list[tuple[IPNetwork, FibEntry | None]]) -> _Plan:
+        """Every message is encoded with its index in the batch as its sequence number, so the
+        sending thread has nothing left to patch (see :meth:`RouteSocket.apply`)."""
         plan = _Plan()
         msgs, ops = plan.msgs, plan.ops
         installed_get = self.installed.get
         proto, table, metric = self.protocol, self.table, self.metric
+        encode = self._encode_route
         # Routes of a table share a few (primary, backup) tuples (the RIB interns them): resolve each
         # distinct pair of tuple objects to its group once per batch instead of once per route.
         by_tuples: dict[tuple[int, int], Group | None] = {}
@@ -345,7 +374,7 @@ class KernelFib:
             if entry is None:
                 if old is None:
                     continue
-                msgs.append(encode_route_nhid(RTM_DELROUTE, 0, prefix, 0, protocol=proto, table=table,
+                msgs.append(encode_route_nhid(RTM_DELROUTE, len(msgs), prefix, 0, protocol=proto, table=table,
                                               metric=metric))
                 ops.append(("route", prefix, None, old, None))
                 continue
@@ -359,8 +388,7 @@ class KernelFib:
                 continue
             if old == g.id:
                 continue
-            msgs.append(encode_route_nhid(RTM_NEWROUTE, 0, prefix, g.id, protocol=proto, table=table, metric=metric,
-                                          replace=old is not None))
+            msgs.append(encode(len(msgs), prefix, g.id, old is not None))
             ops.append(("route", prefix, entry, old, g.id))
         return plan
 
@@ -464,7 +492,7 @@ class KernelFib:
             return work
         plan = _Plan()
         for gid in whole:
-            plan.msgs.append(encode_del_nexthop(0, gid))
+            plan.msgs.append(encode_del_nexthop(len(plan.msgs), gid))
             plan.ops.append(("delgroup", gid))
         errors = dict(await self._send(plan))
         self._inflight_batches -= 1
@@ -537,7 +565,7 @@ class KernelFib:
         plan = _Plan()
         for gid, g in list(self.group_by_id.items()):
             if g.refs <= 0:  # no route points at it
-                plan.msgs.append(encode_del_nexthop(0, gid))
+                plan.msgs.append(encode_del_nexthop(len(plan.msgs), gid))
                 plan.ops.append(("delgroup", gid))
                 self.group_by_id.pop(gid, None)
                 if g.key is not None:
@@ -545,7 +573,7 @@ class KernelFib:
                 self._hold(g.holds, -1)
         for nid, refs in list(self.nh_refs.items()):
             if refs <= 0:
-                plan.msgs.append(encode_del_nexthop(0, nid))
+                plan.msgs.append(encode_del_nexthop(len(plan.msgs), nid))
                 plan.ops.append(("delnh", nid))
                 del self.nh_refs[nid]
                 k = self.nh_key.pop(nid, None)
@@ -586,7 +614,7 @@ class KernelFib:
             active = [ids.get(gw) for gw in self._active(key)]
             if active and all(a is not None for a in active) and tuple(active) != g.members:
                 g.members = tuple(a for a in active if a is not None)
-                plan.msgs.append(encode_group(0, g.id, g.members, protocol=self.protocol, replace=True))
+                plan.msgs.append(encode_group(len(plan.msgs), g.id, g.members, protocol=self.protocol, replace=True))
                 plan.ops.append(("regroup", g.id))
         return plan
 
@@ -604,7 +632,8 @@ class KernelFib:
             self.dead -= gws
         plan = self._regroup(gws)
         if plan.msgs:
-            res = await asyncio.get_running_loop().run_in_executor(None, self._fast_socket().apply, plan.msgs)
+            send = partial(self._fast_socket().apply, plan.msgs, sequenced=True)
+            res = await asyncio.get_running_loop().run_in_executor(None, send)
             for i, err in res.errors:
                 log.error("group rewrite (%s) refused: %s", plan.ops[i][0], errno_name(err))
             self._sync_mirror()  # the same change in the XDP maps: one group write each
@@ -801,6 +830,8 @@ class KernelFib:
             if f.next_retry <= now:
                 if prefix not in self._pending:
                     self._pending[prefix] = f.entry
+                    if f.entry is None:
+                        self._pending_deletes = True
             else:
                 nxt = f.next_retry if nxt is None else min(nxt, f.next_retry)
         return nxt
@@ -824,7 +855,7 @@ class KernelFib:
             elif op[0] in ("delgroup", "delnh"):
                 self._inflight_objs.add(op[1])
         t0 = time.perf_counter()
-        fut = loop.run_in_executor(None, self._socket().apply, plan.msgs)
+        fut = loop.run_in_executor(None, partial(self._socket().apply, plan.msgs, sequenced=True))
         if self.metrics is not None:
             hist = self.metrics.fib_write_seconds  # type: ignore[attr-defined]
             fut.add_done_callback(lambda _f: hist.observe(time.perf_counter() - t0))
@@ -855,15 +886,27 @@ class KernelFib:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            work = await self._withdraw_whole_groups(self._take_work())
+            deletes = self._pending_deletes
+            pending = self._take_work()
+            # Only a table with withdrawals needs the whole-group pass (and a list); installs are
+            # sliced straight off the dict, so the first batch reaches the kernel at once.
+            items = iter(await self._withdraw_whole_groups(list(pending.items())) if deletes else pending.items())
             # Pipelined: batch N+1 is planned and encoded here while batch N is in the kernel (the
-            # worker thread releases the GIL inside sendmsg), so Python and kernel time overlap.
+            # worker thread releases the GIL inside sendmsg), so Python and kernel time overlap. The
+            # first batch is small so the kernel starts working after a millisecond, not ten.
             in_flight: tuple[_Plan, asyncio.Future] | None = None
-            for i in range(0, len(work), self.batch_size):
-                plan = self._plan(work[i: i + self.batch_size])
-                if in_flight is not None:
-                    self._complete(in_flight[0], (await in_flight[1]).errors)
+            size = min(self.batch_size, 1000)
+            while chunk := list(islice(items, size)):
+                size = self.batch_size
+                plan = self._plan(chunk)
+                if in_flight is None:
+                    in_flight = (plan, self._start_send(plan))
+                    continue
+                done, res = in_flight[0], await in_flight[1]
+                # Hand batch N+1 to the kernel before the bookkeeping of batch N, which only records
+                # results (planning already counted on batch N's changes being applied).
                 in_flight = (plan, self._start_send(plan))
+                self._complete(done, res.errors)
             if in_flight is not None:
                 self._complete(in_flight[0], (await in_flight[1]).errors)
             self._update_gauges()

@@ -28,7 +28,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from routing.model import IPAddress, IPNetwork
@@ -201,6 +201,30 @@ def encode_route_nhid(
     return st.pack(st.size, op, NLM_F_REQUEST, seq, 0, family, prefix.prefixlen, 0, 0, rtm_table, protocol,
                    RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, alen, RTA_DST, prefix.network_address.packed,
                    8, RTA_TABLE, table, 8, RTA_PRIORITY, metric)
+
+
+def route_encoder(*, protocol: int, table: int, metric: int) -> Callable[[int, IPNetwork, int, bool], bytes]:
+    """:func:`encode_route_nhid` for RTM_NEWROUTE with the per-table constants bound once: the
+    writer's hot loop calls it once per route (a million times for a full table), and keyword
+    handling and the family branch cost as much as the packing itself."""
+    rtm_table = table if table < 256 else RT_TABLE_COMPAT
+    pack4, size4 = _ROUTE4_NH.pack, _ROUTE4_NH.size
+    pack6, size6 = _ROUTE6_NH.pack, _ROUTE6_NH.size
+    f_new = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+    f_replace = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+    inet, inet6 = socket.AF_INET, socket.AF_INET6
+
+    def encode(seq: int, prefix: IPNetwork, nhid: int, replace: bool) -> bytes:
+        dst = prefix.network_address.packed
+        if len(dst) == 4:
+            return pack4(size4, RTM_NEWROUTE, f_replace if replace else f_new, seq, 0, inet, prefix.prefixlen, 0,
+                         0, rtm_table, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, 8, RTA_DST, dst,
+                         8, RTA_TABLE, table, 8, RTA_PRIORITY, metric, 8, RTA_NH_ID, nhid)
+        return pack6(size6, RTM_NEWROUTE, f_replace if replace else f_new, seq, 0, inet6, prefix.prefixlen, 0,
+                     0, rtm_table, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, 20, RTA_DST, dst,
+                     8, RTA_TABLE, table, 8, RTA_PRIORITY, metric, 8, RTA_NH_ID, nhid)
+
+    return encode
 
 
 def _encode_route_nhid_reference(
@@ -391,33 +415,47 @@ class RouteSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         return self._seq
 
-    def apply(self, messages: Sequence[bytes]) -> BatchResult:
-        """Send already-encoded messages (their seq fields are rewritten here) and collect errors."""
+    def apply(self, messages: Sequence[bytes], *, sequenced: bool = False) -> BatchResult:
+        """Send already-encoded messages and collect errors, matched back by sequence number.
+
+        ``sequenced``: each message already carries its index in the batch as its sequence number
+        (the writer encodes it at plan time), so this thread only joins and sends: no per-message
+        Python loop holding the GIL while the event loop plans the next batch. Otherwise the seq
+        fields are rewritten here. The batch is consumed up to its barrier (the acked last message)
+        before returning, so the next batch on this socket never sees a stale reply.
+        """
         if not messages:
             return BatchResult([], 0)
-        first = (self._seq + 1) & 0xFFFFFFFF or 1
-        if first + len(messages) > 0xFFFFFFFF:
-            first = 1
-        self._seq = first + len(messages) - 1
-        last_seq = self._seq
-        # One buffer, sequence numbers patched in place (offset 8 of each header), the ack flag on the
-        # last message only; sent in chunks of at most MAX_BATCH_BYTES.
+        n = len(messages)
         buf = bytearray(b"".join(messages))
-        pack_into = _U32.pack_into
-        off = 0
-        cut = 0
-        seq = first
-        for m in messages:
-            if off + len(m) - cut > MAX_BATCH_BYTES:
-                self.sock.sendall(memoryview(buf)[cut:off])
-                cut = off
-            pack_into(buf, off + 8, seq)
-            seq += 1
-            last_off = off
-            off += len(m)
+        if sequenced:
+            first = 0
+            last_off = len(buf) - len(messages[-1])
+        else:
+            first = (self._seq + 1) & 0xFFFFFFFF or 1
+            if first + n > 0xFFFFFFFF:
+                first = 1
+            self._seq = first + n - 1
+            pack_into = _U32.pack_into
+            off = 0
+            for seq, m in enumerate(messages, first):
+                pack_into(buf, off + 8, seq)
+                off += len(m)
+            last_off = off - len(messages[-1])
+        last_seq = (first + n - 1) & 0xFFFFFFFF
         (flags,) = _U16.unpack_from(buf, last_off + 6)
         _U16.pack_into(buf, last_off + 6, flags | NLM_F_ACK)
-        self.sock.sendall(memoryview(buf)[cut:off])
+        view = memoryview(buf)
+        if len(buf) <= MAX_BATCH_BYTES:
+            self.sock.sendall(view)
+        else:  # cut at message boundaries into sends of at most MAX_BATCH_BYTES
+            off = cut = 0
+            for m in messages:
+                if off + len(m) - cut > MAX_BATCH_BYTES:
+                    self.sock.sendall(view[cut:off])
+                    cut = off
+                off += len(m)
+            self.sock.sendall(view[cut:off])
         errors: list[tuple[int, int]] = []
         while True:
             done = False
@@ -427,12 +465,12 @@ class RouteSocket:
                 seq = NLMSGHDR.unpack_from(msg, 0)[3]
                 (err,) = NLMSGERR.unpack_from(msg, NLMSGHDR.size)
                 idx = (seq - first) & 0xFFFFFFFF
-                if err and idx < len(messages):
+                if err and idx < n:
                     errors.append((idx, -err))
                 if seq == last_seq:
                     done = True
             if done:
-                return BatchResult(errors, len(messages))
+                return BatchResult(errors, n)
 
     def dump_routes(self, family: int = socket.AF_UNSPEC) -> list[KernelRoute]:
         return self._dump(RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), decode_route)

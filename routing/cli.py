@@ -133,9 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the daemon runs without it
         pass
     from routing.daemon import Daemon
-    from routing.gc import tune_gc
+    from routing.runtime import tune_runtime
 
-    tune_gc()
+    tune_runtime()
 
     async def main() -> None:
         d = Daemon(config)

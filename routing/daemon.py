@@ -205,8 +205,7 @@ class Daemon:
 
     # --- the RIB owner -----------------------------------------------------------------------------
     def _to_fib(self, diffs: list[FibDiff]) -> None:
-        for d in diffs:
-            self.fib.submit(d.prefix, d.new)
+        self.fib.submit_many((d.prefix, d.new) for d in diffs)
 
     async def _rib_owner(self) -> None:
         while True:

@@ -53,6 +53,18 @@ def test_route_nhid_any_values(addr: int, length: int, nhid: int, table: int) ->
     assert m.get_attr("RTA_TABLE") == table and m["table"] == nl.RT_TABLE_COMPAT
 
 
+@given(st.integers(0, 2**128 - 1), st.integers(0, 128), st.integers(1, 2**32 - 1), st.booleans(),
+       st.integers(0, 2**32 - 1), st.sampled_from([254, 1000]))
+def test_bound_route_encoder_equals_reference(addr: int, length: int, nhid: int, replace: bool, seq: int,
+                                              table: int) -> None:
+    """The writer's hot-loop encoder (constants bound once) builds exactly the reference message."""
+    for p in (ipaddress.ip_network((addr, length), strict=False),
+              ipaddress.ip_network((addr & 0xFFFFFFFF, min(length, 32)), strict=False)):
+        enc = nl.route_encoder(protocol=200, table=table, metric=20)
+        assert enc(seq, p, nhid, replace) == nl._encode_route_nhid_reference(
+            nl.RTM_NEWROUTE, seq, p, nhid, protocol=200, table=table, metric=20, replace=replace)
+
+
 def test_multipath_route_parses() -> None:
     msg = nl.encode_route(nl.RTM_NEWROUTE, 3, N("203.0.113.0/24"), [A("10.0.0.2"), A("10.0.0.3")],
                           protocol=200, table=254, metric=20)
