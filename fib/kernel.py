@@ -4,9 +4,12 @@ Theory of operation (FRR ``zebra_dplane.c`` in shape)
 -----------------------------------------------------
 Kernel objects, all tagged with ``fib.protocol``:
 
-- one **nexthop object** per (gateway, output interface);
-- one **nexthop group** per distinct (primary set, backup set) of BGP next hops; its *members* are
-  the primary next hops that are alive, or, if none is, the live backups;
+- one **nexthop object** per (gateway, output interface, MPLS label stack): where the kernel has
+  MPLS (``mpls_encap``) the object carries the labels as an lwtunnel encap; where it has not, the
+  object is plain and the labels reach the wire through the XDP fast path, which mirrors the same
+  objects (same ids) with their labels;
+- one **nexthop group** per distinct (primary set, backup set) of BGP next hops (with their
+  labels); its *members* are the primary next hops that are alive, or, if none is, the live backups;
 - every **route** points at its group (``RTA_NH_ID``).
 
 So a dead neighbour is handled by :meth:`KernelFib.fail_gateway`: every group that uses it gets new
@@ -72,12 +75,18 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 _EMPTY = BatchResult([], 0)
-NhKey = tuple[IPAddress, int]  # (gateway, ifindex)
-GroupKey = tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]  # (primary, backup), each sorted
+Labels = tuple[int, ...]
+NhKey = tuple[IPAddress, int, Labels]  # (gateway, ifindex, MPLS labels to push)
+#: (primary gateways, backup gateways, primary labels, backup labels); gateway tuples sorted.
+GroupKey = tuple[tuple[IPAddress, ...], tuple[IPAddress, ...], Labels, Labels]
 
 
 def _sorted(nhs: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
     return nhs if len(nhs) < 2 else tuple(sorted(nhs, key=lambda a: (a.version, int(a))))
+
+
+def _group_key(entry: FibEntry) -> GroupKey:
+    return (_sorted(entry.nexthops), _sorted(entry.backup), entry.labels, entry.backup_labels)
 
 
 def set_compat_mode(netns: str | None = None, value: int = 0) -> bool:
@@ -128,8 +137,11 @@ class KernelFib:
         metrics: object | None = None,
         clock: Callable[[], float] = time.monotonic,
         netns: str | None = None,
+        mpls_encap: bool = False,
     ) -> None:
         self.netns = netns
+        #: The kernel imposes labels itself (probed: ``fib.capabilities.probe_mpls``).
+        self.mpls_encap = mpls_encap
         self.protocol = protocol
         self.table = table
         self.metric = metric
@@ -250,8 +262,11 @@ class KernelFib:
                 members = tuple(m for m, _w in nh.group)
                 self.group_by_id[nh.id] = Group(nh.id, None, members, holds=members)
             elif nh.gateway is not None:
-                self.nexthops[(nh.gateway, nh.oif)] = nh.id
-                self.nh_key[nh.id] = (nh.gateway, nh.oif)
+                # Without kernel MPLS the labels lived only in our memory (and the XDP maps): such an
+                # object is adopted as unlabeled, and a labeled route moves to a new object.
+                k = (nh.gateway, nh.oif, nh.labels)
+                self.nexthops[k] = nh.id
+                self.nh_key[nh.id] = k
                 self._oif.setdefault(nh.gateway, nh.oif)
         for g in self.group_by_id.values():
             self._hold(g.holds, +1)
@@ -294,26 +309,32 @@ class KernelFib:
                 self._oif[gw] = oif
         return oif or None
 
-    def _active(self, key: GroupKey) -> tuple[IPAddress, ...]:
-        primary, backup = key
-        alive = tuple(g for g in primary if g not in self.dead)
+    def _active(self, key: GroupKey) -> list[tuple[IPAddress, Labels]]:
+        primary, backup, labels, backup_labels = key
+        alive = [(g, labels) for g in primary if g not in self.dead]
         if alive:
             return alive
-        alive = tuple(g for g in backup if g not in self.dead)
-        return alive or primary
+        alive = [(g, backup_labels) for g in backup if g not in self.dead]
+        return alive or [(g, labels) for g in primary]
 
-    def _ensure_nh(self, gw: IPAddress, plan: _Plan) -> int | None:
+    @staticmethod
+    def _hops(key: GroupKey) -> dict[tuple[IPAddress, Labels], None]:
+        """Every (gateway, labels) a group may use, primaries first (an ordered set)."""
+        return dict.fromkeys([(g, key[2]) for g in key[0]] + [(g, key[3]) for g in key[1]])
+
+    def _ensure_nh(self, gw: IPAddress, labels: Labels, plan: _Plan) -> int | None:
         oif = self._resolve_oif(gw)
         if oif is None:
             return None
-        k = (gw, oif)
+        k = (gw, oif, labels)
         nid = self.nexthops.get(k)
         if nid is None:
             nid = self._alloc()
             self.nexthops[k] = nid
             self.nh_key[nid] = k
             self.nh_refs[nid] = 0
-            plan.msgs.append(encode_nexthop(len(plan.msgs), nid, gw, oif, protocol=self.protocol))
+            plan.msgs.append(encode_nexthop(len(plan.msgs), nid, gw, oif, protocol=self.protocol,
+                                            labels=labels if self.mpls_encap else ()))
             plan.ops.append(("nh", k))
         return nid
 
@@ -327,15 +348,15 @@ class KernelFib:
             return g
         # Nexthop objects for every gateway of the key, backups included, so a failover only ever
         # rewrites group members and never has to create a nexthop first.
-        nh_of: dict[IPAddress, int] = {}
-        for gw in dict.fromkeys(key[0] + key[1]):
-            nid = self._ensure_nh(gw, plan)
+        nh_of: dict[tuple[IPAddress, Labels], int] = {}
+        for gw, labels in self._hops(key):
+            nid = self._ensure_nh(gw, labels, plan)
             if nid is not None:
-                nh_of[gw] = nid
+                nh_of[(gw, labels)] = nid
         active = self._active(key)
-        if any(gw not in nh_of for gw in active):
+        if any(hop not in nh_of for hop in active):
             return None
-        members = tuple(nh_of[gw] for gw in active)
+        members = tuple(nh_of[hop] for hop in active)
         holds = tuple(nh_of.values())
         # A group adopted from a previous run with exactly these members serves as is.
         for og in self.group_by_id.values():
@@ -368,7 +389,7 @@ class KernelFib:
         encode = self._encode_route
         # Routes of a table share a few (primary, backup) tuples (the RIB interns them): resolve each
         # distinct pair of tuple objects to its group once per batch instead of once per route.
-        by_tuples: dict[tuple[int, int], Group | None] = {}
+        by_tuples: dict[tuple[int, int, int, int], Group | None] = {}
         for prefix, entry in work:
             old = installed_get(prefix)
             if entry is None:
@@ -378,11 +399,11 @@ class KernelFib:
                                               metric=metric))
                 ops.append(("route", prefix, None, old, None))
                 continue
-            tk = (id(entry.nexthops), id(entry.backup))
+            tk = (id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels))
             if tk in by_tuples:
                 g = by_tuples[tk]
             else:
-                g = by_tuples[tk] = self._ensure_group((_sorted(entry.nexthops), _sorted(entry.backup)), plan)
+                g = by_tuples[tk] = self._ensure_group(_group_key(entry), plan)
             if g is None:
                 self._fail(prefix, entry, errno_mod.ENETUNREACH)
                 continue
@@ -475,16 +496,16 @@ class KernelFib:
         group."""
         dels: dict[int, int] = {}
         wanted: set[GroupKey] = set()
-        seen: dict[tuple[int, int], GroupKey] = {}
+        seen: dict[tuple[int, int, int, int], GroupKey] = {}
         for prefix, entry in work:
             if entry is None:
                 gid = self.installed.get(prefix)
                 if gid is not None:
                     dels[gid] = dels.get(gid, 0) + 1
             else:
-                tk = (id(entry.nexthops), id(entry.backup))
+                tk = (id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels))
                 if tk not in seen:
-                    seen[tk] = (_sorted(entry.nexthops), _sorted(entry.backup))
+                    seen[tk] = _group_key(entry)
                 wanted.add(seen[tk])
         whole = [gid for gid, n in dels.items()
                  if (g := self.group_by_id.get(gid)) is not None and n == g.refs and n >= 2 and g.key not in wanted]
@@ -607,11 +628,11 @@ class KernelFib:
         for key, g in self.groups.items():
             if not (set(key[0]) | set(key[1])) & gateways:
                 continue
-            ids = {gw: self._ensure_nh(gw, plan) for gw in dict.fromkeys(key[0] + key[1])}
+            ids = {hop: self._ensure_nh(hop[0], hop[1], plan) for hop in self._hops(key)}
             new_holds = tuple(i for i in ids.values() if i is not None and i not in g.holds)
             self._hold(new_holds, +1)
             g.holds += new_holds
-            active = [ids.get(gw) for gw in self._active(key)]
+            active = [ids.get(hop) for hop in self._active(key)]
             if active and all(a is not None for a in active) and tuple(active) != g.members:
                 g.members = tuple(a for a in active if a is not None)
                 plan.msgs.append(encode_group(len(plan.msgs), g.id, g.members, protocol=self.protocol, replace=True))
@@ -657,7 +678,7 @@ class KernelFib:
         g = self.group_by_id.get(gid) if gid is not None else None
         if g is None or g.key is None:
             return None
-        return FibEntry(prefix, g.key[0], (), g.key[1])
+        return FibEntry(prefix, g.key[0], g.key[2], g.key[1], g.key[3])
 
     def start_monitor(self) -> None:
         """Follow route and nexthop notifications: repair what others delete or change, resync on

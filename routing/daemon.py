@@ -131,11 +131,14 @@ class Daemon:
         from fib.capabilities import probe_mpls
 
         self.mpls = probe_mpls(self.fib.netns, self.config.fib.protocol)
-        if self.mpls.usable:
-            log.info("kernel MPLS available: labels are imposed by the kernel")
+        self.fib.mpls_encap = self.mpls.iptunnel
+        if self.mpls.iptunnel:
+            log.info("kernel MPLS available: labeled routes get nexthop objects with an MPLS encap")
         else:
             log.warning("kernel MPLS forwarding is not available here (%s): routes are installed without "
-                        "labels; label imposition belongs to the XDP fast path", self.mpls.detail)
+                        "labels; label imposition belongs to the XDP fast path%s", self.mpls.detail,
+                        "" if self.config.fib.xdp.interfaces else
+                        " (not enabled: fib.xdp.interfaces is empty, so labeled routes are forwarded unlabeled)")
         self.adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
         self.xdp = self._start_xdp()
         if self.adopted:

@@ -128,6 +128,8 @@ class FibEntry:
     labels: tuple[int, ...] = field(default=())
     #: Next hops to use if every primary one dies: the next-best path on another link or router.
     backup: tuple[IPAddress, ...] = field(default=())
+    #: Labels to push towards the backup next hops (the backup path's own, RFC 8277 or policy).
+    backup_labels: tuple[int, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,12 +126,14 @@ def _intern(t: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
 def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry:
     primary = _intern(tuple(p.nexthop for p in s.multipath))
     backup: tuple[IPAddress, ...] = ()
+    backup_labels: tuple[int, ...] = ()
     if paths and len(paths) > len(s.multipath):
         rest = [p for p in paths.values() if p.nexthop not in primary]
         alt = select(rest)
         if alt is not None:
             backup = _intern(tuple(p.nexthop for p in alt.multipath))
-    return FibEntry(s.best.prefix, primary, s.best.attrs.labels, backup)
+            backup_labels = alt.best.attrs.labels
+    return FibEntry(s.best.prefix, primary, s.best.attrs.labels, backup, backup_labels)
 
 
 class Rib:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from fib.netlink import RouteSocket
 from fib.netns import netns as enter_netns
-from fib.xdp.loader import Nexthop, XdpProgram
+from fib.xdp.loader import MAX_LABELS, Nexthop, XdpProgram
 
 if TYPE_CHECKING:
     from fib.kernel import KernelFib
@@ -58,14 +58,23 @@ class XdpMirror:
         self.groups: dict[int, tuple[int, ...]] = {}
         self.nexthops: dict[int, Nexthop] = {}
         self.writes = 0
+        self.too_many_labels: set[int] = set()
 
     def sync(self, fib: KernelFib) -> int:
         """Bring the maps to ``fib``'s state; returns the number of map writes."""
         writes = 0
         neigh, macs = _neighbours_and_macs(self.netns)
-        for nid, (gw, oif) in list(fib.nh_key.items()):
+        for nid, (gw, oif, labels) in list(fib.nh_key.items()):
             dmac = neigh.get((str(gw), oif))
-            hop = Nexthop(oif, macs.get(oif, b"\0" * 6), dmac or b"\0" * 6, valid=dmac is not None)
+            if len(labels) > MAX_LABELS:  # the program pushes at most 3: leave such a hop to the kernel
+                if nid not in self.too_many_labels:
+                    log.warning("nexthop %d (%s) has %d labels, XDP pushes at most %d: slow path", nid, gw,
+                                len(labels), MAX_LABELS)
+                    self.too_many_labels.add(nid)
+                hop = Nexthop(oif, macs.get(oif, b"\0" * 6), b"\0" * 6, valid=False)
+            else:
+                hop = Nexthop(oif, macs.get(oif, b"\0" * 6), dmac or b"\0" * 6, valid=dmac is not None,
+                              labels=labels)
             if self.nexthops.get(nid) != hop:
                 self.prog.set_nexthop(nid, hop, self.netns)
                 self.nexthops[nid] = hop

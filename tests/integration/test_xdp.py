@@ -348,3 +348,68 @@ def test_fragments_go_to_the_kernel_and_are_delivered(topo) -> None:
     finally:
         rx.close()
         tx.close()
+
+
+def _mpls_stack(ns: dict[str, str], dst: str) -> list[int]:
+    """Send one UDP datagram from A to ``dst``; return the label stack of the MPLS frame B receives."""
+    with netns(ns["b"]):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8847))
+        cap.bind(("bR", 0))
+    try:
+        with netns(ns["a"]):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+            s.sendto(b"labelled", (dst, 9999))
+            s.close()
+        assert select.select([cap], [], [], 2.0)[0], "no MPLS frame"
+        frame = cap.recv(200)
+        labels, off = [], 14
+        while True:
+            (e,) = struct.unpack("!I", frame[off:off + 4])
+            labels.append(e >> 12)
+            off += 4
+            if e & 0x100:  # bottom of stack
+                return labels
+    finally:
+        cap.close()
+
+
+async def test_route_labels_reach_the_wire_through_the_writer(topo) -> None:
+    """Labels from the RIB (policy or RFC 8277) ride on the nexthop objects the writer creates: on
+    this kernel (no MPLS) the kernel objects are plain and XDP pushes the labels; the backup path's
+    own labels are used after a failover, which stays one group write."""
+    import asyncio
+    import json
+
+    from fib.kernel import KernelFib, set_compat_mode
+    from fib.xdp.mirror import XdpMirror
+    from routing.model import FibEntry
+
+    ns, x = topo
+    r, b = ns["r"], ns["b"]
+    set_compat_mode(r, 0)
+    sh(f"ip -n {b} addr add 10.9.1.7/24 dev bR && ip -n {b} addr add 192.0.2.10/24 dev bR")
+    for gw in ("10.9.1.2", "10.9.1.7"):  # resolve both neighbours (XDP needs their MACs)
+        subprocess.run(["ip", "netns", "exec", r, "ping", "-c", "1", "-W", "1", gw], capture_output=True)
+    fib = KernelFib(protocol=200, netns=r, metric=30)
+    fib.mirror = XdpMirror(x, r)
+    task = asyncio.create_task(fib.run())
+    try:
+        p = ipaddress.ip_network("192.0.2.0/24")
+        primary, backup = ipaddress.ip_address("10.9.1.2"), ipaddress.ip_address("10.9.1.7")
+        fib.submit(p, FibEntry(p, (primary,), (300,), (backup,), (400, 401)))
+        q = ipaddress.ip_network("192.0.3.0/24")  # same gateway, no labels: a separate nexthop object
+        fib.submit(q, FibEntry(q, (primary,), (), ()))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        assert sorted(k[2] for k in fib.nh_key.values()) == [(), (300,), (400, 401)]
+        nhs = json.loads(subprocess.run(["ip", "-n", r, "-json", "nexthop", "show", "proto", "200"],
+                                        capture_output=True, text=True, check=True).stdout)
+        assert not any("encap" in n for n in nhs)  # no kernel MPLS here: plain objects
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, _mpls_stack, ns, "192.0.2.10") == [300]
+        # One group rewritten: the unlabeled route has no backup, so its group keeps its member.
+        assert await fib.fail_gateway(primary) == 1
+        assert await loop.run_in_executor(None, _mpls_stack, ns, "192.0.2.10") == [400, 401]
+    finally:
+        task.cancel()
+        fib.close()
