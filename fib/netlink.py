@@ -574,9 +574,30 @@ NDA_LLADDR = 2
 IFLA_ADDRESS = 1
 
 
-def _decode_neigh(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
+RTM_DELNEIGH = 29
+RTMGRP_NEIGH = 0x4
+
+
+def neighbour_monitor_socket() -> socket.socket:
+    """A non-blocking socket receiving neighbour-table notifications (for the XDP nexthop MACs)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                      socket.NETLINK_ROUTE)
+    _buffers(s, 4 << 20, send=False)
+    s.bind((0, RTMGRP_NEIGH))
+    return s
+
+
+def decode_neighbour(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
+    """(address, ifindex, NUD state, lladdr) of an RTM_NEWNEIGH/RTM_DELNEIGH; state 0 for a delete."""
+    if NLMSGHDR.unpack_from(msg, 0)[1] == RTM_DELNEIGH:
+        n = _decode_neigh(msg, deleted=True)
+        return (n[0], n[1], 0, b"") if n is not None else None
+    return _decode_neigh(msg)
+
+
+def _decode_neigh(msg: bytes, deleted: bool = False) -> tuple[IPAddress, int, int, bytes] | None:
     _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind != RTM_NEWNEIGH:
+    if kind != (RTM_DELNEIGH if deleted else RTM_NEWNEIGH):
         return None
     family, ifindex, state, _flags, _type = NDMSG.unpack_from(msg, NLMSGHDR.size)
     dst, ll = None, b""

@@ -115,8 +115,10 @@ async def serve_metrics(d: Daemon) -> None:
     async def metrics(_: web.Request) -> web.Response:
         d.refresh_gauges()
         if d.xdp is not None:
-            for action, n in d.xdp.prog.stats().items():
-                d.metrics.xdp_packets.labels(action).set(n)
+            names = d.xdp_interface_names()
+            for ifindex, counters in d.xdp.prog.stats_by_interface().items():
+                for action, n in counters.items():
+                    d.metrics.xdp_packets.labels(names.get(ifindex, str(ifindex)), action).set(n)
         return web.Response(body=generate_latest(d.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

@@ -213,7 +213,19 @@ def cmd_fib(args: argparse.Namespace) -> int:
         _table(f"RIB vs kernel: {data['in_sync']} in sync, {len(rows)} differences "
                f"({data['pending']} pending, {data['failed']} failed, {data['stale']} stale)",
                ["prefix", "", "RIB", "kernel"], rows)
+        x = data.get("xdp")
+        if x is not None:
+            xrows = [[p, "missing in XDP"] for p in x["missing"]] + [[p, "extra in XDP"] for p in x["extra"]]
+            xrows += [[r["prefix"], f"group {r['xdp_group']} {r['xdp_members']} vs kernel {r['kernel_group']} "
+                       f"{r['kernel_members']}"] for r in x["different"]]
+            xrows += [[f"nexthop {i}", "wrong or missing in XDP"] for i in x["bad_nexthops"]]
+            _table(f"kernel vs XDP maps: {x['in_sync']} in sync, {len(xrows)} differences "
+                   f"({len(x['unresolved_nexthops'])} nexthops waiting for a neighbour: slow path)",
+                   ["prefix", ""], xrows)
     diffs = len(data["missing"]) + len(data["extra"]) + len(data["different"])
+    x = data.get("xdp")
+    if x is not None:
+        diffs += len(x["missing"]) + len(x["extra"]) + len(x["different"]) + len(x["bad_nexthops"])
     return 0 if diffs == 0 else 3
 
 

@@ -183,8 +183,11 @@ class MetricsConfig(_Model):
 class XdpConfig(_Model):
     #: Interfaces whose received packets the XDP fast path forwards (others: kernel only). Empty: off.
     interfaces: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,15}$")]] = []
-    #: How often neighbour MACs are re-read into the nexthop entries.
-    neighbour_refresh_s: Annotated[float, Field(gt=0)] = 1.0
+    #: Neighbour changes arrive as netlink notifications; this full re-read is only a backstop.
+    neighbour_refresh_s: Annotated[float, Field(gt=0)] = 30.0
+    #: A bpffs (mounted here if it is not) under which the XDP maps are pinned (in ``pop-router/``),
+    #: so a restarted daemon finds the fast path still forwarding and adopts its maps. null: no pins.
+    bpffs: Path | None = Path("/sys/fs/bpf")
 
 
 class FibConfig(_Model):

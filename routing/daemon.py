@@ -25,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bfd.control import BfdController, BfdEvent
-from fib.kernel import KernelFib, set_compat_mode
+from fib.kernel import KernelFib, _group_key, set_compat_mode
 from routing.config import Config, CustomerConfig, PeerConfig
 from routing.exabgp import messages as msg
 from routing.exabgp.speaker import ChildExited, ExabgpSpeaker, RelayConnected
@@ -104,6 +105,7 @@ class Daemon:
         self.token = ""
         self._stale_task: asyncio.Task | None = None
         self.xdp = None
+        self.xdp_start_writes = 0
         self._ready = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -166,36 +168,64 @@ class Daemon:
         ifaces = self.config.fib.xdp.interfaces
         if not ifaces:
             return None
-        from fib.xdp.loader import XdpError, XdpProgram
+        from fib.xdp.loader import IF_SLOTS, XdpError, XdpProgram, ensure_bpffs
         from fib.xdp.mirror import XdpMirror
 
+        xc = self.config.fib.xdp
         try:
-            prog = XdpProgram()
+            pin_dir = None
+            if xc.bpffs is not None:
+                if ensure_bpffs(xc.bpffs):
+                    log.info("mounted a bpffs at %s for the pinned XDP maps", xc.bpffs)
+                pin_dir = xc.bpffs / "pop-router"
+            prog = XdpProgram(pin_dir=pin_dir)
+            if prog.reused:
+                log.info("XDP maps pinned in %s reused: the fast path kept forwarding across the restart", pin_dir)
             for ifname in ifaces:
                 mode = prog.attach(ifname, self.fib.netns)
                 if mode != "native":
                     log.warning("XDP on %s runs in generic mode (slower): the driver has no native XDP", ifname)
                 else:
                     log.info("XDP fast path attached to %s (native)", ifname)
+            for a, b in prog.shared_counter_rows():
+                log.warning("XDP counters of ifindex %d and %d share a row (ifindex mod %d): their "
+                            "per-interface counters are summed", a, b, IF_SLOTS)
         except XdpError as exc:
             log.error("XDP fast path not started (the kernel keeps forwarding): %s", exc)
             return None
         self.fib.mirror = XdpMirror(prog, self.fib.netns)
-        self.fib.mirror.sync(self.fib)
+        self.xdp_start_writes = self.fib.mirror.sync(self.fib)
+        log.info("XDP maps brought to the adopted FIB with %d map writes", self.xdp_start_writes)
+        self.fib.mirror.start_monitor(self.fib)
         return self.fib.mirror
 
     async def _xdp_neighbours(self) -> None:
         while True:
-            await asyncio.sleep(self.config.fib.xdp.neighbour_refresh_s)  # poll the neighbour table
+            # Backstop only: neighbour changes arrive as notifications (XdpMirror.start_monitor).
+            await asyncio.sleep(self.config.fib.xdp.neighbour_refresh_s)
             try:
-                self.xdp.sync(self.fib)
+                self.xdp.sync(self.fib, refresh=True)
             except OSError as exc:
                 log.error("XDP neighbour refresh failed: %s", exc)
+
+    def xdp_interface_names(self) -> dict[int, str]:
+        from fib.netns import netns as enter_netns
+
+        names = {}
+        with enter_netns(self.fib.netns):
+            for name in self.config.fib.xdp.interfaces:
+                with contextlib.suppress(OSError):
+                    names[socket.if_nametoindex(name)] = name
+        return names
 
     def xdp_view(self) -> dict:
         if self.xdp is None:
             return {"enabled": False, "interfaces": self.config.fib.xdp.interfaces}
-        return {"enabled": True, "interfaces": self.config.fib.xdp.interfaces, **self.xdp.view()}
+        v = self.xdp.view()
+        names = self.xdp_interface_names()
+        v["counters_by_interface"] = {names.get(int(i), i): c for i, c in v["counters_by_interface"].items()}
+        return {"enabled": True, "interfaces": self.config.fib.xdp.interfaces,
+                "start_map_writes": self.xdp_start_writes, **v}
 
     async def _startup_sweep(self) -> None:
         deadline = self.clock() + self.config.fib.stale_timeout_s
@@ -496,7 +526,7 @@ class Daemon:
         for prefix in self.rib.loc.prefixes():
             e = self.rib.loc.fib_entry(prefix)
             if e is not None:
-                want[prefix] = sorted(str(g) for g in self.fib._active((tuple(e.nexthops), tuple(e.backup))))
+                want[prefix] = sorted(str(g) for g, _labels in self.fib._active(_group_key(e)))
         missing = sorted((p for p in want if p not in kernel), key=lambda p: (p.version, p))
         extra = sorted((p for p in kernel if p not in want), key=lambda p: (p.version, p))
         different = sorted((p for p in want if p in kernel and kernel[p] != want[p]), key=lambda p: (p.version, p))
@@ -506,7 +536,17 @@ class Daemon:
             "extra": [{"prefix": str(p), "kernel": kernel[p]} for p in extra],
             "different": [{"prefix": str(p), "rib": want[p], "kernel": kernel[p]} for p in different],
             "pending": len(self.fib._pending), "failed": len(self.fib.failed), "stale": len(self.fib.stale),
+            "xdp": await self._xdp_diff(routes, by_id),
         }
+
+    async def _xdp_diff(self, routes: list, by_id: dict) -> dict | None:
+        from fib.xdp.mirror import xdp_diff
+
+        xdp = self.xdp
+        if xdp is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: xdp_diff(xdp.prog.dump(), routes, by_id, self.fib.metric))
 
     def bfd_view(self) -> list[dict]:
         customers = {str(a): ps.customer.name for a, ps in self.peers.items()}
@@ -514,8 +554,10 @@ class Daemon:
 
     async def stop(self) -> None:
         if self.xdp is not None:
-            # Detach: the kernel forwards everything again (it always had the same routes).
-            self.xdp.prog.close()
+            # Left attached, like our kernel routes: the program and its (pinned) maps keep forwarding
+            # until the next start adopts them. `ip link set dev IF xdp off` removes it by hand.
+            self.xdp.stop_monitor()
+            self.xdp.prog.close(detach=False)
         await self.bfd.stop()
         await self.speaker.stop()
         with contextlib.suppress(Exception):

@@ -71,7 +71,8 @@ class Metrics:
         self.child_up = Gauge("pop_router_child_up", "1 if the child process is running", ["child"], registry=r)
         # Read from the program's per-CPU counters at scrape time (monotonic while the program is loaded).
         self.xdp_packets = Gauge(
-            "pop_router_xdp_packets_total", "Packets seen by the XDP fast path, by action and reason", ["action"],
+            "pop_router_xdp_packets_total", "Packets seen by the XDP fast path, by ingress interface and action "
+            "(forwarded, mpls_pushed, passed_<reason>, dropped_<reason>)", ["interface", "action"],
             registry=r,
         )
         self.bfd_session_up = Gauge("pop_router_bfd_session_up", "1 if the BFD session is Up", ["peer"], registry=r)

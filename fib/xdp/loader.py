@@ -7,6 +7,15 @@ declared ``c_void_p`` (ctypes would truncate them to 32 bits).
 
 Namespaces: an XDP attach and a DEVMAP entry resolve interface indexes in the network namespace of
 the *calling thread*, so every call that names an interface runs inside :func:`fib.netns.netns`.
+
+Pinning (restart without losing the fast path): with ``pin_dir`` the forwarding maps and the
+counters are pinned there (a bpffs, mounted by :func:`ensure_bpffs` if needed). An attached XDP
+program stays attached when its process dies, and it holds its maps, so traffic keeps being
+forwarded by XDP while the daemon is down. The next start reuses the pinned maps (libbpf's
+``bpf_map__set_pin_path`` before load; :attr:`XdpProgram.reused` says so), so the new program starts
+with the complete tables, replaces the old one on the interface in one atomic attach, and the mirror
+reads the maps back instead of rewriting them. Pinned maps whose layout no longer matches the
+program (an upgrade) are unpinned and created afresh, with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 MAX_MEMBERS = 8
 MAX_LABELS = 3
 NH_VALID = 1
+IF_SLOTS = 1024  # counter rows: ingress ifindex mod IF_SLOTS (pop_xdp.c)
+#: tx_ports (the DEVMAP) is not among them: see pop_xdp.c; it is refilled from the nexthops.
+PINNED_MAPS = ("lpm4", "lpm6", "groups", "nexthops", "stats")
+BPF_FS_MAGIC = 0xCAFE4A11
 STATS = ("forwarded", "mpls_pushed", "passed_no_route", "passed_ttl", "passed_options", "passed_fragment",
          "passed_not_ip", "passed_neighbour", "passed_no_group", "dropped_malformed", "dropped_redirect")
 
@@ -59,7 +72,37 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bpf_map_update_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+    lib.bpf_object__find_map_by_name.restype = ctypes.c_void_p
+    lib.bpf_object__find_map_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.bpf_map__set_pin_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     return lib
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+
+
+def is_bpffs(path: Path) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    st = _Statfs()
+    if libc.statfs(str(path).encode(), ctypes.byref(st)) != 0:
+        return False
+    return (st.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+
+
+def ensure_bpffs(mountpoint: Path) -> bool:
+    """Mount a bpffs at ``mountpoint`` unless one is there; True if we mounted it. (Not mounted at
+    /sys/fs/bpf on these machines; ``mount -t bpf bpf DIR`` done with the syscall.)"""
+    if is_bpffs(mountpoint):
+        return False
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", str(mountpoint).encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise XdpError(err, f"cannot mount a bpffs at {mountpoint}: {os.strerror(err)}")
+    return True
 
 
 def _check(rc: int, what: str) -> int:
@@ -81,14 +124,41 @@ class Nexthop:
 class XdpProgram:
     """One loaded copy of the program and its maps."""
 
-    def __init__(self, obj_path: Path = OBJECT) -> None:
+    def __init__(self, obj_path: Path = OBJECT, pin_dir: Path | None = None) -> None:
         if not obj_path.exists():
             raise XdpError(2, f"{obj_path} not built (make builds it from {SOURCE} with clang)")
         self.lib = _lib()
+        self.pin_dir = pin_dir
+        #: The forwarding maps were pinned by an earlier run and are reused with their content.
+        self.reused = False
+        try:
+            self._load(obj_path)
+        except XdpError as exc:
+            if pin_dir is None or not any((pin_dir / m).exists() for m in PINNED_MAPS):
+                raise
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "pinned XDP maps in %s do not fit this program (%s): starting with fresh maps", pin_dir, exc)
+            for m in PINNED_MAPS:
+                (pin_dir / m).unlink(missing_ok=True)
+            self._load(obj_path)
+        self.count_rows: set[int] = set()
+    def _load(self, obj_path: Path) -> None:
         self.obj = self.lib.bpf_object__open_file(str(obj_path).encode(), None)
         if not self.obj:
             raise XdpError(ctypes.get_errno(), f"cannot open {obj_path}")
-        _check(self.lib.bpf_object__load(self.obj), "loading the XDP program")
+        if self.pin_dir is not None:
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
+            self.reused = all((self.pin_dir / m).exists() for m in PINNED_MAPS)
+            for m in PINNED_MAPS:
+                mp = self.lib.bpf_object__find_map_by_name(self.obj, m.encode())
+                _check(self.lib.bpf_map__set_pin_path(mp, str(self.pin_dir / m).encode()), f"pin path of {m}")
+        rc = self.lib.bpf_object__load(self.obj)
+        if rc < 0:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = None
+            _check(rc, "loading the XDP program")
         self.fds = {name: _check(self.lib.bpf_object__find_map_fd_by_name(self.obj, name.encode()), name)
                     for name in ("lpm4", "lpm6", "groups", "nexthops", "tx_ports", "stats", "rx_count",
                                  "gen_template")}
@@ -118,12 +188,17 @@ class XdpProgram:
                 _check(self.lib.bpf_xdp_attach(ifindex, fd, XDP_FLAGS_SKB_MODE, None), f"attach to {ifname}")
                 mode = "generic"
         self.attached.append((netns, ifindex, XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE))
+        if not pass_only:
+            self.count_rows.add(ifindex)
         return mode
 
-    def close(self) -> None:
-        for netns, ifindex, flags in self.attached:
-            with enter_netns(netns):
-                self.lib.bpf_xdp_detach(ifindex, flags, None)
+    def close(self, *, detach: bool = True) -> None:
+        """Release our handles. ``detach=False`` leaves the program attached (it keeps its maps,
+        pinned or not), so the fast path forwards on while the daemon restarts."""
+        if detach:
+            for netns, ifindex, flags in self.attached:
+                with enter_netns(netns):
+                    self.lib.bpf_xdp_detach(ifindex, flags, None)
         self.attached.clear()
         if self.obj:
             self.lib.bpf_object__close(self.obj)
@@ -150,6 +225,20 @@ class XdpProgram:
         else:
             self._delete("lpm6", LPM6_KEY.pack(prefix.prefixlen, prefix.network_address.packed))
 
+    def set_routes(self, routes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]]) -> None:
+        """Many routes in one ``bpf_map_update_batch`` call per family and chunk (a full table fills
+        several times faster than one syscall per prefix; see benchmarks/xdp.py)."""
+        for version, m, st in ((4, "lpm4", LPM4_KEY), (6, "lpm6", LPM6_KEY)):
+            items = [(st.pack(p.prefixlen, p.network_address.packed), U32.pack(g)) for p, g in routes
+                     if p.version == version]
+            for i in range(0, len(items), 65536):
+                chunk = items[i: i + 65536]
+                keys = b"".join(k for k, _ in chunk)
+                vals = b"".join(v for _, v in chunk)
+                n = ctypes.c_uint32(len(chunk))
+                kb, vb = ctypes.create_string_buffer(keys, len(keys)), ctypes.create_string_buffer(vals, len(vals))
+                _check(self.lib.bpf_map_update_batch(self.fds[m], kb, vb, ctypes.byref(n), None), f"batch update {m}")
+
     def set_group(self, group: int, members: list[int]) -> None:
         """One map write moves every prefix of the group (the XDP half of prefix-independent failover)."""
         if not 1 <= len(members) <= MAX_MEMBERS:
@@ -162,8 +251,11 @@ class XdpProgram:
         labels = list(hop.labels) + [0] * (MAX_LABELS - len(hop.labels))
         self._update("nexthops", U32.pack(nh), NEXTHOP.pack(hop.ifindex, hop.smac, hop.dmac,
                                                               NH_VALID if hop.valid else 0, len(hop.labels), *labels))
+        self.set_tx_port(hop.ifindex, netns)
+
+    def set_tx_port(self, ifindex: int, netns: str | None = None) -> None:
         with enter_netns(netns):  # DEVMAP entries resolve in the writer thread's namespace
-            self._update("tx_ports", U32.pack(hop.ifindex), U32.pack(hop.ifindex))
+            self._update("tx_ports", U32.pack(ifindex), U32.pack(ifindex))
 
     def _items(self, m: str, ksize: int, vsize: int) -> list[tuple[bytes, bytes]]:
         fd = self.fds[m]
@@ -191,11 +283,15 @@ class XdpProgram:
         for k, v in self._items("groups", 4, GROUP.size):
             n, *members = GROUP.unpack(v)
             groups[U32.unpack(k)[0]] = tuple(members[:n])
-        nexthops = {}
-        for k, v in self._items("nexthops", 4, NEXTHOP.size):
-            ifindex, _s, _d, flags, nl, *labels = NEXTHOP.unpack(v)
-            nexthops[U32.unpack(k)[0]] = (ifindex, bool(flags & NH_VALID), tuple(labels[:nl]))
+        nexthops = {nid: (h.ifindex, h.valid, h.labels) for nid, h in self.read_nexthops().items()}
         return {"routes": routes, "groups": groups, "nexthops": nexthops}
+
+    def read_nexthops(self) -> dict[int, Nexthop]:
+        out = {}
+        for k, v in self._items("nexthops", 4, NEXTHOP.size):
+            ifindex, smac, dmac, flags, nl, *labels = NEXTHOP.unpack(v)
+            out[U32.unpack(k)[0]] = Nexthop(ifindex, smac, dmac, bool(flags & NH_VALID), tuple(labels[:nl]))
+        return out
 
     def rx_count(self) -> int:
         ncpu = self.lib.libbpf_num_possible_cpus()
@@ -223,18 +319,56 @@ class XdpProgram:
         opts.flags = 1 << 1  # BPF_F_TEST_XDP_LIVE_FRAMES
         opts.batch_size = 64
         self.lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        self.count_rows.add(ingress_ifindex)
         with enter_netns(netns):
             _check(self.lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_RUN live frames")
 
-    def stats(self) -> dict[str, int]:
+    def stats(self, ifindex: int | None = None) -> dict[str, int]:
+        """Counters of one ingress interface, or summed over every interface we attached to."""
+        rows = [ifindex] if ifindex is not None else sorted(self.count_rows)
+        out = dict.fromkeys(STATS, 0)
+        for row in rows:
+            for name, n in self._row(row).items():
+                out[name] += n
+        return out
+
+    def stats_by_interface(self) -> dict[int, dict[str, int]]:
+        return {i: self._row(i) for i in sorted(self.count_rows)}
+
+    def _row(self, ifindex: int) -> dict[str, int]:
         ncpu = self.lib.libbpf_num_possible_cpus()
+        base = (ifindex & (IF_SLOTS - 1)) * len(STATS)
         out = {}
+        vb = ctypes.create_string_buffer(8 * ncpu)
         for i, name in enumerate(STATS):
-            kb = ctypes.create_string_buffer(U32.pack(i), 4)
-            vb = ctypes.create_string_buffer(8 * ncpu)
+            kb = ctypes.create_string_buffer(U32.pack(base + i), 4)
             if self.lib.bpf_map_lookup_elem(self.fds["stats"], kb, vb) == 0:
                 out[name] = sum(struct.unpack(f"={ncpu}Q", vb.raw))
         return out
+
+    def shared_counter_rows(self) -> list[tuple[int, int]]:
+        """Pairs of attached interfaces whose counters land in the same row (ifindex mod IF_SLOTS)."""
+        rows = sorted(self.count_rows)
+        return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a % IF_SLOTS == b % IF_SLOTS]
+
+
+def read_pinned_counters(pin_dir: Path, ifindex: int) -> dict[str, int]:
+    """One interface's counters from the pinned stats map, without loading anything: what the fast
+    path did while no daemon was running."""
+    lib = _lib()
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    fd = _check(lib.bpf_obj_get(str(pin_dir / "stats").encode()), f"open {pin_dir / 'stats'}")
+    try:
+        ncpu = lib.libbpf_num_possible_cpus()
+        vb = ctypes.create_string_buffer(8 * ncpu)
+        out = {}
+        for i, name in enumerate(STATS):
+            kb = ctypes.create_string_buffer(U32.pack((ifindex & (IF_SLOTS - 1)) * len(STATS) + i), 4)
+            if lib.bpf_map_lookup_elem(fd, kb, vb) == 0:
+                out[name] = sum(struct.unpack(f"={ncpu}Q", vb.raw))
+        return out
+    finally:
+        os.close(fd)
 
 
 class _TestRunOpts(ctypes.Structure):

@@ -8,6 +8,11 @@
  * pushed with the TTL copied from IP (RFC 3032); bpf_redirect_map() through a DEVMAP. Anything we
  * should not handle goes to the kernel with XDP_PASS: no route, TTL <= 1, IPv4 options, fragments,
  * unresolved neighbours (nexthop not valid), non-IP.
+ *
+ * Counters are per CPU and per ingress interface: row (ingress_ifindex mod IF_SLOTS) of the stats
+ * array, one column per outcome. An array row costs nothing per packet (the lookup is inlined), a
+ * hash keyed by ifindex would; the loader checks that the interfaces it attaches to use distinct
+ * rows and says so when two share one.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -22,6 +27,7 @@
 #define NH_VALID 1
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_MPLS_UC_ 0x8847
+#define IF_SLOTS 1024
 
 enum stat {
 	ST_FORWARDED, ST_MPLS_PUSHED, ST_PASS_NO_ROUTE, ST_PASS_TTL, ST_PASS_OPTIONS, ST_PASS_FRAGMENT,
@@ -48,14 +54,18 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, stru
 	 __uint(max_entries, 65536); } groups SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, struct nexthop);
 	 __uint(max_entries, 65536); } nexthops SEC(".maps");
+/* Not pinned: the kernel adds BPF_F_RDONLY_PROG to a devmap's flags, so libbpf refuses to reuse a
+ * pinned one ("parameter mismatch"), and declaring the flag is refused at creation. The mirror
+ * refills it from the (pinned) nexthops at start: one entry per egress interface. */
 struct { __uint(type, BPF_MAP_TYPE_DEVMAP_HASH); __type(key, __u32); __type(value, __u32);
 	 __uint(max_entries, 1024); } tx_ports SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, __u64);
-	 __uint(max_entries, ST_MAX); } stats SEC(".maps");
+	 __uint(max_entries, IF_SLOTS * ST_MAX); } stats SEC(".maps");
 
-static __always_inline int count(__u32 s, int action)
+static __always_inline int count(struct xdp_md *ctx, __u32 s, int action)
 {
-	__u64 *v = bpf_map_lookup_elem(&stats, &s);
+	__u32 i = (ctx->ingress_ifindex & (IF_SLOTS - 1)) * ST_MAX + s;
+	__u64 *v = bpf_map_lookup_elem(&stats, &i);
 	if (v)
 		*v += 1;
 	return action;
@@ -98,19 +108,19 @@ static __always_inline int emit(struct xdp_md *ctx, struct nexthop *nh, __u8 ttl
 {
 	__u16 n = nh->nlabels;
 	if (n > MAX_LABELS)
-		return count(ST_DROP_MALFORMED, XDP_DROP);
+		return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 	if (n) {
 		/* Only untagged frames get labels: the Ethernet header moves to the new front. */
 		if (l2len != sizeof(struct ethhdr))
-			return count(ST_PASS_NOT_IP, XDP_PASS);
+			return count(ctx, ST_PASS_NOT_IP, XDP_PASS);
 		if (bpf_xdp_adjust_head(ctx, -(int)(n * 4)))
-			return count(ST_DROP_MALFORMED, XDP_DROP);
+			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 	}
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return count(ST_DROP_MALFORMED, XDP_DROP);
+		return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
 	__builtin_memcpy(eth->h_source, nh->smac, 6);
 	if (n) {
@@ -121,18 +131,18 @@ static __always_inline int emit(struct xdp_md *ctx, struct nexthop *nh, __u8 ttl
 			if (i >= n)
 				break;
 			if ((void *)(lse + i + 1) > end)
-				return count(ST_DROP_MALFORMED, XDP_DROP);
+				return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 			__u32 v = (nh->labels[i] << 12) | ttl;
 			if (i == n - 1)
 				v |= 1 << 8; /* bottom of stack */
 			lse[i] = bpf_htonl(v);
 		}
-		count(ST_MPLS_PUSHED, 0);
+		count(ctx, ST_MPLS_PUSHED, 0);
 	}
 	int rc = bpf_redirect_map(&tx_ports, nh->ifindex, 0);
 	if (rc != XDP_REDIRECT)
-		return count(ST_DROP_REDIRECT, XDP_DROP);
-	return count(ST_FORWARDED, XDP_REDIRECT);
+		return count(ctx, ST_DROP_REDIRECT, XDP_DROP);
+	return count(ctx, ST_FORWARDED, XDP_REDIRECT);
 }
 
 static __always_inline int forward(struct xdp_md *ctx)
@@ -141,30 +151,30 @@ static __always_inline int forward(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return count(ST_DROP_MALFORMED, XDP_DROP);
+		return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 	__u16 proto = eth->h_proto;
 	__u32 l2len = sizeof(*eth);
 	if (proto == bpf_htons(ETH_P_8021Q_)) {
 		__u16 *vlan = (void *)(eth + 1);
 		if ((void *)(vlan + 2) > end)
-			return count(ST_DROP_MALFORMED, XDP_DROP);
+			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 		proto = vlan[1];
 		l2len += 4;
 	}
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = data + l2len;
 		if ((void *)(ip + 1) > end)
-			return count(ST_DROP_MALFORMED, XDP_DROP);
+			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 		if (ip->ihl != 5)
-			return count(ST_PASS_OPTIONS, XDP_PASS);
+			return count(ctx, ST_PASS_OPTIONS, XDP_PASS);
 		if (ip->frag_off & bpf_htons(0x3fff))
-			return count(ST_PASS_FRAGMENT, XDP_PASS);
+			return count(ctx, ST_PASS_FRAGMENT, XDP_PASS);
 		if (ip->ttl <= 1)
-			return count(ST_PASS_TTL, XDP_PASS);
+			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		struct lpm4_key k = { .prefixlen = 32, .addr = ip->daddr };
 		__u32 *gid = bpf_map_lookup_elem(&lpm4, &k);
 		if (!gid)
-			return count(ST_PASS_NO_ROUTE, XDP_PASS);
+			return count(ctx, ST_PASS_NO_ROUTE, XDP_PASS);
 		__u32 hash = ip->saddr ^ ip->daddr ^ ip->protocol;
 		if (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP) {
 			__u32 *ports = (void *)(ip + 1);
@@ -173,9 +183,9 @@ static __always_inline int forward(struct xdp_md *ctx)
 		}
 		struct nexthop *nh = pick(*gid, hash);
 		if (!nh)
-			return count(ST_PASS_NO_GROUP, XDP_PASS);
+			return count(ctx, ST_PASS_NO_GROUP, XDP_PASS);
 		if (!(nh->flags & NH_VALID))
-			return count(ST_PASS_NEIGHBOUR, XDP_PASS);
+			return count(ctx, ST_PASS_NEIGHBOUR, XDP_PASS);
 		/* TTL - 1 with an incremental checksum update (RFC 1624). */
 		__u32 c = (~bpf_ntohs(ip->check) & 0xffff) + (~bpf_ntohs(*(__u16 *)&ip->ttl) & 0xffff);
 		ip->ttl -= 1;
@@ -186,24 +196,24 @@ static __always_inline int forward(struct xdp_md *ctx)
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + l2len;
 		if ((void *)(ip6 + 1) > end)
-			return count(ST_DROP_MALFORMED, XDP_DROP);
+			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
 		if (ip6->hop_limit <= 1)
-			return count(ST_PASS_TTL, XDP_PASS);
+			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		struct lpm6_key k = { .prefixlen = 128 };
 		__builtin_memcpy(k.addr, &ip6->daddr, 16);
 		__u32 *gid = bpf_map_lookup_elem(&lpm6, &k);
 		if (!gid)
-			return count(ST_PASS_NO_ROUTE, XDP_PASS);
+			return count(ctx, ST_PASS_NO_ROUTE, XDP_PASS);
 		__u32 hash = ip6->saddr.in6_u.u6_addr32[3] ^ ip6->daddr.in6_u.u6_addr32[3] ^ ip6->flow_lbl[2];
 		struct nexthop *nh = pick(*gid, hash);
 		if (!nh)
-			return count(ST_PASS_NO_GROUP, XDP_PASS);
+			return count(ctx, ST_PASS_NO_GROUP, XDP_PASS);
 		if (!(nh->flags & NH_VALID))
-			return count(ST_PASS_NEIGHBOUR, XDP_PASS);
+			return count(ctx, ST_PASS_NEIGHBOUR, XDP_PASS);
 		ip6->hop_limit -= 1;
 		return emit(ctx, nh, ip6->hop_limit, l2len);
 	}
-	return count(ST_PASS_NOT_IP, XDP_PASS);
+	return count(ctx, ST_PASS_NOT_IP, XDP_PASS);
 }
 
 SEC("xdp")

@@ -134,6 +134,11 @@ def test_ipv4_forwarded_with_ttl_and_checksum(topo) -> None:
     # The receiving kernel accepted it (IP header checksum valid) with the TTL decremented once.
     assert got == (b"pop-router", 63)
     assert x.stats()["forwarded"] >= 1
+    # Counted on the ingress interface's row only.
+    with netns(ns["r"]):
+        ra, rb = socket.if_nametoindex("rA"), socket.if_nametoindex("rB")
+    assert x.stats(ra)["forwarded"] >= 1 and x.stats(rb)["forwarded"] == 0
+    assert set(x.stats_by_interface()) == {ra}
 
 
 def test_ipv6_forwarded_with_hop_limit(topo) -> None:
@@ -410,6 +415,193 @@ async def test_route_labels_reach_the_wire_through_the_writer(topo) -> None:
         # One group rewritten: the unlabeled route has no backup, so its group keeps its member.
         assert await fib.fail_gateway(primary) == 1
         assert await loop.run_in_executor(None, _mpls_stack, ns, "192.0.2.10") == [400, 401]
+    finally:
+        task.cancel()
+        fib.close()
+
+
+_FIRST_RUN = r"""
+import asyncio, ipaddress, sys
+from pathlib import Path
+from fib.kernel import KernelFib, set_compat_mode
+from fib.xdp.loader import XdpProgram
+from fib.xdp.mirror import XdpMirror
+from routing.model import FibEntry
+
+async def main(r, pin_dir):
+    set_compat_mode(r, 0)
+    fib = KernelFib(protocol=200, netns=r, metric=30)
+    prog = XdpProgram(pin_dir=Path(pin_dir))
+    prog.attach("rA", r)
+    fib.mirror = XdpMirror(prog, r)
+    task = asyncio.create_task(fib.run())
+    p = ipaddress.ip_network("192.0.2.0/24")
+    fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
+    await fib.wait_idle()
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_pinned_maps_keep_the_fast_path_across_a_daemon_kill(topo, tmp_path) -> None:
+    """The writer process is SIGKILLed: its XDP program stays attached with its pinned maps and keeps
+    forwarding; the next process reuses the maps, adopts the kernel FIB and writes nothing to them."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    from fib.kernel import KernelFib
+    from fib.xdp.loader import ROOT, ensure_bpffs, read_pinned_counters
+    from fib.xdp.mirror import XdpMirror
+
+    ns, _x = topo
+    r, b = ns["r"], ns["b"]
+    sh(f"ip -n {b} addr add 192.0.2.10/24 dev bR")
+    subprocess.run(["ip", "netns", "exec", r, "ping", "-c", "1", "-W", "1", "10.9.1.2"], capture_output=True)
+    mnt = tmp_path / "bpffs"
+    assert ensure_bpffs(mnt)  # a private bpffs for this test (nothing mounted at /sys/fs/bpf here)
+    pin_dir = mnt / "pop-router"
+    child = subprocess.Popen([sys.executable, "-c", _FIRST_RUN, r, str(pin_dir)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    prog = None
+    fib = None
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with netns(r):
+            ra = socket.if_nametoindex("rA")
+        assert _udp_roundtrip(ns, "192.0.2.10") == (b"pop-router", 63)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(5)
+        # Nobody runs now: the program is still attached and forwards from the pinned maps.
+        link = subprocess.run(["ip", "-n", r, "link", "show", "rA"], capture_output=True, text=True).stdout
+        assert "xdp" in link
+        before = read_pinned_counters(pin_dir, ra)["forwarded"]
+        assert _udp_roundtrip(ns, "192.0.2.10") == (b"pop-router", 63)
+        assert read_pinned_counters(pin_dir, ra)["forwarded"] == before + 1
+        # The restarted writer: adopt the kernel FIB, reuse the maps, nothing to rewrite.
+        from fib.xdp.loader import XdpProgram
+
+        fib = KernelFib(protocol=200, netns=r, metric=30)
+        assert fib.adopt() == 1
+        prog = XdpProgram(pin_dir=pin_dir)
+        assert prog.reused
+        prog.attach("rA", r)  # replaces the orphaned program atomically
+        mirror = XdpMirror(prog, r)
+        assert mirror.sync(fib) == 0
+        assert mirror.view()["routes"] == 1 and prog.stats(ra)["forwarded"] == before + 1  # counters kept
+        assert _udp_roundtrip(ns, "192.0.2.10") == (b"pop-router", 63)
+        assert prog.stats(ra)["forwarded"] == before + 2
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+        if prog is not None:
+            prog.close()
+        if fib is not None:
+            fib.close()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.umount2(str(mnt).encode(), 2)  # MNT_DETACH
+
+
+async def test_unreachable_neighbour_sends_its_nexthop_to_the_slow_path_at_once(topo) -> None:
+    """Neighbour notifications, not the periodic re-read, move a nexthop to the kernel and back."""
+    import asyncio
+    import time
+
+    from fib.kernel import KernelFib, set_compat_mode
+    from fib.xdp.mirror import XdpMirror
+    from routing.model import FibEntry
+
+    ns, x = topo
+    r, b = ns["r"], ns["b"]
+    set_compat_mode(r, 0)
+    sh(f"ip -n {b} addr add 192.0.2.10/24 dev bR")
+    subprocess.run(["ip", "netns", "exec", r, "ping", "-c", "1", "-W", "1", "10.9.1.2"], capture_output=True)
+    fib = KernelFib(protocol=200, netns=r, metric=30)
+    fib.mirror = mirror = XdpMirror(x, r)
+    task = asyncio.create_task(fib.run())
+    try:
+        p = ipaddress.ip_network("192.0.2.0/24")
+        fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        mirror.start_monitor(fib)
+        (nid,) = fib.nh_key
+        assert mirror.nexthops[nid].valid
+
+        async def valid_after(cmd: str) -> tuple[bool, float]:
+            t0 = time.monotonic()
+            want = "failed" not in cmd
+            sh(cmd)
+            for _ in range(400):
+                if mirror.nexthops[nid].valid == want:
+                    break
+                await asyncio.sleep(0.005)  # poll: the loop handles the notification meanwhile
+            return mirror.nexthops[nid].valid, time.monotonic() - t0
+
+        valid, took = await valid_after(f"ip -n {r} neigh replace 10.9.1.2 dev rB nud failed")
+        assert not valid and took < 0.5, took
+        before = x.stats()["passed_neighbour"]
+        # XDP hands it to the kernel, which resolves the neighbour and delivers it.
+        assert await asyncio.get_running_loop().run_in_executor(None, _udp_roundtrip, ns, "192.0.2.10") is not None
+        assert x.stats()["passed_neighbour"] > before
+        for _ in range(200):  # the kernel's resolution arrives as a notification too
+            if mirror.nexthops[nid].valid:
+                break
+            await asyncio.sleep(0.01)
+        assert mirror.nexthops[nid].valid and mirror.neighbour_events >= 2
+    finally:
+        mirror.stop_monitor()
+        task.cancel()
+        fib.close()
+
+
+async def test_xdp_diff_reports_what_differs_from_the_kernel(topo) -> None:
+    """`pop-router fib diff` also compares the XDP maps with the kernel FIB: in sync after the writer,
+    and each kind of difference reported when the maps are changed behind its back."""
+    import asyncio
+
+    from fib.kernel import KernelFib, set_compat_mode
+    from fib.netlink import RouteSocket
+    from fib.xdp.mirror import XdpMirror, xdp_diff
+    from routing.model import FibEntry
+
+    ns, x = topo
+    r = ns["r"]
+    set_compat_mode(r, 0)
+    fib = KernelFib(protocol=200, netns=r, metric=30)
+    fib.mirror = XdpMirror(x, r)
+    task = asyncio.create_task(fib.run())
+
+    def diff() -> dict:
+        with netns(r):
+            s = RouteSocket()
+        try:
+            routes, nhs = s.dump_owned(200, 254), {n.id: n for n in s.dump_nexthops()}
+        finally:
+            s.close()
+        return xdp_diff(x.dump(), routes, nhs, 30)
+
+    try:
+        fixture_routes = diff()["extra"]  # the fixture wrote three routes straight into the maps
+        assert len(fixture_routes) == 3
+        ps = [ipaddress.ip_network(f"192.0.2.{i * 64}/26") for i in range(4)]
+        for p in ps:
+            fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        d = diff()
+        assert (d["in_sync"], d["missing"], d["extra"], d["different"], d["bad_nexthops"]) == (
+            4, [], fixture_routes, [], [])
+        gid = fib.installed[ps[0]]
+        x.del_route(ps[0])
+        x.set_route(ipaddress.ip_network("192.0.3.0/24"), gid)
+        (nid,) = fib.nh_key
+        x.set_group(gid, [nid, 3])  # a member the kernel group does not have
+        d = diff()
+        assert d["missing"] == [str(ps[0])] and set(d["extra"]) == {"192.0.3.0/24", *fixture_routes}
+        assert {r["prefix"] for r in d["different"]} == {str(p) for p in ps[1:]} and d["in_sync"] == 0
     finally:
         task.cancel()
         fib.close()
