@@ -27,6 +27,12 @@ failed operations back, and only then, in a second batch, deletes groups and nex
 reference count fell to zero — so a failed route update can never lose the group its kernel route
 still uses. Refused routes are retried with backoff and shown by ``show fib --failed``.
 
+Incoming labels (kernels with MPLS routing, ``local_label_base`` set): every unlabeled nexthop
+object gets a local label and an AF_MPLS route that pops it and forwards to that gateway (per-next-hop
+label allocation, as for labels we would advertise upstream). The label is derived from the nexthop
+id (``base + id - first id``), so it survives a restart without any bookkeeping: adopted nexthops
+keep their ids, and the routes are written with NLM_F_REPLACE.
+
 Ownership and restart: :meth:`adopt` reads our routes, groups and nexthops from the kernel. Adopted
 routes are stale until re-announced; a re-announced route whose adopted group already has the right
 members costs no kernel operation. :meth:`sweep_stale` removes the rest. ``nexthop_compat_mode`` is
@@ -59,8 +65,10 @@ from fib.netlink import (
     decode_link_state,
     decode_nexthop,
     decode_route_any,
+    encode_del_mpls_route,
     encode_del_nexthop,
     encode_group,
+    encode_mpls_route,
     encode_nexthop,
     encode_route_nhid,
     errno_name,
@@ -138,10 +146,16 @@ class KernelFib:
         clock: Callable[[], float] = time.monotonic,
         netns: str | None = None,
         mpls_encap: bool = False,
+        mpls_routing: bool = False,
+        local_label_base: int | None = None,
     ) -> None:
         self.netns = netns
         #: The kernel imposes labels itself (probed: ``fib.capabilities.probe_mpls``).
         self.mpls_encap = mpls_encap
+        #: The kernel has AF_MPLS routes; with a label base, each unlabeled nexthop gets a local label.
+        self.mpls_routing = mpls_routing
+        self.local_label_base = local_label_base
+        self.local_labels: dict[int, int] = {}  # nexthop id -> incoming label (installed)
         self.protocol = protocol
         self.table = table
         self.metric = metric
@@ -336,7 +350,22 @@ class KernelFib:
             plan.msgs.append(encode_nexthop(len(plan.msgs), nid, gw, oif, protocol=self.protocol,
                                             labels=labels if self.mpls_encap else ()))
             plan.ops.append(("nh", k))
+            label = self._local_label(nid) if not labels else None
+            if label is not None:
+                self.local_labels[nid] = label
+                plan.msgs.append(encode_mpls_route(len(plan.msgs), label, [], gw, oif, protocol=self.protocol))
+                plan.ops.append(("mpls", nid))
         return nid
+
+    def _local_label(self, nid: int) -> int | None:
+        if not self.mpls_routing or self.local_label_base is None:
+            return None
+        span = (1 << 20) - self.local_label_base
+        label = self.local_label_base + (nid - (self.protocol << 22) - 1) % span
+        if label in self.local_labels.values():
+            log.warning("local label %d already in use: nexthop %d gets none", label, nid)
+            return None
+        return label
 
     def _hold(self, ids: tuple[int, ...], delta: int) -> None:
         for i in ids:
@@ -442,6 +471,13 @@ class KernelFib:
                         self.nh_key.pop(nid, None)
                         failed_objects.add(nid)
                         self._oif.pop(op[1][0], None)  # resolve the interface again next time
+                continue
+            if op[0] == "mpls":
+                if err is not None:
+                    log.warning("incoming-label route for nexthop %d refused: %s", op[1], errno_name(err))
+                    self.local_labels.pop(op[1], None)
+                    if self.metrics is not None:
+                        self.metrics.fib_errors.labels(errno_name(err)).inc()  # type: ignore[attr-defined]
                 continue
             if op[0] == "group":
                 g = self.groups.get(op[1])
@@ -596,6 +632,10 @@ class KernelFib:
             if refs <= 0:
                 plan.msgs.append(encode_del_nexthop(len(plan.msgs), nid))
                 plan.ops.append(("delnh", nid))
+                label = self.local_labels.pop(nid, None)
+                if label is not None:
+                    plan.msgs.append(encode_del_mpls_route(len(plan.msgs), label, protocol=self.protocol))
+                    plan.ops.append(("delmpls", nid))
                 del self.nh_refs[nid]
                 k = self.nh_key.pop(nid, None)
                 if k is not None and self.nexthops.get(k) == nid:
@@ -821,6 +861,7 @@ class KernelFib:
                     self.groups.pop(g.key, None)
                 self._hold(g.holds, -1)
         for nid in [n for n in self.nh_key if n not in kernel_ids]:
+            self.local_labels.pop(nid, None)  # rewritten (NLM_F_REPLACE) when the nexthop is recreated
             k = self.nh_key.pop(nid)
             self.nexthops.pop(k, None)
             self.nh_refs.pop(nid, None)

@@ -259,6 +259,12 @@ def encode_mpls_route(seq: int, in_label: int, out_labels: Sequence[int], via: I
     return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWROUTE, flags, seq, 0) + payload
 
 
+def encode_del_mpls_route(seq: int, in_label: int, *, protocol: int) -> bytes:
+    body = RTMSG.pack(AF_MPLS, 20, 0, 0, 254, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    payload = body + _rta(RTA_DST, mpls_label_stack([in_label]))
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_DELROUTE, NLM_F_REQUEST, seq, 0) + payload
+
+
 def decode_nexthop(msg: bytes) -> KernelNexthop | None:
     _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
     if kind not in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):

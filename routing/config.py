@@ -201,6 +201,10 @@ class FibConfig(_Model):
     #: Route metric (priority) of our routes. Replace only hits a route with the same prefix *and*
     #: metric, so a distinct metric keeps us from ever overwriting another protocol's route.
     metric: Annotated[int, Field(ge=0, le=2**32 - 1)] = 20
+    #: Where the kernel has MPLS routing: each customer next hop gets the incoming label
+    #: ``base + (nexthop id - first id)`` whose AF_MPLS route pops it and forwards to that next hop.
+    #: null: no incoming-label routes. Ignored (with a warning) where the kernel has no MPLS.
+    mpls_local_label_base: Annotated[int, Field(ge=16, le=1048575)] | None = None
     xdp: XdpConfig = XdpConfig()
 
 

@@ -134,6 +134,11 @@ class Daemon:
 
         self.mpls = probe_mpls(self.fib.netns, self.config.fib.protocol)
         self.fib.mpls_encap = self.mpls.iptunnel
+        self.fib.mpls_routing = self.mpls.routing
+        self.fib.local_label_base = self.config.fib.mpls_local_label_base
+        if self.fib.local_label_base is not None and not self.mpls.routing:
+            log.warning("fib.mpls_local_label_base is set but this kernel has no MPLS routing (%s): no "
+                        "incoming-label routes are installed", self.mpls.detail)
         if self.mpls.iptunnel:
             log.info("kernel MPLS available: labeled routes get nexthop objects with an MPLS encap")
         else:
@@ -491,6 +496,9 @@ class Daemon:
             "fib_nexthop_groups": len(self.fib.group_by_id),
             "kernel_mpls": getattr(self, "mpls", None) and self.mpls.usable,
             "kernel_mpls_detail": getattr(self, "mpls", None) and self.mpls.detail,
+            "mpls_local_labels": {f"{k[0]}%{k[1]}" if k[2] == () else str(k): label
+                                  for nid, label in self.fib.local_labels.items()
+                                  if (k := self.fib.nh_key.get(nid)) is not None},
             "fib_last_failover_ms": self.fib.last_failover_ms,
             "loc_rib_prefixes": len(self.rib.loc),
             "unknown_peer_events": self.unknown_peer_events,

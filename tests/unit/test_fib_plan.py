@@ -69,3 +69,45 @@ def test_failover_uses_the_backup_paths_own_labels() -> None:
     (g,) = [nl.decode_nexthop(m) for m in plan.msgs]
     assert [fib.nh_key[m][2] for m, _w in g.group] == [(400,)]
     assert fib.desired(e.prefix) is None  # not installed yet: the plan was never completed
+
+
+def test_incoming_label_routes_per_next_hop_where_the_kernel_has_mpls_routing() -> None:
+    """Each unlabeled nexthop object gets an AF_MPLS route popping a label derived from its id (so the
+    same label after a restart, when the nexthop is adopted with its id); deleted with the nexthop."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    fib = _writer(mpls_encap=True)
+    fib.mpls_routing, fib.local_label_base = True, 100000
+    e = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),), (), (A("10.0.1.2"),), (400,))
+    plan = fib._plan([(e.prefix, e)])
+    mpls = [m for m, op in zip(plan.msgs, plan.ops, strict=True) if op[0] == "mpls"]
+    assert len(mpls) == 1  # the labeled backup hop gets none: a CE is reached by its plain nexthop
+    m = rtmsg(mpls[0])
+    m.decode()
+    nid = fib.nexthops[(A("10.0.0.2"), 3, ())]
+    assert m["family"] == nl.AF_MPLS and m["proto"] == 200
+    assert [x["label"] for x in m.get_attr("RTA_DST")] == [100000 + nid - (200 << 22) - 1]
+    assert m.get_attr("RTA_NEWDST") is None  # pop
+    assert m.get_attr("RTA_VIA")["addr"] == "10.0.0.2" and m.get_attr("RTA_OIF") == 3
+    assert fib.local_labels == {nid: 100000 + nid - (200 << 22) - 1}
+    # Nobody uses the nexthop any more: the collector deletes the object and its label route.
+    fib._inflight_batches = 1
+    fib._complete(plan, [])
+    dplan = fib._plan([(e.prefix, None)])
+    fib._inflight_batches = 1
+    fib._complete(dplan, [])
+    col = fib._collect()
+    kinds = [op[0] for op in col.ops]
+    assert "delmpls" in kinds and fib.local_labels == {}
+    (dl,) = [m for m, op in zip(col.msgs, col.ops, strict=True) if op[0] == "delmpls"]
+    d = rtmsg(dl)
+    d.decode()
+    assert d["header"]["type"] == nl.RTM_DELROUTE and [x["label"] for x in d.get_attr("RTA_DST")] == [
+        100000 + nid - (200 << 22) - 1]
+
+
+def test_no_incoming_labels_without_kernel_mpls_routing() -> None:
+    fib = _writer(mpls_encap=False)
+    fib.local_label_base = 100000  # configured, but the probe said no MPLS routing
+    e = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),))
+    assert [op[0] for op in fib._plan([(e.prefix, e)]).ops] == ["nh", "group", "route"]
