@@ -84,9 +84,11 @@ def render(kind: str, data: Any, args: argparse.Namespace) -> None:
                  r["customer"], " ".join(map(str, r["as_path"])), str(r["local_pref"]),
                  "" if r["med"] is None else str(r["med"]), r["reason"]] for r in data])
     elif kind == "xdp":
-        rows = [[k, str(v)] for k, v in data.items() if k not in ("counters", "attached")]
+        rows = [[k, str(v)] for k, v in data.items() if k not in ("counters", "attached", "counters_by_interface")]
         rows += [[f"attached ifindex {a['ifindex']}", a["mode"]] for a in data.get("attached", [])]
         rows += [[f"packets {k}", str(v)] for k, v in (data.get("counters") or {}).items()]
+        for ifname, counters in (data.get("counters_by_interface") or {}).items():
+            rows += [[f"packets {ifname} {k}", str(v)] for k, v in counters.items() if v]
         _table("XDP fast path", ["key", "value"], rows)
     elif kind == "bfd":
         _table("BFD sessions", ["peer", "customer", "state", "remote", "diag", "tx ms", "rx ms", "detect ms",
