@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
 DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev
-XDP_OBJ := build/pop_xdp.o
+XDP_OBJ := build/pop_xdp.o build/xdp_pass.o
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down test unit integration lint deps debs bench clean
@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 deps: debs $(STAMP) $(XDP_OBJ)
 
 # The XDP program is built here, never committed (clang -target bpf, headers from libbpf-dev).
-$(XDP_OBJ): fib/xdp/pop_xdp.c
+build/%.o: fib/xdp/%.c
 	mkdir -p build
 	clang -O2 -g -Wall -target bpf -I/usr/include/$$(uname -m)-linux-gnu -c $< -o $@
 

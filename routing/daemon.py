@@ -186,6 +186,11 @@ class Daemon:
             prog = XdpProgram(pin_dir=pin_dir)
             if prog.reused:
                 log.info("XDP maps pinned in %s reused: the fast path kept forwarding across the restart", pin_dir)
+            # Maps complete *before* the attach (the devmap is not pinned and is refilled by the mirror):
+            # the new program replaces the running one atomically and must not see an empty table.
+            mirror = XdpMirror(prog, self.fib.netns)
+            self.xdp_start_writes = mirror.sync(self.fib)
+            log.info("XDP maps brought to the adopted FIB with %d map writes", self.xdp_start_writes)
             for ifname in ifaces:
                 mode = prog.attach(ifname, self.fib.netns)
                 if mode != "native":
@@ -195,12 +200,10 @@ class Daemon:
             for a, b in prog.shared_counter_rows():
                 log.warning("XDP counters of ifindex %d and %d share a row (ifindex mod %d): their "
                             "per-interface counters are summed", a, b, IF_SLOTS)
-        except XdpError as exc:
+        except (XdpError, OSError) as exc:
             log.error("XDP fast path not started (the kernel keeps forwarding): %s", exc)
             return None
-        self.fib.mirror = XdpMirror(prog, self.fib.netns)
-        self.xdp_start_writes = self.fib.mirror.sync(self.fib)
-        log.info("XDP maps brought to the adopted FIB with %d map writes", self.xdp_start_writes)
+        self.fib.mirror = mirror
         self.fib.mirror.start_monitor(self.fib)
         return self.fib.mirror
 

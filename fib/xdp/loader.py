@@ -30,7 +30,8 @@ from pathlib import Path
 from fib.netns import netns as enter_netns
 
 ROOT = Path(__file__).resolve().parents[2]
-OBJECT = ROOT / "build" / "pop_xdp.o"
+#: `make` builds it in the checkout; an installed copy (the container image) names it in the environment.
+OBJECT = Path(os.environ.get("POP_ROUTER_XDP_OBJECT", ROOT / "build" / "pop_xdp.o"))
 SOURCE = Path(__file__).with_name("pop_xdp.c")
 
 XDP_FLAGS_SKB_MODE = 1 << 1

@@ -488,9 +488,9 @@ def test_pinned_maps_keep_the_fast_path_across_a_daemon_kill(topo, tmp_path) -> 
         assert fib.adopt() == 1
         prog = XdpProgram(pin_dir=pin_dir)
         assert prog.reused
-        prog.attach("rA", r)  # replaces the orphaned program atomically
-        mirror = XdpMirror(prog, r)
+        mirror = XdpMirror(prog, r)  # refills the (unpinned) devmap: before the attach
         assert mirror.sync(fib) == 0
+        prog.attach("rA", r)  # replaces the orphaned program atomically
         assert mirror.view()["routes"] == 1 and prog.stats(ra)["forwarded"] == before + 1  # counters kept
         assert _udp_roundtrip(ns, "192.0.2.10") == (b"pop-router", 63)
         assert prog.stats(ra)["forwarded"] == before + 2
