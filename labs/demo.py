@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
         print(p.stdout)
         ok &= p.returncode == 0
     print(f"""== look around
-  pop-router lab exec {rel} pop pop-router show peers|routes|fib|status [--json]
+  pop-router lab exec {rel} pop pop-router show peers|routes|fib|xdp|status [--json]
   pop-router lab exec {rel} pop pop-router show routes --rejected
   pop-router lab exec {rel} acme vtysh -c 'show bgp summary'
   pop-router lab exec {rel} globex birdc -s /run/bird/bird.ctl show protocols

@@ -64,6 +64,8 @@ BAD = [
     ("router.asn", _DEL, "router.asn: required key is missing"),
     ("router.announce[0]", "192.0.2.0/33", "router.announce[0]: '192.0.2.0/33' is not a network prefix"),
     ("fib.protocol", 3, "fib.protocol: Input should be greater than or equal to 5"),
+    ("fib.mpls_local_label_base", 15, "fib.mpls_local_label_base: Input should be greater than or equal to 16"),
+    ("fib.xdp", {"interfaces": ["eth1", "a name far too long"]}, "fib.xdp.interfaces[1]: String should match pattern"),
     ("metrics.listen", "localhost:9324", "metrics.listen: 'localhost' is not an IP address"),
     ("metrics.listen", "127.0.0.1", "metrics.listen: expected HOST:PORT"),
     ("api.sockett", "/x", "api.sockett: unknown key"),
