@@ -551,12 +551,17 @@ RTNLGRP_NEXTHOP = 32
 NETLINK_ADD_MEMBERSHIP = 1
 
 
-def monitor_socket() -> socket.socket:
-    """A non-blocking socket receiving route and nexthop notifications (for drift detection)."""
+def _notification_socket(groups: int, rcvbuf: int) -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
                       socket.NETLINK_ROUTE)
-    _buffers(s, 16 << 20, send=False)
-    s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+    _buffers(s, rcvbuf, send=False)
+    s.bind((0, groups))
+    return s
+
+
+def monitor_socket() -> socket.socket:
+    """A non-blocking socket receiving link, route and nexthop notifications (for drift detection)."""
+    s = _notification_socket(RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE, 16 << 20)
     s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
     return s
 
@@ -586,11 +591,7 @@ RTMGRP_NEIGH = 0x4
 
 def neighbour_monitor_socket() -> socket.socket:
     """A non-blocking socket receiving neighbour-table notifications (for the XDP nexthop MACs)."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
-                      socket.NETLINK_ROUTE)
-    _buffers(s, 4 << 20, send=False)
-    s.bind((0, RTMGRP_NEIGH))
-    return s
+    return _notification_socket(RTMGRP_NEIGH, 4 << 20)
 
 
 def decode_neighbour(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
