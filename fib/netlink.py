@@ -488,6 +488,10 @@ class RouteSocket:
         """(address, ifindex, NUD state, link-layer address) of every neighbour entry."""
         return self._dump(RTM_GETNEIGH, NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), _decode_neigh)
 
+    def dump_addresses(self) -> list[tuple[IPAddress, int]]:
+        """(address, ifindex) of every address configured in the namespace (the router's own)."""
+        return self._dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), _decode_addr)
+
     def dump_link_macs(self) -> dict[int, bytes]:
         return dict(self._dump(RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), _decode_link_mac))
 
@@ -589,9 +593,34 @@ RTM_DELNEIGH = 29
 RTMGRP_NEIGH = 0x4
 
 
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+
+
+def _decode_addr(msg: bytes) -> tuple[IPAddress, int] | None:
+    if NLMSGHDR.unpack_from(msg, 0)[1] not in (RTM_NEWADDR, RTM_DELADDR):
+        return None
+    family, _plen, _flags, _scope, index = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    found: dict[int, bytes] = {}
+    for a, data in _attrs(msg, NLMSGHDR.size + IFADDRMSG.size, len(msg)):
+        if a in (IFA_ADDRESS, IFA_LOCAL):
+            found[a] = bytes(data[: 4 if family == socket.AF_INET else 16])
+    raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)  # IFA_LOCAL is ours on point-to-point links
+    return (ipaddress.ip_address(raw), index) if raw else None
+
+
 def neighbour_monitor_socket() -> socket.socket:
-    """A non-blocking socket receiving neighbour-table notifications (for the XDP nexthop MACs)."""
-    return _notification_socket(RTMGRP_NEIGH, 4 << 20)
+    """A non-blocking socket receiving neighbour and address notifications (for the XDP nexthop MACs
+    and the router's own addresses, which XDP must hand to the kernel)."""
+    return _notification_socket(RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, 4 << 20)
 
 
 def decode_neighbour(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:

@@ -44,7 +44,9 @@ IF_SLOTS = 1024  # counter rows: ingress ifindex mod IF_SLOTS (pop_xdp.c)
 PINNED_MAPS = ("lpm4", "lpm6", "groups", "nexthops", "stats")
 BPF_FS_MAGIC = 0xCAFE4A11
 STATS = ("forwarded", "mpls_pushed", "passed_no_route", "passed_ttl", "passed_options", "passed_fragment",
-         "passed_not_ip", "passed_neighbour", "passed_no_group", "dropped_malformed", "dropped_redirect")
+         "passed_not_ip", "passed_neighbour", "passed_no_group", "dropped_malformed", "dropped_redirect",
+         "passed_local")
+LOCAL_GROUP = 0  # trie value of the router's own addresses: hand to the kernel
 
 LPM4_KEY = struct.Struct("=I4s")
 LPM6_KEY = struct.Struct("=I16s")

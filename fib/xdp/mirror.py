@@ -8,6 +8,10 @@ brings the maps to the writer's current state (prefix -> group id -> nexthop ids
 the kernel's), writing only what changed since the last sync. A failover is therefore one group
 write in XDP too. Many new routes at once (a table load) go in with ``bpf_map_update_batch``.
 
+The router's own addresses go into the tries as host entries with group ``LOCAL_GROUP``: the
+program hands those packets to the kernel even where a customer route covers the address. They
+follow address notifications on the same socket as the neighbours.
+
 A nexthop entry needs the egress interface's MAC, the neighbour's MAC and the labels to push (part
 of the writer's nexthop key). Neighbours are followed through netlink notifications
 (:meth:`start_monitor`): a neighbour that fails or is deleted makes its nexthops invalid at once,
@@ -28,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 from typing import TYPE_CHECKING
 
 from fib.netlink import (
+    RTM_DELADDR,
     RTM_DELNEIGH,
+    RTM_NEWADDR,
     RTM_NEWNEIGH,
     KernelNexthop,
     KernelRoute,
@@ -43,7 +50,7 @@ from fib.netlink import (
     split_messages,
 )
 from fib.netns import netns as enter_netns
-from fib.xdp.loader import MAX_LABELS, Nexthop, XdpProgram
+from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram
 
 if TYPE_CHECKING:
     from fib.kernel import KernelFib
@@ -67,6 +74,8 @@ class XdpMirror:
         self.too_many_labels: set[int] = set()
         self.neigh: dict[tuple[str, int], bytes] = {}  # (address, ifindex) -> MAC, usable entries only
         self.macs: dict[int, bytes] = {}
+        self.addresses: set = set()  # host prefixes of the router's own addresses (from the kernel)
+        self.local: set = set()  # those written to the tries with LOCAL_GROUP
         self.neighbour_events = 0
         self._mon: socket.socket | None = None
         self._fib: KernelFib | None = None
@@ -76,7 +85,8 @@ class XdpMirror:
 
     def _read_maps(self) -> None:
         maps = self.prog.dump()
-        self.routes = dict(maps["routes"])
+        self.routes = {p: g for p, g in maps["routes"].items() if g != LOCAL_GROUP}
+        self.local = {p for p, g in maps["routes"].items() if g == LOCAL_GROUP}
         self.groups = dict(maps["groups"])
         self.nexthops = self.prog.read_nexthops()
         for ifindex in {h.ifindex for h in self.nexthops.values()}:  # the devmap is not pinned
@@ -93,6 +103,7 @@ class XdpMirror:
             self.neigh = {(str(dst), ifindex): ll for dst, ifindex, state, ll in s.dump_neighbours()
                           if ll and state & _USABLE}
             self.macs = s.dump_link_macs()
+            self.addresses = {ipaddress.ip_network(a) for a, _ifindex in s.dump_addresses()}
         finally:
             s.close()
 
@@ -124,8 +135,11 @@ class XdpMirror:
                 self.prog.set_group(gid, list(g.members))
                 self.groups[gid] = g.members
                 writes += 1
+        writes += self._sync_local(fib)
         routes_get = self.routes.get
-        new = [(p, gid) for p, gid in fib.installed.items() if routes_get(p) != gid and gid in self.groups]
+        local = self.addresses
+        new = [(p, gid) for p, gid in fib.installed.items()
+               if routes_get(p) != gid and gid in self.groups and p not in local]
         if len(new) >= _BATCH_MIN:
             self.prog.set_routes(new)
         else:
@@ -133,11 +147,31 @@ class XdpMirror:
                 self.prog.set_route(p, gid)
         self.routes.update(new)
         writes += len(new)
-        for prefix in [p for p in self.routes if p not in fib.installed]:
-            self.prog.del_route(prefix)
+        for prefix in [p for p in self.routes if p not in fib.installed or p in local]:
+            if prefix not in local:
+                self.prog.del_route(prefix)
             del self.routes[prefix]
             writes += 1
         self.writes += writes
+        return writes
+
+    def _sync_local(self, fib: KernelFib) -> int:
+        """Host entries for the router's own addresses (a local address wins over an equal route of ours,
+        as the kernel's local table does)."""
+        writes = 0
+        for p in self.addresses - self.local:
+            self.prog.set_route(p, LOCAL_GROUP)
+            self.routes.pop(p, None)
+            writes += 1
+        for p in self.local - self.addresses:
+            gid = fib.installed.get(p)
+            if gid is not None and gid in self.groups:
+                self.prog.set_route(p, gid)
+                self.routes[p] = gid
+            else:
+                self.prog.del_route(p)
+            writes += 1
+        self.local = set(self.addresses)
         return writes
 
     # --- neighbour notifications ---------------------------------------------------------------------
@@ -157,6 +191,7 @@ class XdpMirror:
     def _on_neighbour(self) -> None:
         assert self._mon is not None
         changed: set[tuple[str, int]] = set()
+        addresses_changed = False
         while True:
             try:
                 data = self._mon.recv(1 << 16)
@@ -170,6 +205,9 @@ class XdpMirror:
                 changed.add(("*", 0))
                 continue
             for kind, msg in split_messages(data):
+                if kind in (RTM_NEWADDR, RTM_DELADDR):
+                    addresses_changed = True
+                    continue
                 if kind not in (RTM_NEWNEIGH, RTM_DELNEIGH):
                     continue
                 n = decode_neighbour(msg)
@@ -185,6 +223,20 @@ class XdpMirror:
                 self.neighbour_events += 1
         if changed and self._fib is not None:
             self._apply_neighbours(self._fib, changed)
+        if addresses_changed and self._fib is not None:
+            self._addresses_changed(self._fib)
+
+    def _addresses_changed(self, fib: KernelFib) -> None:
+        with enter_netns(self.netns):
+            s = RouteSocket()
+        try:
+            self.addresses = {ipaddress.ip_network(a) for a, _ifindex in s.dump_addresses()}
+        finally:
+            s.close()
+        try:
+            self.writes += self._sync_local(fib)
+        except OSError as exc:
+            log.error("XDP local address update failed: %s", exc)
 
     def _apply_neighbours(self, fib: KernelFib, changed: set[tuple[str, int]]) -> None:
         everything = ("*", 0) in changed
@@ -208,6 +260,7 @@ class XdpMirror:
         return {
             "routes": len(self.routes), "groups": len(self.groups), "nexthops": len(self.nexthops),
             "nexthops_valid": sum(1 for h in self.nexthops.values() if h.valid), "map_writes": self.writes,
+            "local_addresses": len(self.local),
             "neighbour_events": self.neighbour_events, "reused_pinned_maps": self.prog.reused,
             "pin_dir": str(self.prog.pin_dir) if self.prog.pin_dir else None,
             "attached": [{"ifindex": i, "mode": "native" if f & 4 else "generic"} for _ns, i, f in self.prog.attached],
@@ -221,7 +274,8 @@ def xdp_diff(maps: dict, routes: list[KernelRoute], nexthops: dict[int, KernelNe
     id): each kernel route of ours must be in the trie with the same group, the group with the same
     members, and each member must have a nexthop entry on the kernel's egress interface."""
     kernel = {r.prefix: r.nhid for r in routes if r.metric == metric and r.nhid}
-    xroutes, xgroups, xnhs = maps["routes"], maps["groups"], maps["nexthops"]
+    xroutes = {p: g for p, g in maps["routes"].items() if g != LOCAL_GROUP}  # the router's own: not routes
+    xgroups, xnhs = maps["groups"], maps["nexthops"]
     missing, different, bad_hops = [], [], set()
     for p, nhid in kernel.items():
         gid = xroutes.get(p)

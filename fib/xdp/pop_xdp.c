@@ -7,7 +7,9 @@
  * MPLS labels); TTL/hop limit decremented (IPv4 checksum updated incrementally, RFC 1624); labels
  * pushed with the TTL copied from IP (RFC 3032); bpf_redirect_map() through a DEVMAP. Anything we
  * should not handle goes to the kernel with XDP_PASS: no route, TTL <= 1, IPv4 options, fragments,
- * unresolved neighbours (nexthop not valid), non-IP.
+ * unresolved neighbours (nexthop not valid), non-IP, and packets to the router itself: the mirror
+ * writes each of the router's own addresses as a host entry with group LOCAL_GROUP (0; nexthop and
+ * group ids are never 0), so a customer route covering one of them cannot pull it off the box.
  *
  * Counters are per CPU and per ingress interface: row (ingress_ifindex mod IF_SLOTS) of the stats
  * array, one column per outcome. An array row costs nothing per packet (the lookup is inlined), a
@@ -28,10 +30,12 @@
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_MPLS_UC_ 0x8847
 #define IF_SLOTS 1024
+#define LOCAL_GROUP 0
 
 enum stat {
 	ST_FORWARDED, ST_MPLS_PUSHED, ST_PASS_NO_ROUTE, ST_PASS_TTL, ST_PASS_OPTIONS, ST_PASS_FRAGMENT,
-	ST_PASS_NOT_IP, ST_PASS_NEIGHBOUR, ST_PASS_NO_GROUP, ST_DROP_MALFORMED, ST_DROP_REDIRECT, ST_MAX
+	ST_PASS_NOT_IP, ST_PASS_NEIGHBOUR, ST_PASS_NO_GROUP, ST_DROP_MALFORMED, ST_DROP_REDIRECT,
+	ST_PASS_LOCAL, ST_MAX
 };
 
 struct lpm4_key { __u32 prefixlen; __u32 addr; };
@@ -169,12 +173,14 @@ static __always_inline int forward(struct xdp_md *ctx)
 			return count(ctx, ST_PASS_OPTIONS, XDP_PASS);
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return count(ctx, ST_PASS_FRAGMENT, XDP_PASS);
-		if (ip->ttl <= 1)
-			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		struct lpm4_key k = { .prefixlen = 32, .addr = ip->daddr };
 		__u32 *gid = bpf_map_lookup_elem(&lpm4, &k);
 		if (!gid)
 			return count(ctx, ST_PASS_NO_ROUTE, XDP_PASS);
+		if (*gid == LOCAL_GROUP)
+			return count(ctx, ST_PASS_LOCAL, XDP_PASS);
+		if (ip->ttl <= 1)
+			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		__u32 hash = ip->saddr ^ ip->daddr ^ ip->protocol;
 		if (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP) {
 			__u32 *ports = (void *)(ip + 1);
@@ -197,13 +203,15 @@ static __always_inline int forward(struct xdp_md *ctx)
 		struct ipv6hdr *ip6 = data + l2len;
 		if ((void *)(ip6 + 1) > end)
 			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
-		if (ip6->hop_limit <= 1)
-			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		struct lpm6_key k = { .prefixlen = 128 };
 		__builtin_memcpy(k.addr, &ip6->daddr, 16);
 		__u32 *gid = bpf_map_lookup_elem(&lpm6, &k);
 		if (!gid)
 			return count(ctx, ST_PASS_NO_ROUTE, XDP_PASS);
+		if (*gid == LOCAL_GROUP)
+			return count(ctx, ST_PASS_LOCAL, XDP_PASS);
+		if (ip6->hop_limit <= 1)
+			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		__u32 hash = ip6->saddr.in6_u.u6_addr32[3] ^ ip6->daddr.in6_u.u6_addr32[3] ^ ip6->flow_lbl[2];
 		struct nexthop *nh = pick(*gid, hash);
 		if (!nh)

@@ -434,6 +434,7 @@ async def main(r, pin_dir):
     prog = XdpProgram(pin_dir=Path(pin_dir))
     prog.attach("rA", r)
     fib.mirror = XdpMirror(prog, r)
+    fib.mirror.start_monitor(fib)
     task = asyncio.create_task(fib.run())
     p = ipaddress.ip_network("192.0.2.0/24")
     fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
@@ -489,7 +490,10 @@ def test_pinned_maps_keep_the_fast_path_across_a_daemon_kill(topo, tmp_path) -> 
         prog = XdpProgram(pin_dir=pin_dir)
         assert prog.reused
         mirror = XdpMirror(prog, r)  # refills the (unpinned) devmap: before the attach
-        assert mirror.sync(fib) == 0
+        # No route, group or nexthop is written; only addresses that changed while nobody watched
+        # (an IPv6 link-local appearing late, say) are.
+        changed_addresses = len(mirror.addresses ^ mirror.local)  # mirror.local: read back from the maps
+        assert mirror.sync(fib) == changed_addresses
         prog.attach("rA", r)  # replaces the orphaned program atomically
         assert mirror.view()["routes"] == 1 and prog.stats(ra)["forwarded"] == before + 1  # counters kept
         assert _udp_roundtrip(ns, "192.0.2.10") == (b"pop-router", 63)
@@ -603,5 +607,58 @@ async def test_xdp_diff_reports_what_differs_from_the_kernel(topo) -> None:
         assert d["missing"] == [str(ps[0])] and set(d["extra"]) == {"192.0.3.0/24", *fixture_routes}
         assert {r["prefix"] for r in d["different"]} == {str(p) for p in ps[1:]} and d["in_sync"] == 0
     finally:
+        task.cancel()
+        fib.close()
+
+
+async def test_packets_to_the_router_itself_go_to_the_kernel_even_under_a_customer_route(topo) -> None:
+    """A route of ours covering one of R's own addresses must not pull R's traffic off the box: the
+    mirror writes R's addresses as local host entries, which the program hands to the kernel."""
+    import asyncio
+
+    from fib.kernel import KernelFib, set_compat_mode
+    from fib.xdp.mirror import XdpMirror
+    from routing.model import FibEntry
+
+    ns, x = topo
+    r = ns["r"]
+    set_compat_mode(r, 0)
+    subprocess.run(["ip", "netns", "exec", r, "ping", "-c", "1", "-W", "1", "10.9.1.2"], capture_output=True)
+    fib = KernelFib(protocol=200, netns=r, metric=30)
+    fib.mirror = mirror = XdpMirror(x, r)
+    task = asyncio.create_task(fib.run())
+    with netns(r):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("10.9.1.1", 9997))
+    try:
+        p = ipaddress.ip_network("10.9.1.0/24")  # covers R's own 10.9.1.1
+        fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        assert ipaddress.ip_network("10.9.1.1/32") in mirror.local
+        assert x.dump()["routes"][ipaddress.ip_network("10.9.1.1/32")] == 0
+        before = x.stats()["passed_local"]
+        got = None
+        for _ in range(3):
+            with netns(ns["a"]):
+                tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                tx.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+            tx.sendto(b"to the router", ("10.9.1.1", 9997))
+            tx.close()
+            if select.select([rx], [], [], 1.0)[0]:
+                got = rx.recv(100)
+                break
+        assert got == b"to the router"  # delivered to R, not redirected to B
+        assert x.stats()["passed_local"] > before
+        # An address added later is followed through the notification.
+        mirror.start_monitor(fib)
+        sh(f"ip -n {r} addr add 10.9.1.77/24 dev rB")
+        for _ in range(100):
+            if ipaddress.ip_network("10.9.1.77/32") in mirror.local:
+                break
+            await asyncio.sleep(0.01)
+        assert x.dump()["routes"].get(ipaddress.ip_network("10.9.1.77/32")) == 0
+    finally:
+        mirror.stop_monitor()
+        rx.close()
         task.cancel()
         fib.close()
