@@ -236,14 +236,16 @@ async def test_kernel_writer_feeds_the_xdp_maps(topo) -> None:
     fib.close()
 
 
-async def test_xdp_maps_equal_kernel_fib_after_random_changes(topo) -> None:
-    """A property checked over seeded random sequences (hypothesis cannot drive an async fixture
-    here): after any sequence of FIB changes
-    (installs, moves between next-hop sets, withdrawals, failovers), the XDP maps forward every
-    prefix exactly as the kernel does (same group, same members, same egress)."""
+def test_xdp_maps_equal_kernel_fib_after_random_changes(topo) -> None:
+    """Hypothesis: after any sequence of FIB changes (installs, moves between next-hop sets and label
+    stacks, withdrawals, failovers and recoveries), the XDP maps forward every prefix exactly as the
+    kernel does (same group, same members, same egress) and push the labels of the writer's nexthops.
+    Each example runs a fresh writer against the same namespaces and cleans up after itself."""
     import asyncio
     import json
-    import random
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from fib.kernel import KernelFib, set_compat_mode
     from fib.xdp.mirror import XdpMirror
@@ -254,11 +256,9 @@ async def test_xdp_maps_equal_kernel_fib_after_random_changes(topo) -> None:
     set_compat_mode(r, 0)
     sh(f"ip -n {r} addr add 10.9.1.3/24 dev rB 2>/dev/null || true")
     gws = [ipaddress.ip_address(g) for g in ("10.9.1.2", "10.9.1.5", "10.9.1.6")]
-    fib = KernelFib(protocol=200, netns=r, metric=30)
-    fib.mirror = XdpMirror(x, r)
-    task = asyncio.create_task(fib.run())
-    prefixes = [ipaddress.ip_network(f"192.0.2.{i * 16}/28") for i in range(16)]
-    rnd = random.Random(11)
+    prefixes = [ipaddress.ip_network(f"192.0.2.{i * 32}/27") for i in range(8)]
+    label_stacks = [(), (100,), (200, 201)]
+    compared: list[int] = []
 
     def kernel_view() -> dict:
         routes = json.loads(subprocess.run(["ip", "-n", r, "-json", "route", "show", "proto", "200"],
@@ -268,33 +268,67 @@ async def test_xdp_maps_equal_kernel_fib_after_random_changes(topo) -> None:
         return {ipaddress.ip_network(rt["dst"]): tuple(m["id"] for m in nhs[rt["nhid"]]["group"])
                 for rt in routes}
 
-    compared = 0
-    for _round in range(8):
-        for _ in range(20):
-            p = rnd.choice(prefixes)
-            if rnd.random() < 0.25:
-                fib.submit(p, None)
-            else:
-                prim = tuple(sorted(rnd.sample(gws, rnd.randint(1, 2)), key=int))
-                rest = [g for g in gws if g not in prim]
-                fib.submit(p, FibEntry(p, prim, (), tuple(rest[:1])))
-        if rnd.random() < 0.3:
-            await fib.fail_gateway(rnd.choice(gws))
-        elif fib.dead:
-            await fib.recover_gateway(next(iter(fib.dead)))
-        await asyncio.wait_for(fib.wait_idle(), 10)
+    def check(fib: KernelFib) -> None:
         maps = x.dump()
         kernel = kernel_view()
         xdp = {p: maps["groups"].get(gid) for p, gid in maps["routes"].items() if p in set(prefixes)}
         assert xdp == kernel
-        compared += len(xdp)
-        # Every member the program can pick has its nexthop entry, on the egress the kernel uses.
+        compared.append(len(xdp))
+        # Every member the program can pick has its nexthop entry, on the kernel's egress, with the labels.
         for members in xdp.values():
             for m in members:
-                assert m in maps["nexthops"] and maps["nexthops"][m][0] == fib.nh_key[m][1]
-    assert compared > 50  # the property was checked on real content, not on empty maps
-    task.cancel()
-    fib.close()
+                _gw, oif, labels = fib.nh_key[m]
+                assert maps["nexthops"][m][0] == oif and maps["nexthops"][m][2] == labels
+
+    async def run(ops: list[tuple]) -> None:
+        fib = KernelFib(protocol=200, netns=r, metric=30)
+        fib.mirror = XdpMirror(x, r)
+        task = asyncio.create_task(fib.run())
+        try:
+            for op in ops:
+                if op[0] == "set":
+                    _, i, prim_idx, labels, backup_labels = op
+                    p = prefixes[i]
+                    prim = tuple(sorted((gws[j] for j in prim_idx), key=int))
+                    rest = tuple(g for g in gws if g not in prim)[:1]
+                    fib.submit(p, FibEntry(p, prim, labels, rest, backup_labels if rest else ()))
+                elif op[0] == "del":
+                    fib.submit(prefixes[op[1]], None)
+                elif op[0] == "fail":
+                    await fib.fail_gateway(gws[op[1]])
+                elif op[0] == "recover":
+                    await fib.recover_gateway(gws[op[1]])
+                else:
+                    await asyncio.wait_for(fib.wait_idle(), 10)
+                    check(fib)
+            await asyncio.wait_for(fib.wait_idle(), 10)
+            check(fib)
+        finally:  # leave nothing for the next example
+            for g in list(fib.dead):
+                await fib.recover_gateway(g)
+            for p in prefixes:
+                fib.submit(p, None)
+            await asyncio.wait_for(fib.wait_idle(), 10)
+            task.cancel()
+            fib.close()
+
+    install = st.tuples(st.just("set"), st.integers(0, 7), st.sets(st.integers(0, 2), min_size=1, max_size=2),
+                        st.sampled_from(label_stacks), st.sampled_from(label_stacks))
+    op = st.one_of(
+        install, install, install,  # installs weigh more: a table to compare needs routes in it
+        st.tuples(st.just("del"), st.integers(0, 7)),
+        st.tuples(st.just("fail"), st.integers(0, 2)),
+        st.tuples(st.just("recover"), st.integers(0, 2)),
+        st.just(("check",)),
+    )
+
+    @settings(max_examples=30, deadline=None, database=None)
+    @given(st.lists(op, min_size=4, max_size=40))
+    def prop(ops: list[tuple]) -> None:
+        asyncio.run(run(ops))
+
+    prop()
+    assert sum(compared) > 60, compared  # the property was checked on real content, not on empty maps
 
 
 def test_ecmp_spreads_flows_over_members(topo) -> None:
