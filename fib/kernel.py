@@ -194,6 +194,9 @@ class KernelFib:
         self._resync_lock = asyncio.Lock()
         #: Second provider fed by the same stream (the XDP map writer); synced after each batch.
         self.mirror = None
+        #: Prefixes whose installed group changed since the mirror's last sync (kept only with a
+        #: mirror): a sync after one UPDATE touches those, not a million-route table.
+        self.dirty: set[IPNetwork] = set()
         self._resync_again = False
         self._mon = None
         self._encode_route = route_encoder(protocol=protocol, table=table, metric=metric)
@@ -453,8 +456,13 @@ class KernelFib:
         if attempts == 1:
             log.warning("kernel refused %s %s: %s", "install" if entry else "delete", prefix, errno_name(err))
 
+    def _mark_routes(self, plan: _Plan) -> None:
+        if self.mirror is not None:
+            self.dirty.update(op[1] for op in plan.ops if op[0] == "route")
+
     def _complete(self, plan: _Plan, errors: list[tuple[int, int]]) -> None:
         self._inflight_batches -= 1
+        self._mark_routes(plan)
         if not errors:
             self._complete_clean(plan)
             return
@@ -562,6 +570,8 @@ class KernelFib:
         for prefix, entry in work:
             if entry is None and installed.get(prefix) in gone:
                 del installed[prefix]
+                if self.mirror is not None:
+                    self.dirty.add(prefix)
                 self._count[prefix.version] -= 1
                 if self.failed:
                     self.failed.pop(prefix, None)
@@ -581,6 +591,7 @@ class KernelFib:
     def _complete_clean(self, plan: _Plan) -> None:
         """The common case, a batch without a single error: bookkeeping in bulk."""
         installed = self.installed
+        self._mark_routes(plan)
         refs: dict[int, int] = {}
         ok = {"install": 0, "delete": 0}
         count = self._count
@@ -802,6 +813,8 @@ class KernelFib:
         gid = self.installed.get(p)
         if gid is None:
             return
+        if self.mirror is not None:
+            self.dirty.add(p)
         if kind == RTM_DELROUTE:
             want = self.desired(p)
             self.installed.pop(p, None)
@@ -875,6 +888,8 @@ class KernelFib:
                     g.refs -= 1
                 self.installed.pop(p)
                 self._count[p.version] -= 1
+                if self.mirror is not None:
+                    self.dirty.add(p)
                 if want is not None:
                     self.submit(p, want)
                 fixed += 1
