@@ -11,7 +11,8 @@ namespace. For each node ``up``:
    namespaces;
 3. starts a *holder* process: ``nsenter --net`` into the namespace, ``unshare --mount`` with
    private propagation, then mounts a tmpfs on ``/run`` (so ``/run/frr``, ``/run/bird`` and
-   ``/run/pop-router`` are per node) and bind-mounts the node's ``binds`` over their targets — only
+   ``/run/pop-router`` are per node) and a bpffs of its own on ``/sys/fs/bpf`` (pinned XDP maps
+   live as long as the node), and bind-mounts the node's ``binds`` over their targets — only
    inside that mount namespace, so the machine's own ``/etc/frr`` is untouched. The holder then
    sleeps; every process of the node is started with ``nsenter -t HOLDER -m -n`` and so sees the
    node's files;
@@ -144,7 +145,10 @@ class Lab:
             _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "up"])
 
     def _start_holder(self, node: Node) -> None:
-        script = ["set -e", "mount -t tmpfs -o mode=755 tmpfs /run"]
+        # A node's own /run, and its own bpffs (as a container has): XDP maps a node pins never land
+        # in the machine's /sys/fs/bpf, and they live as long as the node, across daemon restarts.
+        script = ["set -e", "mount -t tmpfs -o mode=755 tmpfs /run",
+                  "mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true"]
         if node.role == "frr":
             script += ["mkdir -p /run/frr", "chown frr:frr /run/frr"]
         for d in ("bird", "pop-router", "exabgp"):
