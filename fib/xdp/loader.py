@@ -131,6 +131,7 @@ class XdpProgram:
         if not obj_path.exists():
             raise XdpError(2, f"{obj_path} not built (make builds it from {SOURCE} with clang)")
         self.lib = _lib()
+        self.obj_path = obj_path
         self.pin_dir = pin_dir
         #: The forwarding maps were pinned by an earlier run and are reused with their content.
         self.reused = False
@@ -171,6 +172,18 @@ class XdpProgram:
         self.gen_forward_fd = self._prog("gen_forward")
         self.gen_pass_fd = self._prog("gen_pass")
         self.attached: list[tuple[str | None, int, int]] = []
+
+    def program_info(self) -> dict:
+        """The forwarding program as the kernel knows it (id and tag, as `bpftool prog` shows them)."""
+        info: dict = {"object": str(self.obj_path), "name": "pop_xdp"}
+        try:
+            for line in Path(f"/proc/self/fdinfo/{self.prog_fd}").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("prog_id", "prog_tag"):
+                    info[key[5:]] = int(value) if key == "prog_id" else value.strip()
+        except OSError:
+            pass
+        return info
 
     def _prog(self, name: str) -> int:
         p = self.lib.bpf_object__find_program_by_name(self.obj, name.encode())

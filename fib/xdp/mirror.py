@@ -283,6 +283,7 @@ class XdpMirror:
 
     def view(self) -> dict:
         return {
+            "program": self.prog.program_info(),
             "routes": len(self.routes), "groups": len(self.groups), "nexthops": len(self.nexthops),
             "nexthops_valid": sum(1 for h in self.nexthops.values() if h.valid), "map_writes": self.writes,
             "local_addresses": len(self.local),

@@ -109,6 +109,9 @@ def test_xdp_fast_path_forwards_the_lab_traffic(converged: Lab) -> None:
     x = show(converged, "xdp")
     assert x["enabled"] and sorted(a["mode"] for a in x["attached"]) == ["native", "native"]
     assert x["routes"] == len(ACCEPTED_V4) + len(ACCEPTED_V6) and x["pin_dir"] == "/sys/fs/bpf/pop-router"
+    # The program shown is the one attached (same kernel id as `ip link` reports).
+    link = run_in(converged, "pop", "ip", "-d", "link", "show", "eth1").stdout
+    assert f"prog/xdp id {x['program']['id']} " in link
     before = xdp_forwarded(converged)
     for dst in ("203.0.113.10", "2001:db8:200::10"):
         p = run_in(converged, "host1", "ping", "-c", "5", "-i", "0.05", "-W", "2", dst)
