@@ -97,6 +97,12 @@ def _group_key(entry: FibEntry) -> GroupKey:
     return (_sorted(entry.nexthops), _sorted(entry.backup), entry.labels, entry.backup_labels)
 
 
+def _tuple_ids(entry: FibEntry) -> tuple[int, int, int, int]:
+    """Identity of the (interned) tuples behind an entry's group key: a per-batch cache key that
+    costs no hashing of addresses."""
+    return id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels)
+
+
 def set_compat_mode(netns: str | None = None, value: int = 0) -> bool:
     """Set ``net.ipv4.nexthop_compat_mode`` in our namespace; False if the kernel has no such knob."""
     path = Path("/proc/sys/net/ipv4/nexthop_compat_mode")
@@ -431,7 +437,7 @@ class KernelFib:
                                               metric=metric))
                 ops.append(("route", prefix, None, old, None))
                 continue
-            tk = (id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels))
+            tk = _tuple_ids(entry)
             if tk in by_tuples:
                 g = by_tuples[tk]
             else:
@@ -547,7 +553,7 @@ class KernelFib:
                 if gid is not None:
                     dels[gid] = dels.get(gid, 0) + 1
             else:
-                tk = (id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels))
+                tk = _tuple_ids(entry)
                 if tk not in seen:
                     seen[tk] = _group_key(entry)
                 wanted.add(seen[tk])
@@ -591,7 +597,6 @@ class KernelFib:
     def _complete_clean(self, plan: _Plan) -> None:
         """The common case, a batch without a single error: bookkeeping in bulk."""
         installed = self.installed
-        self._mark_routes(plan)
         refs: dict[int, int] = {}
         ok = {"install": 0, "delete": 0}
         count = self._count
@@ -722,6 +727,11 @@ class KernelFib:
         self.drift_repaired[kind] = self.drift_repaired.get(kind, 0) + n
         if self.metrics is not None:
             self.metrics.fib_drift_repaired.labels(kind).inc(n)  # type: ignore[attr-defined]
+
+    def active_gateways(self, entry: FibEntry) -> list[IPAddress]:
+        """The gateways the kernel should forward ``entry`` to now (primaries, or backups after a
+        failover): what `fib diff` expects to find."""
+        return [gw for gw, _labels in self._active(_group_key(entry))]
 
     def desired(self, prefix: IPNetwork) -> FibEntry | None:
         """What we installed for ``prefix``, rebuilt from its group's (primary, backup) key."""

@@ -90,6 +90,36 @@ SOL_NETLINK = 270
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 
+# Links, neighbours and addresses (linux/if_link.h, linux/neighbour.h, linux/if_addr.h) and the
+# multicast groups we listen to.
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFLA_ADDRESS = 1
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+RTM_NEWNEIGH = 28
+RTM_DELNEIGH = 29
+RTM_GETNEIGH = 30
+NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+NDA_DST = 1
+NDA_LLADDR = 2
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+RTNLGRP_NEXTHOP = 32
+NETLINK_ADD_MEMBERSHIP = 1
+
 MAX_BATCH_BYTES = 1 << 20
 _U32 = struct.Struct("=I")
 _U16 = struct.Struct("=H")
@@ -543,18 +573,6 @@ class RouteSocket:
         return [r for r in self.dump_routes() if r.protocol == protocol and r.table == table]
 
 
-RTMGRP_LINK = 0x1
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_IPV6_ROUTE = 0x400
-RTNLGRP_NEXTHOP = 32
-NETLINK_ADD_MEMBERSHIP = 1
-
-
 def _notification_socket(groups: int, rcvbuf: int) -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
                       socket.NETLINK_ROUTE)
@@ -580,29 +598,6 @@ def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
         off += _align(n)
 
 
-RTM_GETLINK = 18
-RTM_NEWNEIGH = 28
-RTM_GETNEIGH = 30
-NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-NDA_DST = 1
-NDA_LLADDR = 2
-IFLA_ADDRESS = 1
-
-
-RTM_DELNEIGH = 29
-RTMGRP_NEIGH = 0x4
-
-
-RTM_NEWADDR = 20
-RTM_DELADDR = 21
-RTM_GETADDR = 22
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV6_IFADDR = 0x100
-IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-
-
 def _decode_addr(msg: bytes) -> tuple[IPAddress, int] | None:
     if NLMSGHDR.unpack_from(msg, 0)[1] not in (RTM_NEWADDR, RTM_DELADDR):
         return None
@@ -625,15 +620,15 @@ def neighbour_monitor_socket() -> socket.socket:
 
 def decode_neighbour(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
     """(address, ifindex, NUD state, lladdr) of an RTM_NEWNEIGH/RTM_DELNEIGH; state 0 for a delete."""
-    if NLMSGHDR.unpack_from(msg, 0)[1] == RTM_DELNEIGH:
-        n = _decode_neigh(msg, deleted=True)
-        return (n[0], n[1], 0, b"") if n is not None else None
-    return _decode_neigh(msg)
+    n = _decode_neigh(msg)
+    if n is not None and NLMSGHDR.unpack_from(msg, 0)[1] == RTM_DELNEIGH:
+        return n[0], n[1], 0, b""
+    return n
 
 
-def _decode_neigh(msg: bytes, deleted: bool = False) -> tuple[IPAddress, int, int, bytes] | None:
+def _decode_neigh(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
     _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind != (RTM_DELNEIGH if deleted else RTM_NEWNEIGH):
+    if kind not in (RTM_NEWNEIGH, RTM_DELNEIGH):  # a dump only answers with RTM_NEWNEIGH
         return None
     family, ifindex, state, _flags, _type = NDMSG.unpack_from(msg, NLMSGHDR.size)
     dst, ll = None, b""

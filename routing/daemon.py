@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bfd.control import BfdController, BfdEvent
-from fib.kernel import KernelFib, _group_key, set_compat_mode
+from fib.kernel import KernelFib, set_compat_mode
 from routing.config import Config, CustomerConfig, PeerConfig
 from routing.exabgp import messages as msg
 from routing.exabgp.speaker import ChildExited, ExabgpSpeaker, RelayConnected
@@ -537,7 +537,7 @@ class Daemon:
         for prefix in self.rib.loc.prefixes():
             e = self.rib.loc.fib_entry(prefix)
             if e is not None:
-                want[prefix] = sorted(str(g) for g, _labels in self.fib._active(_group_key(e)))
+                want[prefix] = sorted(str(g) for g in self.fib.active_gateways(e))
         missing = sorted((p for p in want if p not in kernel), key=lambda p: (p.version, p))
         extra = sorted((p for p in kernel if p not in want), key=lambda p: (p.version, p))
         different = sorted((p for p in want if p in kernel and kernel[p] != want[p]), key=lambda p: (p.version, p))

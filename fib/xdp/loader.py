@@ -24,6 +24,7 @@ import ctypes
 import ipaddress
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,20 +288,25 @@ class XdpProgram:
         return out
 
     def dump(self) -> dict:
-        """The maps as the program sees them: {prefix: gateway-free group id}, groups, nexthops."""
+        """The maps as the program sees them: {prefix: group id}, groups, nexthops (ifindex, valid,
+        labels)."""
+        nexthops = {nid: (h.ifindex, h.valid, h.labels) for nid, h in self.read_nexthops().items()}
+        return {"routes": self.read_routes(), "groups": self.read_groups(), "nexthops": nexthops}
+
+    def read_routes(self) -> dict:
         routes = {}
-        for k, v in self._items("lpm4", LPM4_KEY.size, 4):
-            plen, addr = LPM4_KEY.unpack(k)
-            routes[ipaddress.ip_network((int.from_bytes(addr, "big"), plen))] = U32.unpack(v)[0]
-        for k, v in self._items("lpm6", LPM6_KEY.size, 4):
-            plen, addr = LPM6_KEY.unpack(k)
-            routes[ipaddress.ip_network((int.from_bytes(addr, "big"), plen))] = U32.unpack(v)[0]
+        for m, st in (("lpm4", LPM4_KEY), ("lpm6", LPM6_KEY)):
+            for k, v in self._items(m, st.size, 4):
+                plen, addr = st.unpack(k)
+                routes[ipaddress.ip_network((int.from_bytes(addr, "big"), plen))] = U32.unpack(v)[0]
+        return routes
+
+    def read_groups(self) -> dict[int, tuple[int, ...]]:
         groups = {}
         for k, v in self._items("groups", 4, GROUP.size):
             n, *members = GROUP.unpack(v)
             groups[U32.unpack(k)[0]] = tuple(members[:n])
-        nexthops = {nid: (h.ifindex, h.valid, h.labels) for nid, h in self.read_nexthops().items()}
-        return {"routes": routes, "groups": groups, "nexthops": nexthops}
+        return groups
 
     def read_nexthops(self) -> dict[int, Nexthop]:
         out = {}
@@ -341,31 +347,38 @@ class XdpProgram:
 
     def stats(self, ifindex: int | None = None) -> dict[str, int]:
         """Counters of one ingress interface, or summed over every interface we attached to."""
-        rows = [ifindex] if ifindex is not None else sorted(self.count_rows)
-        out = dict.fromkeys(STATS, 0)
-        for row in rows:
-            for name, n in self._row(row).items():
-                out[name] += n
-        return out
+        if ifindex is not None:
+            return _counter_row(self.lib, self.fds["stats"], ifindex)
+        return sum_counters(self.stats_by_interface().values())
 
     def stats_by_interface(self) -> dict[int, dict[str, int]]:
-        return {i: self._row(i) for i in sorted(self.count_rows)}
-
-    def _row(self, ifindex: int) -> dict[str, int]:
-        ncpu = self.lib.libbpf_num_possible_cpus()
-        base = (ifindex & (IF_SLOTS - 1)) * len(STATS)
-        out = {}
-        vb = ctypes.create_string_buffer(8 * ncpu)
-        for i, name in enumerate(STATS):
-            kb = ctypes.create_string_buffer(U32.pack(base + i), 4)
-            if self.lib.bpf_map_lookup_elem(self.fds["stats"], kb, vb) == 0:
-                out[name] = sum(struct.unpack(f"={ncpu}Q", vb.raw))
-        return out
+        return {i: _counter_row(self.lib, self.fds["stats"], i) for i in sorted(self.count_rows)}
 
     def shared_counter_rows(self) -> list[tuple[int, int]]:
         """Pairs of attached interfaces whose counters land in the same row (ifindex mod IF_SLOTS)."""
         rows = sorted(self.count_rows)
         return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a % IF_SLOTS == b % IF_SLOTS]
+
+
+def _counter_row(lib: ctypes.CDLL, stats_fd: int, ifindex: int) -> dict[str, int]:
+    """One ingress interface's row of the per-CPU stats array, summed over CPUs."""
+    ncpu = lib.libbpf_num_possible_cpus()
+    base = (ifindex & (IF_SLOTS - 1)) * len(STATS)
+    out = {}
+    vb = ctypes.create_string_buffer(8 * ncpu)
+    for i, name in enumerate(STATS):
+        kb = ctypes.create_string_buffer(U32.pack(base + i), 4)
+        if lib.bpf_map_lookup_elem(stats_fd, kb, vb) == 0:
+            out[name] = sum(struct.unpack(f"={ncpu}Q", vb.raw))
+    return out
+
+
+def sum_counters(rows: Iterable[dict[str, int]]) -> dict[str, int]:
+    out = dict.fromkeys(STATS, 0)
+    for row in rows:
+        for name, n in row.items():
+            out[name] += n
+    return out
 
 
 def read_pinned_counters(pin_dir: Path, ifindex: int) -> dict[str, int]:
@@ -375,14 +388,7 @@ def read_pinned_counters(pin_dir: Path, ifindex: int) -> dict[str, int]:
     lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
     fd = _check(lib.bpf_obj_get(str(pin_dir / "stats").encode()), f"open {pin_dir / 'stats'}")
     try:
-        ncpu = lib.libbpf_num_possible_cpus()
-        vb = ctypes.create_string_buffer(8 * ncpu)
-        out = {}
-        for i, name in enumerate(STATS):
-            kb = ctypes.create_string_buffer(U32.pack((ifindex & (IF_SLOTS - 1)) * len(STATS) + i), 4)
-            if lib.bpf_map_lookup_elem(fd, kb, vb) == 0:
-                out[name] = sum(struct.unpack(f"={ncpu}Q", vb.raw))
-        return out
+        return _counter_row(lib, fd, ifindex)
     finally:
         os.close(fd)
 

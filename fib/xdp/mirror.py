@@ -50,7 +50,7 @@ from fib.netlink import (
     split_messages,
 )
 from fib.netns import netns as enter_netns
-from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram
+from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram, sum_counters
 
 if TYPE_CHECKING:
     from fib.kernel import KernelFib
@@ -85,10 +85,10 @@ class XdpMirror:
         self.refresh()
 
     def _read_maps(self) -> None:
-        maps = self.prog.dump()
-        self.routes = {p: g for p, g in maps["routes"].items() if g != LOCAL_GROUP}
-        self.local = {p for p, g in maps["routes"].items() if g == LOCAL_GROUP}
-        self.groups = dict(maps["groups"])
+        routes = self.prog.read_routes()
+        self.routes = {p: g for p, g in routes.items() if g != LOCAL_GROUP}
+        self.local = {p for p, g in routes.items() if g == LOCAL_GROUP}
+        self.groups = self.prog.read_groups()
         self.nexthops = self.prog.read_nexthops()
         for ifindex in {h.ifindex for h in self.nexthops.values()}:  # the devmap is not pinned
             self.prog.set_tx_port(ifindex, self.netns)
@@ -216,7 +216,7 @@ class XdpMirror:
     def _on_neighbour(self) -> None:
         assert self._mon is not None
         changed: set[tuple[str, int]] = set()
-        addresses_changed = False
+        reread = False  # the tables must be read again: notifications were lost, or addresses changed
         while True:
             try:
                 data = self._mon.recv(1 << 16)
@@ -226,12 +226,11 @@ class XdpMirror:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 log.warning("neighbour notifications overflowed: re-reading the neighbour table")
-                self.refresh()
-                changed.add(("*", 0))
+                reread = True
                 continue
             for kind, msg in split_messages(data):
                 if kind in (RTM_NEWADDR, RTM_DELADDR):
-                    addresses_changed = True
+                    reread = True  # rare: read everything back rather than patch the address set
                     continue
                 if kind not in (RTM_NEWNEIGH, RTM_DELNEIGH):
                     continue
@@ -246,22 +245,18 @@ class XdpMirror:
                     self.neigh.pop(key, None)
                 changed.add(key)
                 self.neighbour_events += 1
-        if changed and self._fib is not None:
+        if reread:
+            self.refresh()
+            changed.add(("*", 0))
+        if self._fib is None:
+            return
+        if changed:
             self._apply_neighbours(self._fib, changed)
-        if addresses_changed and self._fib is not None:
-            self._addresses_changed(self._fib)
-
-    def _addresses_changed(self, fib: KernelFib) -> None:
-        with enter_netns(self.netns):
-            s = RouteSocket()
-        try:
-            self.addresses = {ipaddress.ip_network(a) for a, _ifindex in s.dump_addresses()}
-        finally:
-            s.close()
-        try:
-            self.writes += self._sync_local(fib)
-        except OSError as exc:
-            log.error("XDP local address update failed: %s", exc)
+        if reread:
+            try:
+                self.writes += self._sync_local(self._fib)
+            except OSError as exc:
+                log.error("XDP local address update failed: %s", exc)
 
     def _apply_neighbours(self, fib: KernelFib, changed: set[tuple[str, int]]) -> None:
         everything = ("*", 0) in changed
@@ -282,6 +277,7 @@ class XdpMirror:
                              gw, oif, nid)
 
     def view(self) -> dict:
+        by_interface = self.prog.stats_by_interface()
         return {
             "program": self.prog.program_info(),
             "routes": len(self.routes), "groups": len(self.groups), "nexthops": len(self.nexthops),
@@ -290,8 +286,8 @@ class XdpMirror:
             "neighbour_events": self.neighbour_events, "reused_pinned_maps": self.prog.reused,
             "pin_dir": str(self.prog.pin_dir) if self.prog.pin_dir else None,
             "attached": [{"ifindex": i, "mode": "native" if f & 4 else "generic"} for _ns, i, f in self.prog.attached],
-            "counters": self.prog.stats(),
-            "counters_by_interface": {str(i): c for i, c in self.prog.stats_by_interface().items()},
+            "counters": sum_counters(by_interface.values()),
+            "counters_by_interface": {str(i): c for i, c in by_interface.items()},
         }
 
 
