@@ -474,7 +474,7 @@ async def main(r, pin_dir):
     fib.submit(p, FibEntry(p, (ipaddress.ip_address("10.9.1.2"),), (), ()))
     await fib.wait_idle()
     print("ready", flush=True)
-    await asyncio.sleep(3600)
+    await asyncio.Event().wait()  # until the test SIGKILLs this process
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
@@ -588,7 +588,7 @@ async def test_unreachable_neighbour_sends_its_nexthop_to_the_slow_path_at_once(
         for _ in range(200):  # the kernel's resolution arrives as a notification too
             if mirror.nexthops[nid].valid:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll: the notification is handled meanwhile
         assert mirror.nexthops[nid].valid and mirror.neighbour_events >= 2
     finally:
         mirror.stop_monitor()
@@ -689,7 +689,7 @@ async def test_packets_to_the_router_itself_go_to_the_kernel_even_under_a_custom
         for _ in range(100):
             if ipaddress.ip_network("10.9.1.77/32") in mirror.local:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll: the address notification is handled meanwhile
         assert x.dump()["routes"].get(ipaddress.ip_network("10.9.1.77/32")) == 0
     finally:
         mirror.stop_monitor()
