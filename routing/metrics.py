@@ -3,15 +3,132 @@
 Gauges that mirror RIB state (prefix counts, session state) are refreshed from the owner's state on
 each scrape by :class:`RibCollector`-style callbacks set by the daemon, so they can never drift from
 what ``pop-router show`` prints. Counters are incremented where the event happens.
+
+Three families are not plain ``prometheus_client`` metrics, because their value lives elsewhere:
+
+- ``pop_router_xdp_packets_total`` is a *counter* whose value is read from the XDP program's
+  per-CPU counters at scrape time (``xdp_packets.labels(interface, action).set(n)``). Exposing it as
+  a gauge named ``..._total`` made ``promtool check metrics`` fail and hid counter resets (a
+  reloaded program starts from zero) from ``rate()``; :class:`ReadCounterFamily` keeps the last
+  read value and yields it as a ``CounterMetricFamily``, so ``rate()``/``increase()`` apply.
+- ``pop_router_bgp_session_uptime_seconds`` is computed at scrape time from the moment each session
+  became Established (0 while it is not), as frr_exporter's ``frr_bgp_peer_uptime_seconds``.
+- ``pop_router_bgp_session_flaps_total`` counts Established -> down transitions per peer, as GoBGP's
+  ``flops``; it exists at 0 for every configured peer (:meth:`Metrics.configure_peers`), so the very
+  first flap shows in ``increase()``.
+
+Time is passed in as a clock (the daemon's), never read here on its own, so tests can move it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from routing.config import Config
+
+
+class _ReadCounterChild:
+    """One labelled series of a :class:`ReadCounterFamily`: remembers the last value read."""
+
+    __slots__ = ("_family", "_key")
+
+    def __init__(self, family: ReadCounterFamily, key: tuple[str, ...]) -> None:
+        self._family, self._key = family, key
+
+    def set(self, value: float) -> None:
+        """Record the counter's current value as read from its source (not an increment)."""
+        self._family._values[self._key] = float(value)
+
+
+class ReadCounterFamily(Collector):
+    """A counter whose source of truth is outside the process (kernel/BPF counters read at scrape).
+
+    ``prometheus_client.Counter`` only increments, and a gauge must not carry a counter's name, so
+    the value read is stored and exposed as a counter; a source reset (value going down) is passed
+    through unchanged and Prometheus' ``rate()`` treats it as a counter reset, which it is.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] | list[str],
+                 registry: CollectorRegistry) -> None:
+        self.name = name.removesuffix("_total")
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def labels(self, *values: object) -> _ReadCounterChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values!r}")
+        return _ReadCounterChild(self, tuple(str(v) for v in values))
+
+    def remove(self, *values: object) -> None:
+        self._values.pop(tuple(str(v) for v in values), None)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, value in sorted(self._values.items()):
+            fam.add_metric(list(key), value)
+        yield fam
+
+
+class SessionUptime(Collector):
+    """``pop_router_bgp_session_uptime_seconds{peer}``: seconds since Established, 0 when not up."""
+
+    name = "pop_router_bgp_session_uptime_seconds"
+    documentation = "Seconds since the BGP session became Established (0 while it is not)"
+
+    def __init__(self, clock: Callable[[], float], registry: CollectorRegistry) -> None:
+        self._clock = clock
+        self._since: dict[str, float | None] = {}
+        registry.register(self)
+
+    def configured(self, peer: str) -> None:
+        self._since.setdefault(peer, None)
+
+    def established(self, peer: str, at: float) -> None:
+        self._since[peer] = at
+
+    def down(self, peer: str) -> bool:
+        """Mark the session down; True if it was Established (that is a flap)."""
+        was_up = self._since.get(peer) is not None
+        self._since[peer] = None
+        return was_up
+
+    def remove(self, peer: str) -> None:
+        self._since.pop(peer, None)
+
+    def peers(self) -> list[str]:
+        return list(self._since)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=["peer"])
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        fam = GaugeMetricFamily(self.name, self.documentation, labels=["peer"])
+        for peer, since in sorted(self._since.items()):
+            fam.add_metric([peer], 0.0 if since is None else max(0.0, now - since))
+        yield fam
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """Every metric family the daemon exports, on its own registry (tests build as many as they like)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.bgp_session_up = Gauge(
             "pop_router_bgp_session_up", "1 if the BGP session is Established", ["peer", "customer"], registry=r
@@ -30,6 +147,15 @@ class Metrics:
         self.bgp_session_transitions = Counter(
             "pop_router_bgp_session_transitions", "BGP session state changes reported by ExaBGP",
             ["peer", "state"], registry=r,
+        )
+        self.bgp_session_flaps = Counter(
+            "pop_router_bgp_session_flaps", "Times the BGP session went down from Established", ["peer"],
+            registry=r,
+        )
+        self.bgp_session_uptime = SessionUptime(clock, r)
+        self.bgp_max_prefixes = Gauge(
+            "pop_router_bgp_max_prefixes", "The session's max_prefixes limit (received prefixes, accepted + "
+            "rejected); absent when the customer has none", ["peer", "customer"], registry=r,
         )
         self.bgp_updates = Counter(
             "pop_router_bgp_updates_received", "UPDATE messages received from ExaBGP", ["peer"], registry=r
@@ -70,8 +196,8 @@ class Metrics:
         )
         self.child_up = Gauge("pop_router_child_up", "1 if the child process is running", ["child"], registry=r)
         # Read from the program's per-CPU counters at scrape time (monotonic while the program is loaded).
-        self.xdp_packets = Gauge(
-            "pop_router_xdp_packets_total", "Packets seen by the XDP fast path, by ingress interface and action "
+        self.xdp_packets = ReadCounterFamily(
+            "pop_router_xdp_packets", "Packets seen by the XDP fast path, by ingress interface and action "
             "(forwarded, mpls_pushed, passed_<reason>, dropped_<reason>)", ["interface", "action"],
             registry=r,
         )
@@ -89,3 +215,38 @@ class Metrics:
             "pop_router_bfd_tx_late", "BFD packets sent more than 25 % of their interval after they were due",
             registry=r,
         )
+
+    # --- per-peer series that follow the configuration and the session lifecycle -------------------
+    def configure_peers(self, config: Config) -> None:
+        """Create every configured peer's series (flaps at 0, uptime 0, its limit) and drop the others.
+
+        Called at start and after a reload, so alerts see a limit change at once and a removed
+        customer's series go away instead of freezing at their last value.
+        """
+        wanted: dict[str, tuple[str, int | None]] = {
+            str(p.address): (c.name, c.import_.max_prefixes) for c, p in config.peers()
+        }
+        for peer in self.bgp_session_uptime.peers():
+            if peer not in wanted:
+                self.bgp_session_uptime.remove(peer)
+                self._remove(self.bgp_session_flaps, peer)
+        self.bgp_max_prefixes.clear()
+        for peer, (customer, limit) in wanted.items():
+            self.bgp_session_uptime.configured(peer)
+            self.bgp_session_flaps.labels(peer)
+            if limit is not None:
+                self.bgp_max_prefixes.labels(peer, customer).set(limit)
+
+    def bgp_session_established(self, peer: str, at: float) -> None:
+        """The session became Established at ``at`` (the daemon's clock)."""
+        self.bgp_session_uptime.established(peer, at)
+
+    def bgp_session_down(self, peer: str) -> None:
+        """The session is not Established any more; counts a flap if it was."""
+        if self.bgp_session_uptime.down(peer):
+            self.bgp_session_flaps.labels(peer).inc()
+
+    @staticmethod
+    def _remove(metric: Counter | Gauge, *labels: str) -> None:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
