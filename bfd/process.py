@@ -15,6 +15,18 @@ Protocol with the daemon, JSON lines over a Unix socket (the daemon listens, we 
   every transition, ``at`` being CLOCK_MONOTONIC when it was detected; and once a second
   ``{"event": "stats", ...}`` with every session's state, negotiated timers and counters.
 
+Attribution (issue 9). A transition out of Up also carries, so that every Down says whose it was:
+``cause`` (detection | peer_signaled | admin), ``blame`` (us | peer_or_path | admin, see
+:func:`blame`), ``rx_gap_ms`` (last packet's arrival -> detection), ``max_rx_gap_ms`` (largest
+receive gap of the previous 10 s), ``max_tx_gap_ms`` (largest gap in what we sent within the peer's
+detection window), ``detect_time_ms``, ``peer_detect_time_ms``, ``remote_diag``, ``tx_late``
+(that session's), ``loop_lag_ms`` and ``timer_lag_ms`` (this process's worst scheduling lateness
+over the previous 10 s: a sampler that wakes every 20 ms, and the BFD timer itself). The stats carry
+per session ``max_rx_gap_ms``/``max_tx_gap_ms`` (rolling 10 s), ``worst_rx_gap_ms``/
+``worst_tx_gap_ms`` (since the session was created), ``tx_late``, ``last_down`` and ``downs`` (the
+last few Down reports, so a poller that misses a flap still attributes it), and for the process
+``loop_lag_ms``/``loop_lag_worst_ms``, ``timer_lag_ms``/``timer_lag_worst_ms``.
+
 If the daemon goes away we exit; it restarts us.
 """
 
@@ -28,13 +40,15 @@ import resource
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import orjson
 
 from bfd.auth import AuthConfig
+from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import AuthType, State
-from bfd.session import BfdSession, SessionConfig, SessionKey, StateChanged
+from bfd.session import BfdSession, DownReport, SessionConfig, SessionKey, StateChanged
 from bfd.transport import Transport, ifname_for_address
 
 log = logging.getLogger("bfd")
@@ -43,6 +57,45 @@ AUTH_TYPES = {
     "simple": AuthType.SIMPLE, "keyed-md5": AuthType.KEYED_MD5, "meticulous-keyed-md5": AuthType.METICULOUS_KEYED_MD5,
     "keyed-sha1": AuthType.KEYED_SHA1, "meticulous-keyed-sha1": AuthType.METICULOUS_KEYED_SHA1,
 }
+
+
+#: How often the loop-lag sampler wakes; its lateness is this process's scheduling stall.
+LOOP_LAG_PERIOD_S = 0.02
+#: Down reports kept per session in the stats.
+DOWNS_KEPT = 8
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else round(s * 1000, 3)
+
+
+def blame(r: DownReport) -> str:
+    """Whose fault a Down was. Our detection: the peer's packets stopped arriving in our kernel
+    (arrival times, so a stall of ours cannot fake it) — the peer or the path. The peer's signal: us
+    if we left a gap in what we sent as long as its detection time, else the peer or the path."""
+    if r.cause == "admin" or r.remote_diag.name == "ADMINISTRATIVELY_DOWN":
+        return "admin"
+    return "us" if r.we_were_late() else "peer_or_path"
+
+
+class LoopLagSampler:
+    """Wakes every ``period_s`` on the loop and records how late it ran (rolling maximum)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float = LOOP_LAG_PERIOD_S) -> None:
+        self.loop = loop
+        self.period_s = period_s
+        self.lag = RollingMax(GAP_WINDOW_S)
+        self._due = loop.time() + period_s
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        self.lag.add(now, max(0.0, now - self._due))
+        self._due = now + self.period_s
+        self._handle = self.loop.call_at(self._due, self._tick)
+
+    def close(self) -> None:
+        self._handle.cancel()
 
 
 def _key(spec: dict) -> SessionKey:
@@ -64,6 +117,8 @@ class BfdProcess:
         self.specs: dict[SessionKey, dict] = {}
         self._next_discr = int.from_bytes(os.urandom(4), "big") | 1
         self._stats_pending = False
+        self.sampler = LoopLagSampler(self.transport.loop)
+        self.downs: dict[SessionKey, deque[dict[str, Any]]] = {}
 
     def _discr(self) -> int:
         self._next_discr = (self._next_discr + 1) & 0xFFFFFFFF or 1
@@ -72,11 +127,32 @@ class BfdProcess:
     def _send(self, doc: dict) -> None:
         self.writer.write(orjson.dumps(doc) + b"\n")
 
+    def down_doc(self, r: DownReport, at: float) -> dict[str, Any]:
+        """The attribution keys of a transition out of Up (see the module docstring)."""
+        return {
+            "cause": r.cause, "blame": blame(r), "rx_gap_ms": _ms(r.rx_gap_s), "max_rx_gap_ms": _ms(r.max_rx_gap_s),
+            "max_tx_gap_ms": _ms(r.max_tx_gap_s), "detect_time_ms": _ms(r.detect_time_s),
+            "peer_detect_time_ms": _ms(r.peer_detect_time_s), "remote_diag": r.remote_diag.name.lower(),
+            "tx_late": r.tx_late, "loop_lag_ms": _ms(self.sampler.lag.max(at)),
+            "timer_lag_ms": _ms(self.transport.timer_lag.max(at)),
+        }
+
     def _on_state(self, key: SessionKey, s: BfdSession, ch: StateChanged) -> None:
-        log.info("%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
-        self._send({"event": "state", "peer": key.peer, "local": key.local, "multihop": key.multihop,
-                    "old": ch.old.name.lower(), "new": ch.new.name.lower(), "diag": ch.diag.name.lower(),
-                    "at": ch.at})
+        doc: dict[str, Any] = {"event": "state", "peer": key.peer, "local": key.local, "multihop": key.multihop,
+                               "old": ch.old.name.lower(), "new": ch.new.name.lower(), "diag": ch.diag.name.lower(),
+                               "at": ch.at}
+        if ch.report is not None:
+            extra = self.down_doc(ch.report, ch.at)
+            doc.update(extra)
+            self.downs.setdefault(key, deque(maxlen=DOWNS_KEPT)).append({"at": ch.at, "diag": doc["diag"], **extra})
+            log.warning("%s: %s -> %s (%s) blame=%s rx_gap=%sms max_rx_gap=%sms max_tx_gap=%sms peer_detect=%sms "
+                        "remote_diag=%s loop_lag=%sms timer_lag=%sms", key.peer, ch.old.name, ch.new.name,
+                        ch.diag.name, extra["blame"], extra["rx_gap_ms"], extra["max_rx_gap_ms"],
+                        extra["max_tx_gap_ms"], extra["peer_detect_time_ms"], extra["remote_diag"],
+                        extra["loop_lag_ms"], extra["timer_lag_ms"])
+        else:
+            log.info("%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
+        self._send(doc)
         # A fresh snapshot right after a transition, so `show bfd` never lags a state change.
         if not self._stats_pending:
             self._stats_pending = True
@@ -130,13 +206,22 @@ class BfdProcess:
                 "uptime_s": round(now - s.up_since, 3) if s.up_since is not None and s.state == State.UP else 0,
                 "flaps": s.flaps, "last_down_diag": s.last_down_diag.name.lower(),
                 "tx_packets": s.tx_packets, "rx_packets": s.rx_packets,
+                "max_rx_gap_ms": _ms(s.rx_gaps.max(now)), "max_tx_gap_ms": _ms(s.tx_gaps.max(now)),
+                "worst_rx_gap_ms": _ms(s.rx_gaps.worst), "worst_tx_gap_ms": _ms(s.tx_gaps.worst),
+                "tx_late": s.tx_late,
+                "last_down": (list(self.downs[key])[-1] if self.downs.get(key) else None),
+                "downs": list(self.downs.get(key, ())),
                 "auth": self.specs.get(key, {}).get("auth", {}).get("type") if self.specs.get(key, {}).get("auth")
                 else None,
             })
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {"event": "stats", "sessions": sessions, "rx_dropped": dict(self.transport.dropped),
                 "tx_late": self.transport.tx_late, "tx_errors": self.transport.tx_errors,
-                "cpu_s": ru.ru_utime + ru.ru_stime, "pid": os.getpid()}
+                "cpu_s": ru.ru_utime + ru.ru_stime, "pid": os.getpid(),
+                "gap_window_s": GAP_WINDOW_S,
+                "loop_lag_ms": _ms(self.sampler.lag.max(now)), "loop_lag_worst_ms": _ms(self.sampler.lag.worst),
+                "timer_lag_ms": _ms(self.transport.timer_lag.max(now)),
+                "timer_lag_worst_ms": _ms(self.transport.timer_lag.worst)}
 
 
 async def run(path: str) -> None:
@@ -183,6 +268,7 @@ async def run(path: str) -> None:
     finally:
         task.cancel()
         stopper.cancel()
+        proc.sampler.close()
         proc.transport.close()
 
 

@@ -28,6 +28,16 @@ Invariants:
   from the last valid packet, only in Init and Up (§6.8.4);
 - packets are authenticated iff the session has auth configured; the A bit must match (§6.7).
 
+Attribution of Downs (issue 9): every transition out of Up carries a :class:`DownReport` saying
+whose silence caused it. Our detection (diag 1) reports the receive gap that expired (last valid
+packet -> detection) and the largest receive gap of the previous :data:`~bfd.gaps.GAP_WINDOW_S`
+seconds; the peer's signal (diag 3) reports the largest gap in what *we* sent during the peer's
+detection window (``our detect mult x our tx interval``), the gap still open included: if that
+reaches the peer's detection time, we were late. Gaps count only while Up (the 1 s slow rate
+before Up is not lateness). ``tx_late`` counts sends whose gap since the previous one exceeds
+1.25 x the negotiated interval (jitter keeps legal gaps at 75-100 %, so more is lateness the peer
+sees), per session, measured between actual sends rather than against a jittered schedule.
+
 :class:`SessionTable` demultiplexes: a packet with Your Discriminator is matched on it; one without
 is accepted only in Down/AdminDown and matched on (peer address, local address, interface).
 """
@@ -35,13 +45,17 @@ is accepted only in Down/AdminDown and matched on (peer address, local address, 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from bfd.auth import AuthConfig, AuthState, sign
+from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import ControlPacket, Diag, DropReason, State, encode
 
 ONE_SECOND_US = 1_000_000
+#: A send more than this factor of the negotiated interval after the previous one is late.
+TX_LATE_FACTOR = 1.25
 
 
 class TransitionError(RuntimeError):
@@ -98,11 +112,39 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class DownReport:
+    """Why a session left Up: whose silence, and the gaps that show it (seconds)."""
+
+    #: "detection" (we stopped hearing the peer), "peer_signaled" (it stopped hearing us, or went
+    #: down itself: see ``remote_diag``) or "admin".
+    cause: str
+    #: Last valid packet's arrival -> this transition (the gap that expired, for "detection").
+    rx_gap_s: float | None
+    #: Largest gap between packets received in the previous GAP_WINDOW_S seconds (this one excluded).
+    max_rx_gap_s: float
+    #: Largest gap between packets we sent within the peer's detection window, the open gap included.
+    max_tx_gap_s: float
+    #: Our detection time, and the peer's detection time of us (our detect mult x our tx interval).
+    detect_time_s: float
+    peer_detect_time_s: float
+    remote_diag: Diag
+    #: This session's late sends so far (see TX_LATE_FACTOR).
+    tx_late: int
+
+    def we_were_late(self) -> bool:
+        """The peer's Down is ours: we left a gap as long as its detection time."""
+        return self.cause == "peer_signaled" and self.peer_detect_time_s > 0 and \
+            self.max_tx_gap_s >= self.peer_detect_time_s
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     old: State
     new: State
     diag: Diag
     at: float
+    #: Set on every transition out of Up (not compared: it describes, it does not identify).
+    report: DownReport | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +181,17 @@ class BfdSession:
         self.last_down_diag = Diag.NONE
         self.tx_packets = 0
         self.rx_packets = 0
+        # Gap history for attribution (see the module docstring).
+        self.rx_gaps = RollingMax(GAP_WINDOW_S)
+        self.tx_gaps = RollingMax(GAP_WINDOW_S)
+        self.last_tx: float | None = None
+        self._last_tx_up = False
+        self._last_tx_interval_us = 0
+        self._recent_tx: deque[tuple[float, float]] = deque(maxlen=64)  # (sent at, gap before it)
+        self.tx_late = 0
+        self.last_down: DownReport | None = None
+        self._armed_detect_us = 0  # the detection time of the running detection timer
+        self.last_arrival: float | None = None  # kernel arrival time of the last valid packet
 
     # --- derived values ---------------------------------------------------------------------------
     def tx_interval_us(self) -> int:
@@ -168,14 +221,57 @@ class BfdSession:
             required_min_echo_rx_us=0, poll=self.poll_active and not final, final=final,
         )
 
-    def _send(self, final: bool = False, due: float | None = None, interval_s: float = 0.0) -> Send:
+    def _send(self, now: float, final: bool = False, due: float | None = None, interval_s: float = 0.0) -> Send:
         p = self._packet(final)
         if self.auth is not None:
             data = sign(p, self.auth.cfg, self.auth.next_tx_sequence())
         else:
             data = encode(p)
         self.tx_packets += 1
+        self._note_tx(now)
         return Send(data, p, due, interval_s)
+
+    def _note_tx(self, now: float) -> None:
+        """Record the gap since our previous send, if both were sent while Up."""
+        up = self.state == State.UP
+        interval_us = self.tx_interval_us()
+        if up and self._last_tx_up and self.last_tx is not None:
+            gap = now - self.last_tx
+            self.tx_gaps.add(now, gap)
+            self._recent_tx.append((now, gap))
+            # Against the slower of the intervals before and after: a Poll Sequence may change it.
+            if gap > TX_LATE_FACTOR * max(interval_us, self._last_tx_interval_us) / 1e6:
+                self.tx_late += 1
+        self.last_tx = now
+        self._last_tx_up = up
+        self._last_tx_interval_us = interval_us
+
+    def peer_detect_time_us(self) -> int:
+        """How long the peer waits for our packets: our detect mult x the interval we send at."""
+        return self.cfg.detect_mult * self.tx_interval_us()
+
+    def _max_tx_gap_in(self, now: float, window_s: float) -> float:
+        gaps = [g for t, g in self._recent_tx if t >= now - window_s]
+        if self.last_tx is not None and self._last_tx_up:
+            gaps.append(now - self.last_tx)
+        return max(gaps, default=0.0)
+
+    def _down_report(self, diag: Diag, now: float) -> DownReport:
+        if diag == Diag.CONTROL_DETECTION_TIME_EXPIRED:
+            cause = "detection"
+        elif diag in (Diag.ADMINISTRATIVELY_DOWN,):
+            cause = "admin"
+        else:
+            cause = "peer_signaled"
+        # The interval the peer has been expecting is the one of our last send: the packet that
+        # brought this Down may already advertise the peer's slow Down-state rate.
+        peer_detect_s = self.cfg.detect_mult * (self._last_tx_interval_us or self.tx_interval_us()) / 1e6
+        return DownReport(
+            cause=cause, rx_gap_s=None if self.last_arrival is None else now - self.last_arrival,
+            max_rx_gap_s=self.rx_gaps.max(now), max_tx_gap_s=self._max_tx_gap_in(now, peer_detect_s),
+            detect_time_s=(self._armed_detect_us or self.detection_time_us()) / 1e6, peer_detect_time_s=peer_detect_s,
+            remote_diag=self.remote_diag, tx_late=self.tx_late,
+        )
 
     # --- timer changes and poll sequences (§6.8.3) ------------------------------------------------
     def _set_desired_tx(self, us: int) -> None:
@@ -209,6 +305,10 @@ class BfdSession:
             self.local_diag = diag
         if new == old:
             return None
+        # Measured before the transition resets the timers and the tx interval.
+        report = self._down_report(self.local_diag, now) if old == State.UP else None
+        if report is not None:
+            self.last_down = report
         self.state = new
         if new == State.UP:
             self.up_since = now
@@ -225,11 +325,11 @@ class BfdSession:
                 # §6.8.1: once Down, forget the remote discriminator so the next packet we send asks anew.
                 self.remote_discr = 0
         self.next_tx = now  # tell the peer at once
-        return StateChanged(old, new, self.local_diag, now)
+        return StateChanged(old, new, self.local_diag, now, report)
 
     def admin_down(self, now: float) -> list[Action]:
         ch = self._change(State.ADMIN_DOWN, Diag.ADMINISTRATIVELY_DOWN, now)
-        return [ch, self._send()] if ch else []
+        return [ch, self._send(now)] if ch else []
 
     def admin_up(self, now: float) -> list[Action]:
         if self.state != State.ADMIN_DOWN:
@@ -238,7 +338,10 @@ class BfdSession:
         return [ch] if ch else []
 
     # --- input ------------------------------------------------------------------------------------
-    def on_packet(self, p: ControlPacket, raw: bytes, now: float) -> list[Action]:
+    def on_packet(self, p: ControlPacket, raw: bytes, now: float, arrived: float | None = None) -> list[Action]:
+        """``arrived``: when the kernel received it (same clock as ``now``; default ``now``). Receive
+        gaps are measured between arrivals, so a stall of our own process (packets waiting in the
+        socket) does not show as the peer's silence; timers still run from ``now``."""
         # A bit against our configuration (§6.8.6).
         if self.auth is None and p.auth is not None:
             return [Dropped(DropReason.AUTH_UNEXPECTED)]
@@ -254,7 +357,11 @@ class BfdSession:
         if self.state == State.ADMIN_DOWN:
             return [Dropped(DropReason.ADMIN_DOWN)]
         self.rx_packets += 1
+        arrival = now if arrived is None else min(arrived, now)
+        if self.state == State.UP and self.last_arrival is not None:
+            self.rx_gaps.add(now, arrival - self.last_arrival)
         self.last_rx = now
+        self.last_arrival = arrival
         interval_before = self.tx_interval_us()
         self.remote_discr = p.my_discriminator
         self.remote_state = p.state
@@ -278,9 +385,10 @@ class BfdSession:
         if ch is not None:
             actions.append(ch)
         if self.state in (State.INIT, State.UP):
-            self.detect_deadline = now + self.detection_time_us() / 1e6
+            self._armed_detect_us = self.detection_time_us()
+            self.detect_deadline = now + self._armed_detect_us / 1e6
         if p.poll:
-            actions.append(self._send(final=True))
+            actions.append(self._send(now, final=True))
         elif ch is not None:
             actions += self.on_timer(now)
         return actions
@@ -294,7 +402,7 @@ class BfdSession:
         if self._periodic() and now >= self.next_tx:
             due = self.next_tx
             interval = self._jittered_s()
-            actions.append(self._send(due=due, interval_s=interval))
+            actions.append(self._send(now, due=due, interval_s=interval))
             # Keep the average rate when a little late; start afresh when more than an interval late.
             self.next_tx = due + interval if now - due < interval else now + interval
         return actions

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 - Receive: one socket per (family, single-hop | multihop) bound to UDP 3784 / 4784, read with
-  ``recvmsg`` so the TTL / hop limit and the destination address come with each datagram
-  (``IP_RECVTTL``/``IP_PKTINFO``, ``IPV6_RECVHOPLIMIT``/``IPV6_RECVPKTINFO``). Single-hop packets
+  ``recvmsg`` so the TTL / hop limit, the destination address and the kernel's arrival time come
+  with each datagram (``IP_RECVTTL``/``IP_PKTINFO``, ``IPV6_RECVHOPLIMIT``/``IPV6_RECVPKTINFO``,
+  ``SO_TIMESTAMPNS``: receive gaps are measured between arrivals, not between our reads). Single-hop packets
   must arrive with TTL 255 (RFC 5881 §5, GTSM); multihop ones with at least the session's
   ``min_ttl`` (RFC 5883 §2). Every drop is counted by reason, never raised.
 - Transmit: one socket per session, bound to the local address and a source port in 49152-65535
@@ -14,8 +15,11 @@ Theory of operation
   ``next_deadline()`` values and re-arms a single ``loop.call_at`` to the earliest (aioquic's
   pattern). When it fires, the sockets are drained first — a packet that already arrived is
   processed before a detection timeout is declared — then every due session gets ``on_timer``.
-- A periodic packet that leaves more than 25 % of its interval after it was due is counted in
-  ``tx_late`` (what makes the *peer* declare us dead is lateness, not loss).
+- ``tx_late`` is the sum of the sessions' own counts: a send more than 1.25 x the negotiated interval
+  after the session's previous send (what makes the *peer* declare us dead is lateness, not loss).
+  Sessions that were removed keep counting in the total, so it never goes backwards.
+- ``timer_lag`` keeps the largest lateness of the one timer (when it ran - when it was due) over the
+  last seconds: a stall of this process shows there, whatever its cause (scheduling, a long GC).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import DecodeError, DropReason, decode
 from bfd.session import BfdSession, Dropped, Send, SessionConfig, SessionKey, SessionTable, StateChanged
 
@@ -50,6 +56,7 @@ IPV6_RECVHOPLIMIT = 51
 IPV6_HOPLIMIT = 52
 IPV6_FREEBIND = 78
 SO_BINDTODEVICE = 25
+SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS too: a struct timespec (CLOCK_REALTIME) with each datagram
 TOS_CS6 = 0xC0
 
 
@@ -70,13 +77,18 @@ class Transport:
         self.entries: dict[SessionKey, _Entry] = {}
         self.rx_socks: dict[tuple[int, bool], socket.socket] = {}
         self.dropped: Counter[str] = Counter()
-        self.tx_late = 0
+        self._tx_late_removed = 0
         self.tx_errors = 0
+        self.timer_lag = RollingMax(GAP_WINDOW_S)
         self._heap: list[tuple[float, int, SessionKey]] = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._in_timer = False
+
+    @property
+    def tx_late(self) -> int:
+        return self._tx_late_removed + sum(e.session.tx_late for e in self.entries.values())
 
     # --- sessions ------------------------------------------------------------------------------------
     def add(self, key: SessionKey, cfg: SessionConfig, *, interface: str | None, min_ttl: int) -> BfdSession:
@@ -95,6 +107,7 @@ class Transport:
         if e is None:
             return
         self.table.remove(key)
+        self._tx_late_removed += e.session.tx_late
         if e.sock is not None:
             e.sock.close()
 
@@ -123,6 +136,7 @@ class Transport:
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", PORT_MULTIHOP if multihop else PORT_SINGLE_HOP))
         s.setblocking(False)
         self.loop.add_reader(s.fileno(), self._drain, s, multihop)
@@ -168,8 +182,13 @@ class Transport:
         now = self.loop.time()
         ttl = 0
         dst = ""
+        arrived: float | None = None
         for level, kind, cdata in anc:
-            if level == socket.IPPROTO_IP and kind == IP_TTL:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
+                sec, nsec = struct.unpack("=qq", cdata[:16])
+                # Kernel stamps are CLOCK_REALTIME: carry their age over to the loop's clock.
+                arrived = now - max(0.0, time.time() - (sec + nsec / 1e9))
+            elif level == socket.IPPROTO_IP and kind == IP_TTL:
                 ttl = struct.unpack("=i", cdata[:4])[0]
             elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 dst = socket.inet_ntop(socket.AF_INET, cdata[8:12])
@@ -188,7 +207,7 @@ class Transport:
         if s is None:
             self.dropped[(reason or DropReason.NO_SESSION).value] += 1
             return
-        self._apply(self._key_of(s), s.on_packet(p, data[: len(data)], now), now)
+        self._apply(self._key_of(s), s.on_packet(p, data[: len(data)], now, arrived), now)
 
     def _key_of(self, s: BfdSession) -> SessionKey:
         return self.table.by_discr[s.cfg.local_discriminator][0]
@@ -200,8 +219,6 @@ class Transport:
             return
         for a in actions:
             if isinstance(a, Send):
-                if a.due is not None and a.interval_s and now - a.due > 0.25 * a.interval_s:
-                    self.tx_late += 1
                 try:
                     if e.sock is not None:
                         e.sock.send(a.data)
@@ -231,6 +248,8 @@ class Transport:
             self._timer = self.loop.call_at(d, self._on_timer)
 
     def _on_timer(self) -> None:
+        if self._timer_at is not None:
+            self.timer_lag.add(self.loop.time(), max(0.0, self.loop.time() - self._timer_at))
         self._timer = None
         self._timer_at = None
         self._in_timer = True

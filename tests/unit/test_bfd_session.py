@@ -262,8 +262,8 @@ def test_session_a_bit_must_match_configuration() -> None:
 def test_meticulous_tx_sequence_increments_keyed_does_not() -> None:
     m = BfdSession(cfg(auth=AUTHS[2]), 0.0)
     k = BfdSession(cfg(auth=AUTHS[1]), 0.0)
-    seqs_m = [decode(m._send().data).auth.sequence for _ in range(3)]  # type: ignore[union-attr]
-    seqs_k = [decode(k._send().data).auth.sequence for _ in range(3)]  # type: ignore[union-attr]
+    seqs_m = [decode(m._send(0.0).data).auth.sequence for _ in range(3)]  # type: ignore[union-attr]
+    seqs_k = [decode(k._send(0.0).data).auth.sequence for _ in range(3)]  # type: ignore[union-attr]
     assert seqs_m[1] == (seqs_m[0] + 1) & 0xFFFFFFFF and seqs_m[2] == (seqs_m[1] + 1) & 0xFFFFFFFF
     assert len(set(seqs_k)) == 1
 
@@ -292,3 +292,151 @@ def test_next_packet_pulled_in_when_the_peer_speeds_up() -> None:
     assert s.state == State.UP and s.next_tx == pytest.approx(2.0)
     feed(s, pkt(State.UP, tx_ms=40, rx_ms=50, poll=True), 1.001)
     assert s.next_tx <= 1.001 + 0.050
+
+
+# --- attribution of Downs (issue 9) -------------------------------------------------------------------
+def up_and_settled(now: float = 0.0) -> BfdSession:
+    """A session Up at 10 ms x 3 both ways, its Poll Sequence done, at ``now``."""
+    s = session_in(State.UP, now)
+    feed(s, pkt(State.UP, final=True), now)
+    assert not s.poll_active and s.tx_interval_us() == 10 * MS and s.detection_time_us() == 30 * MS
+    return s
+
+
+def run_until(s: BfdSession, t_end: float, rx_every: float | None, now: float) -> tuple[float, list[StateChanged]]:
+    """Jump the fake clock from deadline to deadline up to ``t_end``; the peer sends every ``rx_every``."""
+    changes: list[StateChanged] = []
+    next_rx = now + rx_every if rx_every else None
+    while True:
+        cands = [x for x in (s.next_deadline(), next_rx) if x is not None]
+        t = min(cands)
+        if t > t_end:
+            return t_end, changes
+        now = t
+        if next_rx is not None and now >= next_rx:
+            changes += [a for a in feed(s, pkt(State.UP), now) if isinstance(a, StateChanged)]
+            next_rx = now + rx_every if rx_every else None
+        changes += [a for a in s.on_timer(now) if isinstance(a, StateChanged)]
+
+
+def test_detection_down_reports_the_expired_gap_and_the_largest_previous_one() -> None:
+    s = up_and_settled()
+    now, _ = run_until(s, 1.0, 0.010, 0.0)
+    # One late packet (25 ms gap) from the peer, then normal again, then silence.
+    assert s.last_rx is not None
+    now, _ = run_until(s, s.last_rx + 0.025, None, now)
+    feed(s, pkt(State.UP), now)
+    now, _ = run_until(s, now + 0.5, 0.010, now)
+    last_rx = s.last_rx
+    assert last_rx is not None
+    now, changes = run_until(s, now + 0.1, None, now)
+    downs = [c for c in changes if c.new == State.DOWN]
+    assert len(downs) == 1 and downs[0].diag == Diag.CONTROL_DETECTION_TIME_EXPIRED
+    r = downs[0].report
+    assert r is not None and r.cause == "detection" and not r.we_were_late()
+    assert r.rx_gap_s == pytest.approx(0.030) and r.detect_time_s == pytest.approx(0.030)
+    assert r.max_rx_gap_s == pytest.approx(0.025, abs=1e-3)
+    # We sent on time all along (the fake clock never stalls us).
+    assert r.max_tx_gap_s <= 0.0101 and r.tx_late == 0
+    assert s.last_down == r
+
+
+def test_old_receive_gaps_leave_the_window() -> None:
+    s = up_and_settled()
+    now, _ = run_until(s, 0.5, 0.010, 0.0)
+    assert s.last_rx is not None
+    now, _ = run_until(s, s.last_rx + 0.025, None, now)
+    feed(s, pkt(State.UP), now)
+    assert s.rx_gaps.max(now) == pytest.approx(0.025, abs=1e-3)
+    now, _ = run_until(s, now + 12.0, 0.010, now)
+    assert s.rx_gaps.max(now) == pytest.approx(0.010, abs=1e-3)
+    assert s.rx_gaps.worst == pytest.approx(0.025, abs=1e-3)  # the all-time worst stays
+
+
+def test_peer_signal_after_our_stall_is_ours() -> None:
+    s = up_and_settled()
+    now, _ = run_until(s, 1.0, 0.010, 0.0)
+    # Our process stalls 40 ms (no on_timer call); the peer keeps sending, then says Down (diag 1).
+    stall_end = now + 0.040
+    t = now
+    while t + 0.010 < stall_end:
+        t += 0.010
+        feed(s, pkt(State.UP), t)
+    down = ControlPacket(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, 3, 99, 1, 1_000_000, 10 * MS)
+    acts = feed(s, down, stall_end)
+    ch = [a for a in acts if isinstance(a, StateChanged)]
+    assert ch and ch[0].diag == Diag.NEIGHBOR_SIGNALED_SESSION_DOWN
+    r = ch[0].report
+    assert r is not None and r.cause == "peer_signaled" and r.remote_diag == Diag.CONTROL_DETECTION_TIME_EXPIRED
+    # The open gap since our last send counts: >= 40 ms against the peer's 30 ms.
+    assert r.max_tx_gap_s >= 0.039 and r.peer_detect_time_s == pytest.approx(0.030)
+    assert r.we_were_late()
+
+
+def test_peer_signal_while_we_sent_on_time_is_not_ours() -> None:
+    s = up_and_settled()
+    now, _ = run_until(s, 1.0, 0.010, 0.0)
+    down = ControlPacket(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, 3, 99, 1, 1_000_000, 1_000_000)
+    ch = [a for a in feed(s, down, now + 0.001) if isinstance(a, StateChanged)]
+    r = ch[0].report
+    assert r is not None and r.cause == "peer_signaled" and not r.we_were_late()
+    # The peer's Down advertises a 1 s Required Min RX: the window is still the 10 ms we were using.
+    assert r.peer_detect_time_s == pytest.approx(0.030) and r.max_tx_gap_s <= 0.012
+    assert r.detect_time_s == pytest.approx(0.030)  # the one armed, not the Down packet's slow rate
+
+
+def test_tx_late_counts_real_gaps_between_sends_against_the_negotiated_interval() -> None:
+    s = up_and_settled()
+    now, _ = run_until(s, 1.0, 0.010, 0.0)
+    assert s.tx_late == 0 and s.tx_gaps.max(now) <= 0.0101
+    before = s.tx_packets
+    # A 20 ms stall: the next send leaves 20 ms after the previous one (2 x the interval): late.
+    now += 0.020  # no on_timer call meanwhile
+    feed(s, pkt(State.UP), now)
+    sends = [a for a in s.on_timer(now) if isinstance(a, Send)]
+    assert sends and s.tx_packets == before + 1
+    assert s.tx_late == 1 and s.tx_gaps.max(now) >= 0.0199
+    # The schedule restarts from now: the following sends are on time again.
+    now, _ = run_until(s, now + 0.5, 0.010, now)
+    assert s.tx_late == 1
+
+
+def test_no_tx_gap_or_lateness_counted_across_the_slow_rate_before_up() -> None:
+    s = BfdSession(cfg(), 0.0, rng=lambda: 1.0)
+    s.on_timer(0.0)
+    feed(s, pkt(State.INIT), 0.9)  # Up; the previous send was at the 1 s rate while Down
+    s.on_timer(0.9)
+    assert s.tx_late == 0 and s.tx_gaps.worst == 0.0
+
+
+def test_admin_down_from_up_is_reported_as_admin() -> None:
+    s = up_and_settled()
+    ch = s.admin_down(1.0)[0]
+    assert isinstance(ch, StateChanged) and ch.report is not None and ch.report.cause == "admin"
+
+
+def test_rolling_max_window_and_worst() -> None:
+    from bfd.gaps import RollingMax
+
+    r = RollingMax(window_s=2.0, bucket_s=1.0)
+    assert r.max(0.0) == 0.0
+    r.add(0.1, 0.5)
+    r.add(0.2, 0.3)
+    r.add(1.5, 0.2)
+    assert r.max(1.9) == 0.5
+    assert r.max(3.5) == 0.2  # the bucket of t=0.x left the window; t=1.5's is kept whole
+    assert r.max(10.0) == 0.0 and r.worst == 0.5
+    with pytest.raises(ValueError):
+        RollingMax(window_s=0)
+
+
+def test_receive_gaps_use_arrival_times_so_our_stall_is_not_the_peers_silence() -> None:
+    s = up_and_settled()
+    run_until(s, 1.0, 0.010, 0.0)
+    assert s.last_arrival is not None
+    t0 = s.last_arrival
+    # We stall 40 ms; four packets arrived on time meanwhile and are read together at t0 + 0.040.
+    for i in range(1, 5):
+        feed_at = t0 + 0.040
+        s.on_packet(pkt(State.UP), encode(pkt(State.UP)), feed_at, arrived=t0 + 0.010 * i)
+    assert s.state == State.UP and s.rx_gaps.max(t0 + 0.040) <= 0.0101

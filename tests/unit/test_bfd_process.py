@@ -1,0 +1,60 @@
+"""The BFD process's reports to the daemon: attribution keys on Down events and in the stats."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from bfd.packet import Diag, State
+from bfd.process import BfdProcess, blame
+from bfd.session import DownReport, SessionKey, StateChanged
+
+
+class _Writer:
+    """Collects what the process would write to the daemon's socket."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.lines += [orjson.loads(x) for x in data.splitlines() if x]
+
+
+def report(cause: str, max_tx_gap_s: float, remote: Diag = Diag.CONTROL_DETECTION_TIME_EXPIRED) -> DownReport:
+    return DownReport(cause=cause, rx_gap_s=0.031, max_rx_gap_s=0.012, max_tx_gap_s=max_tx_gap_s,
+                      detect_time_s=0.030, peer_detect_time_s=0.030, remote_diag=remote, tx_late=2)
+
+
+def test_blame_rules() -> None:
+    assert blame(report("detection", 0.010)) == "peer_or_path"
+    assert blame(report("peer_signaled", 0.010)) == "peer_or_path"
+    assert blame(report("peer_signaled", 0.031)) == "us"
+    assert blame(report("peer_signaled", 0.010, Diag.ADMINISTRATIVELY_DOWN)) == "admin"
+    assert blame(report("admin", 0.0)) == "admin"
+
+
+async def test_down_event_and_stats_carry_the_attribution() -> None:
+    w = _Writer()
+    proc = BfdProcess(w)  # type: ignore[arg-type]
+    try:
+        key = SessionKey("10.0.0.2", "10.0.0.1", "", False)
+        ch = StateChanged(State.UP, State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, 12.5,
+                          report("detection", 0.010))
+        proc._on_state(key, None, ch)  # type: ignore[arg-type]
+        ev = w.lines[-1]
+        assert ev["event"] == "state" and ev["new"] == "down" and ev["at"] == 12.5
+        assert ev["cause"] == "detection" and ev["blame"] == "peer_or_path"
+        assert (ev["rx_gap_ms"], ev["max_rx_gap_ms"], ev["max_tx_gap_ms"]) == (31.0, 12.0, 10.0)
+        assert ev["peer_detect_time_ms"] == 30.0 and ev["remote_diag"] == "control_detection_time_expired"
+        assert ev["loop_lag_ms"] is not None and ev["timer_lag_ms"] is not None
+        assert proc.downs[key][-1]["rx_gap_ms"] == 31.0
+        await asyncio.sleep(0.05)  # the sampler wakes a few times
+        st = proc.stats()
+        assert st["loop_lag_ms"] is not None and st["loop_lag_worst_ms"] >= 0 and st["gap_window_s"] == 10.0
+        # An Up transition carries no attribution keys.
+        proc._on_state(key, None, StateChanged(State.DOWN, State.UP, Diag.NONE, 13.0))  # type: ignore[arg-type]
+        assert "blame" not in w.lines[-1]
+    finally:
+        proc.sampler.close()
+        proc.transport.close()
