@@ -5,7 +5,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
-DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev
+DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev prometheus
 XDP_OBJ := build/pop_xdp.o build/xdp_pass.o
 STAMP := $(VENV)/.installed
 

@@ -222,7 +222,7 @@ class Metrics:
 
     # --- per-peer series that follow the configuration and the session lifecycle -------------------
     def configure_peers(self, config: Config) -> None:
-        """Create every configured peer's series (flaps at 0, uptime 0, its limit) and drop the others.
+        """Create every configured peer's series (flaps and BFD Downs at 0, uptime 0, its limit), drop the others.
 
         Called at start and after a reload, so alerts see a limit change at once and a removed
         customer's series go away instead of freezing at their last value.
@@ -230,14 +230,18 @@ class Metrics:
         wanted: dict[str, tuple[str, int | None]] = {
             str(p.address): (c.name, c.import_.max_prefixes) for c, p in config.peers()
         }
+        bfd_peers = {str(p.address) for c, p in config.peers() if config.peer_bfd(c, p).enabled}
         for peer in self.bgp_session_uptime.peers():
             if peer not in wanted:
                 self.bgp_session_uptime.remove(peer)
                 self._remove(self.bgp_session_flaps, peer)
+                self._remove(self.bfd_transitions, peer, "down")
         self.bgp_max_prefixes.clear()
         for peer, (customer, limit) in wanted.items():
             self.bgp_session_uptime.configured(peer)
             self.bgp_session_flaps.labels(peer)
+            if peer in bfd_peers:  # BFD flaps alert on increase() of Down transitions: start at 0
+                self.bfd_transitions.labels(peer, "down")
             if limit is not None:
                 self.bgp_max_prefixes.labels(peer, customer).set(limit)
 

@@ -135,3 +135,14 @@ def test_configure_peers_sets_limits_and_drops_removed_peers() -> None:
     assert samples(text, "pop_router_bgp_max_prefixes") == {}
     assert set(samples(text, "pop_router_bgp_session_flaps_total")) == {(("peer", "10.0.3.2"),)}
     assert set(samples(text, "pop_router_bgp_session_uptime_seconds")) == {(("peer", "10.0.3.2"),)}
+
+
+def test_bfd_down_transitions_start_at_zero_for_bfd_peers() -> None:
+    from routing.config import parse_config
+    from tests.unit.factories import CONFIG
+
+    m = Metrics()
+    m.configure_peers(parse_config({**CONFIG, "bfd": {"enabled": True}}))
+    downs = samples(scrape(m), "pop_router_bfd_transitions_total")
+    assert downs[(("peer", "10.0.3.2"), ("state", "down"))] == 0
+    assert len(downs) == 4
