@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from routing.daemon import Daemon
+    from routing.views import Views
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "0").lower() in ("1", "true", "yes")
 
 
-def build_app(d: Daemon) -> web.Application:
+def build_app(d: Views) -> web.Application:
     app = web.Application()
 
     async def status(_: web.Request) -> web.Response:
@@ -94,7 +94,7 @@ def build_app(d: Daemon) -> web.Application:
     return app
 
 
-async def serve_api(d: Daemon) -> None:
+async def serve_api(d: Views) -> None:
     path = d.config.api.socket
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -111,14 +111,9 @@ async def serve_api(d: Daemon) -> None:
         await runner.cleanup()
 
 
-async def serve_metrics(d: Daemon) -> None:
+async def serve_metrics(d: Views) -> None:
     async def metrics(_: web.Request) -> web.Response:
         d.refresh_gauges()
-        if d.xdp is not None:
-            names = d.xdp_interface_names()
-            for ifindex, counters in d.xdp.prog.stats_by_interface().items():
-                for action, n in counters.items():
-                    d.metrics.xdp_packets.labels(names.get(ifindex, str(ifindex)), action).set(n)
         return web.Response(body=generate_latest(d.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

@@ -5,32 +5,33 @@ Theory of operation
 The daemon owns the list of BFD sessions it wants (one per BGP peer with BFD enabled, built from
 the configuration) and pushes the whole list to the BFD process every time it connects (BIRD's
 ``bfd_request_session``: requests outlive the process). The process reports transitions with the
-CLOCK_MONOTONIC time they were detected; they go on the daemon's event queue like ExaBGP's events,
-so the RIB owner handles both in order. Once a second the process sends statistics, kept here for
-``pop-router show bfd`` and turned into metrics (counters of a restarted process continue from where
-the previous one stopped).
+CLOCK_MONOTONIC time they were detected. They do **not** join the routing core's inbox: each one is
+handed at once to ``on_event`` — the failover lane (``routing/failover.py``) — from the channel's
+reader, so a BFD Down never waits behind ExaBGP's UPDATEs. Once a second the process sends
+statistics, kept here for ``pop-router show bfd`` and turned into metrics (counters of a restarted
+process continue from where the previous one stopped).
 
 A BFD process that dies is restarted with backoff; its sessions start again in Down, which is not a
 transition from Up, so a BFD restart alone never tears a BGP session down.
+
+This lives in ``routing/`` because it reads the daemon's configuration; ``bfd/`` itself (codec,
+sessions, transport, process) never imports ``routing/``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import ipaddress
 import logging
-import os
-import signal
 import sys
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
 from routing.model import IPAddress
 
@@ -44,6 +45,8 @@ class BfdEvent:
     new: str
     diag: str
     at: float
+    #: Attribution sent by the BFD process (receive gap at detection, our largest send gap, ...).
+    detail: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def session_specs(config: Config) -> list[dict[str, Any]]:
@@ -64,63 +67,65 @@ def session_specs(config: Config) -> list[dict[str, Any]]:
     return out
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_EVENT_KEYS = ("peer", "local", "multihop", "old", "new", "diag", "at", "event")
 
 
 class BfdController:
-    def __init__(self, config: Config, run_dir: Path, events: asyncio.Queue, metrics: Any = None) -> None:
+    def __init__(
+        self, config: Config, run_dir: Path, on_event: Callable[[BfdEvent], None], metrics: Any = None
+    ) -> None:
         self.config = config
         self.socket_path = run_dir / "bfd.sock"
         self.run_dir = run_dir
-        self.events = events
+        self.on_event = on_event
         self.metrics = metrics
         self.specs = session_specs(config)
         self.stats: dict[str, Any] = {}
-        self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
-        self._writer: asyncio.StreamWriter | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._stopping = False
+        self.malformed = 0
         self._seen: dict[str, float] = {}  # last cumulative counter values of the current process
         self._pid: int | None = None
+
+        def argv() -> list[str]:
+            a = [sys.executable, "-m", "bfd.process", str(self.socket_path)]
+            if config.bfd.realtime_priority:
+                a += ["--realtime", str(config.bfd.realtime_priority)]
+            return a
+
+        self.child = ChildSupervisor("bfd", argv, metrics=metrics)
+        self.channel = LineServer(self.socket_path, self._on_line, on_connect=self._on_connect)
 
     @property
     def enabled(self) -> bool:
         return bool(self.specs)
 
-    async def start_server(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._on_conn, path=str(self.socket_path), limit=1 << 24)
-        os.chmod(self.socket_path, 0o600)
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.child.proc
 
-    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        old, self._writer = self._writer, writer
-        if old is not None:
-            old.close()
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts
+
+    async def start_server(self) -> None:
+        await self.channel.start()
+
+    async def _on_connect(self, writer: asyncio.StreamWriter) -> None:
         writer.write(orjson.dumps({"op": "sessions", "sessions": self.specs}) + b"\n")
         await writer.drain()
+
+    async def _on_line(self, line: bytes) -> None:
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                ev = msg.get("event")
-                if ev == "state":
-                    self.events.put_nowait(BfdEvent(ipaddress.ip_address(msg["peer"]), msg["old"], msg["new"],
-                                                    msg["diag"], float(msg["at"])))
-                elif ev == "stats":
-                    self._on_stats(msg)
-        finally:
-            if self._writer is writer:
-                self._writer = None
-            writer.close()
+            msg = orjson.loads(line)
+            ev = msg.get("event")
+            if ev == "state":
+                detail = {k: v for k, v in msg.items() if k not in _EVENT_KEYS}
+                self.on_event(BfdEvent(ipaddress.ip_address(msg["peer"]), msg["old"], msg["new"], msg["diag"],
+                                       float(msg["at"]), detail))
+            elif ev == "stats":
+                self._on_stats(msg)
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            self.malformed += 1
+            log.warning("dropped a malformed line from the BFD process: %s", exc)
 
     def _on_stats(self, msg: dict[str, Any]) -> None:
         self.stats = msg
@@ -145,45 +150,11 @@ class BfdController:
             m.bfd_detect_time.labels(s["peer"]).set(s["detect_time_ms"] / 1000)
 
     async def supervise(self) -> None:
-        backoff = 0.2
-        while not self._stopping:
-            argv = [sys.executable, "-m", "bfd.process", str(self.socket_path)]
-            if self.config.bfd.realtime_priority:
-                argv += ["--realtime", str(self.config.bfd.realtime_priority)]
-            started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
-            )
-            if self.metrics is not None:
-                self.metrics.child_up.labels("bfd").set(1)
-            assert self.proc.stdout is not None
-            async for raw in self.proc.stdout:
-                text = raw.decode(errors="replace").rstrip()
-                if text:
-                    log.info("%s", text)
-            rc = await self.proc.wait()
-            if self.metrics is not None:
-                self.metrics.child_up.labels("bfd").set(0)
-            if self._stopping:
-                return
-            self.restarts += 1
-            if self.metrics is not None:
-                self.metrics.child_restarts.labels("bfd").inc()
-            if time.monotonic() - started > 60:
-                backoff = 0.2
-            log.error("BFD process exited with %s; restarting in %.1fs (sessions are re-requested)", rc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+        await self.child.run()
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 5)
-        if self._server is not None:
-            self._server.close()
+        await self.child.stop()
+        self.channel.close()
 
     def sessions_view(self, customers: dict[str, str]) -> list[dict[str, Any]]:
         out = []

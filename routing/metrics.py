@@ -184,6 +184,8 @@ class Metrics:
             "pop_router_fib_failover_seconds", "From a BFD Down detection to the nexthop groups rewritten",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
         )
+        self.fib_failover_errors = Counter(
+            "pop_router_fib_failover_errors", "Group rewrites the kernel refused twice (rolled back)", registry=r)
         self.fib_drift_repaired = Counter(
             "pop_router_fib_drift_repaired", "Routes or nexthops of ours changed by someone else and repaired",
             ["kind"], registry=r,
@@ -220,6 +222,27 @@ class Metrics:
             registry=r,
         )
 
+        # Lanes (DESIGN.md): how late the event loop runs, and what waits in front of the RIB.
+        self.loop_lag_seconds = Histogram(
+            "pop_router_loop_lag_seconds", "Lateness of a 10 ms timer on the daemon's event loop",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1), registry=r,
+        )
+        self.relay_backlog_bytes = Gauge(
+            "pop_router_exabgp_relay_backlog_bytes",
+            "ExaBGP output waiting in the relay while the RIB catches up (flow control)", registry=r,
+        )
+        self.inbox_depth = Gauge(
+            "pop_router_rib_inbox_events", "Events queued for the routing core", ["lane"], registry=r,
+        )
+        self.exabgp_commands_failed = Counter(
+            "pop_router_exabgp_commands_failed", "Commands to ExaBGP not acknowledged as done", ["purpose"],
+            registry=r,
+        )
+        self.failover_lane_seconds = Histogram(
+            "pop_router_failover_lane_seconds",
+            "BFD detection to groups rewritten, through the failover lane (includes the event's trip)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
+        )
     # --- per-peer series that follow the configuration and the session lifecycle -------------------
     def configure_peers(self, config: Config) -> None:
         """Create every configured peer's series (flaps and BFD Downs at 0, uptime 0, its limit), drop the others.

@@ -8,6 +8,12 @@ on anything: one thread only reads stdin into an in-memory queue; a second threa
 into the daemon's Unix socket (which may be slow when the RIB is busy); a third copies the daemon's
 commands from the socket to stdout for ExaBGP. Memory, not ExaBGP, absorbs a slow daemon.
 
+Flow control: the daemon reads its socket only as fast as its RIB takes events (DESIGN.md, routing
+lane), so during a full-table ingest the backlog sits here, as raw bytes (a few hundred bytes per
+UPDATE, far less than the parsed events would cost in the daemon). While there is a backlog the
+relay adds, at most once a second, a ``{"type": "pop-relay-stats", ...}`` line with its size and
+the largest seen, so operators and benchmarks can see where the stream waits.
+
 Commands are checked to be ASCII before they reach ExaBGP: a non-ASCII byte makes ExaBGP kill this
 process and drop the chunk it had read, without acks.
 
@@ -34,12 +40,19 @@ class Relay:
         self.queue: deque[bytes] = deque()
         self.cv = threading.Condition()
         self.done = threading.Event()
+        self.backlog_bytes = 0
+        self.max_backlog_bytes = 0
+        self.max_backlog_lines = 0
+        self._stats_at = 0.0
 
     def read_stdin(self) -> None:
         try:
             for line in self.stdin:  # type: ignore[attr-defined]
                 with self.cv:
                     self.queue.append(line)
+                    self.backlog_bytes += len(line)
+                    self.max_backlog_bytes = max(self.max_backlog_bytes, self.backlog_bytes)
+                    self.max_backlog_lines = max(self.max_backlog_lines, len(self.queue))
                     self.cv.notify()
         finally:
             self.done.set()
@@ -52,8 +65,22 @@ class Relay:
                 with self.cv:
                     while not self.queue and not self.done.is_set():
                         self.cv.wait()
-                    chunk = b"".join(self.queue)
-                    self.queue.clear()
+                    lines = len(self.queue)
+                    # One sendall of at most ~1 MiB: the socket then blocks while the daemon is behind,
+                    # and the rest waits here where it is counted.
+                    taken: list[bytes] = []
+                    size = 0
+                    while self.queue and size < (1 << 20):
+                        ln = self.queue.popleft()
+                        taken.append(ln)
+                        size += len(ln)
+                    self.backlog_bytes -= size
+                    backlog = (lines - len(taken), self.backlog_bytes)
+                chunk = b"".join(taken)
+                now = time.monotonic()
+                if backlog[0] and now - self._stats_at >= 1.0:
+                    self._stats_at = now
+                    chunk += self.stats_line(*backlog)
                 if chunk:
                     self.sock.sendall(chunk)
                 elif self.done.is_set():
@@ -62,6 +89,11 @@ class Relay:
             pass
         finally:
             self.done.set()
+
+    def stats_line(self, lines: int, size: int) -> bytes:
+        return (f'{{"type": "pop-relay-stats", "backlog_lines": {lines}, "backlog_bytes": {size}, '
+                f'"max_backlog_lines": {self.max_backlog_lines}, "max_backlog_bytes": {self.max_backlog_bytes}}}\n'
+                ).encode()
 
     def from_daemon(self) -> None:
         buf = b""

@@ -70,6 +70,20 @@ class UpdateEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayStats:
+    """The relay's own line (never ExaBGP's): how much of ExaBGP's stream waits in its memory because
+    the daemon reads at the pace the RIB can take (flow control). Sent at most once a second."""
+
+    backlog_lines: int
+    backlog_bytes: int
+    max_backlog_lines: int
+    max_backlog_bytes: int
+
+
+RELAY_STATS_TYPE = "pop-relay-stats"
+
+
+@dataclass(frozen=True, slots=True)
 class EorEvent:
     peer: IPAddress
     afi: str
@@ -89,7 +103,7 @@ class Shutdown:
     pass
 
 
-Event = Ack | StateEvent | OpenEvent | UpdateEvent | EorEvent | NotificationEvent | Shutdown
+Event = Ack | StateEvent | OpenEvent | UpdateEvent | EorEvent | NotificationEvent | Shutdown | RelayStats
 
 _ORIGIN = {"igp": Origin.IGP, "egp": Origin.EGP, "incomplete": Origin.INCOMPLETE}
 _FAMILIES = {"ipv4 unicast", "ipv6 unicast", "ipv4 nlri-mpls", "ipv6 nlri-mpls"}
@@ -236,6 +250,9 @@ def parse_line(line: bytes) -> Event | None:
 
 def _event(msg: dict) -> Event | None:
     kind = msg.get("type")
+    if kind == RELAY_STATS_TYPE:
+        return RelayStats(_int(msg["backlog_lines"], 0, 2**63), _int(msg["backlog_bytes"], 0, 2**63),
+                          _int(msg["max_backlog_lines"], 0, 2**63), _int(msg["max_backlog_bytes"], 0, 2**63))
     if kind == "notification" and msg.get("notification") == "shutdown":
         return Shutdown()
     nb = msg.get("neighbor")

@@ -2,56 +2,43 @@
 
 Theory of operation
 -------------------
-- :meth:`ExabgpSpeaker.supervise` writes the generated configuration, starts ExaBGP as a child (it
-  dies with us: ``PR_SET_PDEATHSIG``), logs its output, and when it exits reports
-  :class:`ChildExited` to the daemon and starts it again after an exponential backoff
-  (``exabgp.restart_backoff_min_s`` doubling up to ``..._max_s``; reset once a child has run for a
-  minute). The daemon keeps the FIB: a dead speaker is not a dead network.
-- ExaBGP starts the relay (:mod:`routing.exabgp.bridge`), which connects to our socket. The newest
-  relay connection is the active one. Its reader never waits on the daemon: each line is parsed and
-  put on an unbounded queue, so ExaBGP's synchronous writes never stall.
+- ExaBGP is a supervised child (:class:`routing.children.ChildSupervisor`): the generated
+  configuration is written before each start; when it exits the owner hears
+  :class:`routing.core.SpeakerDied` on its urgent lane (routes are kept as stale, the FIB is not
+  flushed) and it is started again after an exponential backoff.
+- ExaBGP starts the relay (:mod:`routing.exabgp.bridge`), which connects to our socket
+  (:class:`routing.children.LineServer`). Each line is parsed here; events go to the routing core's
+  inbox with ``await inbox.put`` — **flow control**: while the RIB is behind, this reader waits, the
+  socket fills and the relay keeps the backlog (it reports its size as ``RelayStats``, kept in
+  :attr:`ExabgpSpeaker.relay_stats`). ExaBGP itself never waits: the relay always drains its stdin.
 - Commands: ExaBGP acks each command with ``done``/``error`` but not in command order, so
-  :meth:`command` keeps exactly one command in flight (a lock) and the next ack belongs to it.
-  A command that gets no ack within its timeout fails (the relay may have been respawned).
+  :meth:`command` keeps exactly one command in flight (a lock) and the next ack belongs to it. Acks
+  travel in the same stream as UPDATEs, so during an ingest an ack can wait behind the backlog: the
+  deadline is generous and the caller is a tracked task, never the routing core's owner.
 - Malformed lines are counted (``pop_router_exabgp_malformed_messages_total``) and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
-import signal
 import sys
-import time
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
 from routing.exabgp import messages
 from routing.exabgp.conf import environment, render
+from routing.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True, slots=True)
-class ChildExited:
-    returncode: int | None
-    ran_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class RelayConnected:
-    pass
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+#: Seconds a command may wait for its ack (it can queue behind a table's worth of UPDATEs).
+ACK_TIMEOUT_S = 30.0
 
 
 def exabgp_binary(config: Config) -> str:
@@ -61,81 +48,75 @@ def exabgp_binary(config: Config) -> str:
 
 
 class ExabgpSpeaker:
-    def __init__(self, config: Config, run_dir: Path, events: asyncio.Queue, metrics: object | None = None) -> None:
+    def __init__(self, config: Config, run_dir: Path, inbox: Inbox, metrics: Any = None,
+                 on_exit: Callable[[int | None, float], None] | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
         self.socket_path = run_dir / "exabgp.sock"
         self.conf_path = run_dir / "exabgp.conf"
-        self.events = events
+        self.inbox = inbox
         self.metrics = metrics
-        self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
         self.malformed = 0
-        self._writer: asyncio.StreamWriter | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self.relay_stats: messages.RelayStats | None = None
+        self.child = ChildSupervisor(
+            "exabgp", lambda: [exabgp_binary(config), str(self.conf_path)],
+            backoff_min_s=config.exabgp.restart_backoff_min_s, backoff_max_s=config.exabgp.restart_backoff_max_s,
+            env=lambda: environment(config), cwd=run_dir, before_start=self.write_config, on_exit=on_exit,
+            metrics=metrics, log_prefix="exabgp: ",
+        )
+        self.channel = LineServer(self.socket_path, self._on_line, on_bad=self._malformed)
+        self.ack_timeout_s = ACK_TIMEOUT_S
         self._cmd_lock = asyncio.Lock()
         self._ack: asyncio.Future[bool] | None = None
-        self._relay_ready = asyncio.Event()
-        self._stopping = False
 
-    # --- relay socket ------------------------------------------------------------------------------
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.child.proc
+
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts
+
     async def start_server(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._on_relay, path=str(self.socket_path), limit=1 << 24)
-        os.chmod(self.socket_path, 0o600)
+        await self.channel.start()
 
-    async def _on_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        old, self._writer = self._writer, writer
-        if old is not None:
-            old.close()
-        self._relay_ready.set()
-        self.events.put_nowait(RelayConnected())
+    async def _on_line(self, line: bytes) -> None:
         try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    self._malformed("line longer than 16 MiB")
-                    continue
-                if not line:
-                    break
-                try:
-                    ev = messages.parse_line(line)
-                except messages.MalformedMessage as exc:
-                    self._malformed(str(exc))
-                    continue
-                if ev is None:
-                    continue
-                if isinstance(ev, messages.Ack):
-                    if self._ack is not None and not self._ack.done():
-                        self._ack.set_result(ev.ok)
-                    continue
-                self.events.put_nowait(ev)
-        finally:
-            if self._writer is writer:
-                self._writer = None
-                self._relay_ready.clear()
-            writer.close()
+            ev = messages.parse_line(line)
+        except messages.MalformedMessage as exc:
+            self._malformed(str(exc))
+            return
+        if ev is None:
+            return
+        if isinstance(ev, messages.Ack):
+            if self._ack is not None and not self._ack.done():
+                self._ack.set_result(ev.ok)
+            return
+        if isinstance(ev, messages.RelayStats):
+            self.relay_stats = ev
+            if self.metrics is not None:
+                self.metrics.relay_backlog_bytes.set(ev.backlog_bytes)
+            return
+        await self.inbox.put(ev)
 
     def _malformed(self, why: str) -> None:
         self.malformed += 1
         if self.metrics is not None:
-            self.metrics.api_malformed.inc()  # type: ignore[attr-defined]
+            self.metrics.api_malformed.inc()
         if self.malformed <= 10 or self.malformed % 1000 == 0:
             log.warning("dropped malformed line from ExaBGP (%d so far): %s", self.malformed, why)
 
-    async def command(self, cmd: str, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - per-command ack deadline
+    async def command(self, cmd: str, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - per-command ack deadline
         """Send one command and wait for its ack; True on ``done``."""
         messages.raw(cmd)  # ASCII, single line
+        timeout = self.ack_timeout_s if timeout is None else timeout
         async with self._cmd_lock:
             try:
-                await asyncio.wait_for(self._relay_ready.wait(), timeout)
+                await asyncio.wait_for(self.channel.ready.wait(), timeout)
             except TimeoutError:
                 log.error("no ExaBGP relay connected; dropped command %r", cmd)
                 return False
-            writer = self._writer
+            writer = self.channel.writer
             if writer is None:
                 return False
             self._ack = asyncio.get_running_loop().create_future()
@@ -154,50 +135,20 @@ class ExabgpSpeaker:
 
     # --- child process -----------------------------------------------------------------------------
     def write_config(self) -> None:
-        self.conf_path.write_text(render(self.config, self.socket_path))
+        # The file holds customers' TCP-MD5 keys: owner-only, written atomically.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".exabgp.conf.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(render(self.config, self.socket_path))
+            os.replace(tmp, self.conf_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     async def supervise(self) -> None:
-        backoff = self.config.exabgp.restart_backoff_min_s
-        while not self._stopping:
-            self.write_config()
-            env = {**os.environ, **environment(self.config)}
-            started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(
-                exabgp_binary(self.config), str(self.conf_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                env=env, preexec_fn=_die_with_parent, cwd=str(self.run_dir),
-            )
-            if self.metrics is not None:
-                self.metrics.child_up.labels("exabgp").set(1)  # type: ignore[attr-defined]
-            log.info("started ExaBGP pid %d", self.proc.pid)
-            assert self.proc.stdout is not None
-            async for raw in self.proc.stdout:
-                text = raw.decode(errors="replace").rstrip()
-                if text:
-                    log.info("exabgp: %s", text)
-            rc = await self.proc.wait()
-            ran = time.monotonic() - started
-            if self.metrics is not None:
-                self.metrics.child_up.labels("exabgp").set(0)  # type: ignore[attr-defined]
-            if self._stopping:
-                return
-            self.restarts += 1
-            if self.metrics is not None:
-                self.metrics.child_restarts.labels("exabgp").inc()  # type: ignore[attr-defined]
-            if ran > 60:
-                backoff = self.config.exabgp.restart_backoff_min_s
-            log.error("ExaBGP exited with %s after %.1fs; restarting in %.1fs (FIB kept)", rc, ran, backoff)
-            self.events.put_nowait(ChildExited(rc, ran))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.config.exabgp.restart_backoff_max_s)
+        await self.child.run()
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-        if self._server is not None:
-            self._server.close()
+        await self.child.stop()
+        self.channel.close()

@@ -1,0 +1,441 @@
+"""The routing core: sans-IO owner of the RIB and the peer lifecycle.
+
+Theory of operation
+-------------------
+Like ``bfd/session.py``, this module does no I/O and reads no clock. The daemon (the shell) feeds
+it events with the time they happened — :meth:`RoutingCore.on_event(event, now)` — and performs the
+actions it returns: :class:`SubmitFib` (hand RIB diffs to the dataplane), :class:`SendCommand` (a
+line for ExaBGP, performed as a tracked task whose outcome comes back as :class:`CommandDone`) and
+:class:`ArmTimer` (call :meth:`on_event` with :class:`TimerFired` at that time). Only this object
+mutates the RIB, so tests drive it with a fake clock and no processes at all.
+
+Peer lifecycle, one table (:data:`PEER_TRANSITIONS`); an unknown pair is an explicit error::
+
+    idle --connected--> connect --up--> established --down--> idle   (routes flushed)
+      ^                    |                |
+      +------down----------+                +--speaker_died--> idle  (routes kept as stale until
+                                                                      End-of-RIB or the stale timer)
+
+ExaBGP reports ``connected`` for every connection attempt, failed ones too, so a ``down`` that ends
+an attempt which never reached Established is not a session going down: it leaves no "last down
+reason" and no flap.
+
+Long work is sliced. Flushing a peer that sent a million prefixes is a million RIB operations;
+done in one step it would hold the event loop for seconds, and the failover lane, the API and the
+BFD channel all live on that loop. So a flush (session down, BFD down, speaker death sweep,
+strict-mode BFD gating) is queued as a *job* and :meth:`RoutingCore.work` runs at most ``budget``
+prefixes of it per call; the shell yields to the loop between calls. Routing events are taken only
+when no job is pending, so a peer's new UPDATEs never interleave with the flush of its old routes.
+
+What is deliberately *not* here: moving traffic when BFD says a neighbour died. That is the
+failover lane (``routing/failover.py``), which rewrites the nexthop groups before this core hears
+of the event; the core then reconciles the RIB (:class:`BfdDown`) and closes the BGP session.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from routing.exabgp import messages as msg
+from routing.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
+from routing.model import Path as RoutePath
+from routing.rib import LimitExceeded, Rib
+
+log = logging.getLogger(__name__)
+
+CEASE_MAX_PREFIXES = 1
+CEASE_ADMIN_RESET = 4
+CEASE_BFD_DOWN = 10  # RFC 9384
+
+
+class PeerState(enum.Enum):
+    IDLE = "idle"
+    CONNECT = "connect"
+    ESTABLISHED = "established"
+
+
+class PeerInput(enum.Enum):
+    CONNECTED = "connected"  # ExaBGP opened (or tried to open) TCP
+    UP = "up"  # Established
+    DOWN = "down"  # the session ended (ExaBGP's word; after a teardown of ours too)
+    SPEAKER_DIED = "speaker_died"  # the ExaBGP process exited: no words, routes kept as stale
+
+
+class Effect(enum.Enum):
+    NONE = "none"
+    ESTABLISHED = "established"  # count it, clear End-of-RIB, gauge up
+    FLUSH = "flush"  # the session was up: withdraw everything it sent, record why
+    ATTEMPT_FAILED = "attempt_failed"  # never reached Established: nothing to flush or report
+    STALE = "stale"  # keep the routes, mark them stale (graceful speaker restart)
+
+
+#: (state, input) -> (new state, effect). Every pair is listed; tests cover each row.
+PEER_TRANSITIONS: dict[tuple[PeerState, PeerInput], tuple[PeerState, Effect]] = {
+    (PeerState.IDLE, PeerInput.CONNECTED): (PeerState.CONNECT, Effect.NONE),
+    # ExaBGP's 'connected' line can be missed (relay respawned): Up from idle is still a session.
+    (PeerState.IDLE, PeerInput.UP): (PeerState.ESTABLISHED, Effect.ESTABLISHED),
+    (PeerState.IDLE, PeerInput.DOWN): (PeerState.IDLE, Effect.ATTEMPT_FAILED),
+    (PeerState.IDLE, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
+    (PeerState.CONNECT, PeerInput.CONNECTED): (PeerState.CONNECT, Effect.NONE),
+    (PeerState.CONNECT, PeerInput.UP): (PeerState.ESTABLISHED, Effect.ESTABLISHED),
+    (PeerState.CONNECT, PeerInput.DOWN): (PeerState.IDLE, Effect.ATTEMPT_FAILED),
+    (PeerState.CONNECT, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
+    # A second connection (collision) while Established: the session stays.
+    (PeerState.ESTABLISHED, PeerInput.CONNECTED): (PeerState.ESTABLISHED, Effect.NONE),
+    (PeerState.ESTABLISHED, PeerInput.UP): (PeerState.ESTABLISHED, Effect.NONE),
+    (PeerState.ESTABLISHED, PeerInput.DOWN): (PeerState.IDLE, Effect.FLUSH),
+    (PeerState.ESTABLISHED, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
+}
+
+
+class UnknownTransition(RuntimeError):
+    pass
+
+
+def transition(state: PeerState, inp: PeerInput) -> tuple[PeerState, Effect]:
+    try:
+        return PEER_TRANSITIONS[(state, inp)]
+    except KeyError:
+        raise UnknownTransition(f"no transition for peer in {state.value} on {inp.value}") from None
+
+
+# --- events the shell feeds in (besides ExaBGP's own, routing.exabgp.messages) ---------------------
+@dataclass(frozen=True, slots=True)
+class SpeakerDied:
+    returncode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BfdDown:
+    """The failover lane already moved traffic off ``peer``; reconcile the RIB and close BGP."""
+
+    peer: IPAddress
+    diag: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BfdUp:
+    peer: IPAddress
+
+
+@dataclass(frozen=True, slots=True)
+class AdminReset:
+    peer: IPAddress
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone:
+    peer: IPAddress | None
+    purpose: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    name: str
+
+
+# --- actions the shell performs ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SubmitFib:
+    diffs: list[FibDiff]
+
+
+@dataclass(frozen=True, slots=True)
+class SendCommand:
+    peer: IPAddress | None
+    line: str
+    purpose: str  # bfd_down | max_prefixes | admin: the teardown reason, for metrics and results
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    name: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SweepKernelStale:
+    """Remove routes adopted from the kernel at start that nobody re-announced."""
+
+
+Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale
+STALE_TIMER = "stale"
+STARTUP_SWEEP_TIMER = "startup_sweep"
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    """What the core knows about one configured BGP session."""
+
+    address: IPAddress
+    local_address: IPAddress
+    customer: str
+    family: str  # ipv4 | ipv6: the family whose End-of-RIB ends a (re)start
+    peer: Peer
+    bfd: bool = False
+    bfd_strict: bool = False
+    state: PeerState = PeerState.IDLE
+    since: float = 0.0
+    established_count: int = 0
+    flaps: int = 0
+    last_down_reason: str = ""
+    #: Why *we* closed the session (BFD, max_prefixes, operator): kept over ExaBGP's own wording.
+    teardown_reason: str = ""
+    eor: set[str] = field(default_factory=set)
+    updates: int = 0
+    bfd_state: str = "down"
+    bfd_down_at: float | None = None
+
+
+@dataclass(slots=True)
+class CoreCounters:
+    unknown_peer_events: int = 0
+    commands_failed: int = 0
+    jobs_run: int = 0
+
+
+class RoutingCore:
+    """The single owner of the RIB: events and time in, actions out.
+
+    ``metrics`` is an optional sink (prometheus_client objects: in-memory counters, not I/O).
+    """
+
+    def __init__(self, rib: Rib, peers: dict[IPAddress, PeerStatus], *, stale_timeout_s: float,
+                 metrics: Any = None, now: float = 0.0) -> None:
+        self.rib = rib
+        self.peers = peers
+        self.stale_timeout_s = stale_timeout_s
+        self.metrics = metrics
+        self.counters = CoreCounters()
+        self._jobs: deque[Iterator[list[FibDiff]]] = deque()
+        self._awaiting_startup_eor = False
+        for ps in peers.values():
+            ps.since = now
+            if ps.bfd_strict:
+                rib.set_eligible(ps.address, False)
+
+    def start(self, now: float, adopted_routes: int = 0) -> list[Action]:
+        """Actions at start-up: routes adopted from the kernel wait for every peer's End-of-RIB, for
+        at most the stale timeout."""
+        self._awaiting_startup_eor = adopted_routes > 0
+        if self._awaiting_startup_eor:
+            return [ArmTimer(STARTUP_SWEEP_TIMER, now + self.stale_timeout_s)]
+        return []
+
+    # --- jobs: long RIB work in slices ---------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A job is pending: routing events must wait (their peer's flush may still be running)."""
+        return bool(self._jobs)
+
+    def work(self, budget: int = 2000) -> list[Action]:
+        """Run up to ``budget`` prefixes of pending jobs."""
+        diffs: list[FibDiff] = []
+        while self._jobs and budget > 0:
+            job = self._jobs[0]
+            chunk = next(job, None)
+            if chunk is None:
+                self._jobs.popleft()
+                self.counters.jobs_run += 1
+                continue
+            diffs += chunk
+            budget -= max(1, len(chunk))
+        return [SubmitFib(diffs)] if diffs else []
+
+    def _sliced(self, prefixes: list[IPNetwork], apply: Callable[[list[IPNetwork]], list[FibDiff]],
+                step: int = 500) -> Iterator[list[FibDiff]]:
+        for i in range(0, len(prefixes), step):
+            yield apply(prefixes[i:i + step])
+
+    def _flush_job(self, addr: IPAddress) -> None:
+        a = self.rib.adj.get(addr)
+        if a is None:
+            return
+        prefixes = list(a.accepted) + list(a.rejected)
+        if prefixes:
+            self._jobs.append(self._sliced(prefixes, lambda ps: self.rib.withdraw(addr, ps)))
+
+    def _stale_sweep_job(self, addr: IPAddress) -> None:
+        a = self.rib.adj.get(addr)
+        if a is None or not a.stale:
+            return
+        stale, a.stale = list(a.stale), set()
+        self._jobs.append(self._sliced(stale, lambda ps: self.rib.withdraw(addr, ps)))
+
+    def _eligible_job(self, addr: IPAddress, eligible: bool) -> None:
+        def run() -> Iterator[list[FibDiff]]:
+            yield self.rib.set_eligible(addr, eligible)
+
+        self._jobs.append(run())
+
+    # --- events ----------------------------------------------------------------------------------------
+    def on_event(self, ev: object, now: float) -> list[Action]:
+        if isinstance(ev, SpeakerDied):
+            return self._speaker_died(now)
+        if isinstance(ev, TimerFired):
+            return self._timer(ev.name)
+        if isinstance(ev, CommandDone):
+            if not ev.ok:
+                self.counters.commands_failed += 1
+            return []
+        if isinstance(ev, msg.Shutdown | msg.RelayStats):
+            return []
+        addr = getattr(ev, "peer", None)
+        ps = self.peers.get(addr) if addr is not None else None
+        if ps is None:
+            self.counters.unknown_peer_events += 1
+            log.warning("event for unconfigured peer %s dropped", addr)
+            return []
+        if isinstance(ev, msg.UpdateEvent):
+            return self._update(ps, ev)
+        if isinstance(ev, msg.StateEvent):
+            return self._state(ps, ev, now)
+        if isinstance(ev, msg.EorEvent):
+            ps.eor.add(ev.afi)
+            self._stale_sweep_job(ps.address)
+            return self._startup_eor()
+        if isinstance(ev, msg.OpenEvent):
+            p = ps.peer
+            ps.peer = Peer(p.address, p.customer, p.asn, p.local_asn, ev.router_id)
+            return []
+        if isinstance(ev, msg.NotificationEvent):
+            ps.last_down_reason = f"notification {ev.direction} ({ev.code},{ev.subcode})"
+            return []
+        if isinstance(ev, BfdDown):
+            return self._bfd_down(ps, ev)
+        if isinstance(ev, BfdUp):
+            ps.bfd_state = "up"
+            if ps.bfd_strict:
+                self._eligible_job(ps.address, True)
+            return []
+        if isinstance(ev, AdminReset):
+            ps.teardown_reason = "operator reset"
+            self._teardown_metric(ps, "admin")
+            return [SendCommand(ps.address, msg.teardown(ps.address, CEASE_ADMIN_RESET), "admin")]
+        raise TypeError(f"routing core cannot handle {type(ev).__name__}")
+
+    def _feed(self, ps: PeerStatus, inp: PeerInput, now: float, reason: str = "") -> Effect:
+        was = ps.state
+        new, effect = transition(was, inp)
+        if new is not was:
+            ps.since = now
+        ps.state = new
+        m = self.metrics
+        if effect is Effect.ESTABLISHED:
+            ps.established_count += 1
+            ps.eor.clear()
+            if m is not None:
+                m.bgp_session_up.labels(str(ps.address), ps.customer).set(1)
+                m.bgp_session_established(str(ps.address), now)
+            log.info("peer %s (%s) established", ps.address, ps.customer)
+        elif effect is Effect.FLUSH or (effect is Effect.STALE and was is PeerState.ESTABLISHED):
+            ps.flaps += 1
+            ps.eor.clear()
+            ps.last_down_reason = ps.teardown_reason or reason or ps.last_down_reason
+            ps.teardown_reason = ""
+            if m is not None:
+                m.bgp_session_up.labels(str(ps.address), ps.customer).set(0)
+                m.bgp_session_down(str(ps.address))
+        elif effect is Effect.STALE:
+            ps.eor.clear()
+        elif effect is Effect.ATTEMPT_FAILED:
+            ps.teardown_reason = ""  # an attempt we cut short is not a session that went down
+        return effect
+
+    def _state(self, ps: PeerStatus, ev: msg.StateEvent, now: float) -> list[Action]:
+        if self.metrics is not None:
+            self.metrics.bgp_session_transitions.labels(str(ps.address), ev.state).inc()
+        try:
+            inp = PeerInput(ev.state)
+        except ValueError:
+            log.warning("peer %s: unknown ExaBGP state %r ignored", ps.address, ev.state)
+            return []
+        if self._feed(ps, inp, now, ev.reason) is Effect.FLUSH:
+            n = len(self.rib.adj[ps.address].accepted) if ps.address in self.rib.adj else 0
+            log.warning("peer %s (%s) down: %s; flushing %d routes", ps.address, ps.customer,
+                        ps.last_down_reason, n)
+            self._flush_job(ps.address)
+        return []
+
+    def _speaker_died(self, now: float) -> list[Action]:
+        kept = 0
+        for ps in self.peers.values():
+            was_up = ps.state is PeerState.ESTABLISHED
+            if was_up:
+                ps.teardown_reason = "BGP speaker restarting"
+            self._feed(ps, PeerInput.SPEAKER_DIED, now)
+            kept += self.rib.mark_stale(ps.address)
+        log.warning("BGP speaker died: keeping %d paths as stale for up to %.0fs", kept, self.stale_timeout_s)
+        return [ArmTimer(STALE_TIMER, now + self.stale_timeout_s)]
+
+    def _timer(self, name: str) -> list[Action]:
+        if name == STALE_TIMER:
+            for addr in self.peers:
+                self._stale_sweep_job(addr)
+            return [SweepKernelStale()]
+        if name == STARTUP_SWEEP_TIMER and self._awaiting_startup_eor:
+            self._awaiting_startup_eor = False
+            log.info("startup sweep after %.0fs: End-of-RIB not seen from every peer", self.stale_timeout_s)
+            return [SweepKernelStale()]
+        return []
+
+    def _startup_eor(self) -> list[Action]:
+        if self._awaiting_startup_eor and all(p.family in p.eor for p in self.peers.values()):
+            self._awaiting_startup_eor = False
+            return [SweepKernelStale()]
+        return []
+
+    def _bfd_down(self, ps: PeerStatus, ev: BfdDown) -> list[Action]:
+        ps.bfd_state = "down"
+        ps.bfd_down_at = ev.at
+        ps.teardown_reason = f"BFD down ({ev.diag})"
+        if ps.bfd_strict:
+            self._eligible_job(ps.address, False)
+        else:
+            self._flush_job(ps.address)
+        self._teardown_metric(ps, "bfd_down")
+        return [SendCommand(ps.address, msg.teardown(ps.address, CEASE_BFD_DOWN), "bfd_down")]
+
+    def _teardown_metric(self, ps: PeerStatus, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.bgp_teardowns.labels(str(ps.address), reason).inc()
+
+    def _update(self, ps: PeerStatus, ev: msg.UpdateEvent) -> list[Action]:
+        ps.updates += 1
+        addr = ps.address
+        if self.metrics is not None:
+            self.metrics.bgp_updates.labels(str(addr)).inc()
+        adj = self.rib.adj[addr]
+        before = dict(adj.rejected_total)
+        diffs: list[FibDiff] = []
+        actions: list[Action] = []
+        if ev.withdraw:
+            diffs += self.rib.withdraw(addr, ev.withdraw)
+        if ev.announce:
+            peer, attrs = ps.peer, ev.attrs
+            paths = [RoutePath(p, peer, nh, attrs if not labels else intern_attrs(replace(attrs, labels=labels)))
+                     for p, nh, labels in ev.announce]
+            try:
+                diffs += self.rib.announce(addr, paths)
+            except LimitExceeded as exc:
+                log.error("peer %s (%s) sent more than max_prefixes %d: tearing the session down (cease 1)",
+                          addr, ps.customer, exc.limit)
+                ps.teardown_reason = f"max_prefixes {exc.limit} exceeded"
+                self._teardown_metric(ps, "max_prefixes")
+                self._flush_job(addr)
+                actions.append(SendCommand(addr, msg.teardown(addr, CEASE_MAX_PREFIXES), "max_prefixes"))
+        if self.metrics is not None:
+            for reason, n in adj.rejected_total.items():
+                delta = n - before.get(reason, 0)
+                if delta:
+                    self.metrics.bgp_prefixes_rejected.labels(str(addr), reason).inc(delta)
+        if diffs:
+            actions.insert(0, SubmitFib(diffs))
+        return actions

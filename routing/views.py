@@ -1,0 +1,254 @@
+"""Read-only views of the daemon's state for the API, the CLI and the metrics endpoint.
+
+Theory of operation
+-------------------
+The API depends on this narrow object, never on the daemon (no import cycle): :class:`Views` holds
+references to the parts it reads (routing core, dataplane, BFD link, speaker, XDP mirror) and one
+coroutine for the only state-changing call (an operator reset, performed by the daemon through the
+routing core). Views run on the event loop between the owner's steps, so they never see a
+half-applied UPDATE; each is a plain function of current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from routing.config import Config
+from routing.core import RoutingCore
+from routing.model import IPAddress, afi
+
+
+@dataclass(slots=True)
+class Views:
+    config: Config
+    core: RoutingCore
+    fib: Any
+    bfd: Any
+    speaker: Any
+    lane: Any
+    inbox: Any
+    metrics: Any
+    clock: Callable[[], float]
+    started: float
+    reset: Callable[[IPAddress], Awaitable[bool]]
+    token: str = ""
+    xdp: Any = None
+    xdp_start_writes: int = 0
+    adopted: int = 0
+    mpls: Any = None
+    loop_lag_max_ms: list[float] = field(default_factory=lambda: [0.0])
+
+    @property
+    def peers(self) -> dict[IPAddress, Any]:
+        return self.core.peers
+
+    async def teardown(self, addr: IPAddress) -> bool:
+        return await self.reset(addr)
+
+    # --- metrics --------------------------------------------------------------------------------------
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        for addr, a in self.core.rib.adj.items():
+            for fam, (received, accepted) in a.counts().items():
+                m.bgp_prefixes_received.labels(str(addr), fam).set(received)
+                m.bgp_prefixes_accepted.labels(str(addr), fam).set(accepted)
+        m.inbox_depth.labels("routing").set(self.inbox.routing_depth)
+        m.inbox_depth.labels("urgent").set(len(self.inbox) - self.inbox.routing_depth)
+        if self.xdp is not None:
+            names = self.xdp_interface_names()
+            for ifindex, counters in self.xdp.prog.stats_by_interface().items():
+                for action, n in counters.items():
+                    m.xdp_packets.labels(names.get(ifindex, str(ifindex)), action).set(n)
+
+    # --- views --------------------------------------------------------------------------------------
+    def peers_view(self) -> list[dict]:
+        now = self.clock()
+        out = []
+        for addr, ps in self.core.peers.items():
+            a = self.core.rib.adj[addr]
+            counts = a.counts()
+            out.append({
+                "peer": str(addr),
+                "customer": ps.customer,
+                "asn": ps.peer.asn,
+                "local_address": str(ps.local_address),
+                "state": ps.state.value,
+                "since_s": round(now - ps.since, 1),
+                # The daemon's clock is CLOCK_MONOTONIC: comparable with other processes' (benchmarks).
+                "since_monotonic": ps.since,
+                "router_id": str(ps.peer.router_id),
+                "received": sum(c[0] for c in counts.values()),
+                "accepted": sum(c[1] for c in counts.values()),
+                "rejected": len(a.rejected),
+                "stale": len(a.stale),
+                "max_prefixes": a.max_prefixes,
+                "established_count": ps.established_count,
+                "flaps": ps.flaps,
+                "last_down_reason": ps.last_down_reason,
+                "eor": sorted(ps.eor),
+                "bfd": ps.bfd_state if ps.bfd else None,
+                "bfd_down_at": ps.bfd_down_at,
+                "bfd_down_detail": self.lane.last_down_detail.get(addr) if ps.bfd else None,
+            })
+        return out
+
+    def routes_view(self, rejected: bool = False) -> list[dict]:
+        rib = self.core.rib
+        if rejected:
+            out = []
+            for addr, a in rib.adj.items():
+                for prefix, (path, rej) in a.rejected.items():
+                    out.append({
+                        "prefix": str(prefix), "peer": str(addr), "customer": path.peer.customer,
+                        "nexthop": str(path.nexthop), "as_path": list(path.attrs.as_path),
+                        "reason": rej.reason.value, "detail": rej.detail,
+                    })
+            return sorted(out, key=lambda r: (r["peer"], r["prefix"]))
+        out = []
+        for prefix in rib.loc.prefixes():
+            sel = rib.loc.selection(prefix)
+            if sel is None:
+                continue
+            for p in sorted(rib.loc.paths(prefix), key=lambda p: (p is not sel.best, str(p.peer.address))):
+                best = p is sel.best
+                out.append({
+                    "prefix": str(prefix), "afi": afi(prefix), "peer": str(p.peer.address),
+                    "customer": p.peer.customer, "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path),
+                    "origin": p.attrs.origin.name.lower(), "med": p.attrs.med, "local_pref": p.local_pref,
+                    "best": best, "multipath": p in sel.multipath, "labels": list(p.attrs.labels),
+                    "reason": sel.reason.value if best else "",
+                })
+        return sorted(out, key=lambda r: (r["afi"], r["prefix"], not r["best"]))
+
+    def fib_view(self, failed: bool = False) -> list[dict]:
+        fib = self.fib
+        if failed:
+            return [
+                {"prefix": str(p), "nexthops": [str(n) for n in (f.entry.nexthops if f.entry else ())],
+                 "op": "install" if f.entry else "delete", "error": errno.errorcode.get(f.errno, str(f.errno)),
+                 "attempts": f.attempts}
+                for p, f in sorted(fib.failed.items(), key=lambda x: str(x[0]))
+            ]
+        return [
+            {"prefix": str(p), "afi": afi(p), "nexthops": [str(n) for n in fib.gateways(gid)],
+             "nhid": gid, "stale": p in fib.stale}
+            for p, gid in sorted(fib.installed.items(), key=lambda x: (x[0].version, x[0]))
+        ]
+
+    def status_view(self) -> dict:
+        fib, mpls = self.fib, self.mpls
+        relay = self.speaker.relay_stats
+        return {
+            "router_id": str(self.config.router.router_id),
+            "asn": self.config.router.asn,
+            "uptime_s": round(self.clock() - self.started, 1),
+            "exabgp_pid": self.speaker.child.pid,
+            "exabgp_restarts": self.speaker.restarts,
+            "bfd_pid": self.bfd.child.pid,
+            "bfd_restarts": self.bfd.restarts,
+            "malformed_messages": self.speaker.malformed,
+            "adopted_routes": self.adopted,
+            "fib_routes": len(fib.installed),
+            "fib_pending": fib.pending_count,
+            "fib_failed": len(fib.failed),
+            "fib_nexthop_groups": len(fib.group_by_id),
+            "kernel_mpls": mpls is not None and mpls.usable,
+            "kernel_mpls_detail": mpls.detail if mpls is not None else None,
+            "mpls_local_labels": {f"{k[0]}%{k[1]}" if k[2] == () else str(k): label
+                                  for nid, label in fib.local_labels.items()
+                                  if (k := fib.nh_key.get(nid)) is not None},
+            "fib_last_failover_ms": self.lane.last_ms if self.lane.last_ms is not None else fib.last_failover_ms,
+            "loc_rib_prefixes": len(self.core.rib.loc),
+            "unknown_peer_events": self.core.counters.unknown_peer_events + self.lane.unknown_peer_events,
+            "exabgp_commands_failed": self.core.counters.commands_failed,
+            "rib_inbox_events": len(self.inbox),
+            "rib_inbox_max_events": self.inbox.max_depth,
+            "relay_backlog": None if relay is None else {
+                "lines": relay.backlog_lines, "bytes": relay.backlog_bytes,
+                "max_lines": relay.max_backlog_lines, "max_bytes": relay.max_backlog_bytes},
+            "loop_lag_max_ms": round(self.loop_lag_max_ms[0], 2),
+        }
+
+    def bfd_view(self) -> list[dict]:
+        customers = {str(a): ps.customer for a, ps in self.core.peers.items()}
+        return self.bfd.sessions_view(customers)
+
+    def xdp_interface_names(self) -> dict[int, str]:
+        from fib.netns import netns as enter_netns
+
+        names = {}
+        with enter_netns(self.fib.netns):
+            for name in self.config.fib.xdp.interfaces:
+                with contextlib.suppress(OSError):
+                    names[socket.if_nametoindex(name)] = name
+        return names
+
+    def xdp_view(self) -> dict:
+        if self.xdp is None:
+            return {"enabled": False, "interfaces": self.config.fib.xdp.interfaces}
+        v = self.xdp.view()
+        names = self.xdp_interface_names()
+        v["counters_by_interface"] = {names.get(int(i), i): c for i, c in v["counters_by_interface"].items()}
+        return {"enabled": True, "interfaces": self.config.fib.xdp.interfaces,
+                "start_map_writes": self.xdp_start_writes, **v}
+
+    async def fib_diff(self) -> dict:
+        """RIB versus kernel: what the kernel should forward (after failover) against what it does."""
+        from fib.netlink import RouteSocket
+        from fib.netns import netns as enter_netns
+
+        fib = self.fib
+
+        def dump() -> tuple[list, list]:
+            with enter_netns(fib.netns):
+                s = RouteSocket()
+            try:
+                return s.dump_owned(fib.protocol, fib.table), s.dump_nexthops()
+            finally:
+                s.close()
+
+        routes, nhs = await asyncio.get_running_loop().run_in_executor(None, dump)
+        by_id = {n.id: n for n in nhs}
+
+        def gws(nhid: int) -> list[str]:
+            n = by_id.get(nhid)
+            if n is None:
+                return []
+            if n.group:
+                return sorted(g for m, _w in n.group for g in gws(m))
+            return [str(n.gateway)] if n.gateway is not None else []
+
+        kernel = {r.prefix: gws(r.nhid) if r.nhid else sorted(map(str, r.nexthops)) for r in routes
+                  if r.metric == fib.metric}
+        want = {}
+        loc = self.core.rib.loc
+        for prefix in loc.prefixes():
+            e = loc.fib_entry(prefix)
+            if e is not None:
+                want[prefix] = sorted(str(g) for g in fib.active_gateways(e))
+        missing = sorted((p for p in want if p not in kernel), key=lambda p: (p.version, p))
+        extra = sorted((p for p in kernel if p not in want), key=lambda p: (p.version, p))
+        different = sorted((p for p in want if p in kernel and kernel[p] != want[p]), key=lambda p: (p.version, p))
+        return {
+            "in_sync": len(want) - len(missing) - len(different),
+            "missing": [{"prefix": str(p), "rib": want[p]} for p in missing],
+            "extra": [{"prefix": str(p), "kernel": kernel[p]} for p in extra],
+            "different": [{"prefix": str(p), "rib": want[p], "kernel": kernel[p]} for p in different],
+            "pending": fib.pending_count, "failed": len(fib.failed), "stale": len(fib.stale),
+            "xdp": await self._xdp_diff(routes, by_id),
+        }
+
+    async def _xdp_diff(self, routes: list, by_id: dict) -> dict | None:
+        from fib.xdp.mirror import xdp_diff
+
+        xdp = self.xdp
+        if xdp is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: xdp_diff(xdp.prog.dump(), routes, by_id, self.fib.metric))

@@ -1,0 +1,216 @@
+"""The sans-IO routing core driven with a fake clock: no processes, no sockets, no kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+
+from routing.core import (
+    PEER_TRANSITIONS,
+    STALE_TIMER,
+    STARTUP_SWEEP_TIMER,
+    AdminReset,
+    ArmTimer,
+    BfdDown,
+    BfdUp,
+    Effect,
+    PeerInput,
+    PeerState,
+    PeerStatus,
+    RoutingCore,
+    SendCommand,
+    SpeakerDied,
+    SubmitFib,
+    SweepKernelStale,
+    TimerFired,
+    transition,
+)
+from routing.exabgp import messages as msg
+from routing.model import Attributes, Origin, Peer, intern_attrs
+from routing.policy import ImportPolicy
+from routing.rib import Rib
+from tests.unit.factories import config
+
+A = ipaddress.ip_address("10.0.1.2")
+B = ipaddress.ip_address("10.0.2.2")
+G = ipaddress.ip_address("10.0.3.2")
+ATTRS = intern_attrs(Attributes(origin=Origin.IGP, as_path=(64512,)))
+
+
+def make_core(*, bfd: bool = False, strict: bool = False, max_prefixes: int | None = None,
+              prefixes_le: bool = True) -> RoutingCore:
+    c = config()
+    rib = Rib()
+    peers = {}
+    for customer, pc in c.peers():
+        if pc.address.version != 4:
+            continue
+        limit = customer.import_.max_prefixes if max_prefixes is None else max_prefixes
+        rib.add_peer(pc.address, ImportPolicy(c.router, customer), limit)
+        peers[pc.address] = PeerStatus(pc.address, pc.local_address, customer.name, "ipv4",
+                                       Peer(pc.address, customer.name, customer.asn, 65000),
+                                       bfd=bfd, bfd_strict=strict)
+    return RoutingCore(rib, peers, stale_timeout_s=120.0)
+
+
+def up(core: RoutingCore, peer: ipaddress.IPv4Address, now: float = 1.0) -> None:
+    core.on_event(msg.StateEvent(peer, peer, "connected"), now)
+    core.on_event(msg.StateEvent(peer, peer, "up"), now)
+
+
+def announce(core: RoutingCore, peer: ipaddress.IPv4Address, *prefixes: str, now: float = 2.0) -> list:
+    ann = tuple((ipaddress.ip_network(p), peer, ()) for p in prefixes)
+    return core.on_event(msg.UpdateEvent(peer, ATTRS, ann, ()), now)
+
+
+def drain(core: RoutingCore, budget: int = 2000) -> list:
+    out = []
+    while core.busy:
+        out += core.work(budget)
+    return out
+
+
+def fib_prefixes(actions: list) -> dict:
+    """Prefix -> new next hops, over every SubmitFib in ``actions`` (the last one wins)."""
+    out = {}
+    for a in actions:
+        if isinstance(a, SubmitFib):
+            for d in a.diffs:
+                out[str(d.prefix)] = None if d.new is None else [str(n) for n in d.new.nexthops]
+    return out
+
+
+@pytest.mark.parametrize(("state", "inp"), list(itertools.product(PeerState, PeerInput)))
+def test_every_state_input_pair_is_a_row(state: PeerState, inp: PeerInput) -> None:
+    new, effect = transition(state, inp)
+    assert (state, inp) in PEER_TRANSITIONS
+    assert isinstance(new, PeerState) and isinstance(effect, Effect)
+    # Only a session that was Established is flushed; only SPEAKER_DIED keeps routes as stale.
+    assert (effect is Effect.FLUSH) == (state is PeerState.ESTABLISHED and inp is PeerInput.DOWN)
+    assert (effect is Effect.STALE) == (inp is PeerInput.SPEAKER_DIED)
+
+
+def test_up_then_down_flushes_in_slices_and_records_reason() -> None:
+    core = make_core(max_prefixes=10_000)
+    up(core, A)
+    acts = announce(core, A, "198.51.100.0/24", "198.51.101.0/24", "203.0.113.0/24")
+    assert fib_prefixes(acts) == {"198.51.100.0/24": ["10.0.1.2"], "198.51.101.0/24": ["10.0.1.2"],
+                                  "203.0.113.0/24": ["10.0.1.2"]}
+    assert core.on_event(msg.StateEvent(A, A, "down", "peer reset"), 5.0) == []
+    ps = core.peers[A]
+    assert ps.state is PeerState.IDLE and ps.since == 5.0 and ps.flaps == 1
+    assert ps.last_down_reason == "peer reset"
+    assert core.busy  # the flush is a job, not part of the event
+    assert fib_prefixes(drain(core, budget=1)) == {p: None for p in ("198.51.100.0/24", "198.51.101.0/24",
+                                                                     "203.0.113.0/24")}
+    assert not core.busy and len(core.rib.loc) == 0
+
+
+def test_failed_connection_attempt_is_not_a_down() -> None:
+    core = make_core()
+    core.on_event(msg.StateEvent(A, A, "connected"), 1.0)
+    core.on_event(msg.StateEvent(A, A, "down", "Connection refused"), 1.5)
+    ps = core.peers[A]
+    assert ps.state is PeerState.IDLE
+    assert ps.last_down_reason == "" and ps.flaps == 0 and not core.busy
+
+
+def test_bfd_down_flushes_and_tears_down_with_cease_10() -> None:
+    core = make_core(bfd=True)
+    up(core, A)
+    announce(core, A, "203.0.113.0/24")
+    acts = core.on_event(BfdDown(A, "control_detection_time_expired", 3.0), 3.001)
+    assert acts == [SendCommand(A, f"neighbor {A} teardown 10", "bfd_down")]
+    assert fib_prefixes(drain(core)) == {"203.0.113.0/24": None}
+    # ExaBGP then reports the session down: our reason wins over its wording.
+    core.on_event(msg.StateEvent(A, A, "down", "TCP closed"), 3.1)
+    assert core.peers[A].last_down_reason == "BFD down (control_detection_time_expired)"
+    assert core.peers[A].bfd_down_at == 3.0
+
+
+def test_strict_bfd_gates_paths_without_losing_them() -> None:
+    core = make_core(bfd=True, strict=True)
+    up(core, A)
+    assert announce(core, A, "203.0.113.0/24") == []  # accepted, but not eligible until BFD is Up
+    assert core.on_event(BfdUp(A), 2.5) == []
+    assert fib_prefixes(drain(core)) == {"203.0.113.0/24": ["10.0.1.2"]}
+    core.on_event(BfdDown(A, "neighbor_signaled_down", 3.0), 3.0)
+    assert fib_prefixes(drain(core)) == {"203.0.113.0/24": None}
+    assert "203.0.113.0/24" in {str(p) for p in core.rib.adj[A].accepted}  # kept for when BFD returns
+
+
+def test_max_prefixes_tears_down_with_cease_1_and_flushes() -> None:
+    core = make_core(max_prefixes=1)
+    up(core, A)
+    acts = announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
+    assert SendCommand(A, f"neighbor {A} teardown 1", "max_prefixes") in acts
+    drain(core)
+    assert len(core.rib.loc) == 0
+    core.on_event(msg.StateEvent(A, A, "down", "closed"), 3.0)
+    assert core.peers[A].last_down_reason == "max_prefixes 1 exceeded"
+
+
+def test_speaker_death_keeps_routes_stale_until_eor() -> None:
+    core = make_core()
+    up(core, A)
+    up(core, G)
+    announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
+    acts = core.on_event(SpeakerDied(1), 10.0)
+    assert acts == [ArmTimer(STALE_TIMER, 130.0)]
+    assert core.peers[A].state is PeerState.IDLE and core.peers[A].flaps == 1
+    assert core.peers[B].flaps == 0  # was never up
+    assert not core.busy and len(core.rib.loc) == 2  # nothing withdrawn
+    up(core, A, now=11.0)
+    announce(core, A, "198.51.100.0/24", now=11.5)  # re-announced: no longer stale
+    core.on_event(msg.EorEvent(A, "ipv4", "unicast"), 12.0)
+    assert fib_prefixes(drain(core)) == {"198.51.101.0/24": None}
+    assert [str(p) for p in core.rib.loc.prefixes()] == ["198.51.100.0/24"]
+
+
+def test_stale_timer_sweeps_everything_left() -> None:
+    core = make_core()
+    up(core, A)
+    announce(core, A, "198.51.100.0/24")
+    core.on_event(SpeakerDied(None), 10.0)
+    acts = core.on_event(TimerFired(STALE_TIMER), 130.0)
+    assert acts == [SweepKernelStale()]
+    assert fib_prefixes(drain(core)) == {"198.51.100.0/24": None}
+
+
+def test_startup_sweep_on_eor_from_every_peer_or_timer() -> None:
+    core = make_core()
+    assert core.start(0.0, adopted_routes=5) == [ArmTimer(STARTUP_SWEEP_TIMER, 120.0)]
+    for p in (A, B):
+        up(core, p)
+        assert core.on_event(msg.EorEvent(p, "ipv4", "unicast"), 2.0) == []
+    up(core, G)
+    assert core.on_event(msg.EorEvent(G, "ipv4", "unicast"), 3.0) == [SweepKernelStale()]
+    assert core.on_event(TimerFired(STARTUP_SWEEP_TIMER), 120.0) == []  # already swept
+    core2 = make_core()
+    core2.start(0.0, adopted_routes=5)
+    assert core2.on_event(TimerFired(STARTUP_SWEEP_TIMER), 120.0) == [SweepKernelStale()]
+    assert make_core().start(0.0) == []
+
+
+def test_admin_reset_and_unknown_peer() -> None:
+    core = make_core()
+    assert core.on_event(AdminReset(A), 1.0) == [SendCommand(A, f"neighbor {A} teardown 4", "admin")]
+    stranger = ipaddress.ip_address("10.9.9.9")
+    assert core.on_event(msg.StateEvent(stranger, stranger, "up"), 1.0) == []
+    assert core.counters.unknown_peer_events == 1
+
+
+def test_routing_events_wait_for_a_flush_but_the_core_says_so() -> None:
+    """The shell must not feed routing events while ``busy``: a flush of A's old routes started before
+    A's new UPDATE must not withdraw what that UPDATE brings."""
+    core = make_core()
+    up(core, A)
+    announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
+    core.on_event(msg.StateEvent(A, A, "down"), 2.0)
+    assert core.busy
+    drain(core)
+    up(core, A, now=3.0)
+    announce(core, A, "198.51.100.0/24", now=3.0)
+    assert [str(p) for p in core.rib.loc.prefixes()] == ["198.51.100.0/24"]
