@@ -249,6 +249,12 @@ class KernelFib:
         return len(self.dataplane.pending)
 
     @property
+    def _pending(self) -> Mapping[IPNetwork, FibEntry | None]:
+        """Deprecated: the daemon read the backlog here; it now reads :attr:`pending_count`. Remove
+        once no caller is left (`git grep 'fib._pending'`)."""
+        return self.dataplane.pending
+
+    @property
     def last_failover_ms(self) -> float | None:
         return self.dataplane.last_failover_ms
 

@@ -1,19 +1,28 @@
-"""The XDP provider: mirrors the kernel writer's routes, groups and nexthops into the XDP maps.
+"""The XDP provider: the dataplane's operations, as the kernel accepted them, into the XDP maps.
 
 Theory of operation
 -------------------
-The kernel FIB is the source of truth; this provider follows it. :class:`KernelFib` calls
-:meth:`XdpMirror.sync` after every completed batch and every failover rewrite, and the mirror
-brings the maps to the writer's current state (prefix -> group id -> nexthop ids, the same ids as
-the kernel's), writing only what changed since the last sync. A failover is therefore one group
-write in XDP too. Many new routes at once (a table load) go in with ``bpf_map_update_batch``.
+The kernel FIB is the source of truth; this provider follows it. The dataplane
+(:mod:`fib.dataplane`) feeds it the *same* operations, in the same order, that it fed the kernel,
+with the kernel's errors by index (:meth:`XdpMirror.apply`): an operation the kernel refused is not
+mirrored. Nexthop and group operations are written at once (a failover rewrite is one group write
+here too), route operations are gathered and written after them (many at once with
+``bpf_map_update_batch``). The maps use the kernel's ids: prefix -> group id -> nexthop ids.
+Deleted groups and nexthops stay in the maps (nothing points at them any more); a group deleted
+with its routes (a whole-group withdrawal) takes those routes out of the trie.
+
+Besides the operations, the provider reads the dataplane's table through the narrow
+:class:`~fib.table.FibView` (``installed``, ``nh_key``, ``group_members()``) only to compare:
+:meth:`sync` brings the maps to the table's state (the whole table on the first call, e.g. after a
+restart with reused maps; afterwards only the nexthops, groups and the prefixes marked by
+:meth:`touch` — routes the monitor repaired outside an operation — or left waiting for a group).
 
 The router's own addresses go into the tries as host entries with group ``LOCAL_GROUP``: the
 program hands those packets to the kernel even where a customer route covers the address. They
 follow address notifications on the same socket as the neighbours.
 
 A nexthop entry needs the egress interface's MAC, the neighbour's MAC and the labels to push (part
-of the writer's nexthop key). Neighbours are followed through netlink notifications
+of the nexthop key). Neighbours are followed through netlink notifications
 (:meth:`start_monitor`): a neighbour that fails or is deleted makes its nexthops invalid at once,
 and the program hands their packets to the kernel (which resolves or reports it); a neighbour that
 resolves makes them valid. A full re-read of the neighbour table (:meth:`refresh`) runs at start,
@@ -35,7 +44,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
 
 from fib.netlink import (
     RTM_DELADDR,
@@ -50,10 +59,19 @@ from fib.netlink import (
     split_messages,
 )
 from fib.netns import netns as enter_netns
+from fib.ops import (
+    GroupAdd,
+    GroupDel,
+    GroupReplace,
+    NexthopAdd,
+    Op,
+    Results,
+    RouteDelete,
+    RouteInstall,
+    RouteReplace,
+)
+from fib.table import FibView
 from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram, sum_counters
-
-if TYPE_CHECKING:
-    from fib.kernel import KernelFib
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +97,9 @@ class XdpMirror:
         self._waiting: set = set()  # prefixes not written yet: their group had no members
         self.neighbour_events = 0
         self._mon: socket.socket | None = None
-        self._fib: KernelFib | None = None
+        self._fib: FibView | None = None
+        self._synced = False  # the first sync compares the whole table
+        self._dirty: set = set()  # prefixes changed outside an operation (drift repair), to compare
         if program.reused:
             self._read_maps()
         self.refresh()
@@ -119,45 +139,76 @@ class XdpMirror:
         dmac = self.neigh.get((str(gw), oif))
         return Nexthop(oif, smac, dmac or _ZERO_MAC, valid=dmac is not None, labels=labels)
 
-    def sync(self, fib: KernelFib, *, refresh: bool = False) -> int:
-        """Bring the maps to ``fib``'s state; returns the number of map writes.
+    # --- the operation stream --------------------------------------------------------------------
+    def apply(self, ops: Sequence[Op], kernel_errors: Mapping[int, int], view: FibView) -> Results:
+        """Mirror the operations the kernel accepted (``kernel_errors``: refused ones, by index).
+        Returns this provider's own results (a map write that failed, by index)."""
+        if not self._synced:  # first contact: compare the whole table (it already holds these ops)
+            self.sync(view)
+            return Results(ops)
+        self._fib = view
+        errors: dict[int, int] = {}
+        routes: dict = {}  # prefix -> group id, or None: delete (the last operation wins)
+        for i, op in enumerate(ops):
+            if i in kernel_errors:
+                continue
+            k = type(op)
+            try:
+                if k is RouteInstall or k is RouteReplace:
+                    routes[op.prefix] = op.gid  # type: ignore[union-attr]
+                elif k is RouteDelete:
+                    routes[op.prefix] = None  # type: ignore[union-attr]
+                elif k is GroupAdd or k is GroupReplace:
+                    self._write_group(op.gid, op.members)  # type: ignore[union-attr]
+                elif k is NexthopAdd:
+                    self._write_nexthop(op.nid, op.gateway, op.oif, op.labels)  # type: ignore[union-attr]
+                elif k is GroupDel:
+                    routes.update(dict.fromkeys(op.routes))  # type: ignore[union-attr]
+            except OSError as exc:
+                errors[i] = exc.errno or errno.EIO
+        if self._waiting:  # routes whose group had no members in the maps yet
+            installed = view.installed
+            for p in self._waiting:
+                routes.setdefault(p, installed.get(p))
+            self._waiting = set()
+        try:
+            self.writes += self._write_routes(routes)
+        except OSError as exc:
+            log.error("XDP route writes failed: %s", exc)
+            for i, op in enumerate(ops):
+                if type(op) in (RouteInstall, RouteReplace, RouteDelete) and i not in kernel_errors:
+                    errors[i] = exc.errno or errno.EIO
+        return Results(ops, errors)
 
-        Nexthops and groups (a few thousand) are compared every time. Routes: the first sync
-        compares the whole table; later ones only the prefixes the writer marked as changed
-        (``fib.dirty``) and those a previous sync had to leave (their group had no members yet): a
-        full compare of 1M routes takes ~1.5 s of the event loop, one UPDATE's prefixes microseconds.
-        ``refresh`` re-reads neighbours, MACs and addresses only (`pop-router fib diff` is the check
-        that the tries still match)."""
-        full = self._fib is not fib
-        if refresh:
-            self.refresh()
-        self._fib = fib
-        writes = 0
-        for nid, (gw, oif, labels) in list(fib.nh_key.items()):
-            hop = self._hop(nid, gw, oif, labels)
-            if self.nexthops.get(nid) != hop:
-                self.prog.set_nexthop(nid, hop, self.netns)
-                self.nexthops[nid] = hop
-                writes += 1
-        for gid, g in list(fib.group_by_id.items()):
-            if g.members and self.groups.get(gid) != g.members:
-                self.prog.set_group(gid, list(g.members))
-                self.groups[gid] = g.members
-                writes += 1
-        writes += self._sync_local(fib)
-        routes_get = self.routes.get
+    def touch(self, prefixes: Iterable) -> None:
+        """These prefixes changed in the table outside an operation: compare them at the next sync."""
+        self._dirty.update(prefixes)
+
+    def _write_nexthop(self, nid: int, gw: object, oif: int, labels: tuple[int, ...]) -> bool:
+        hop = self._hop(nid, gw, oif, labels)
+        if self.nexthops.get(nid) == hop:
+            return False
+        self.prog.set_nexthop(nid, hop, self.netns)
+        self.nexthops[nid] = hop
+        self.writes += 1
+        return True
+
+    def _write_group(self, gid: int, members: tuple[int, ...]) -> bool:
+        if not members or self.groups.get(gid) == members:
+            return False
+        self.prog.set_group(gid, list(members))
+        self.groups[gid] = members
+        self.writes += 1
+        return True
+
+    def _write_routes(self, routes: Mapping) -> int:
+        """prefix -> group id (None: delete) into the tries; the router's own addresses are left alone
+        and a route whose group is not in the maps yet waits for it."""
         local = self.addresses
-        installed = fib.installed
-        if full:
-            candidates = installed.keys() | self.routes.keys()
-        else:
-            candidates = fib.dirty | self._waiting
-        fib.dirty = set()
-        self._waiting = set()
+        routes_get = self.routes.get
         new = []
         gone = []
-        for p in candidates:
-            gid = installed.get(p)
+        for p, gid in routes.items():
             if gid is None or p in local:
                 if p in self.routes:
                     gone.append(p)
@@ -176,11 +227,35 @@ class XdpMirror:
             if p not in local:
                 self.prog.del_route(p)
             del self.routes[p]
-        writes += len(new) + len(gone)
-        self.writes += writes
-        return writes
+        return len(new) + len(gone)
 
-    def _sync_local(self, fib: KernelFib) -> int:
+    def sync(self, fib: FibView, *, refresh: bool = False) -> int:
+        """Bring the maps to ``fib``'s state; returns the number of map writes.
+
+        Nexthops and groups (a few thousand) are compared every time. Routes: the first sync
+        compares the whole table; later ones only the prefixes marked by :meth:`touch` and those an
+        operation had to leave waiting (their group had no members yet): a full compare of 1M routes
+        takes ~1.5 s of the event loop. ``refresh`` re-reads neighbours, MACs and addresses only
+        (`pop-router fib diff` is the check that the tries still match)."""
+        full = not self._synced
+        if refresh:
+            self.refresh()
+        self._fib = fib
+        self._synced = True
+        before = self.writes
+        for nid, (gw, oif, labels) in list(fib.nh_key.items()):
+            self._write_nexthop(nid, gw, oif, labels)
+        for gid, members in list(fib.group_members()):
+            self._write_group(gid, members)
+        self.writes += self._sync_local(fib)
+        installed = fib.installed
+        candidates = (installed.keys() | self.routes.keys()) if full else (self._dirty | self._waiting)
+        self._dirty = set()
+        self._waiting = set()
+        self.writes += self._write_routes({p: installed.get(p) for p in candidates})
+        return self.writes - before
+
+    def _sync_local(self, fib: FibView) -> int:
         """Host entries for the router's own addresses (a local address wins over an equal route of ours,
         as the kernel's local table does)."""
         writes = 0
@@ -200,7 +275,7 @@ class XdpMirror:
         return writes
 
     # --- neighbour notifications ---------------------------------------------------------------------
-    def start_monitor(self, fib: KernelFib) -> None:
+    def start_monitor(self, fib: FibView) -> None:
         self._fib = fib
         with enter_netns(self.netns):
             self._mon = neighbour_monitor_socket()
@@ -258,7 +333,7 @@ class XdpMirror:
             except OSError as exc:
                 log.error("XDP local address update failed: %s", exc)
 
-    def _apply_neighbours(self, fib: KernelFib, changed: set[tuple[str, int]]) -> None:
+    def _apply_neighbours(self, fib: FibView, changed: set[tuple[str, int]]) -> None:
         everything = ("*", 0) in changed
         for nid, (gw, oif, labels) in list(fib.nh_key.items()):
             if not everything and (str(gw), oif) not in changed:

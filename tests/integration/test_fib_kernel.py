@@ -8,9 +8,10 @@ import random
 import subprocess
 
 from fib.kernel import KernelFib, set_compat_mode
-from fib.netlink import RTM_NEWROUTE, RouteSocket, encode_group, encode_nexthop, encode_route, encode_route_nhid
+from fib.netlink import RTM_NEWROUTE, RouteSocket, encode_group, encode_nexthop, encode_route_nhid
 from fib.netns import netns as enter_netns
 from routing.model import FibEntry
+from tests.netlink_reference import encode_route
 
 from .netns import ip_json, resolve_routes
 
@@ -320,6 +321,44 @@ async def test_withdrawing_a_whole_group_is_one_message(netns: str) -> None:
     assert kernel_routes(netns) == {"198.51.100.0/24": ("10.0.0.3",)}
     # One group delete for 500 routes, then only the now-unused nexthop object is collected.
     assert fib.operations - ops <= 3, fib.operations - ops
-    assert len(fib.installed) == 1 and fib._count[4] == 1
+    assert len(fib.installed) == 1 and fib.route_counts[4] == 1
     task.cancel()
     fib.close()
+
+
+async def test_failover_refused_for_one_group_is_rolled_back_and_counted(netns: str) -> None:
+    """The failover lane on a real kernel: one of the two groups using the dead neighbour was deleted
+    behind our back, so the kernel refuses its rewrite (twice: ENOENT, a rewrite never recreates a
+    group); it is rolled back and counted, and the other group moves in the same call. No monitor
+    runs, so nothing repairs the deletion meanwhile."""
+    from routing.metrics import Metrics
+
+    set_compat_mode(netns, 0)
+    metrics = Metrics()
+    fib = KernelFib(protocol=PROTO, netns=netns, metrics=metrics)
+    task = asyncio.create_task(fib.run())
+    try:
+        for i in range(20):
+            p = f"10.{100 + i}.0.0/24"
+            fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.3",)))
+        fib.submit(N("198.51.100.0/24"), entry("198.51.100.0/24", "10.0.0.2", "10.0.0.4", backup=("10.0.0.3",)))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        keep = fib.installed[N("10.100.0.0/24")]
+        gone = fib.installed[N("198.51.100.0/24")]
+        members_before = fib.group_by_id[gone].members
+        subprocess.run(["ip", "-n", netns, "nexthop", "del", "id", str(gone)], check=True)
+        res = fib.fail_gateways_now({A("10.0.0.2")}, detected_at=fib.clock())
+        assert (res.rewritten, res.errors) == (1, 1)
+        assert res.ms_since_detected is not None and res.loop_ms < 100
+        assert fib.group_by_id[gone].members == members_before  # rolled back: what we last wrote
+        assert [fib.nh_key[m][0] for m in fib.group_by_id[keep].members] == [A("10.0.0.3")]
+        assert fib.failover_errors == 1
+        assert metrics.registry.get_sample_value("pop_router_fib_failover_errors_total") == 1
+        routes = kernel_routes(netns)
+        assert len(routes) == 20 and set(routes.values()) == {("10.0.0.3",)}
+        # Recovery rewrites the surviving group only; the refused one is still refused, and counted.
+        res = fib.recover_gateways_now({A("10.0.0.2")})
+        assert res.rewritten == 1 and set(kernel_routes(netns).values()) == {("10.0.0.2",)}
+    finally:
+        task.cancel()
+        fib.close()

@@ -1,4 +1,5 @@
-"""The kernel writer's planning, as pure logic (no socket: gateways' interfaces are pre-resolved).
+"""The planner and the kernel provider's encoding, as pure logic (no socket: gateways' interfaces are
+pre-resolved).
 
 What is checked here is what the writer *would send*: the kernel round trips are in
 tests/integration/test_fib_kernel.py. MPLS imposition is planned here because this machine's kernel
@@ -8,67 +9,97 @@ cannot take it (no CONFIG_MPLS_IPTUNNEL): the same plan is sent on a kernel that
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 
 from fib import netlink as nl
-from fib.kernel import KernelFib
+from fib import ops as fo
+from fib.dataplane import Dataplane, Pace
+from fib.kernel_provider import KernelProvider
+from fib.ops import Results
+from fib.planner import Planner
+from fib.table import FibTable
 from routing.model import FibEntry
 
 A = ipaddress.ip_address
 N = ipaddress.ip_network
+OIFS = {A("10.0.0.2"): 3, A("10.0.1.2"): 4}
 
 
-def _writer(mpls_encap: bool) -> KernelFib:
-    fib = KernelFib(protocol=200, mpls_encap=mpls_encap)
-    fib._oif.update({A("10.0.0.2"): 3, A("10.0.1.2"): 4})
-    return fib
+@dataclass
+class Writer:
+    """Table, planner and kernel encoder wired as the dataplane wires them, with no socket."""
+
+    mpls_encap: bool
+    table: FibTable = field(default_factory=lambda: FibTable(200))
+
+    def __post_init__(self) -> None:
+        self.planner = Planner(self.table, OIFS.get)
+        self.kernel = KernelProvider(protocol=200, table=254, metric=20, netns=None, mpls_encap=self.mpls_encap)
+        self.dp = Dataplane(self.table, self.planner, self.kernel, pace=Pace(), clock=lambda: 0.0)
+
+    def plan(self, work: list) -> list[fo.Op]:  # type: ignore[type-arg]
+        return self.planner.routes(work, self.dp._unreachable)
+
+    def complete(self, ops: list[fo.Op]) -> None:
+        """The kernel accepted every operation."""
+        self.dp.apply_results(ops, Results(ops))
 
 
-def _decoded(plan) -> dict[str, list]:  # type: ignore[no-untyped-def]
-    out: dict[str, list] = {"nh": [], "group": [], "route": []}
-    for i, msg in enumerate(plan.msgs):
+def _writer(mpls_encap: bool) -> Writer:
+    return Writer(mpls_encap)
+
+
+_KIND = {fo.NexthopAdd: "nh", fo.GroupAdd: "group", fo.GroupReplace: "group", fo.RouteInstall: "route",
+         fo.RouteReplace: "route", fo.RouteDelete: "route", fo.MplsLabelAdd: "mpls"}
+
+
+def _decoded(w: Writer, ops: list[fo.Op]) -> dict[str, list]:
+    out: dict[str, list] = {"nh": [], "group": [], "route": [], "mpls": []}
+    for i, msg in enumerate(w.kernel.encode(ops)):
         assert nl.NLMSGHDR.unpack_from(msg, 0)[3] == i  # seq = index in the batch (nothing to patch)
-        kind = plan.ops[i][0]
+        kind = _KIND[type(ops[i])]
         out[kind].append(nl.decode_nexthop(msg) if kind in ("nh", "group") else nl.decode_route(msg))
     return out
 
 
 def test_labels_become_an_mpls_encap_where_the_kernel_has_mpls() -> None:
-    fib = _writer(mpls_encap=True)
+    w = _writer(mpls_encap=True)
     e = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),), (300, 301), (A("10.0.1.2"),), (400,))
-    plan = fib._plan([(e.prefix, e)])
-    d = _decoded(plan)
+    plan = w.plan([(e.prefix, e)])
+    d = _decoded(w, plan)
     assert sorted((str(n.gateway), n.oif, n.labels) for n in d["nh"]) == [
         ("10.0.0.2", 3, (300, 301)), ("10.0.1.2", 4, (400,))]
     (g,) = d["group"]
-    primary = fib.nexthops[(A("10.0.0.2"), 3, (300, 301))]
+    primary = w.table.nexthops[(A("10.0.0.2"), 3, (300, 301))]
     assert [m for m, _w in g.group] == [primary]  # members: the live primaries only
     (r,) = d["route"]
     assert r.prefix == e.prefix and r.nhid == g.id
-    fib._inflight_batches = 1
-    fib._complete(plan, [])  # the kernel accepted all: what drift repair reinstalls keeps the labels
-    assert fib.desired(e.prefix) == e
+    w.complete(plan)  # the kernel accepted all: what drift repair reinstalls keeps the labels
+    assert w.table.desired(e.prefix) == e
 
 
 def test_labels_stay_in_memory_where_the_kernel_has_no_mpls() -> None:
     """Plain kernel objects, but one per label stack, so the XDP mirror can push the right labels."""
-    fib = _writer(mpls_encap=False)
+    w = _writer(mpls_encap=False)
     a = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),), (300,))
     b = FibEntry(N("198.51.100.0/24"), (A("10.0.0.2"),), ())
-    d = _decoded(fib._plan([(a.prefix, a), (b.prefix, b)]))
+    d = _decoded(w, w.plan([(a.prefix, a), (b.prefix, b)]))
     assert [n.labels for n in d["nh"]] == [(), ()]
-    assert sorted(k[2] for k in fib.nh_key.values()) == [(), (300,)]
+    assert sorted(k[2] for k in w.table.nh_key.values()) == [(), (300,)]
     assert len(d["group"]) == 2 and d["route"][0].nhid != d["route"][1].nhid
 
 
 def test_failover_uses_the_backup_paths_own_labels() -> None:
-    fib = _writer(mpls_encap=True)
+    w = _writer(mpls_encap=True)
     e = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),), (300,), (A("10.0.1.2"),), (400,))
-    fib._plan([(e.prefix, e)])
-    fib.dead.add(A("10.0.0.2"))
-    plan = fib._regroup({A("10.0.0.2")})
-    (g,) = [nl.decode_nexthop(m) for m in plan.msgs]
-    assert [fib.nh_key[m][2] for m, _w in g.group] == [(400,)]
-    assert fib.desired(e.prefix) is None  # not installed yet: the plan was never completed
+    w.complete(w.plan([(e.prefix, e)]))
+    w.table.dead.add(A("10.0.0.2"))
+    plan = w.planner.regroup({A("10.0.0.2")})
+    assert [type(op) for op in plan] == [fo.GroupReplace] and plan[0].failover
+    (g,) = [nl.decode_nexthop(m) for m in w.kernel.encode(plan)]
+    assert [w.table.nh_key[m][2] for m, _w in g.group] == [(400,)]
+    (grp,) = w.table.group_by_id.values()
+    assert grp.members == plan[0].old_members  # planned, not applied: members change on success only
 
 
 def test_incoming_label_routes_per_next_hop_where_the_kernel_has_mpls_routing() -> None:
@@ -76,30 +107,26 @@ def test_incoming_label_routes_per_next_hop_where_the_kernel_has_mpls_routing() 
     same label after a restart, when the nexthop is adopted with its id); deleted with the nexthop."""
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-    fib = _writer(mpls_encap=True)
-    fib.mpls_routing, fib.local_label_base = True, 100000
+    w = _writer(mpls_encap=True)
+    w.planner.mpls_routing, w.planner.local_label_base = True, 100000
     e = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),), (), (A("10.0.1.2"),), (400,))
-    plan = fib._plan([(e.prefix, e)])
-    mpls = [m for m, op in zip(plan.msgs, plan.ops, strict=True) if op[0] == "mpls"]
+    plan = w.plan([(e.prefix, e)])
+    mpls = [m for m, op in zip(w.kernel.encode(plan), plan, strict=True) if isinstance(op, fo.MplsLabelAdd)]
     assert len(mpls) == 1  # the labeled backup hop gets none: a CE is reached by its plain nexthop
     m = rtmsg(mpls[0])
     m.decode()
-    nid = fib.nexthops[(A("10.0.0.2"), 3, ())]
+    nid = w.table.nexthops[(A("10.0.0.2"), 3, ())]
     assert m["family"] == nl.AF_MPLS and m["proto"] == 200
     assert [x["label"] for x in m.get_attr("RTA_DST")] == [100000 + nid - (200 << 22) - 1]
     assert m.get_attr("RTA_NEWDST") is None  # pop
     assert m.get_attr("RTA_VIA")["addr"] == "10.0.0.2" and m.get_attr("RTA_OIF") == 3
-    assert fib.local_labels == {nid: 100000 + nid - (200 << 22) - 1}
+    assert w.table.local_labels == {nid: 100000 + nid - (200 << 22) - 1}
     # Nobody uses the nexthop any more: the collector deletes the object and its label route.
-    fib._inflight_batches = 1
-    fib._complete(plan, [])
-    dplan = fib._plan([(e.prefix, None)])
-    fib._inflight_batches = 1
-    fib._complete(dplan, [])
-    col = fib._collect()
-    kinds = [op[0] for op in col.ops]
-    assert "delmpls" in kinds and fib.local_labels == {}
-    (dl,) = [m for m, op in zip(col.msgs, col.ops, strict=True) if op[0] == "delmpls"]
+    w.complete(plan)
+    w.complete(w.plan([(e.prefix, None)]))
+    col = w.planner.collect()
+    assert any(isinstance(op, fo.MplsLabelDel) for op in col) and w.table.local_labels == {}
+    (dl,) = [m for m, op in zip(w.kernel.encode(col), col, strict=True) if isinstance(op, fo.MplsLabelDel)]
     d = rtmsg(dl)
     d.decode()
     assert d["header"]["type"] == nl.RTM_DELROUTE and [x["label"] for x in d.get_attr("RTA_DST")] == [
@@ -107,7 +134,7 @@ def test_incoming_label_routes_per_next_hop_where_the_kernel_has_mpls_routing() 
 
 
 def test_no_incoming_labels_without_kernel_mpls_routing() -> None:
-    fib = _writer(mpls_encap=False)
-    fib.local_label_base = 100000  # configured, but the probe said no MPLS routing
+    w = _writer(mpls_encap=False)
+    w.planner.local_label_base = 100000  # configured, but the probe said no MPLS routing
     e = FibEntry(N("192.0.2.0/24"), (A("10.0.0.2"),))
-    assert [op[0] for op in fib._plan([(e.prefix, e)]).ops] == ["nh", "group", "route"]
+    assert [type(op) for op in w.plan([(e.prefix, e)])] == [fo.NexthopAdd, fo.GroupAdd, fo.RouteInstall]
