@@ -3,13 +3,19 @@
 Why our own and not pyroute2: pyroute2 0.9.7 adds about 1,000 routes/s (0.7 ms of CPU per route)
 and dumps about 5,000/s, while the kernel accepts 100k+ routes/s when messages are packed ~1 MiB
 per ``sendmsg`` without per-message acks (measured on this machine; see ``benchmarks/``). It also
-has no nexthop objects and drops ``RTA_NH_ID``. pyroute2 stays in use for links, addresses and
-everything off the hot path.
+has no nexthop objects and drops ``RTA_NH_ID``. Links, addresses and neighbours are read here too;
+pyroute2 is left to the BFD transport (one address lookup, off every hot path) and to tests, whose
+independent parser checks what we build.
 
 Theory of operation
 -------------------
 - Wire layout is declared once as :mod:`struct` formats (``NLMSGHDR``, ``RTMSG``, ``RTATTR``,
-  ``RTNEXTHOP``) and attribute ids; every message is built from them.
+  ``RTNEXTHOP``) and attribute ids; every message is built from them. The route hot path packs a
+  whole message with one struct derived from those declarations (:func:`route_encoder`, the only
+  RTM_NEWROUTE encoder for unicast routes).
+- Decoding is table-driven, like pyroute2's ``nla_map``: each message family is a
+  :class:`MessageDecl` (types, fixed header, attribute id -> field and reader) and one walker,
+  :func:`_walk`, is the only attribute loop. A message or attribute we do not declare is skipped.
 - :meth:`RouteSocket.apply` sends a batch of messages with consecutive sequence numbers, only the
   last one carrying ``NLM_F_ACK``. The kernel still answers every *failed* message with an
   ``NLMSG_ERROR`` carrying its sequence number, and processes a socket's messages in order, so the
@@ -24,12 +30,15 @@ Theory of operation
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from routing.model import IPAddress, IPNetwork
 
@@ -122,16 +131,35 @@ NETLINK_ADD_MEMBERSHIP = 1
 
 MAX_BATCH_BYTES = 1 << 20
 _U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
 _U16 = struct.Struct("=H")
+_BE32 = struct.Struct("!I")
 
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
+# --- encoding --------------------------------------------------------------------------------------
 def _rta(kind: int, data: bytes) -> bytes:
     n = RTATTR.size + len(data)
     return RTATTR.pack(n, kind) + data + b"\0" * (_align(n) - n)
+
+
+def _nested(kind: int, *attrs: bytes) -> bytes:
+    return _rta(kind | 0x8000, b"".join(attrs))  # NLA_F_NESTED
+
+
+def _message(kind: int, flags: int, seq: int, payload: bytes) -> bytes:
+    """One netlink message: the NLMSGHDR every encoder (but the route hot path) puts in front."""
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), kind, flags, seq, 0) + payload
+
+
+def _create_flags(replace: bool) -> int:
+    """NLM_F_EXCL unless replacing: the kernel's replace matches a route on prefix, tos and metric only,
+    *not* on protocol, so replacing what we have not installed ourselves could overwrite another
+    protocol's route; the writer replaces only what it knows it owns."""
+    return NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,244 +198,278 @@ def mpls_label_stack(labels: Sequence[int], ttl: int = 0) -> bytes:
     return out
 
 
-def _nested(kind: int, *attrs: bytes) -> bytes:
-    return _rta(kind | 0x8000, b"".join(attrs))  # NLA_F_NESTED
-
-
 def encode_nexthop(
     seq: int, nhid: int, gateway: IPAddress, oif: int, *, protocol: int, replace: bool = False,
     labels: Sequence[int] = (),
 ) -> bytes:
     """RTM_NEWNEXTHOP for one gateway on one interface, optionally with an MPLS push (kernel MPLS)."""
     family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
-    flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
-    attrs = [_rta(NHA_ID, struct.pack("=I", nhid)), _rta(NHA_OIF, struct.pack("=I", oif)),
-             _rta(NHA_GATEWAY, gateway.packed)]
+    attrs = [_rta(NHA_ID, _U32.pack(nhid)), _rta(NHA_OIF, _U32.pack(oif)), _rta(NHA_GATEWAY, gateway.packed)]
     if labels:
-        attrs += [_rta(NHA_ENCAP_TYPE, struct.pack("=H", LWTUNNEL_ENCAP_MPLS)),
+        attrs += [_rta(NHA_ENCAP_TYPE, _U16.pack(LWTUNNEL_ENCAP_MPLS)),
                   _nested(NHA_ENCAP, _rta(MPLS_IPTUNNEL_DST, mpls_label_stack(labels)))]
     payload = NHMSG.pack(family, 0, protocol, 0, 0) + b"".join(attrs)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWNEXTHOP, flags, seq, 0) + payload
+    return _message(RTM_NEWNEXTHOP, _create_flags(replace), seq, payload)
 
 
 def encode_group(seq: int, nhid: int, members: Sequence[int], *, protocol: int, replace: bool = False) -> bytes:
     """RTM_NEWNEXTHOP for a multipath group of nexthop ids (equal weights). Replacing a group's members
     moves every route that points at it in one message (prefix-independent failover)."""
-    flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
     grp = b"".join(NEXTHOP_GRP.pack(m, 0, 0, 0) for m in members)
-    payload = NHMSG.pack(socket.AF_UNSPEC, 0, protocol, 0, 0) + _rta(NHA_ID, struct.pack("=I", nhid)) + \
-        _rta(NHA_GROUP, grp)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWNEXTHOP, flags, seq, 0) + payload
+    payload = NHMSG.pack(socket.AF_UNSPEC, 0, protocol, 0, 0) + _rta(NHA_ID, _U32.pack(nhid)) + _rta(NHA_GROUP, grp)
+    return _message(RTM_NEWNEXTHOP, _create_flags(replace), seq, payload)
 
 
 def encode_del_nexthop(seq: int, nhid: int) -> bytes:
-    payload = NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _rta(NHA_ID, struct.pack("=I", nhid))
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_DELNEXTHOP, NLM_F_REQUEST, seq, 0) + payload
+    """RTM_DELNEXTHOP by id (the kernel refuses it while a route still points at the object)."""
+    payload = NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _rta(NHA_ID, _U32.pack(nhid))
+    return _message(RTM_DELNEXTHOP, NLM_F_REQUEST, seq, payload)
 
 
-# A whole RTM_NEWROUTE/RTM_DELROUTE with RTA_DST, RTA_TABLE, RTA_PRIORITY (and RTA_NH_ID) in one
-# struct: one pack per route instead of five (the writer's hot loop, ~1M calls for a full table).
-_ROUTE4_NH = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI" "HHI" "HHI")
-_ROUTE6_NH = struct.Struct("=IHHII" "BBBBBBBBI" "HH16s" "HHI" "HHI" "HHI")
-_ROUTE4_DEL = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI" "HHI")
-_ROUTE6_DEL = struct.Struct("=IHHII" "BBBBBBBBI" "HH16s" "HHI" "HHI")
+# The route hot path: a whole RTM_NEWROUTE/RTM_DELROUTE (NLMSGHDR, RTMSG, RTA_DST, then u32
+# attributes RTA_TABLE, RTA_PRIORITY and, for a new route, RTA_NH_ID) as *one* struct, derived from
+# the declarations above: one pack per route instead of one per part (~1M calls for a full table).
+# The address attribute needs no padding (4 + 4 and 4 + 16 bytes are multiples of 4).
+def _route_layout(addr_len: int, u32_attrs: int) -> struct.Struct:
+    parts = [NLMSGHDR.format, RTMSG.format, RTATTR.format + f"{addr_len}s"] + [RTATTR.format + "I"] * u32_attrs
+    return struct.Struct("=" + "".join(p.lstrip("=") for p in parts))
+
+
+_ROUTE4_NH, _ROUTE6_NH = _route_layout(4, 3), _route_layout(16, 3)
+_ROUTE4_DEL, _ROUTE6_DEL = _route_layout(4, 2), _route_layout(16, 2)
+
+
+def route_encoder(*, protocol: int, table: int, metric: int) -> Callable[[int, IPNetwork, int, bool], bytes]:
+    """The one RTM_NEWROUTE encoder (routes on a nexthop object or group, ``RTA_NH_ID``), with the
+    per-table constants bound once: the writer's hot loop calls it once per route (a million times
+    for a full table), and keyword handling and constant lookups cost as much as the packing itself.
+    ``replace=False`` creates exclusively (see :func:`_create_flags`)."""
+    rtm_table = table if table < 256 else RT_TABLE_COMPAT
+    pack4, size4 = _ROUTE4_NH.pack, _ROUTE4_NH.size
+    pack6, size6 = _ROUTE6_NH.pack, _ROUTE6_NH.size
+    f_new, f_replace = _create_flags(False), _create_flags(True)
+    inet, inet6, new, scope, unicast = socket.AF_INET, socket.AF_INET6, RTM_NEWROUTE, RT_SCOPE_UNIVERSE, RTN_UNICAST
+    dst_a, table_a, prio_a, nhid_a = RTA_DST, RTA_TABLE, RTA_PRIORITY, RTA_NH_ID
+
+    def encode(seq: int, prefix: IPNetwork, nhid: int, replace: bool) -> bytes:
+        dst = prefix.network_address.packed
+        if len(dst) == 4:
+            return pack4(size4, new, f_replace if replace else f_new, seq, 0, inet, prefix.prefixlen, 0, 0,
+                         rtm_table, protocol, scope, unicast, 0, 8, dst_a, dst,
+                         8, table_a, table, 8, prio_a, metric, 8, nhid_a, nhid)
+        return pack6(size6, new, f_replace if replace else f_new, seq, 0, inet6, prefix.prefixlen, 0, 0,
+                     rtm_table, protocol, scope, unicast, 0, 20, dst_a, dst,
+                     8, table_a, table, 8, prio_a, metric, 8, nhid_a, nhid)
+
+    return encode
+
+
+#: :func:`encode_route_nhid`'s encoders by (protocol, table, metric): binding costs more than packing.
+_bound_route_encoder = functools.lru_cache(maxsize=64)(
+    lambda protocol, table, metric: route_encoder(protocol=protocol, table=table, metric=metric))
 
 
 def encode_route_nhid(
     op: int, seq: int, prefix: IPNetwork, nhid: int, *, protocol: int, table: int, metric: int, replace: bool = True,
 ) -> bytes:
-    """RTM_NEWROUTE/RTM_DELROUTE pointing at a nexthop object or group (RTA_NH_ID)."""
+    """RTM_NEWROUTE pointing at a nexthop object or group (RTA_NH_ID), or the RTM_DELROUTE of that
+    route (the same message without RTA_NH_ID: the kernel matches prefix, table, metric, protocol)."""
+    if op == RTM_NEWROUTE:
+        return _bound_route_encoder(protocol, table, metric)(seq, prefix, nhid, replace)
     v4 = prefix.version == 4
-    family = socket.AF_INET if v4 else socket.AF_INET6
-    rtm_table = table if table < 256 else RT_TABLE_COMPAT
-    alen = 8 if v4 else 20
-    if op == RTM_NEWROUTE:
-        flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
-        st = _ROUTE4_NH if v4 else _ROUTE6_NH
-        return st.pack(st.size, op, flags, seq, 0, family, prefix.prefixlen, 0, 0, rtm_table, protocol,
-                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, alen, RTA_DST, prefix.network_address.packed,
-                       8, RTA_TABLE, table, 8, RTA_PRIORITY, metric, 8, RTA_NH_ID, nhid)
     st = _ROUTE4_DEL if v4 else _ROUTE6_DEL
-    return st.pack(st.size, op, NLM_F_REQUEST, seq, 0, family, prefix.prefixlen, 0, 0, rtm_table, protocol,
-                   RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, alen, RTA_DST, prefix.network_address.packed,
-                   8, RTA_TABLE, table, 8, RTA_PRIORITY, metric)
+    family, dst_len = (socket.AF_INET, 8) if v4 else (socket.AF_INET6, 20)
+    return st.pack(st.size, op, NLM_F_REQUEST, seq, 0, family, prefix.prefixlen, 0, 0,
+                   table if table < 256 else RT_TABLE_COMPAT, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0,
+                   dst_len, RTA_DST, prefix.network_address.packed, 8, RTA_TABLE, table, 8, RTA_PRIORITY, metric)
 
 
-def route_encoder(*, protocol: int, table: int, metric: int) -> Callable[[int, IPNetwork, int, bool], bytes]:
-    """:func:`encode_route_nhid` for RTM_NEWROUTE with the per-table constants bound once: the
-    writer's hot loop calls it once per route (a million times for a full table), and keyword
-    handling and the family branch cost as much as the packing itself."""
-    rtm_table = table if table < 256 else RT_TABLE_COMPAT
-    pack4, size4 = _ROUTE4_NH.pack, _ROUTE4_NH.size
-    pack6, size6 = _ROUTE6_NH.pack, _ROUTE6_NH.size
-    f_new = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
-    f_replace = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
-    inet, inet6 = socket.AF_INET, socket.AF_INET6
-
-    def encode(seq: int, prefix: IPNetwork, nhid: int, replace: bool) -> bytes:
-        dst = prefix.network_address.packed
-        if len(dst) == 4:
-            return pack4(size4, RTM_NEWROUTE, f_replace if replace else f_new, seq, 0, inet, prefix.prefixlen, 0,
-                         0, rtm_table, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, 8, RTA_DST, dst,
-                         8, RTA_TABLE, table, 8, RTA_PRIORITY, metric, 8, RTA_NH_ID, nhid)
-        return pack6(size6, RTM_NEWROUTE, f_replace if replace else f_new, seq, 0, inet6, prefix.prefixlen, 0,
-                     0, rtm_table, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0, 20, RTA_DST, dst,
-                     8, RTA_TABLE, table, 8, RTA_PRIORITY, metric, 8, RTA_NH_ID, nhid)
-
-    return encode
-
-
-def _encode_route_nhid_reference(
-    op: int, seq: int, prefix: IPNetwork, nhid: int, *, protocol: int, table: int, metric: int, replace: bool = True,
-) -> bytes:
-    """The same message built attribute by attribute: the declaration the fast path is tested against."""
-    family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
-    flags = NLM_F_REQUEST
-    if op == RTM_NEWROUTE:
-        flags |= NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
-    body = RTMSG.pack(family, prefix.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol,
-                      RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
-    attrs = _rta(RTA_DST, prefix.network_address.packed) + _rta(RTA_TABLE, struct.pack("=I", table)) + \
-        _rta(RTA_PRIORITY, struct.pack("=I", metric))
-    if op == RTM_NEWROUTE:
-        attrs += _rta(RTA_NH_ID, struct.pack("=I", nhid))
-    payload = body + attrs
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), op, flags, seq, 0) + payload
+def _mpls_route_header(protocol: int) -> bytes:
+    return RTMSG.pack(AF_MPLS, 20, 0, 0, 254, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
 
 
 def encode_mpls_route(seq: int, in_label: int, out_labels: Sequence[int], via: IPAddress, oif: int, *,
                       protocol: int) -> bytes:
     """An incoming-label route (AF_MPLS): swap ``in_label`` for ``out_labels`` (empty: pop) towards ``via``."""
-    body = RTMSG.pack(AF_MPLS, 20, 0, 0, 254, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
     fam = socket.AF_INET if via.version == 4 else socket.AF_INET6
     attrs = _rta(RTA_DST, mpls_label_stack([in_label]))
     if out_labels:
         attrs += _rta(RTA_NEWDST, mpls_label_stack(out_labels))
-    attrs += _rta(RTA_VIA, struct.pack("=H", fam) + via.packed) + _rta(RTA_OIF, struct.pack("=I", oif))
-    payload = body + attrs
-    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWROUTE, flags, seq, 0) + payload
+    attrs += _rta(RTA_VIA, _U16.pack(fam) + via.packed) + _rta(RTA_OIF, _U32.pack(oif))
+    return _message(RTM_NEWROUTE, _create_flags(True), seq, _mpls_route_header(protocol) + attrs)
 
 
 def encode_del_mpls_route(seq: int, in_label: int, *, protocol: int) -> bytes:
-    body = RTMSG.pack(AF_MPLS, 20, 0, 0, 254, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
-    payload = body + _rta(RTA_DST, mpls_label_stack([in_label]))
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_DELROUTE, NLM_F_REQUEST, seq, 0) + payload
+    payload = _mpls_route_header(protocol) + _rta(RTA_DST, mpls_label_stack([in_label]))
+    return _message(RTM_DELROUTE, NLM_F_REQUEST, seq, payload)
+
+
+# --- decoding: one attribute walker, each message kind declared as data ----------------------------
+# Like pyroute2's ``nla_map``: a message declaration names the message types it parses, its fixed
+# header (a struct and its field names) and, per attribute id, the field the attribute fills and the
+# reader of its payload. :func:`_walk` is the only attribute loop; a decoder turns the parsed fields
+# into our value types. Attributes not declared are skipped; a repeated attribute keeps its last
+# value; a truncated attribute ends the walk (the kernel never sends one).
+#: Reads one attribute's payload, ``buf[start:end]``, in place (no slice per attribute: a dump
+#: parses millions of them); ``family`` is the message's address family.
+Reader = Callable[[bytes, int, int, int], Any]
+NlaMap = Mapping[int, tuple[str, Reader]]
+_RTA_HDR = RTATTR.size
+_rta_unpack = RTATTR.unpack_from
+
+
+def _walk(buf: bytes, off: int, end: int, nla_map: NlaMap, family: int) -> dict[str, Any]:
+    """The fields of the attributes from ``off`` to ``end`` that ``nla_map`` declares: the one
+    attribute loop of every decoder."""
+    out: dict[str, Any] = {}
+    get = nla_map.get
+    while off + _RTA_HDR <= end:
+        n, kind = _rta_unpack(buf, off)
+        if n < _RTA_HDR or off + n > end:
+            break
+        spec = get(kind & 0x3FFF)
+        if spec is not None:
+            out[spec[0]] = spec[1](buf, off + _RTA_HDR, off + n, family)
+        off += (n + 3) & ~3
+    return out
+
+
+def _u32(buf: bytes, start: int, _end: int, _family: int) -> int:
+    return _U32.unpack_from(buf, start)[0]
+
+
+def _i32(buf: bytes, start: int, _end: int, _family: int) -> int:
+    return _I32.unpack_from(buf, start)[0]
+
+
+def _raw(buf: bytes, start: int, end: int, _family: int) -> bytes:
+    return bytes(buf[start:end])
+
+
+def _addr_bytes(buf: bytes, start: int, end: int, family: int) -> bytes:
+    return bytes(buf[start: min(end, start + (4 if family == socket.AF_INET else 16))])
+
+
+def _addr(buf: bytes, start: int, end: int, family: int) -> IPAddress | None:
+    if family == socket.AF_INET:
+        return ipaddress.IPv4Address(bytes(buf[start:start + 4]))
+    if family == socket.AF_INET6:
+        return ipaddress.IPv6Address(bytes(buf[start:start + 16]))
+    return None
+
+
+def _labels(buf: bytes, start: int, end: int, _family: int) -> tuple[int, ...]:
+    return tuple(x >> 12 for (x,) in _BE32.iter_unpack(buf[start: start + (end - start) // 4 * 4]))
+
+
+def _nh_group(buf: bytes, start: int, end: int, _family: int) -> tuple[tuple[int, int], ...]:
+    data = buf[start: start + (end - start) // NEXTHOP_GRP.size * NEXTHOP_GRP.size]
+    return tuple((m[0], m[1] + 1) for m in NEXTHOP_GRP.iter_unpack(data))
+
+
+def _nested_map(nla_map: NlaMap) -> Reader:
+    return lambda buf, start, end, family: _walk(buf, start, end, nla_map, family)
+
+
+def _multipath(buf: bytes, start: int, end: int, family: int) -> list[tuple[int, dict[str, Any]]]:
+    """RTA_MULTIPATH: a run of (struct rtnexthop, its own attributes), as (ifindex, attributes)."""
+    hops, off = [], start
+    while off + RTNEXTHOP.size <= end:
+        ln, _flags, _hops, ifindex = RTNEXTHOP.unpack_from(buf, off)
+        if ln < RTNEXTHOP.size:
+            break
+        hops.append((ifindex, _walk(buf, off + RTNEXTHOP.size, min(off + ln, end), _RTNH_NLA, family)))
+        off += _align(ln)
+    return hops
+
+
+_RTNH_NLA: NlaMap = {RTA_GATEWAY: ("gateway", _addr)}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDecl:
+    """How one family of rtnetlink messages is laid out after its NLMSGHDR."""
+
+    kinds: frozenset[int]
+    header: struct.Struct
+    #: Names of ``header``'s fields; the first is always the address family.
+    fields: Any  # a namedtuple class
+    nla_map: NlaMap
+
+
+def _decl(kinds: set[int], header: struct.Struct, fields: str, nla_map: NlaMap) -> MessageDecl:
+    return MessageDecl(frozenset(kinds), header, namedtuple("Header", fields), nla_map)
+
+
+ROUTE_MSG = _decl({RTM_NEWROUTE, RTM_DELROUTE}, RTMSG, "family dst_len src_len tos table protocol scope type flags", {
+    RTA_DST: ("dst", _addr_bytes), RTA_OIF: ("oif", _i32), RTA_GATEWAY: ("gateway", _addr),
+    RTA_PRIORITY: ("metric", _u32), RTA_MULTIPATH: ("multipath", _multipath), RTA_TABLE: ("table", _u32),
+    RTA_NH_ID: ("nhid", _u32),
+})
+NEXTHOP_MSG = _decl({RTM_NEWNEXTHOP, RTM_DELNEXTHOP}, NHMSG, "family scope protocol resvd flags", {
+    NHA_ID: ("id", _u32), NHA_GROUP: ("group", _nh_group), NHA_OIF: ("oif", _u32), NHA_GATEWAY: ("gateway", _addr),
+    NHA_ENCAP: ("encap", _nested_map({MPLS_IPTUNNEL_DST: ("labels", _labels)})),
+})
+ADDR_MSG = _decl({RTM_NEWADDR, RTM_DELADDR}, IFADDRMSG, "family prefixlen flags scope index", {
+    IFA_ADDRESS: ("address", _addr), IFA_LOCAL: ("local", _addr),
+})
+NEIGH_MSG = _decl({RTM_NEWNEIGH, RTM_DELNEIGH}, NDMSG, "family ifindex state flags type", {
+    NDA_DST: ("dst", _addr), NDA_LLADDR: ("lladdr", _raw),
+})
+LINK_MSG = _decl({RTM_NEWLINK, RTM_DELLINK}, IFINFOMSG, "family type index flags change", {
+    IFLA_ADDRESS: ("address", _raw),
+})
+
+
+def _parse(decl: MessageDecl, msg: bytes, *, attributes: bool = True) -> tuple[int, Any, dict[str, Any]] | None:
+    """(message type, header fields, attribute fields) of ``msg``, or None if ``decl`` is not its kind."""
+    kind = NLMSGHDR.unpack_from(msg, 0)[1]
+    if kind not in decl.kinds or len(msg) < NLMSGHDR.size + decl.header.size:
+        return None
+    hdr = decl.fields._make(decl.header.unpack_from(msg, NLMSGHDR.size))
+    attrs = _walk(msg, NLMSGHDR.size + decl.header.size, len(msg), decl.nla_map, hdr.family) if attributes else {}
+    return kind, hdr, attrs
 
 
 def decode_nexthop(msg: bytes) -> KernelNexthop | None:
-    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind not in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
+    p = _parse(NEXTHOP_MSG, msg)
+    if p is None:
         return None
-    family, _scope, protocol, _r, _flags = NHMSG.unpack_from(msg, NLMSGHDR.size)
-    nhid, oif, gw, group = 0, 0, None, ()
-    labels: tuple[int, ...] = ()
-    for a, data in _attrs(msg, NLMSGHDR.size + NHMSG.size, len(msg)):
-        if a == NHA_ID:
-            nhid = struct.unpack("=I", data[:4])[0]
-        elif a == NHA_OIF:
-            oif = struct.unpack("=I", data[:4])[0]
-        elif a == NHA_GATEWAY:
-            gw = ipaddress.ip_address(data[:4] if family == socket.AF_INET else data[:16])
-        elif a == NHA_GROUP:
-            group = tuple((m[0], m[1] + 1) for m in NEXTHOP_GRP.iter_unpack(data[: len(data) // 8 * 8]))
-        elif a == NHA_ENCAP:
-            for b, nd in _attrs(data, 0, len(data)):
-                if b == MPLS_IPTUNNEL_DST:
-                    labels = tuple(x >> 12 for (x,) in struct.iter_unpack("!I", nd[: len(nd) // 4 * 4]))
-    return KernelNexthop(nhid, protocol, gw, oif, group, labels)
+    _kind, hdr, a = p
+    labels = a["encap"].get("labels", ()) if "encap" in a else ()
+    return KernelNexthop(a.get("id", 0), hdr.protocol, a.get("gateway"), a.get("oif", 0), a.get("group", ()), labels)
 
 
-def encode_route(
-    op: int,
-    seq: int,
-    prefix: IPNetwork,
-    nexthops: Sequence[IPAddress],
-    *,
-    protocol: int,
-    table: int,
-    metric: int,
-    ack: bool = False,
-    replace: bool = True,
-) -> bytes:
-    """One RTM_NEWROUTE or RTM_DELROUTE message.
-
-    ``replace=False`` creates exclusively (``NLM_F_EXCL``): the kernel's replace matches on prefix,
-    tos and metric only, *not* on protocol, so replacing a route we have not installed ourselves could
-    overwrite another protocol's route. The writer replaces only what it knows it owns.
-    """
-    family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
-    flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
-    if op == RTM_NEWROUTE:
-        flags |= NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
-    body = RTMSG.pack(
-        family, prefix.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol,
-        RT_SCOPE_UNIVERSE, RTN_UNICAST, 0,
-    )
-    attrs = [_rta(RTA_DST, prefix.network_address.packed), _rta(RTA_TABLE, struct.pack("=I", table)),
-             _rta(RTA_PRIORITY, struct.pack("=I", metric))]
-    if op == RTM_NEWROUTE:
-        if len(nexthops) == 1:
-            attrs.append(_rta(RTA_GATEWAY, nexthops[0].packed))
-        elif nexthops:
-            mp = b""
-            for nh in nexthops:
-                gw = _rta(RTA_GATEWAY, nh.packed)
-                mp += RTNEXTHOP.pack(RTNEXTHOP.size + len(gw), 0, 0, 0) + gw
-            attrs.append(_rta(RTA_MULTIPATH, mp))
-    payload = body + b"".join(attrs)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), op, flags, seq, 0) + payload
+def _decode_route(msg: bytes, kinds: frozenset[int]) -> KernelRoute | None:
+    p = _parse(ROUTE_MSG, msg)
+    if p is None or p[0] not in kinds:
+        return None
+    _kind, hdr, a = p
+    if hdr.type != RTN_UNICAST or hdr.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    gws = [a["gateway"]] if "gateway" in a else []
+    oifs = [a["oif"]] if "oif" in a else []
+    for ifindex, hop in a.get("multipath", ()):
+        oifs.append(ifindex)
+        if "gateway" in hop:
+            gws.append(hop["gateway"])
+    net = ipaddress.IPv4Network if hdr.family == socket.AF_INET else ipaddress.IPv6Network
+    prefix = net((int.from_bytes(a.get("dst", b""), "big"), hdr.dst_len))
+    return KernelRoute(prefix, tuple(sorted(gws, key=int)), hdr.protocol, a.get("table", hdr.table),
+                       a.get("metric", 0), tuple(oifs), a.get("nhid", 0))
 
 
-def _attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
-    while off + RTATTR.size <= end:
-        n, kind = RTATTR.unpack_from(buf, off)
-        if n < RTATTR.size or off + n > end:
-            return
-        yield kind & 0x3FFF, buf[off + RTATTR.size: off + n]
-        off += _align(n)
+_NEW_ROUTE = frozenset({RTM_NEWROUTE})
 
 
 def decode_route(msg: bytes) -> KernelRoute | None:
     """Parse one RTM_NEWROUTE message (header included); None for anything we do not manage."""
-    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind != RTM_NEWROUTE:
-        return None
-    family, dst_len, _sl, _tos, table, protocol, _scope, rtype, _fl = RTMSG.unpack_from(msg, NLMSGHDR.size)
-    if rtype != RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    addr_len = 4 if family == socket.AF_INET else 16
-    dst = b"\0" * addr_len
-    gws: list[IPAddress] = []
-    oifs: list[int] = []
-    metric = 0
-    nhid = 0
-    for a, data in _attrs(msg, NLMSGHDR.size + RTMSG.size, len(msg)):
-        if a == RTA_NH_ID:
-            nhid = struct.unpack("=I", data[:4])[0]
-        elif a == RTA_DST:
-            dst = data[:addr_len]
-        elif a == RTA_GATEWAY:
-            gws.append(ipaddress.ip_address(data[:addr_len]))
-        elif a == RTA_OIF:
-            oifs.append(struct.unpack("=i", data[:4])[0])
-        elif a == RTA_TABLE:
-            table = struct.unpack("=I", data[:4])[0]
-        elif a == RTA_PRIORITY:
-            metric = struct.unpack("=I", data[:4])[0]
-        elif a == RTA_MULTIPATH:
-            off = 0
-            while off + RTNEXTHOP.size <= len(data):
-                ln, _nf, _h, ifindex = RTNEXTHOP.unpack_from(data, off)
-                if ln < RTNEXTHOP.size:
-                    break
-                oifs.append(ifindex)
-                for b, nd in _attrs(data, off + RTNEXTHOP.size, off + ln):
-                    if b == RTA_GATEWAY:
-                        gws.append(ipaddress.ip_address(nd[:addr_len]))
-                off += _align(ln)
-    prefix = ipaddress.ip_network((int.from_bytes(dst, "big"), dst_len))
-    return KernelRoute(prefix, tuple(sorted(gws, key=int)), protocol, table, metric, tuple(oifs), nhid)
+    return _decode_route(msg, _NEW_ROUTE)
+
+
+def decode_route_any(msg: bytes) -> KernelRoute | None:
+    """Like decode_route, for RTM_DELROUTE notifications too."""
+    return _decode_route(msg, ROUTE_MSG.kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,7 +578,7 @@ class RouteSocket:
 
     def dump_neighbours(self) -> list[tuple[IPAddress, int, int, bytes]]:
         """(address, ifindex, NUD state, link-layer address) of every neighbour entry."""
-        return self._dump(RTM_GETNEIGH, NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), _decode_neigh)
+        return self._dump(RTM_GETNEIGH, NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), decode_neighbour)
 
     def dump_addresses(self) -> list[tuple[IPAddress, int]]:
         """(address, ifindex) of every address configured in the namespace (the router's own)."""
@@ -530,16 +592,11 @@ class RouteSocket:
         seq = self.next_seq()
         family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         body = RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + _rta(RTA_DST, dst.packed)
-        self.sock.sendall(NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body)
-        for kind, msg in self._replies(seq):
-            if kind == RTM_NEWROUTE:
-                oif, gw = 0, None
-                for a, d in _attrs(msg, NLMSGHDR.size + RTMSG.size, len(msg)):
-                    if a == RTA_OIF:
-                        oif = struct.unpack("=i", d[:4])[0]
-                    elif a == RTA_GATEWAY:
-                        gw = ipaddress.ip_address(d)
-                return oif, gw
+        self.sock.sendall(_message(RTM_GETROUTE, NLM_F_REQUEST, seq, body))
+        for _kind, msg in self._replies(seq):
+            p = _parse(ROUTE_MSG, msg)
+            if p is not None and p[0] == RTM_NEWROUTE:
+                return p[2].get("oif", 0), p[2].get("gateway")
         raise OSError(errno_mod.ENOENT, "no route")
 
     def _replies(self, seq: int) -> Iterator[tuple[int, bytes]]:
@@ -560,8 +617,7 @@ class RouteSocket:
 
     def _dump(self, kind: int, req: bytes, decoder):  # type: ignore[no-untyped-def]
         seq = self.next_seq()
-        hdr = NLMSGHDR.pack(NLMSGHDR.size + len(req), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-        self.sock.sendall(hdr + req)
+        self.sock.sendall(_message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, req))
         out: list = []
         for _kind, msg in self._replies(seq):
             r = decoder(msg)
@@ -598,75 +654,47 @@ def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
         off += _align(n)
 
 
-def _decode_addr(msg: bytes) -> tuple[IPAddress, int] | None:
-    if NLMSGHDR.unpack_from(msg, 0)[1] not in (RTM_NEWADDR, RTM_DELADDR):
-        return None
-    family, _plen, _flags, _scope, index = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    found: dict[int, bytes] = {}
-    for a, data in _attrs(msg, NLMSGHDR.size + IFADDRMSG.size, len(msg)):
-        if a in (IFA_ADDRESS, IFA_LOCAL):
-            found[a] = bytes(data[: 4 if family == socket.AF_INET else 16])
-    raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)  # IFA_LOCAL is ours on point-to-point links
-    return (ipaddress.ip_address(raw), index) if raw else None
-
-
 def neighbour_monitor_socket() -> socket.socket:
     """A non-blocking socket receiving neighbour and address notifications (for the XDP nexthop MACs
     and the router's own addresses, which XDP must hand to the kernel)."""
     return _notification_socket(RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, 4 << 20)
 
 
-def decode_neighbour(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
-    """(address, ifindex, NUD state, lladdr) of an RTM_NEWNEIGH/RTM_DELNEIGH; state 0 for a delete."""
-    n = _decode_neigh(msg)
-    if n is not None and NLMSGHDR.unpack_from(msg, 0)[1] == RTM_DELNEIGH:
-        return n[0], n[1], 0, b""
-    return n
-
-
-def _decode_neigh(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
-    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind not in (RTM_NEWNEIGH, RTM_DELNEIGH):  # a dump only answers with RTM_NEWNEIGH
+def _decode_addr(msg: bytes) -> tuple[IPAddress, int] | None:
+    p = _parse(ADDR_MSG, msg)
+    if p is None:
         return None
-    family, ifindex, state, _flags, _type = NDMSG.unpack_from(msg, NLMSGHDR.size)
-    dst, ll = None, b""
-    for a, data in _attrs(msg, NLMSGHDR.size + NDMSG.size, len(msg)):
-        if a == NDA_DST and family in (socket.AF_INET, socket.AF_INET6):
-            dst = ipaddress.ip_address(data[: 4 if family == socket.AF_INET else 16])
-        elif a == NDA_LLADDR:
-            ll = bytes(data)
-    return (dst, ifindex, state, ll) if dst is not None else None
+    _kind, hdr, a = p
+    addr = a.get("local", a.get("address"))  # IFA_LOCAL is ours on point-to-point links
+    return (addr, hdr.index) if addr is not None else None
+
+
+def decode_neighbour(msg: bytes) -> tuple[IPAddress, int, int, bytes] | None:
+    """(address, ifindex, NUD state, lladdr) of an RTM_NEWNEIGH/RTM_DELNEIGH; state 0 for a delete.
+    (A dump only answers with RTM_NEWNEIGH.)"""
+    p = _parse(NEIGH_MSG, msg)
+    if p is None or p[2].get("dst") is None:
+        return None
+    kind, hdr, a = p
+    if kind == RTM_DELNEIGH:
+        return a["dst"], hdr.ifindex, 0, b""
+    return a["dst"], hdr.ifindex, hdr.state, a.get("lladdr", b"")
 
 
 def _decode_link_mac(msg: bytes) -> tuple[int, bytes] | None:
-    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind != RTM_NEWLINK:
+    p = _parse(LINK_MSG, msg)
+    if p is None or p[0] != RTM_NEWLINK or "address" not in p[2]:
         return None
-    _fam, _type, index, _flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
-    for a, data in _attrs(msg, NLMSGHDR.size + IFINFOMSG.size, len(msg)):
-        if a == IFLA_ADDRESS:
-            return index, bytes(data)
-    return None
+    return p[1].index, p[2]["address"]
 
 
 def decode_link_state(msg: bytes) -> tuple[int, bool] | None:
     """(ifindex, usable) from RTM_NEWLINK/RTM_DELLINK: usable = administratively up with carrier."""
-    _n, kind, _f, _s, _p = NLMSGHDR.unpack_from(msg, 0)
-    if kind not in (RTM_NEWLINK, RTM_DELLINK) or len(msg) < NLMSGHDR.size + IFINFOMSG.size:
+    p = _parse(LINK_MSG, msg, attributes=False)
+    if p is None:
         return None
-    _fam, _type, index, flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
-    usable = kind == RTM_NEWLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
-    return index, usable
-
-
-def decode_route_any(msg: bytes) -> KernelRoute | None:
-    """Like decode_route, for RTM_DELROUTE notifications too."""
-    _n, kind, f, s, p = NLMSGHDR.unpack_from(msg, 0)
-    if kind == RTM_DELROUTE:
-        msg = NLMSGHDR.pack(_n, RTM_NEWROUTE, f, s, p) + msg[NLMSGHDR.size:]
-    return decode_route(msg)
+    kind, hdr, _a = p
+    return hdr.index, kind == RTM_NEWLINK and bool(hdr.flags & IFF_UP) and bool(hdr.flags & IFF_LOWER_UP)
 
 
 def errno_name(code: int) -> str:
