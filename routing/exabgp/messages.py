@@ -308,9 +308,5 @@ def teardown(peer: IPAddress, cease_subcode: int) -> str:
     return _ascii(f"neighbor {peer} teardown {cease_subcode}")
 
 
-def route_refresh(peer: IPAddress, afi: str) -> str:
-    return _ascii(f"neighbor {peer} announce route-refresh {afi} unicast")
-
-
 def raw(cmd: str) -> str:
     return _ascii(cmd)
