@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -163,8 +162,3 @@ def export_routes(router: RouterConfig, customer: CustomerConfig, peer_version: 
     Announcements carry our ASN (ExaBGP prepends it for eBGP) and next hop self.
     """
     return [n for n in router.announce if n.version == peer_version]
-
-
-def prefix_allowed(rules: Iterable[PrefixRule], prefix: IPNetwork) -> bool:
-    """Reference implementation of rule matching with :mod:`ipaddress`, used to test the fast path."""
-    return any(r.matches(prefix) for r in rules)
