@@ -16,6 +16,13 @@ Invariants checked here (not later at run time):
 - peer addresses are unique across all customers, customer names are unique;
 - prefix rules are well formed (``len <= ge <= le <= max``);
 - ``fib.protocol`` is not one of the kernel's reserved ids (0-4).
+
+Secrets (TCP-MD5 keys, BFD authentication keys) are :class:`Secret` strings: their ``repr``,
+``str``, f-string and ``model_dump`` forms are masked, so a log line, an API document or a config
+dump cannot print one by accident. Code that must hand the value on (the generated exabgp.conf,
+the BFD process's socket) asks for it with :func:`reveal`. A secret may also be read from a file
+(``md5_password_file``, ``secret_file``; relative to the YAML file's directory) so the YAML itself
+can be shared; the file is read when the configuration is loaded (and on every reload).
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -76,6 +86,63 @@ DEFAULT_BOGONS: tuple[str, ...] = (
 )
 
 _PREFIX_RULE = re.compile(r"^\s*(?P<prefix>\S+)(?:\s+ge\s+(?P<ge>\d+))?(?:\s+le\s+(?P<le>\d+))?\s*$")
+
+
+class Secret(str):
+    """A configured secret: behaves as the string it holds, but never prints it.
+
+    ``repr``/``str``/``format`` give a mask, so ``log.info("%s", peer)`` or an f-string cannot leak
+    it; ``len``, comparisons and ``encode`` still work on the value, and orjson serialises the value
+    itself (the 0600 socket to the BFD process relies on that). Use :func:`reveal` to get it.
+    """
+
+    __slots__ = ()
+    MASK = "**********"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.MASK!r})"
+
+    def __str__(self) -> str:
+        return self.MASK
+
+    def __format__(self, spec: str) -> str:
+        return self.MASK
+
+
+def reveal(value: str) -> str:
+    """The plain value of a :class:`Secret` (or of a plain str), for the few places that need it."""
+    return str.__str__(value)
+
+
+#: A secret field: stored as :class:`Secret`, dumped (``model_dump``, JSON) as the mask.
+SecretText = Annotated[str, AfterValidator(Secret), PlainSerializer(lambda _: Secret.MASK, return_type=str)]
+
+
+def _read_secret_file(path: Path, info: ValidationInfo) -> Path:
+    """Resolve a ``*_file`` key against the YAML file's directory and check that it can be used."""
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    _secret_from_file(path)
+    return path
+
+
+def _secret_from_file(path: Path) -> Secret:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the secret must be ASCII text") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    value = text.rstrip("\r\n")  # the newline an editor or `echo` adds is not part of the key
+    if not value:
+        raise ValueError(f"{path} is empty")
+    if not value.isascii() or "\n" in value:
+        raise ValueError(f"{path}: the secret must be one line of ASCII")
+    return Secret(value)
+
+
+SecretFile = Annotated[Path, AfterValidator(_read_secret_file)]
 
 
 class ConfigError(Exception):
@@ -226,10 +293,20 @@ AUTH_TYPES = ("simple", "keyed-md5", "meticulous-keyed-md5", "keyed-sha1", "meti
 class BfdAuthConfig(_Model):
     type: Literal["simple", "keyed-md5", "meticulous-keyed-md5", "keyed-sha1", "meticulous-keyed-sha1"]
     key_id: Annotated[int, Field(ge=0, le=255)] = 1
-    secret: Annotated[str, Field(min_length=1, max_length=20)]
+    #: The key, inline; or ``secret_file``: a file holding it (one line). Exactly one of the two.
+    secret: Annotated[
+        str, Field(min_length=1, max_length=20), AfterValidator(Secret),
+        PlainSerializer(lambda _: Secret.MASK, return_type=str),
+    ] | None = None
+    secret_file: SecretFile | None = None
 
     @model_validator(mode="after")
     def _secret_fits(self) -> BfdAuthConfig:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError("give exactly one of secret and secret_file")
+        if self.secret_file is not None:
+            object.__setattr__(self, "secret", _secret_from_file(self.secret_file))
+        assert self.secret is not None
         if not self.secret.isascii():
             raise ValueError("secret must be ASCII")
         if self.type in ("simple", "keyed-md5", "meticulous-keyed-md5") and len(self.secret) > 16:
@@ -314,7 +391,9 @@ class ImportPolicy(_Model):
 class PeerConfig(_Model):
     address: IPAddr
     local_address: IPAddr
-    md5_password: str | None = None
+    #: TCP-MD5 key (RFC 2385), inline; or ``md5_password_file``: a file holding it. Not both.
+    md5_password: SecretText | None = None
+    md5_password_file: SecretFile | None = None
     hold_time_s: Annotated[int, Field(ge=3, le=65535)] | None = None
     #: GTSM (RFC 5082): send TTL 255 and require it on receive.
     ttl_security: bool = False
@@ -327,8 +406,14 @@ class PeerConfig(_Model):
             raise ValueError(
                 f"address {self.address} and local_address {self.local_address} are of different families"
             )
+        if self.md5_password is not None and self.md5_password_file is not None:
+            raise ValueError("md5_password and md5_password_file are mutually exclusive")
+        if self.md5_password_file is not None:
+            object.__setattr__(self, "md5_password", _secret_from_file(self.md5_password_file))
         if self.md5_password is not None and not self.md5_password.isascii():
             raise ValueError("md5_password must be ASCII")
+        if self.md5_password is not None and any(c in self.md5_password for c in '"\\;{}\n'):
+            raise ValueError("md5_password may not contain any of \" \\ ; { } or a newline (ExaBGP's syntax)")
         return self
 
 
@@ -387,7 +472,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        base_dir = Path(source).parent if source != "<config>" else Path.cwd()
+        return Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         lines: list[str] = []
         seen: set[str] = set()

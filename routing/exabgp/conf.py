@@ -25,16 +25,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from routing.config import Config, PeerConfig
+from routing.config import Config, PeerConfig, reveal
 from routing.policy import export_routes
 
 PROCESS = "popd"
 
 
 def _q(s: str) -> str:
-    if not s.isascii() or any(c in s for c in '"\\;{}\n'):
+    """Quote a value for ExaBGP's configuration; a :class:`Secret` is written in clear (only here)."""
+    plain = reveal(s)
+    if not plain.isascii() or any(c in plain for c in '"\\;{}\n'):
+        # repr() of a Secret is masked: the error never carries the key itself
         raise ValueError(f"value not allowed in an ExaBGP configuration: {s!r}")
-    return f'"{s}"'
+    return f'"{plain}"'
 
 
 def _family(p: PeerConfig) -> str:

@@ -135,8 +135,18 @@ class ExabgpSpeaker:
 
     # --- child process -----------------------------------------------------------------------------
     def write_config(self) -> None:
-        # The file holds customers' TCP-MD5 keys: owner-only, written atomically.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Write exabgp.conf: it holds customers' TCP-MD5 keys, so 0600 in a 0700 directory.
+
+        mkstemp creates the file 0600 (O_EXCL, never through an existing name) and os.replace
+        swaps it in atomically, so ExaBGP never reads half a file and no reader ever sees the keys
+        in a wider mode. A directory we create is 0700; an existing one is not changed (it may be
+        the parent of a custom ``api.socket``, such as /run itself), only reported if others can
+        enter it, since its sockets are reachable between their bind and chmod.
+        """
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.run_dir.stat().st_mode & 0o077:
+            log.warning("run directory %s is accessible to other users; make it 0700 (the systemd unit's "
+                        "RuntimeDirectoryMode does)", self.run_dir)
         fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".exabgp.conf.")
         try:
             with os.fdopen(fd, "w") as f:
