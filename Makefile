@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
 DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev prometheus
-XDP_OBJ := build/pop_xdp.o build/xdp_pass.o
+XDP_OBJ := build/pop_xdp.o build/xdp_pass.o build/xdp_gen.o
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down test unit integration lint deps debs bench clean
@@ -14,9 +14,14 @@ STAMP := $(VENV)/.installed
 deps: debs $(STAMP) $(XDP_OBJ)
 
 # The XDP program is built here, never committed (clang -target bpf, headers from libbpf-dev).
+BPF_CC = mkdir -p build && clang -O2 -g -Wall -target bpf -I/usr/include/$$(uname -m)-linux-gnu
 build/%.o: fib/xdp/%.c
-	mkdir -p build
-	clang -O2 -g -Wall -target bpf -I/usr/include/$$(uname -m)-linux-gnu -c $< -o $@
+	$(BPF_CC) -c $< -o $@
+
+# The XDP benchmark's generators and sink: their own object, so the production one carries none of
+# them. It includes the production source (the generator forwards with pop_xdp's own code).
+build/xdp_gen.o: benchmarks/xdp_gen.c fib/xdp/pop_xdp.c
+	$(BPF_CC) -Ifib/xdp -c $< -o $@
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -43,6 +43,8 @@ NH_VALID = 1
 IF_SLOTS = 1024  # counter rows: ingress ifindex mod IF_SLOTS (pop_xdp.c)
 #: tx_ports (the DEVMAP) is not among them: see pop_xdp.c; it is refilled from the nexthops.
 PINNED_MAPS = ("lpm4", "lpm6", "groups", "nexthops", "stats")
+#: Every map of pop_xdp.c (benchmarks/xdp_gen.c reuses them to drive the same tables).
+MAPS = ("lpm4", "lpm6", "groups", "nexthops", "tx_ports", "stats")
 BPF_FS_MAGIC = 0xCAFE4A11
 STATS = ("forwarded", "mpls_pushed", "passed_no_route", "passed_ttl", "passed_options", "passed_fragment",
          "passed_not_ip", "passed_neighbour", "passed_no_group", "dropped_malformed", "dropped_redirect",
@@ -165,13 +167,9 @@ class XdpProgram:
             self.obj = None
             _check(rc, "loading the XDP program")
         self.fds = {name: _check(self.lib.bpf_object__find_map_fd_by_name(self.obj, name.encode()), name)
-                    for name in ("lpm4", "lpm6", "groups", "nexthops", "tx_ports", "stats", "rx_count",
-                                 "gen_template")}
+                    for name in MAPS}
         self.prog_fd = self._prog("pop_xdp")
         self.pass_fd = self._prog("xdp_pass")
-        self.count_fd = self._prog("xdp_count")
-        self.gen_forward_fd = self._prog("gen_forward")
-        self.gen_pass_fd = self._prog("gen_pass")
         self.attached: list[tuple[str | None, int, int]] = []
 
     def program_info(self) -> dict:
@@ -315,36 +313,6 @@ class XdpProgram:
             out[U32.unpack(k)[0]] = Nexthop(ifindex, smac, dmac, bool(flags & NH_VALID), tuple(labels[:nl]))
         return out
 
-    def rx_count(self) -> int:
-        ncpu = self.lib.libbpf_num_possible_cpus()
-        kb = ctypes.create_string_buffer(U32.pack(0), 4)
-        vb = ctypes.create_string_buffer(8 * ncpu)
-        self.lib.bpf_map_lookup_elem(self.fds["rx_count"], kb, vb)
-        return sum(struct.unpack(f"={ncpu}Q", vb.raw))
-
-    def set_generator_template(self, frame: bytes) -> None:
-        self._update("gen_template", U32.pack(0), frame[:42].ljust(42, b"\0"))
-
-    def run_live(self, prog_fd: int, frame: bytes, ingress_ifindex: int, repeat: int, netns: str | None = None) -> None:
-        """Inject ``frame`` ``repeat`` times as if received on ``ingress_ifindex`` (BPF_PROG_RUN with
-        BPF_F_TEST_XDP_LIVE_FRAMES: redirects really transmit, XDP_PASS really enters the stack).
-        The kernel's generator: no packet generator that works on this kernel ships with Debian."""
-        opts = _TestRunOpts()
-        opts.sz = ctypes.sizeof(_TestRunOpts)
-        buf = ctypes.create_string_buffer(frame, len(frame))
-        opts.data_in = ctypes.cast(buf, ctypes.c_void_p)
-        opts.data_size_in = len(frame)
-        md = _XdpMd(0, len(frame), 0, ingress_ifindex, 0, 0)
-        opts.ctx_in = ctypes.cast(ctypes.pointer(md), ctypes.c_void_p)
-        opts.ctx_size_in = ctypes.sizeof(_XdpMd)
-        opts.repeat = repeat
-        opts.flags = 1 << 1  # BPF_F_TEST_XDP_LIVE_FRAMES
-        opts.batch_size = 64
-        self.lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        self.count_rows.add(ingress_ifindex)
-        with enter_netns(netns):
-            _check(self.lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_RUN live frames")
-
     def stats(self, ifindex: int | None = None) -> dict[str, int]:
         """Counters of one ingress interface, or summed over every interface we attached to."""
         if ifindex is not None:
@@ -391,21 +359,6 @@ def read_pinned_counters(pin_dir: Path, ifindex: int) -> dict[str, int]:
         return _counter_row(lib, fd, ifindex)
     finally:
         os.close(fd)
-
-
-class _TestRunOpts(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32),
-                ("ctx_size_out", ctypes.c_uint32), ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int),
-                ("duration", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
-                ("batch_size", ctypes.c_uint32)]
-
-
-class _XdpMd(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32), ("data_meta", ctypes.c_uint32),
-                ("ingress_ifindex", ctypes.c_uint32), ("rx_queue_index", ctypes.c_uint32),
-                ("egress_ifindex", ctypes.c_uint32)]
 
 
 def socket_ifindex(name: str) -> int:

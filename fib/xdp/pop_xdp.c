@@ -230,56 +230,6 @@ int pop_xdp(struct xdp_md *ctx)
 	return forward(ctx);
 }
 
-/* Benchmark generators for BPF_PROG_RUN live-frames mode, which reuses pages without restoring their
- * content: each run first rewrites the frame's headers from a template (as a real NIC would deliver
- * a fresh frame), then forwards (pop_xdp's logic) or hands to the kernel (XDP_PASS). */
-#define GEN_HDR 42
-struct gen_frame { __u8 data[GEN_HDR]; };
-struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, struct gen_frame);
-	 __uint(max_entries, 1); } gen_template SEC(".maps");
-
-static __always_inline int reset(struct xdp_md *ctx)
-{
-	__u32 zero = 0;
-	struct gen_frame *t = bpf_map_lookup_elem(&gen_template, &zero);
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	if (!t || data + GEN_HDR > end)
-		return -1;
-	__builtin_memcpy(data, t->data, GEN_HDR);
-	return 0;
-}
-
-SEC("xdp")
-int gen_forward(struct xdp_md *ctx)
-{
-	if (reset(ctx))
-		return XDP_DROP;
-	return forward(ctx);
-}
-
-SEC("xdp")
-int gen_pass(struct xdp_md *ctx)
-{
-	if (reset(ctx))
-		return XDP_DROP;
-	return XDP_PASS;
-}
-
-/* Benchmark sink: counts what arrives and drops it (the receiver's rate is the forwarding rate). */
-struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, __u64);
-	 __uint(max_entries, 1); } rx_count SEC(".maps");
-
-SEC("xdp")
-int xdp_count(struct xdp_md *ctx)
-{
-	__u32 zero = 0;
-	__u64 *v = bpf_map_lookup_elem(&rx_count, &zero);
-	if (v)
-		*v += 1;
-	return XDP_DROP;
-}
-
 /* Attached on the receiving side of a veth pair: frames redirected into a veth are only delivered
  * when the peer runs an XDP program. */
 SEC("xdp")
