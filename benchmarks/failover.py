@@ -1,18 +1,44 @@
 #!/usr/bin/env python3
-"""Failover benchmark: traffic gap when the primary link to a customer dies, for 1k and 1M prefixes.
+"""Failover benchmark through the whole daemon (issue 9), and the FIB writer alone for reference.
 
-    .venv/bin/python benchmarks/failover.py [--sizes 1000,1000000] [--pps 10000]
+    .venv/bin/python benchmarks/failover.py [--prefixes 1000000] [--pps 10000] [--cases idle,nocut,ingest,flap]
+                                            [--soak [--soak-customers 50] [--soak-ingests 3]] [--root CHECKOUT]
+    .venv/bin/python benchmarks/failover.py --writer-only [--sizes 1000,1000000]
 
-Namespaces: a sender S, the PoP P, a bridge B in the middle of the primary link, and the customer
-C (BIRD running BFD on both links, 10 ms x 3). In P, the FIB writer installs N prefixes on one
-nexthop group (primary: the link through B, backup: the direct link) and our BFD process (SCHED_FIFO)
-watches both links. S sends UDP to an address inside the first prefix at --pps; C records arrival
-times (CLOCK_MONOTONIC, shared by all processes). Blocking B's port cuts the primary path with no
-interface event; the BFD Down event calls the same `KernelFib.fail_gateway` the daemon calls.
+Why: the product promises that a customer's traffic moves to its backup within BFD detection time
+plus a few milliseconds whatever else the PoP is doing, and that BFD never declares a healthy link
+dead. Calling the FIB writer directly (``--writer-only``) shows the writer can; only the whole
+daemon shows whether the BFD event reaches the writer in time while routing work is queued.
 
-Reported per size: the traffic gap (largest inter-arrival time around the cut), BFD detection time
-(Down event - cut), the writer's failover time (Down event -> groups rewritten), and, for reference,
-how long re-pointing every route one by one takes on the same machine. Ends with RESULT {json}.
+The lab (``labs/failover_lab.py``): ``pop-router run`` with our BFD process (SCHED_FIFO) and real
+ExaBGP; customer acme (BIRD, SCHED_FIFO) dual-homed with BGP + BFD 10 ms x 3 on both links, the
+primary through a bridge whose port is blocked to cut it (no interface event), the backup announced
+with a longer AS_PATH; globex (BIRD, BGP + BFD 10 ms x 3) untouched; a feeder customer (BIRD) with
+``--prefixes`` /24s sharing one attribute set; UDP at ``--pps`` from a host behind the PoP to
+acme's 20.0.0.1, kernel-timestamped at the receiver. Cases:
+
+- ``idle``: cut acme's primary on a quiet PoP;
+- ``nocut``: the feeder's session comes up, no cut: false BFD Downs (each attributed by our BFD
+  process: blame us / peer_or_path, with the receive and transmit gaps), traffic gaps, and the
+  latency of ``GET /peers`` polled every 50 ms over the API socket (p50/p99/max) during the ingest;
+- ``ingest``: the cut 1.5 s after the feeder's session is Established (the table is loading);
+- ``flap``: the feeder's session restarts every 10 s; the cut 1.5 s after the first restart.
+
+Per cut: the traffic gap (largest inter-arrival gap at the receiver, and which link the traffic came
+back on), detection (our BFD Down ``at`` - the last packet that came over the primary: the real
+moment of the cut), the daemon's "groups rewritten N ms after detection" (its log; else
+``fib_last_failover_ms``), and Downs of the other sessions meanwhile. Targets: every gap <= detect +
+10 ms, zero false Downs, API p99 <= 100 ms. ``--soak``: a second lab with ``--soak-customers``
+customers each with BGP + BFD 10 ms x 3 on the same session, ``--soak-ingests`` feeder ingests
+(up, loaded, down, withdrawn): every false Down with its attribution.
+
+``--root`` runs the daemon of another checkout (``git worktree add /tmp/before <commit>``) against
+the same harness: before/after figures from one script. Ends with one line ``RESULT {json}``.
+
+Runtime on this 2-vCPU machine: ``--prefixes 300000`` ~5 min for the four cases (the committed daemon of
+2026-11-30); 1,000,000 ~12-15 min; ``--soak`` with 3 x 1,000,000 another ~15 min. Needs root, BIRD,
+ExaBGP (the venv's). Not part of ``make test`` (``tests/integration/test_failover_load.py`` is the
+short version).
 """
 
 from __future__ import annotations
@@ -22,23 +48,315 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fib.kernel import KernelFib, set_compat_mode  # noqa: E402
-from routing.model import FibEntry, Prefix4, parse_address  # noqa: E402
-from routing.runtime import tune_runtime  # noqa: E402
+from labs.failover_lab import (  # noqa: E402
+    ACME_BACKUP,
+    FEEDER,
+    GLOBEX,
+    ApiProbe,
+    DownWatcher,
+    FailoverLab,
+    pct,
+)
 
-SENDER = r"""
+REWRITE_RE = re.compile(r"(\d+) groups? rewritten ([\d.]+) ms after detection")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ingest_timeout(prefixes: int) -> float:
+    """Generous bound for a full ingest or withdrawal through the daemon (~80 s per 1M measured)."""
+    return 120 + prefixes / 5000
+
+
+def wait_established(lab: FailoverLab, probe: ApiProbe, timeout: float) -> float:
+    """CLOCK_MONOTONIC when the feeder's session was first seen Established by the API probe."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = probe.peers.get(FEEDER)
+        if p and p["state"] == "established":
+            return float(p.get("since_monotonic") or time.monotonic())
+        time.sleep(0.02)  # poll
+    raise TimeoutError(f"feeder session not Established within {timeout:.0f}s\n{lab.log_tail()}")
+
+
+def wait_loaded(lab: FailoverLab, timeout: float) -> float:
+    """CLOCK_MONOTONIC when the FIB holds the feeder's whole table."""
+    want = lab.prefixes + lab.baseline_routes()
+    lab.wait(lambda: lab.fib_routes() >= want, timeout, f"{want:,} routes in the FIB", interval=0.25)
+    return time.monotonic()
+
+
+def rewrite_after(lab: FailoverLab, n_before: int, timeout: float = 30) -> tuple[float | None, int | None]:
+    """The daemon's own figure for the group rewrite of this cut: its log line, else /status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = lab.failover_log_lines()
+        if len(lines) > n_before:
+            m = REWRITE_RE.search(lines[n_before])
+            if m:
+                return float(m.group(2)), int(m.group(1))
+        time.sleep(0.05)  # poll
+    with_status = lab.api("/status").get("fib_last_failover_ms")
+    return (float(with_status) if with_status is not None else None), None
+
+
+def cut_case(lab: FailoverLab, load: str) -> dict[str, Any]:
+    """One cut of acme's primary, on a quiet PoP or while the feeder loads/flaps; then heal and drain."""
+    lab.wait_ready()
+    to = ingest_timeout(lab.prefixes)
+    flapper_stop = threading.Event()
+    flaps: list[float] = []
+    res: dict[str, Any] = {"case": load}
+    with DownWatcher(lab) as watch, ApiProbe(lab.sock) as probe:
+        stream = lab.start_stream(120 + (to if load != "idle" else 0))
+        try:
+            time.sleep(1.0)  # poll: traffic flowing over the primary
+            t_load = None
+            if load in ("ingest", "flap"):
+                lab.feeder("enable")
+                t_load = wait_established(lab, probe, 60)
+            if load == "flap":
+                def flapper() -> None:
+                    while not flapper_stop.wait(max(0.0, t_load + 10 * (len(flaps) + 1) - time.monotonic())):
+                        flaps.append(lab.feeder("restart"))
+                th = threading.Thread(target=flapper, daemon=True)
+                th.start()
+                while not flaps:
+                    time.sleep(0.01)  # poll
+                t_load = flaps[0]
+            if t_load is not None:
+                time.sleep(max(0.0, t_load + 1.5 - time.monotonic()))  # poll: the cut lands mid-ingest
+            n_before = len(lab.failover_log_lines())
+            fib_at_cut = lab.fib_routes() if load != "idle" else None
+            t_cut = lab.cut()
+            at = lab.detection(t_cut, timeout=60)
+            rewrite_ms, groups = rewrite_after(lab, n_before, timeout=60)
+            # Let the traffic come back (or the window run out) before reading the receiver.
+            lab.wait(lambda: lab.route_via() == ACME_BACKUP, 30, "acme's route on the backup", interval=0.05)
+            time.sleep(1.0)  # poll: arrivals over the backup after the move
+        finally:
+            flapper_stop.set()
+            arrivals = stream.stop()
+        g = lab.gap(arrivals, t_cut)
+        t_real = g.gap_start if g.gap_start is not None and g.gap_start >= t_cut - 0.05 else t_cut
+        untouched = {ACME_BACKUP, GLOBEX}
+        res.update({
+            "gap_ms": round(g.gap_ms, 2), "resumed_via": g.resumed_via, "lost": g.lost,
+            "detect_ms": round((at - t_real) * 1000, 2), "detect_from_cut_cmd_ms": round((at - t_cut) * 1000, 2),
+            "rewrite_ms": rewrite_ms, "groups": groups, "fib_routes_at_cut": fib_at_cut,
+            "resumed_after_detect_ms": round((g.resumed_at - at) * 1000, 2) if g.resumed_at else None,
+            "api_p99_ms": round(pct(probe.latencies_ms(), 99), 1), "api_max_ms": round(max(probe.latencies_ms()), 1),
+            "flaps_done": len(flaps),
+        })
+        lab.heal()
+    res["other_downs"] = [d.line() for d in watch.downs(untouched)]
+    res["false_downs"] = len(res["other_downs"])
+    if load != "idle":
+        lab.feeder("disable")
+        lab.wait_drained(to)
+    lab.wait_ready(120)
+    return res
+
+
+def nocut_case(lab: FailoverLab) -> dict[str, Any]:
+    """The feeder's table loads with no cut: false Downs, traffic gaps and API latency meanwhile."""
+    lab.wait_ready()
+    to = ingest_timeout(lab.prefixes)
+    with DownWatcher(lab) as watch, ApiProbe(lab.sock) as probe:
+        stream = lab.start_stream(to + 30)
+        try:
+            time.sleep(1.0)  # poll: traffic flowing before the ingest
+            t_en = lab.feeder("enable")
+            t_est = wait_established(lab, probe, 60)
+            t_done = wait_loaded(lab, to)
+            time.sleep(1.0)  # poll: late Downs still count
+        finally:
+            arrivals = stream.stop()
+    lat = probe.latencies_ms(t_est, t_done)
+    win = sorted(a.at for a in arrivals if t_est <= a.at <= t_done)
+    gaps = [b - a for a, b in itertools.pairwise(win)]
+    downs = watch.downs(set(lab.bfd_peers()))
+    res = {
+        "case": "nocut", "ingest_s": round(t_done - t_est, 1), "connect_s": round(t_est - t_en, 1),
+        "false_downs": max(len(downs), watch.flaps(set(lab.bfd_peers()))),
+        "downs": [d.line() for d in downs],
+        "blame_us": sum(1 for d in downs if d.blame == "us"),
+        "api_samples": len(lat), "api_p50_ms": round(pct(lat, 50), 1), "api_p99_ms": round(pct(lat, 99), 1),
+        "api_max_ms": round(max(lat), 1) if lat else None, "api_errors": probe.errors,
+        "max_traffic_gap_ms": round(max(gaps) * 1000, 2) if gaps else None,
+    }
+    lab.feeder("disable")
+    lab.wait_drained(to)
+    return res
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    lab = FailoverLab(args.prefixes, soak_customers=args.soak_customers, pps=args.pps, root=args.root)
+    try:
+        t0 = time.monotonic()
+        lab.up(ready_timeout=180)
+        log(f"soak lab up in {time.monotonic() - t0:.0f}s: {args.soak_customers} customers with BGP + BFD 10 ms x 3")
+        to = ingest_timeout(args.prefixes)
+        peers = set(lab.bfd_peers())
+        ingests = []
+        with DownWatcher(lab) as watch, ApiProbe(lab.sock, interval_s=0.1) as probe:
+            for i in range(args.soak_ingests):
+                lab.feeder("enable")
+                t_est = wait_established(lab, probe, 60)
+                t_done = wait_loaded(lab, to)
+                lab.feeder("disable")
+                lab.wait_drained(to)
+                ingests.append(round(t_done - t_est, 1))
+                log(f"  soak ingest {i + 1}/{args.soak_ingests}: {t_done - t_est:.1f}s, "
+                    f"{len(watch.downs(peers))} Downs so far")
+        downs = watch.downs(peers)
+        lat = probe.latencies_ms()
+        return {
+            "sessions": len(peers), "ingests_s": ingests, "false_downs": max(len(downs), watch.flaps(peers)),
+            "blame_us": sum(1 for d in downs if d.blame == "us"),
+            "blame_peer_or_path": sum(1 for d in downs if d.blame == "peer_or_path"),
+            "downs": [d.line() for d in downs], "api_p99_ms": round(pct(lat, 99), 1),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+    except BaseException:
+        lab.down()
+        log(f"failed: logs kept in {lab.work}")
+        raise
+    finally:
+        if lab.daemon is not None and lab.daemon.poll() is None:
+            lab.down()
+            lab.cleanup_work()
+
+
+def daemon_cases(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    lab = FailoverLab(args.prefixes, pps=args.pps, root=args.root)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        t0 = time.monotonic()
+        lab.up()
+        log(f"lab up in {time.monotonic() - t0:.0f}s (feeder: {args.prefixes:,} prefixes, stream {args.pps} pps)")
+        for case in args.cases.split(","):
+            t1 = time.monotonic()
+            out[case] = nocut_case(lab) if case == "nocut" else cut_case(lab, case)
+            log(f"  {case}: {time.monotonic() - t1:.0f}s {json.dumps({k: v for k, v in out[case].items() if k not in ('downs', 'other_downs')})}")
+    except BaseException:
+        lab.down()
+        log(f"failed: logs kept in {lab.work}")
+        raise
+    lab.down()
+    lab.cleanup_work()
+    return out
+
+
+def code_version(root: Path) -> str:
+    p = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return p.stdout.strip() or "?"
+
+
+def print_tables(cases: dict[str, dict[str, Any]], sk: dict[str, Any] | None) -> None:
+    cuts = [c for c in cases.values() if c["case"] != "nocut"]
+    if cuts:
+        print("| case | traffic gap ms | detect ms | budget ms (detect + 10) | within | groups rewritten ms after "
+              "detection | back via | FIB routes at cut | API p99 ms | other sessions' Downs |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for c in cuts:
+            ok = c["gap_ms"] <= c["detect_ms"] + 10
+            print(f"| {c['case']} | {c['gap_ms']:.1f} | {c['detect_ms']:.1f} | {c['detect_ms'] + 10:.1f} | "
+                  f"{'yes' if ok else 'NO'} | {c['rewrite_ms']} | {c['resumed_via']} | {c['fib_routes_at_cut']} | "
+                  f"{c['api_p99_ms']} | {c['false_downs']} |")
+        for c in cuts:
+            for line in c["other_downs"]:
+                print(f"  {c['case']}: false Down {line}")
+    n = cases.get("nocut")
+    if n:
+        print()
+        print("| no cut, feeder ingest | ingest s | false BFD Downs | blamed on us | API p50 ms | p99 ms | max ms | "
+              "samples | largest traffic gap ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| nocut | {n['ingest_s']} | {n['false_downs']} | {n['blame_us']} | {n['api_p50_ms']} | "
+              f"{n['api_p99_ms']} | {n['api_max_ms']} | {n['api_samples']} | {n['max_traffic_gap_ms']} |")
+        for line in n["downs"]:
+            print(f"  nocut: false Down {line}")
+    if sk:
+        print()
+        print("| soak | sessions | ingests s | false Downs | blamed on us | peer or path | API p99 ms | seconds |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| soak | {sk['sessions']} | {sk['ingests_s']} | {sk['false_downs']} | {sk['blame_us']} | "
+              f"{sk['blame_peer_or_path']} | {sk['api_p99_ms']} | {sk['seconds']} |")
+        for line in sk["downs"][:40]:
+            print(f"  soak: false Down {line}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prefixes", type=int, default=1_000_000)
+    ap.add_argument("--pps", type=int, default=10_000)
+    ap.add_argument("--cases", default="idle,nocut,ingest,flap")
+    ap.add_argument("--soak", action="store_true")
+    ap.add_argument("--soak-only", action="store_true")
+    ap.add_argument("--soak-customers", type=int, default=50)
+    ap.add_argument("--soak-ingests", type=int, default=3)
+    ap.add_argument("--root", type=Path, default=ROOT, help="checkout whose daemon runs (default: this one)")
+    ap.add_argument("--writer-only", action="store_true", help="the FIB writer alone, as before issue 9")
+    ap.add_argument("--sizes", default="1000,1000000", help="--writer-only: table sizes")
+    args = ap.parse_args()
+    if args.writer_only:
+        print("RESULT " + json.dumps(writer_only(args)))
+        return 0
+    cases = {} if args.soak_only else daemon_cases(args)
+    sk = soak(args) if args.soak or args.soak_only else None
+    print_tables(cases, sk)
+    result: dict[str, Any] = {"prefixes": args.prefixes, "pps": args.pps, "code": code_version(args.root)}
+    for name in ("idle", "ingest", "flap"):
+        c = cases.get(name)
+        if c:
+            key = {"idle": "gap_ms_idle", "ingest": "gap_ms_under_ingest", "flap": "gap_ms_under_flap"}[name]
+            result[key] = c["gap_ms"]
+            result[f"detect_ms_{name}"] = c["detect_ms"]
+            result[f"rewrite_ms_{name}"] = c["rewrite_ms"]
+            result[f"within_budget_{name}"] = c["gap_ms"] <= c["detect_ms"] + 10
+    detects = [c["detect_ms"] for c in cases.values() if "detect_ms" in c]
+    if detects:
+        result["detect_ms"] = round(max(detects), 2)
+    n = cases.get("nocut")
+    false = sum(c["false_downs"] for c in cases.values() if c["case"] in ("nocut", "ingest", "flap"))
+    if cases:
+        result["false_downs_during_ingest"] = false
+    if n:
+        result["false_downs_nocut"] = n["false_downs"]
+        result["false_downs_blamed_on_us"] = n["blame_us"]
+        result["api_p50_ms_during_ingest"] = n["api_p50_ms"]
+        result["api_p99_ms_during_ingest"] = n["api_p99_ms"]
+        result["api_max_ms_during_ingest"] = n["api_max_ms"]
+        result["ingest_s"] = n["ingest_s"]
+        result["max_traffic_gap_ms_nocut"] = n["max_traffic_gap_ms"]
+    if sk:
+        result.update({"soak_sessions": sk["sessions"], "soak_ingests_s": sk["ingests_s"],
+                       "soak_false_downs": sk["false_downs"], "soak_false_downs_blamed_on_us": sk["blame_us"],
+                       "soak_api_p99_ms": sk["api_p99_ms"]})
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+# --- the FIB writer alone (before issue 9; `--writer-only`) -------------------------------------------
+WO_SENDER = r"""
 import socket, struct, sys, time
 dst, pps, dur = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -55,7 +373,7 @@ while True:
         time.sleep(min(due - now, 0.0005)) if due - now > 0.0002 else None
 """
 
-RECEIVER = r"""
+WO_RECEIVER = r"""
 import socket, struct, sys, time
 out, dur = sys.argv[1], float(sys.argv[2])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -114,6 +432,9 @@ def build(tag: str, work: Path) -> dict[str, str]:
 
 
 async def run_size(n: int, pps: int, work: Path, ns: dict[str, str]) -> dict:
+    from fib.kernel import KernelFib
+    from routing.model import FibEntry, Prefix4, parse_address
+
     P, S, B, C = ns["p"], ns["s"], ns["b"], ns["c"]
     primary, backup = parse_address("10.1.1.2"), parse_address("10.1.2.2")
     fib = KernelFib(protocol=200, netns=P)
@@ -155,8 +476,8 @@ async def run_size(n: int, pps: int, work: Path, ns: dict[str, str]) -> dict:
     await asyncio.wait_for(ready.wait(), 30)
     await asyncio.sleep(1.0)  # poll: the sessions settle at 10 ms (Poll Sequences done)
     rx_file = work / f"rx{n}.txt"
-    (work / "recv.py").write_text(RECEIVER)
-    (work / "send.py").write_text(SENDER)
+    (work / "recv.py").write_text(WO_RECEIVER)
+    (work / "send.py").write_text(WO_SENDER)
     recv = subprocess.Popen(["ip", "netns", "exec", C, sys.executable, str(work / "recv.py"), str(rx_file), "4"])
     await asyncio.sleep(0.3)  # poll: receiver bound
     send = subprocess.Popen(["ip", "netns", "exec", S, sys.executable, str(work / "send.py"), "20.0.0.1", str(pps),
@@ -192,11 +513,11 @@ async def run_size(n: int, pps: int, work: Path, ns: dict[str, str]) -> dict:
             "received_after_cut": after, "pps": pps}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1000,1000000")
-    ap.add_argument("--pps", type=int, default=10000)
-    args = ap.parse_args()
+def writer_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The FIB writer alone (no daemon): `KernelFib.fail_gateway` called on our BFD process's event."""
+    from fib.kernel import set_compat_mode
+    from routing.runtime import tune_runtime
+
     tune_runtime()
     work = Path(tempfile.mkdtemp(prefix="pop-failover-"))
     os.chmod(work, 0o755)
@@ -230,13 +551,14 @@ def main() -> int:
               f"{r['write_ms']:.2f} | {r['reinstall_s']:.2f} |")
     by = {r["n"]: r for r in rows}
     small, big = by.get(1000, rows[0]), by.get(1_000_000, rows[-1])
-    print("RESULT " + json.dumps({
+    return {
         "gap_ms_1k": round(small["gap_ms"], 2), "gap_ms_1m": round(big["gap_ms"], 2),
         "detect_ms": round(max(r["detect_ms"] for r in rows), 2), "write_ms_1m": round(big["write_ms"], 3),
         "reinstall_1m_s": round(big["reinstall_s"], 2), "pps": args.pps,
         "sizes": [r["n"] for r in rows],
-    }))
-    return 0
+    }
+
+
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ import pytest
 from .netns import unique_prefix
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "failover_load: failover while another customer's table loads (issue 9)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
