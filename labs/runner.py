@@ -5,8 +5,12 @@ Theory of operation
 A node is what a container would be, minus the image: a network namespace plus a private mount
 namespace. For each node ``up``:
 
-1. creates the namespace ``<prefix><node>``, brings ``lo`` up, applies ``sysctls`` (and turns IPv6
-   DAD off, so addresses are usable at once, as containerlab's nodes usually are);
+1. creates the namespace ``<prefix><node>``, brings ``lo`` up, turns IPv4 and IPv6 forwarding on and
+   IPv6 DAD off, then applies the node's ``sysctls`` (which may override those). Forwarding is on
+   because that is how a container's namespace behaves on a Docker host (Docker enables forwarding,
+   and containerlab's own examples, e.g. three FRR routers with hosts behind them, route between
+   their hosts without setting it), while a fresh namespace here starts with it off; DAD is off so
+   addresses are usable at once, as containerlab's nodes usually are;
 2. creates every link as a veth pair with containerlab's interface names, directly in the two
    namespaces;
 3. starts a *holder* process: ``nsenter --net`` into the namespace, ``unshare --mount`` with
@@ -48,6 +52,11 @@ from pathlib import Path
 from labs.topology import Link, Node, Topology, TopologyError, load_topology
 
 STATE_ROOT = Path("/run/pop-router-labs")
+#: What every node's namespace starts with, before its own ``sysctls`` (see the module docstring).
+CONTAINER_SYSCTLS = {
+    "net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1", "net.ipv6.conf.default.forwarding": "1",
+    "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0",
+}
 
 
 class LabError(RuntimeError):
@@ -125,12 +134,8 @@ class Lab:
         ns = self.ns(node.name)
         _run(["ip", "netns", "add", ns])
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        sysctls = {
-            "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0",
-            **node.sysctls,
-        }
-        for k, v in sysctls.items():
-            _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{k}={v}"])
+        sysctls = {**CONTAINER_SYSCTLS, **node.sysctls}
+        _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())])
 
     def _create_link(self, link: Link) -> None:
         a, b = link.a, link.b
@@ -213,20 +218,11 @@ class Lab:
 
     def down(self, grace_s: float = 5.0) -> list[str]:
         namespaces = self.namespaces()
-        pids = {pid for ns in namespaces for pid in self.pids(ns)}
         # Holders are in the namespaces too; processes that left the namespace are not ours to end.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 2.0)
-            while time.monotonic() < deadline:
-                pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
-                if not pids:
-                    break
-                time.sleep(0.05)  # poll for the processes to exit
+        # FRR's watchfrr restarts daemons that die, so it goes first; then everything left, read
+        # again from the namespaces (a daemon restarted meanwhile is in there too).
+        _stop({pid for ns in namespaces for pid in self.pids(ns) if _comm(pid) == "watchfrr"}, grace_s)
+        _stop({pid for ns in namespaces for pid in self.pids(ns)}, grace_s)
         for ns in namespaces:
             _run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(self.state, ignore_errors=True)
@@ -236,6 +232,29 @@ class Lab:
         if node not in self.topo.nodes:
             raise LabError(f"no node {node!r} in {self.topo.path}")
         return subprocess.call([*self.enter(node), *argv], env=self.node_env(self.topo.nodes[node]))
+
+
+def _stop(pids: set[int], grace_s: float) -> None:
+    """SIGTERM ``pids``, SIGKILL what is still running after ``grace_s``; returns once all are gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            if not pids:
+                return
+            time.sleep(0.05)  # poll for the processes to exit
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _zombie(pid: int) -> bool:
