@@ -47,11 +47,26 @@ def api_call(sock: Path, method: str, path: str, token: str | None = None) -> tu
 
 
 def _socket_from(args: argparse.Namespace) -> Path:
+    return _socket_and_origin(args)[0]
+
+
+def _socket_and_origin(args: argparse.Namespace) -> tuple[Path, str]:
+    """The API socket to use and where that choice came from (said when it cannot be reached)."""
     if getattr(args, "socket", None):
-        return Path(args.socket)
+        return Path(args.socket), "from --socket"
     if getattr(args, "config", None):
-        return load_config(args.config).api.socket
-    return DEFAULT_SOCKET
+        return load_config(args.config).api.socket, f"api.socket of {args.config}"
+    return DEFAULT_SOCKET, "the default"
+
+
+def _unreachable(args: argparse.Namespace, exc: OSError) -> str:
+    """Why the API could not be reached, naming the socket tried and how to point elsewhere: a bare
+    "No such file or directory" does not say which file, nor that the path can be chosen."""
+    sock, origin = _socket_and_origin(args)
+    reason = exc.strerror or str(exc)
+    hint = ("is the daemon running? Point the CLI at its socket with --socket PATH, or with -c pop.yaml "
+            "to read api.socket from the daemon's config")
+    return f"cannot reach the daemon's API at {sock} ({origin}): {reason}; {hint}"
 
 
 # --- rendering ---------------------------------------------------------------------------------------
@@ -178,8 +193,11 @@ def _get(args: argparse.Namespace, path: str) -> Any:
     """GET an API document; None (after saying why on stderr) if the daemon cannot give it."""
     try:
         status, data = api_call(_socket_from(args), "GET", path)
-    except (OSError, ConfigError) as exc:
-        print(f"cannot reach the daemon's API: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"cannot read the API socket from the config: {exc}", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(_unreachable(args, exc), file=sys.stderr)
         return None
     if status != 200:
         print(f"API error {status}: {data}", file=sys.stderr)
@@ -194,9 +212,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
         token_file = load_config(args.config).api.token_path if args.config else sock.with_name("api.token")
     try:
         token = token_file.read_text().strip()
+    except OSError as exc:
+        print(f"cannot reset: the API token {token_file}: {exc.strerror or exc} (--token-file PATH)", file=sys.stderr)
+        return 1
+    try:
         status, data = api_call(sock, "POST", f"/peers/{args.peer}/reset", token)
     except OSError as exc:
-        print(f"cannot reset: {exc}", file=sys.stderr)
+        print(f"cannot reset: {_unreachable(args, exc)}", file=sys.stderr)
         return 1
     print(orjson.dumps(data).decode())
     return 0 if status == 200 else 1
