@@ -57,6 +57,7 @@ from routing.metrics import Metrics
 from routing.model import IPAddress, Peer
 from routing.policy import ImportPolicy
 from routing.rib import Rib
+from routing.runtime import gc_pacer
 from routing.views import Views
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class Daemon:
             tg.create_task(self.fib.run(), name="fib")
             tg.create_task(self._owner(), name="rib")
             tg.create_task(self._loop_lag(), name="lag")
+            tg.create_task(gc_pacer(self.metrics), name="gc")
             tg.create_task(serve_api(self.views), name="api")
             tg.create_task(serve_metrics(self.views), name="metrics")
             tg.create_task(self.speaker.supervise(), name="exabgp")

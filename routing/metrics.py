@@ -227,6 +227,10 @@ class Metrics:
             "pop_router_loop_lag_seconds", "Lateness of a 10 ms timer on the daemon's event loop",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1), registry=r,
         )
+        self.gc_frozen_objects = Gauge(
+            "pop_router_gc_frozen_objects", "Objects the daemon froze out of garbage collection (routing/runtime.py)",
+            registry=r,
+        )
         self.relay_backlog_bytes = Gauge(
             "pop_router_exabgp_relay_backlog_bytes",
             "ExaBGP output waiting in the relay while the RIB catches up (flow control)", registry=r,
