@@ -22,6 +22,7 @@ involves the routing core at all.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ class FailoverLane:
         self.last_ms: float | None = None
         #: Attribution of the last Down per peer (receive gap, our send gap...), for `show peers`.
         self.last_down_detail: dict[IPAddress, dict[str, Any]] = {}
+        #: The last failovers, newest last, for `show status` (benchmarks match a cut to its rewrite).
+        self.recent: deque[dict[str, Any]] = deque(maxlen=16)
 
     def on_bfd(self, ev: BfdEvent) -> None:
         customer = self.peers.get(ev.peer)
@@ -55,6 +58,7 @@ class FailoverLane:
             self.metrics.bfd_transitions.labels(str(ev.peer), ev.new).inc()
         if ev.new == "up":
             res = self.fib.recover_gateways_now({ev.peer})
+            self._record(ev, "recover", res, self.clock())
             log.info("BFD %s (%s) up: %d groups back on primaries", ev.peer, customer, res.rewritten)
             self.post(BfdUp(ev.peer))
             return
@@ -63,13 +67,21 @@ class FailoverLane:
         res = self.fib.fail_gateways_now({ev.peer}, ev.at)
         done = self.clock()
         self.last_ms = (done - ev.at) * 1000
+        self._record(ev, "fail", res, done)
         if self.metrics is not None:
             self.metrics.failover_lane_seconds.observe(max(0.0, done - ev.at))
+            self.metrics.bfd_downs.labels(str(ev.peer), str(ev.detail.get("blame", "unknown"))).inc()
         self.last_down_detail[ev.peer] = dict(ev.detail)
         self.post(BfdDown(ev.peer, ev.diag, ev.at))
         log.warning("BFD %s (%s) down (%s%s): %d groups rewritten %.1f ms after detection%s; reconciling the RIB "
                     "and tearing BGP down", ev.peer, customer, ev.diag, _attribution(ev.detail), res.rewritten,
                     self.last_ms, f", {res.errors} refused and rolled back" if res.errors else "")
+
+
+    def _record(self, ev: BfdEvent, kind: str, res: Any, done: float) -> None:
+        self.recent.append({"peer": str(ev.peer), "kind": kind, "detected_at": ev.at, "rewritten_at": done,
+                            "ms": round((done - ev.at) * 1000, 3), "groups": res.rewritten, "errors": res.errors,
+                            "loop_ms": round(res.loop_ms, 3), "diag": ev.diag})
 
 
 def _attribution(detail: dict[str, Any]) -> str:

@@ -218,7 +218,13 @@ class Metrics:
             "pop_router_bfd_detect_time_seconds", "Negotiated BFD detection time", ["peer"], registry=r
         )
         self.bfd_tx_late = Counter(
-            "pop_router_bfd_tx_late", "BFD packets sent more than 25 % of their interval after they were due",
+            "pop_router_bfd_tx_late",
+            "BFD packets sent more than 1.25 x the negotiated interval after the session's previous send",
+            registry=r,
+        )
+        self.bfd_downs = Counter(
+            "pop_router_bfd_downs", "BFD sessions going down from Up, by who the evidence blames "
+            "(us: we stopped hearing a peer we could have heard late; peer_or_path; admin)", ["peer", "blame"],
             registry=r,
         )
 

@@ -173,6 +173,7 @@ class Views:
                 "lines": relay.backlog_lines, "bytes": relay.backlog_bytes,
                 "max_lines": relay.max_backlog_lines, "max_bytes": relay.max_backlog_bytes},
             "loop_lag_max_ms": round(self.loop_lag_max_ms[0], 2),
+            "failovers": list(self.lane.recent),
         }
 
     def bfd_view(self) -> list[dict]:
