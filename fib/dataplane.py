@@ -62,6 +62,10 @@ from routing.model import FibEntry, IPAddress, IPNetwork
 log = logging.getLogger(__name__)
 
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Operations whose results are recorded (and mirrored) per loop step (~1-2 ms).
+COMPLETE_STEP = 2000
+#: Withdrawals scanned per loop step when looking for whole groups to delete.
+SCAN_STEP = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +210,10 @@ class Dataplane:
             deletes = self._pending_deletes
             work, self.pending = self.pending, {}
             self._pending_deletes = False
-            # Only a table with withdrawals needs the whole-group pass (and a list); installs are
-            # sliced straight off the dict, so the first batch reaches the kernel at once.
+            # Only a table with withdrawals needs the whole-group pass; installs are sliced straight
+            # off the dict, so the first batch reaches the kernel at once.
             items: Iterator[tuple[IPNetwork, FibEntry | None]] = (
-                iter(await self._withdraw_whole_groups(list(work.items()))) if deletes else iter(work.items()))
+                await self._withdraw_whole_groups(work) if deletes else iter(work.items()))
             await self._write(items)
             self._update_gauges()
 
@@ -295,16 +299,22 @@ class Dataplane:
             log.warning("kernel refused %s %s: %s", "install" if entry else "delete", prefix, errno_name(err))
 
     async def _complete(self, ops: list[Op], res: Results, epoch: int) -> None:
-        """Apply a batch's results to the table, then feed it to the mirrors, in bounded steps.
-        ``epoch``: the failover count when the batch was planned (a failover since then may have
-        made the members of the groups it created stale)."""
+        """Apply a batch's results to the table and feed the batch to the mirrors, a slice of
+        :data:`COMPLETE_STEP` operations per loop step. ``epoch``: the failover count when the batch
+        was planned (a failover since then may have made the members of the groups it created stale).
+
+        Between slices other callbacks may run and see the batch half recorded; every slice leaves the
+        table consistent (a route is recorded with its group's reference), and the monitor ignores
+        our own routes while ``inflight_batches`` counts this batch."""
         try:
-            stale_groups = self.apply_results(ops, res, recheck_groups=epoch != self._failovers)
-            step = 2000
-            for i in range(0, len(ops), step):
+            failed_objects: set[int] = set()
+            for i in range(0, len(ops), COMPLETE_STEP):
                 if i:
                     await asyncio.sleep(0)
-                self._mirror(ops[i:i + step], {k - i: e for k, e in res.errors.items() if i <= k < i + step})
+                j = min(i + COMPLETE_STEP, len(ops))
+                self._apply_slice(ops, res.errors, i, j, failed_objects)
+                self._mirror(ops[i:j], {k - i: e for k, e in res.errors.items() if i <= k < j})
+            stale_groups = self._finish_batch(ops, res, epoch != self._failovers)
         finally:
             self.inflight_batches -= 1
         if stale_groups:  # a failover ran while these groups were being created: move them now
@@ -313,16 +323,25 @@ class Dataplane:
     def apply_results(self, ops: Sequence[Op], res: Results, *, recheck_groups: bool = False) -> set[int]:
         """Match ``res`` to ``ops`` and record what the kernel accepted; returns groups created with
         members a failover has since made stale. Pure bookkeeping (unit-tested with fake results)."""
-        self.own_route_notices -= sum(1 for i in res.errors if type(ops[i]) in (RouteInstall, RouteReplace))
-        if res.clean:
-            self._complete_clean(ops)
+        self._apply_slice(ops, res.errors, 0, len(ops), set())
+        return self._finish_batch(ops, res, recheck_groups)
+
+    def _apply_slice(self, ops: Sequence[Op], errors: Mapping[int, int], i: int, j: int,
+                     failed_objects: set[int]) -> None:
+        """Record the results of ``ops[i:j]``; ``failed_objects`` carries refused nexthops and groups
+        from earlier slices (a route on a group whose creation failed fails too)."""
+        if not errors:
+            self._complete_clean(ops, i, j)
         else:
-            self._complete_errors(ops, res.errors)
+            self._complete_errors(ops, errors, i, j, failed_objects)
+
+    def _finish_batch(self, ops: Sequence[Op], res: Results, recheck_groups: bool) -> set[int]:
+        self.own_route_notices -= sum(1 for i in res.errors if type(ops[i]) in (RouteInstall, RouteReplace))
         self.operations += len(ops)
         self.batches += 1
         return self.planner.stale_members(ops) if recheck_groups else set()
 
-    def _complete_clean(self, ops: Sequence[Op]) -> None:
+    def _complete_clean(self, ops: Sequence[Op], i: int, j: int) -> None:
         """The common case, a batch without a single error: bookkeeping in bulk."""
         t = self.table
         installed = t.installed
@@ -331,7 +350,7 @@ class Dataplane:
         ok = {"install": 0, "delete": 0}
         failed = self.failed
         busy = t.busy
-        for op in ops:
+        for op in islice(ops, i, j):
             k = type(op)
             if k is RouteInstall:
                 p = op.prefix  # type: ignore[union-attr]
@@ -371,12 +390,13 @@ class Dataplane:
                 g.refs += delta
         self._count_ops(ok, {})
 
-    def _complete_errors(self, ops: Sequence[Op], errs: Mapping[int, int]) -> None:
+    def _complete_errors(self, ops: Sequence[Op], errs: Mapping[int, int], start: int, stop: int,
+                         failed_objects: set[int]) -> None:
         t = self.table
-        failed_objects: set[int] = set()
         ok = {"install": 0, "delete": 0}
         bad = {"install": 0, "delete": 0}
-        for i, op in enumerate(ops):
+        for i in range(start, stop):
+            op = ops[i]
             err = errs.get(i)
             k = type(op)
             if k is NexthopAdd:
@@ -445,21 +465,26 @@ class Dataplane:
                 m.fib_operations.labels(kind, "error").inc(n)  # type: ignore[attr-defined]
 
     async def _withdraw_whole_groups(
-        self, work: list[tuple[IPNetwork, FibEntry | None]]
-    ) -> list[tuple[IPNetwork, FibEntry | None]]:
-        dels = self.planner.whole_group_withdrawals(work)
+        self, work: dict[IPNetwork, FibEntry | None]
+    ) -> Iterator[tuple[IPNetwork, FibEntry | None]]:
+        """Delete the groups that ``work`` empties (one message each: the kernel drops their routes
+        with them) and return the rest of the work. The scan runs in steps of :data:`SCAN_STEP`."""
+        scan = self.planner.whole_group_scan()
+        items = iter(work.items())
+        while chunk := list(islice(items, SCAN_STEP)):
+            scan.add(chunk)
+            await asyncio.sleep(0)
+        dels = scan.withdrawals()
         if not dels:
-            return work
+            return iter(work.items())
         ops: list[Op] = list(dels)
         res = await self._start_send(ops, self.kernel.encode(ops))
         self.inflight_batches -= 1
-        gone: set[int] = set()
         n = 0
         for i, d in enumerate(dels):
             self.table.busy.discard(d.gid)
             if i in res.errors:
                 continue
-            gone.add(d.gid)
             for p in d.routes:
                 self.table.route_gone(p)
                 if self.failed:
@@ -467,13 +492,13 @@ class Dataplane:
             n += len(d.routes)
             self.table.forget_group(d.gid)
         self._mirror(ops, res.errors)
-        if not gone:
-            return work
-        if self.metrics is not None:
+        if self.metrics is not None and n:
             self.metrics.fib_operations.labels("delete", "ok").inc(n)  # type: ignore[attr-defined]
         self.operations += len(ops)
         installed = self.table.installed
-        return [(p, e) for p, e in work if e is not None or p in installed]
+        # Lazily, as the writer consumes it: a withdrawal whose route went with its group is done
+        # (each prefix occurs once in ``work``, so nothing else changes the answer meanwhile).
+        return ((p, e) for p, e in work.items() if e is not None or p in installed)
 
     async def _collect(self) -> None:
         ops = self.planner.collect()

@@ -13,7 +13,7 @@ Pure functions of a :class:`~fib.table.FibTable` and their input (no socket, no 
 - :meth:`Planner.regroup`: the group replaces that move every group using the given gateways onto
   its members under the current ``dead`` set (tagged ``failover``); nexthops flushed with a link are
   recreated first, in the same batch.
-- :meth:`Planner.whole_group_withdrawals`: withdrawals that empty a group become one group delete.
+- :meth:`Planner.whole_group_scan`: withdrawals that empty a group become one group delete.
 - :meth:`Planner.collect`: deletes of groups no route uses and nexthops no group holds.
 
 Reservation rule (see :mod:`fib.table`): created nexthops and groups are reserved in the table when
@@ -54,8 +54,6 @@ from fib.table import FibTable, Group
 from routing.model import FibEntry, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
-
-Work = Sequence[tuple[IPNetwork, FibEntry | None]]
 
 
 class Planner:
@@ -162,29 +160,13 @@ class Planner:
             append(RouteInstall(prefix, g.id, entry) if old is None else RouteReplace(prefix, g.id, entry, old))
         return ops
 
-    def whole_group_withdrawals(self, work: Work) -> list[GroupDel]:
+    def whole_group_scan(self) -> WholeGroupScan:
         """Withdrawals that empty a whole group (a peer's routes going away, a table flush) become one
         RTM_DELNEXTHOP of the group: the kernel drops every route using it at once (~0.5 s for 1M
         routes instead of ~25 s route by route). Only when no install in the same work needs that
-        group, and only for groups of at least two routes."""
-        t = self.table
-        dels: dict[int, list[IPNetwork]] = {}
-        wanted: set[GroupKey] = set()
-        seen: dict[tuple[int, int, int, int], GroupKey] = {}
-        installed_get = t.installed.get
-        for prefix, entry in work:
-            if entry is None:
-                gid = installed_get(prefix)
-                if gid is not None:
-                    dels.setdefault(gid, []).append(prefix)
-            else:
-                tk = tuple_ids(entry)
-                if tk not in seen:
-                    seen[tk] = group_key(entry)
-                wanted.add(seen[tk])
-        return [GroupDel(gid, tuple(ps)) for gid, ps in dels.items()
-                if (g := t.group_by_id.get(gid)) is not None and len(ps) == g.refs and len(ps) >= 2
-                and g.key not in wanted]
+        group, and only for groups of at least two routes. Fed in slices (the dataplane yields
+        between them)."""
+        return WholeGroupScan(self.table)
 
     # --- failover ----------------------------------------------------------------------------------
     def regroup(self, gateways: set[IPAddress], *, only: set[int] | None = None) -> list[Op]:
@@ -248,3 +230,33 @@ class Planner:
                 del t.nh_refs[nid]
                 t.forget_nexthop(nid)
         return ops
+
+
+class WholeGroupScan:
+    """Accumulates a work list's withdrawals by group and the group keys its installs need."""
+
+    def __init__(self, table: FibTable) -> None:
+        self.table = table
+        self.dels: dict[int, list[IPNetwork]] = {}
+        self.wanted: set[GroupKey] = set()
+        self._seen: dict[tuple[int, int, int, int], GroupKey] = {}
+
+    def add(self, work: Iterable[tuple[IPNetwork, FibEntry | None]]) -> None:
+        installed_get = self.table.installed.get
+        dels, seen = self.dels, self._seen
+        for prefix, entry in work:
+            if entry is None:
+                gid = installed_get(prefix)
+                if gid is not None:
+                    dels.setdefault(gid, []).append(prefix)
+            else:
+                tk = tuple_ids(entry)
+                if tk not in seen:
+                    seen[tk] = group_key(entry)
+                    self.wanted.add(seen[tk])
+
+    def withdrawals(self) -> list[GroupDel]:
+        t = self.table
+        return [GroupDel(gid, tuple(ps)) for gid, ps in self.dels.items()
+                if (g := t.group_by_id.get(gid)) is not None and len(ps) == g.refs and len(ps) >= 2
+                and g.key not in self.wanted]

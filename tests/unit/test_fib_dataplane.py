@@ -178,9 +178,15 @@ def test_a_whole_group_withdrawal_carries_its_routes() -> None:
     dp, *_ = _dp()
     a, b = entry("192.0.2.0/24", GW2), entry("198.51.100.0/24", GW2)
     _install(dp, a, b)
-    (d,) = dp.planner.whole_group_withdrawals([(a.prefix, None), (b.prefix, None)])
+    scan = dp.planner.whole_group_scan()
+    scan.add([(a.prefix, None)])
+    assert scan.withdrawals() == []  # b still uses the group
+    scan.add([(b.prefix, None)])  # fed in slices, as the dataplane does
+    (d,) = scan.withdrawals()
     assert set(d.routes) == {a.prefix, b.prefix}
-    assert dp.planner.whole_group_withdrawals([(a.prefix, None)]) == []  # b still uses the group
+    scan = dp.planner.whole_group_scan()
+    scan.add([(a.prefix, None), (b.prefix, None), (N("203.0.113.0/24"), entry("203.0.113.0/24", GW2))])
+    assert scan.withdrawals() == []  # an install in the same work needs the group
 
 
 # --- results matched to requests -----------------------------------------------------------------------
