@@ -263,6 +263,9 @@ class FibConfig(_Model):
     #: After a (re)start, routes of ours found in the kernel are kept this long while sessions come
     #: back, then the ones nobody re-announced are removed.
     stale_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    #: After a restart that adopted kernel routes: hold RIB changes back from the kernel until every
+    #: peer has sent End-of-RIB, for at most this long (FRR's update-delay, for the FIB).
+    startup_hold_s: Annotated[float, Field(ge=0)] = 10.0
     #: How many FIB operations one netlink batch may hold.
     batch_size: Annotated[int, Field(ge=1, le=100000)] = 10000
     #: Route metric (priority) of our routes. Replace only hits a route with the same prefix *and*

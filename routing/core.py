@@ -168,6 +168,7 @@ class SweepKernelStale:
 Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale
 STALE_TIMER = "stale"
 STARTUP_SWEEP_TIMER = "startup_sweep"
+STARTUP_HOLD_TIMER = "startup_hold"
 
 
 @dataclass(slots=True)
@@ -208,7 +209,7 @@ class RoutingCore:
     """
 
     def __init__(self, rib: Rib, peers: dict[IPAddress, PeerStatus], *, stale_timeout_s: float,
-                 metrics: Any = None, now: float = 0.0) -> None:
+                 metrics: Any = None, now: float = 0.0, startup_hold_s: float = 0.0) -> None:
         self.rib = rib
         self.peers = peers
         self.stale_timeout_s = stale_timeout_s
@@ -216,6 +217,9 @@ class RoutingCore:
         self.counters = CoreCounters()
         self._jobs: deque[Iterator[list[FibDiff]]] = deque()
         self._awaiting_startup_eor = False
+        self.startup_hold_s = startup_hold_s
+        #: FIB changes held back after a restart (latest per prefix), None when not holding.
+        self._held: dict[IPNetwork, FibDiff] | None = None
         for ps in peers.values():
             ps.since = now
             if ps.bfd_strict:
@@ -225,9 +229,34 @@ class RoutingCore:
         """Actions at start-up: routes adopted from the kernel wait for every peer's End-of-RIB, for
         at most the stale timeout."""
         self._awaiting_startup_eor = adopted_routes > 0
-        if self._awaiting_startup_eor:
-            return [ArmTimer(STARTUP_SWEEP_TIMER, now + self.stale_timeout_s)]
-        return []
+        if not self._awaiting_startup_eor:
+            return []
+        out: list[Action] = [ArmTimer(STARTUP_SWEEP_TIMER, now + self.stale_timeout_s)]
+        if self.startup_hold_s > 0:
+            # Sessions come back one by one: without a hold, a dual-homed customer's ECMP routes
+            # would be rewritten to one next hop and back, though the adopted ones are already right.
+            self._held = {}
+            out.append(ArmTimer(STARTUP_HOLD_TIMER, now + self.startup_hold_s))
+        return out
+
+    def _release(self) -> list[Action]:
+        held, self._held = self._held, None
+        return [SubmitFib(list(held.values()))] if held else []
+
+    def _hold(self, actions: list[Action]) -> list[Action]:
+        """While holding after a restart, FIB changes accumulate (the latest per prefix) instead."""
+        held = self._held
+        if held is None or not actions:
+            return actions
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, SubmitFib):
+                for d in a.diffs:
+                    prev = held.get(d.prefix)
+                    held[d.prefix] = d if prev is None else FibDiff(d.prefix, prev.old, d.new)
+            else:
+                out.append(a)
+        return out
 
     # --- jobs: long RIB work in slices ---------------------------------------------------------------
     @property
@@ -237,6 +266,9 @@ class RoutingCore:
 
     def work(self, budget: int = 2000) -> list[Action]:
         """Run up to ``budget`` prefixes of pending jobs."""
+        return self._hold(self._work(budget))
+
+    def _work(self, budget: int) -> list[Action]:
         diffs: list[FibDiff] = []
         while self._jobs and budget > 0:
             job = self._jobs[0]
@@ -277,6 +309,9 @@ class RoutingCore:
 
     # --- events ----------------------------------------------------------------------------------------
     def on_event(self, ev: object, now: float) -> list[Action]:
+        return self._hold(self._on_event(ev, now))
+
+    def _on_event(self, ev: object, now: float) -> list[Action]:
         if isinstance(ev, SpeakerDied):
             return self._speaker_died(now)
         if isinstance(ev, TimerFired):
@@ -380,16 +415,20 @@ class RoutingCore:
             for addr in self.peers:
                 self._stale_sweep_job(addr)
             return [SweepKernelStale()]
+        if name == STARTUP_HOLD_TIMER and self._held is not None:
+            log.info("startup hold over after %.0fs without End-of-RIB from every peer: %d FIB changes released",
+                     self.startup_hold_s, len(self._held))
+            return self._release()
         if name == STARTUP_SWEEP_TIMER and self._awaiting_startup_eor:
             self._awaiting_startup_eor = False
             log.info("startup sweep after %.0fs: End-of-RIB not seen from every peer", self.stale_timeout_s)
-            return [SweepKernelStale()]
+            return [*self._release(), SweepKernelStale()]
         return []
 
     def _startup_eor(self) -> list[Action]:
         if self._awaiting_startup_eor and all(p.family in p.eor for p in self.peers.values()):
             self._awaiting_startup_eor = False
-            return [SweepKernelStale()]
+            return [*self._release(), SweepKernelStale()]
         return []
 
     def _bfd_down(self, ps: PeerStatus, ev: BfdDown) -> list[Action]:

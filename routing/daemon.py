@@ -95,7 +95,7 @@ class Daemon:
             self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
         self.metrics.configure_peers(config)
         self.core = RoutingCore(rib, peers, stale_timeout_s=config.fib.stale_timeout_s, metrics=self.metrics,
-                                now=clock())
+                                now=clock(), startup_hold_s=config.fib.startup_hold_s)
         self.speaker = ExabgpSpeaker(config, run_dir, self.inbox, self.metrics,
                                      on_exit=lambda rc, _ran: self.inbox.post(SpeakerDied(rc)))
         self.lane = FailoverLane(self.fib, self.inbox.post, {a: p.customer for a, p in peers.items() if p.bfd},

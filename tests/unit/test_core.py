@@ -10,6 +10,7 @@ import pytest
 from routing.core import (
     PEER_TRANSITIONS,
     STALE_TIMER,
+    STARTUP_HOLD_TIMER,
     STARTUP_SWEEP_TIMER,
     AdminReset,
     ArmTimer,
@@ -214,3 +215,34 @@ def test_routing_events_wait_for_a_flush_but_the_core_says_so() -> None:
     up(core, A, now=3.0)
     announce(core, A, "198.51.100.0/24", now=3.0)
     assert [str(p) for p in core.rib.loc.prefixes()] == ["198.51.100.0/24"]
+
+
+def test_startup_hold_keeps_fib_changes_until_every_eor() -> None:
+    """After a restart that adopted kernel routes, sessions returning one by one must not flip a
+    dual-homed prefix to one next hop and back: the kernel sees only the converged result."""
+    core = make_core()
+    core.startup_hold_s = 10.0
+    assert core.start(0.0, adopted_routes=3) == [ArmTimer(STARTUP_SWEEP_TIMER, 120.0),
+                                                 ArmTimer(STARTUP_HOLD_TIMER, 10.0)]
+    up(core, A)
+    assert announce(core, A, "198.51.100.0/24") == []  # held
+    up(core, B)
+    assert announce(core, B, "198.51.100.0/24") == []
+    core.on_event(msg.EorEvent(A, "ipv4", "unicast"), 2.0)
+    core.on_event(msg.EorEvent(B, "ipv4", "unicast"), 2.0)
+    up(core, G)
+    acts = core.on_event(msg.EorEvent(G, "ipv4", "unicast"), 3.0)
+    assert isinstance(acts[0], SubmitFib) and acts[1] == SweepKernelStale()
+    (d,) = acts[0].diffs
+    assert d.old is None and sorted(map(str, d.new.nexthops)) == ["10.0.1.2", "10.0.2.2"]  # one change, ECMP
+    assert fib_prefixes(announce(core, A, "198.51.101.0/24", now=4.0)) == {"198.51.101.0/24": ["10.0.1.2"]}
+
+
+def test_startup_hold_ends_at_its_timer() -> None:
+    core = make_core()
+    core.startup_hold_s = 5.0
+    core.start(0.0, adopted_routes=1)
+    up(core, A)
+    announce(core, A, "198.51.100.0/24")
+    assert fib_prefixes(core.on_event(TimerFired(STARTUP_HOLD_TIMER), 5.0)) == {"198.51.100.0/24": ["10.0.1.2"]}
+    assert fib_prefixes(announce(core, A, "198.51.101.0/24")) == {"198.51.101.0/24": ["10.0.1.2"]}
