@@ -1,8 +1,16 @@
 """``make demo``: bring up the default lab, wait for it to converge, show it working.
 
-Steps: (re)start the lab, wait until every BGP session is Established and the accepted routes are
-in the PoP's kernel, print the daemon's view and the kernel's, prove forwarding with pings between
-the hosts behind two different customers, and say how to look around and how to stop.
+Steps: (re)start the lab, wait until every BGP session is Established *and has sent End-of-RIB*
+for its families and the accepted routes are in the PoP's kernel, print the daemon's view and the
+kernel's, prove forwarding with pings between the hosts behind two different customers, and say how
+to look around and how to stop.
+
+"Converged" means End-of-RIB (RFC 4724 §2) from every session, not just Established: a session is
+Established before its routes arrive, so a dual-homed customer whose second session came up last
+showed ``rcvd 0`` in a table printed as converged. Each session carries one family, the unicast
+family of its transport address (routing/exabgp/conf.py generates it so), and the daemon's
+``show peers --json`` lists the families whose End-of-RIB it has seen (``eor``). The wait polls that
+document; it never sleeps a fixed time as a stand-in for convergence.
 """
 
 from __future__ import annotations
@@ -26,21 +34,40 @@ def _show(lab: Lab, *what: str) -> subprocess.CompletedProcess[str]:
     return _in(lab, "pop", sys.executable, "-m", "routing.cli", "show", *what)
 
 
+def session_families(peer: dict) -> set[str]:
+    """The address families one session carries: the unicast family of its transport address."""
+    return {"ipv6" if ":" in peer["peer"] else "ipv4"}
+
+
+def convergence(peers: list[dict], kernel_routes: int) -> tuple[bool, str]:
+    """(converged?, what is still missing) from ``show peers --json`` and the kernel route count."""
+    up = [p for p in peers if p["state"] == "established"]
+    waiting = [p["peer"] for p in up if not session_families(p) <= set(p.get("eor") or ())]
+    done = bool(peers) and len(up) == len(peers) and not waiting and kernel_routes > 0
+    what = (f"{len(up)}/{len(peers)} sessions Established, {len(up) - len(waiting)}/{len(peers)} with "
+            f"End-of-RIB, {kernel_routes} routes in the kernel")
+    if waiting:
+        what += f" (no End-of-RIB yet from {', '.join(waiting)})"
+    return done, what
+
+
 def _wait(lab: Lab, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         p = _show(lab, "peers", "--json")
         if p.returncode == 0:
-            peers = json.loads(p.stdout)
-            up = [x for x in peers if x["state"] == "established"]
             fib = json.loads(_show(lab, "fib", "--json").stdout or "[]")
-            last = f"{len(up)}/{len(peers)} sessions Established, {len(fib)} routes in the kernel"
-            if peers and len(up) == len(peers) and fib:
+            done, last = convergence(json.loads(p.stdout), len(fib))
+            if done:
                 print(f"  converged: {last}")
                 return
-        time.sleep(0.5)  # poll
-    raise LabError(f"the lab did not converge within {timeout_s:.0f}s ({last}); logs in {lab.state}")
+        time.sleep(0.5)  # poll interval between two reads of the daemon's state
+    hint = ""
+    if "no End-of-RIB yet" in last:
+        hint = ("; FRR sends End-of-RIB only to a speaker that advertises the graceful-restart capability "
+                "(RFC 4724 §3), so the PoP's ExaBGP neighbors must advertise it")
+    raise LabError(f"the lab did not converge within {timeout_s:.0f}s ({last}){hint}; logs in {lab.state}")
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +79,7 @@ def main(argv: list[str]) -> int:
         lab.down()
     print(f"== starting lab {lab.topo.name} on network namespaces")
     lab.up()
-    print("== waiting for BGP sessions and kernel routes")
+    print("== waiting for BGP sessions, End-of-RIB from each, and kernel routes")
     _wait(lab)
     print("\n== pop-router show peers")
     print(_show(lab, "peers").stdout)
