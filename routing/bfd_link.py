@@ -98,14 +98,6 @@ class BfdController:
     def enabled(self) -> bool:
         return bool(self.specs)
 
-    @property
-    def proc(self) -> asyncio.subprocess.Process | None:
-        return self.child.proc
-
-    @property
-    def restarts(self) -> int:
-        return self.child.restarts
-
     async def start_server(self) -> None:
         await self.channel.start()
 

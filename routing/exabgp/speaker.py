@@ -69,14 +69,6 @@ class ExabgpSpeaker:
         self._cmd_lock = asyncio.Lock()
         self._ack: asyncio.Future[bool] | None = None
 
-    @property
-    def proc(self) -> asyncio.subprocess.Process | None:
-        return self.child.proc
-
-    @property
-    def restarts(self) -> int:
-        return self.child.restarts
-
     async def start_server(self) -> None:
         await self.channel.start()
 
