@@ -5,6 +5,9 @@ need nothing more, and every state-changing call needs ``Authorization: Bearer T
 token from ``api.token_file`` (created 0600 at start). The metrics endpoint is plain HTTP on
 ``metrics.listen`` (loopback by default) and exposes no state-changing call.
 
+The list below is the API's contract: tests/unit/test_docs_match_code.py checks it equals the route
+table :func:`build_app` declares.
+
 Endpoints (all JSON)::
 
     GET  /status                      daemon summary
@@ -12,7 +15,8 @@ Endpoints (all JSON)::
     GET  /routes[?rejected=1]         Loc-RIB paths with best-path reason, or rejected announcements
     GET  /fib[?failed=1]              kernel routes of ours, or routes the kernel refused
     GET  /bfd                         BFD sessions: states, diags, negotiated timers, flaps
-    GET  /fib/diff                    RIB versus kernel: missing, extra and different routes
+    GET  /xdp                         XDP fast path: program, attached interfaces, map sync, counters
+    GET  /fib/diff                    RIB versus kernel (and kernel versus XDP maps): what differs
     POST /peers/{address}/reset       tear the session down (cease 4, admin reset); needs the token
 """
 

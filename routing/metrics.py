@@ -1,8 +1,9 @@
 """Prometheus metrics for the NOC, on a registry owned by the daemon (no global registry).
 
-Gauges that mirror RIB state (prefix counts, session state) are refreshed from the owner's state on
-each scrape by :class:`RibCollector`-style callbacks set by the daemon, so they can never drift from
-what ``pop-router show`` prints. Counters are incremented where the event happens.
+Gauges that mirror the owner's state (prefix counts per peer and family, inbox depths, XDP counters)
+are set from that state on each scrape: the metrics endpoint calls ``Views.refresh_gauges()``
+(:mod:`routing.views`) before rendering, so they can never drift from what ``pop-router show``
+prints. Session state and counters are updated where the event happens.
 
 Three families are not plain ``prometheus_client`` metrics, because their value lives elsewhere:
 
