@@ -101,6 +101,12 @@ def test_multihop_with_bird(converged: Lab) -> None:
     assert any(line.startswith("10.255.0.1 ") and " Up " in line for line in out.splitlines()), out
 
 
+def _rx_packets(lab: Lab, node: str, ifname: str) -> int:
+    """Packets received on a node's interface (the kernel's counter, read as `ip -s link` shows it)."""
+    (link,) = json.loads(run_in(lab, node, "ip", "-s", "-json", "link", "show", "dev", ifname).stdout)
+    return int(link["stats64"]["rx"]["packets"])
+
+
 def _cut(lab: Lab, port: str, state: int) -> float:
     t = time.monotonic()
     run_in(lab, "sw", "bridge", "link", "set", "dev", port, "state", str(state))
@@ -146,9 +152,11 @@ def test_traffic_continues_over_the_backup_when_the_primary_is_cut(converged: La
 
     lab = converged
     wait_for(lambda: kernel_routes(lab).get("198.51.100.0/24") == ["10.0.1.2"], timeout=30, what="primary in use")
+    start = _rx_packets(lab, "hdst", "eth1")
     ping = subprocess.Popen([*lab.enter("hsrc"), "ping", "-c", "300", "-i", "0.01", "-W", "1", "198.51.100.10"],
                             stdout=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # poll: traffic flowing over the primary before the cut
+    # The stream reaches hdst (over the primary: the route is on it) before the cut.
+    wait_for(lambda: _rx_packets(lab, "hdst", "eth1") >= start + 20, timeout=10, what="traffic flowing to hdst")
     _cut(lab, "eth2", 0)
     try:
         out, _ = ping.communicate(timeout=30)
