@@ -336,24 +336,28 @@ class FailoverLab:
 
     def _configs(self) -> None:
         bfd = '  interface "{p}*" {{ min rx interval 10 ms; min tx interval 10 ms; multiplier 3; }};\n'
+        # BIRD waits 60-300 s after a session error before it reconnects (or accepts): a lab that
+        # cuts links on purpose wants the sessions back in seconds.
+        timers = "connect delay time 1; connect retry time 2; error wait time 1, 5;"
+        self._timers = timers
         static = "protocol static s4 { ipv4; route %s blackhole; }\n"
         self._bird("a", "acme", (
             "router id 10.1.1.2;\nprotocol device {}\nprotocol bfd {\n" + bfd.format(p="a") + "}\n"
             + static % ACME_PREFIX
-            + "protocol bgp link1 { local 10.1.1.2 as 64512; neighbor 10.1.1.1 as 65000; bfd on;\n"
+            + "protocol bgp link1 { local 10.1.1.2 as 64512; neighbor 10.1.1.1 as 65000; bfd on; " + timers + "\n"
               "  ipv4 { import none; export where source = RTS_STATIC; }; }\n"
-              "protocol bgp link2 { local 10.1.2.2 as 64512; neighbor 10.1.2.1 as 65000; bfd on;\n"
+              "protocol bgp link2 { local 10.1.2.2 as 64512; neighbor 10.1.2.1 as 65000; bfd on; " + timers + "\n"
               "  ipv4 { import none; export filter { if source != RTS_STATIC then reject;\n"
               "    bgp_path.prepend(64512); bgp_path.prepend(64512); accept; }; }; }\n"), realtime=True)
         self._bird("g", "globex", (
             "router id 10.1.4.2;\nprotocol device {}\nprotocol bfd {\n" + bfd.format(p="g") + "}\n"
             + static % "21.0.0.0/24"
-            + "protocol bgp pop { local 10.1.4.2 as 64513; neighbor 10.1.4.1 as 65000; bfd on;\n"
+            + "protocol bgp pop { local 10.1.4.2 as 64513; neighbor 10.1.4.1 as 65000; bfd on; " + timers + "\n"
               "  ipv4 { import none; export where source = RTS_STATIC; }; }\n"), realtime=True)
         routes = "".join(f"  route {feed_prefix(i)} unreachable;\n" for i in range(self.prefixes))
         self._bird("f", "feeder", (
             f"router id 10.1.3.2;\nprotocol device {{}}\nprotocol static s4 {{ ipv4;\n{routes}}}\n"
-            "protocol bgp feed { disabled; local 10.1.3.2 as 64600; neighbor 10.1.3.1 as 65000;\n"
+            "protocol bgp feed { disabled; local 10.1.3.2 as 64600; neighbor 10.1.3.1 as 65000; " + timers + "\n"
             "  ipv4 { import none; export where source = RTS_STATIC; }; }\n"), realtime=False)
         if self.soak_customers:
             conf = ["router id 10.60.100.1;\nprotocol device {}\nprotocol bfd {\n" + bfd.format(p="k") + "}\n"]
@@ -361,7 +365,7 @@ class FailoverLab:
                 conf.append(
                     f"protocol static st{i} {{ ipv4; route 22.0.{i}.0/24 blackhole; }}\n"
                     f"protocol bgp c{i} {{ local {self._soak_addr(i, 1)} as {65100 + i}; "
-                    f"neighbor {self._soak_addr(i, 0)} as 65000; bfd on;\n"
+                    f"neighbor {self._soak_addr(i, 0)} as 65000; bfd on; {timers}\n"
                     f"  ipv4 {{ import none; export where proto = \"st{i}\"; }}; }}\n")
             self._bird("k", "soak", "".join(conf), realtime=True)
         soak = "".join(
