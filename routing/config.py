@@ -211,6 +211,8 @@ class RouterConfig(_Model):
     max_prefix_length_v4: Annotated[int, Field(ge=8, le=32)] = 24
     max_prefix_length_v6: Annotated[int, Field(ge=16, le=128)] = 48
     hold_time_s: Annotated[int, Field(ge=3, le=65535)] = 90
+    #: Advertise the graceful-restart capability (RFC 4724) with this restart time; None: not at all.
+    graceful_restart_s: Annotated[int, Field(ge=1, le=4095)] | None = None
 
 
 class ApiConfig(_Model):

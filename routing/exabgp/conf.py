@@ -76,7 +76,8 @@ def render(config: Config, socket_path: Path, python: str | None = None) -> str:
             lines += ["    outgoing-ttl 255;", "    incoming-ttl 255;"]
         lines += [
             f"    family {{ {_family(peer)} }}",
-            "    capability { asn4 enable; }",
+            "    capability { asn4 enable; "
+            + (f"graceful-restart {r.graceful_restart_s}; " if r.graceful_restart_s else "") + "}",
             f"    api {{ processes [ {PROCESS} ]; neighbor-changes; "
             "receive { parsed; update; notification; open; } }",
         ]
