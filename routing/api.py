@@ -17,7 +17,14 @@ Endpoints (all JSON)::
     GET  /bfd                         BFD sessions: states, diags, negotiated timers, flaps
     GET  /xdp                         XDP fast path: program, attached interfaces, map sync, counters
     GET  /fib/diff                    RIB versus kernel (and kernel versus XDP maps): what differs
+    GET  /config                      the running configuration (secrets masked)
     POST /peers/{address}/reset       tear the session down (cease 4, admin reset); needs the token
+    POST /config/reload[?dry_run=1]   preview and apply a configuration: body {"path": FILE} or
+                                      {"yaml": TEXT} or empty (the file the daemon started with);
+                                      answers the plan and the outcome; needs the token
+
+``/config/reload`` answers 400 with ``{"error": ...}`` (file, key, reason, as ``pop-router check``
+says it) for an invalid configuration, which changes nothing.
 """
 
 from __future__ import annotations
@@ -72,10 +79,37 @@ def build_app(d: Views) -> web.Application:
     async def bfd(_: web.Request) -> web.Response:
         return _json(d.bfd_view())
 
-    async def reset(request: web.Request) -> web.Response:
+    def authorized(request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")
-        if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), d.token)):
-            return _json({"error": "this call changes state: it needs Authorization: Bearer <api token>"}, 401)
+        return auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), d.token)
+
+    unauthorized = {"error": "this call changes state: it needs Authorization: Bearer <api token>"}
+
+    async def config(_: web.Request) -> web.Response:
+        return _json(d.config_view())
+
+    async def reload(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return _json(unauthorized, 401)
+        body = await request.read()
+        path = text = None
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return _json({"error": 'body must be JSON: {"path": FILE} or {"yaml": TEXT}'}, 400)
+            if not isinstance(doc, dict) or not set(doc) <= {"path", "yaml"} or len(doc) > 1:
+                return _json({"error": 'body must be {"path": FILE} or {"yaml": TEXT}'}, 400)
+            path, text = doc.get("path"), doc.get("yaml")
+            if not isinstance(path or text or "", str):
+                return _json({"error": "path and yaml must be strings"}, 400)
+        assert d.reload is not None
+        res = await d.reload(path, text, dry_run=_flag(request, "dry_run"))
+        return _json(res, 400 if "error" in res else 200)
+
+    async def reset(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return _json(unauthorized, 401)
         try:
             addr = ipaddress.ip_address(request.match_info["address"])
         except ValueError:
@@ -93,7 +127,9 @@ def build_app(d: Views) -> web.Application:
         web.get("/bfd", bfd),
         web.get("/xdp", xdp),
         web.get("/fib/diff", fib_diff),
+        web.get("/config", config),
         web.post("/peers/{address}/reset", reset),
+        web.post("/config/reload", reload),
     ])
     return app
 

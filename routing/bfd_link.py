@@ -84,6 +84,7 @@ class BfdController:
         self.malformed = 0
         self._seen: dict[str, float] = {}  # last cumulative counter values of the current process
         self._pid: int | None = None
+        self._serving = False
 
         def argv() -> list[str]:
             a = [sys.executable, "-m", "bfd.process", str(self.socket_path)]
@@ -100,6 +101,7 @@ class BfdController:
 
     async def start_server(self) -> None:
         await self.channel.start()
+        self._serving = True
 
     async def _on_connect(self, writer: asyncio.StreamWriter) -> None:
         writer.write(orjson.dumps({"op": "sessions", "sessions": self.specs}) + b"\n")
@@ -140,6 +142,34 @@ class BfdController:
         for s in msg.get("sessions", []):
             m.bfd_session_up.labels(s["peer"]).set(1 if s["state"] == "up" else 0)
             m.bfd_detect_time.labels(s["peer"]).set(s["detect_time_ms"] / 1000)
+
+    async def update(self, config: Config, start: Callable[[], None] | None = None) -> str:
+        """A reload: push the new session list (the BFD process adds, removes and retimes in place).
+
+        The BFD process applies a changed multiplier or key by re-creating the session, but ignores a
+        changed ``interface`` or ``min_ttl``: those sessions are withdrawn in one push and requested
+        again in the next, so they too are re-created. Starts the process if this is its first session.
+        """
+        old = {(s["peer"], s["local"], s["multihop"]): s for s in self.specs}
+        self.config = config
+        self.specs = session_specs(config)
+        recreate = [s for s in self.specs
+                    if (o := old.get((s["peer"], s["local"], s["multihop"]))) is not None
+                    and (o.get("interface"), o.get("min_ttl")) != (s.get("interface"), s.get("min_ttl"))]
+        writer = self.channel.writer
+        if writer is None:
+            if self.specs and self.child.proc is None and start is not None:
+                if not self._serving:
+                    await self.start_server()
+                start()
+                return "BFD process started"
+            return "sessions kept for the BFD process's next connection"
+        if recreate:
+            keep = [s for s in self.specs if s not in recreate]
+            writer.write(orjson.dumps({"op": "sessions", "sessions": keep}) + b"\n")
+        writer.write(orjson.dumps({"op": "sessions", "sessions": self.specs}) + b"\n")
+        await writer.drain()
+        return f"{len(self.specs)} sessions pushed"
 
     async def supervise(self) -> None:
         await self.child.run()

@@ -1,7 +1,8 @@
 """The ``pop-router`` command: run the daemon, check a config, show state, run labs.
 
-The CLI is a thin client of the API's Unix socket (``show``, ``reset``) so it shows exactly what the
-daemon holds; ``--json`` prints the API's document unchanged (tests compare against it).
+The CLI is a thin client of the API's Unix socket (``show``, ``reset``, ``reload``, ``config diff``) so
+it shows exactly what the daemon holds; ``--json`` prints the API's document unchanged (tests compare
+against it).
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-def api_call(sock: Path, method: str, path: str, token: str | None = None) -> tuple[int, Any]:
-    conn = _UnixHTTPConnection(str(sock))
+def api_call(sock: Path, method: str, path: str, token: str | None = None, body: Any = None,
+             timeout: float = 10.0) -> tuple[int, Any]:
+    conn = _UnixHTTPConnection(str(sock), timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None if body is None else orjson.dumps(body)
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     try:
-        conn.request(method, path, headers=headers)
+        conn.request(method, path, body=data, headers=headers)
         resp = conn.getresponse()
         return resp.status, orjson.loads(resp.read() or b"null")
     finally:
@@ -154,13 +159,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     tune_runtime()
 
+    config_path = Path(args.config).resolve()
+
     async def main() -> None:
-        d = Daemon(config)
+        d = Daemon(config, config_path=config_path)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(signal.SIGHUP, d.on_sighup)
         try:
             await d.run()
         except asyncio.CancelledError:
@@ -205,15 +213,21 @@ def _get(args: argparse.Namespace, path: str) -> Any:
     return data
 
 
-def cmd_reset(args: argparse.Namespace) -> int:
-    sock = _socket_from(args)
+def _token(args: argparse.Namespace, sock: Path, what: str) -> str | None:
     token_file = Path(args.token_file) if args.token_file else None
     if token_file is None:
         token_file = load_config(args.config).api.token_path if args.config else sock.with_name("api.token")
     try:
-        token = token_file.read_text().strip()
+        return token_file.read_text().strip()
     except OSError as exc:
-        print(f"cannot reset: the API token {token_file}: {exc.strerror or exc} (--token-file PATH)", file=sys.stderr)
+        print(f"cannot {what}: the API token {token_file}: {exc.strerror or exc} (--token-file PATH)", file=sys.stderr)
+        return None
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    sock = _socket_from(args)
+    token = _token(args, sock, "reset")
+    if token is None:
         return 1
     try:
         status, data = api_call(sock, "POST", f"/peers/{args.peer}/reset", token)
@@ -222,6 +236,68 @@ def cmd_reset(args: argparse.Namespace) -> int:
         return 1
     print(orjson.dumps(data).decode())
     return 0 if status == 200 else 1
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Preview (``--dry-run``) or apply a configuration; without ``-c``, the daemon's own file.
+
+    The file is checked here first, so an invalid one is refused with ``check``'s words before the
+    daemon is asked; the daemon reads it again itself (it may run in another mount namespace).
+    """
+    from routing.reload import render_text
+
+    body = None
+    if args.config:
+        try:
+            load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        body = {"path": str(Path(args.config).resolve())}
+    sock = _socket_from(args)
+    token = _token(args, sock, "reload")
+    if token is None:
+        return 1
+    try:
+        status, data = api_call(sock, "POST", "/config/reload" + ("?dry_run=1" if args.dry_run else ""), token,
+                                body=body, timeout=180.0)
+    except OSError as exc:
+        print(f"cannot reload: {_unreachable(args, exc)}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(data.get("error", data) if isinstance(data, dict) else data, file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(("dry run: nothing changed\n" if args.dry_run else "") + render_text(data))
+    return 0
+
+
+def cmd_config_diff(args: argparse.Namespace) -> int:
+    """The running configuration (from the API) against a file, as a unified diff of their YAML."""
+    import difflib
+
+    import yaml
+
+    from routing.reload import config_document
+
+    try:
+        wanted = config_document(load_config(args.config))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    running = _get(args, "/config")
+    if running is None:
+        return 1
+    a = yaml.safe_dump(running, sort_keys=False).splitlines(keepends=True)
+    b = yaml.safe_dump(wanted, sort_keys=False).splitlines(keepends=True)
+    diff = list(difflib.unified_diff(a, b, "running", args.config))
+    if args.json:
+        sys.stdout.write(orjson.dumps({"running": running, "file": wanted, "same": not diff}).decode() + "\n")
+    else:
+        sys.stdout.write("".join(diff) if diff else f"{args.config}: same as the running configuration\n")
+    return 3 if diff else 0
 
 
 def cmd_fib(args: argparse.Namespace) -> int:
@@ -282,6 +358,19 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--socket")
     x.add_argument("--token-file")
     x.set_defaults(func=cmd_reset)
+    rl = sub.add_parser("reload", help="apply a configuration to the running daemon (needs the API token)")
+    rl.add_argument("-c", "--config", help="the configuration to apply (default: the file the daemon started with)")
+    rl.add_argument("--dry-run", action="store_true", help="only show what would change")
+    rl.add_argument("--json", action="store_true")
+    rl.add_argument("--socket")
+    rl.add_argument("--token-file")
+    rl.set_defaults(func=cmd_reload)
+    cf = sub.add_parser("config", help="compare the running configuration with a file")
+    cf.add_argument("action", choices=["diff"])
+    cf.add_argument("-c", "--config", required=True)
+    cf.add_argument("--json", action="store_true")
+    cf.add_argument("--socket")
+    cf.set_defaults(func=cmd_config_diff)
     f = sub.add_parser("fib", help="compare the RIB with the kernel FIB")
     f.add_argument("action", choices=["diff"])
     f.add_argument("--json", action="store_true")

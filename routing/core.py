@@ -27,6 +27,15 @@ strict-mode BFD gating) is queued as a *job* and :meth:`RoutingCore.work` runs a
 prefixes of it per call; the shell yields to the loop between calls. Routing events are taken only
 when no job is pending, so a peer's new UPDATEs never interleave with the flush of its old routes.
 
+Live reconfiguration (:class:`Reconfigure`, built by the daemon from two configurations, see
+``routing/reload.py``) is core work like any other: peers are added at once; a removed peer's routes
+are flushed by a job which then forgets the peer; a peer whose import policy changed has its stored
+Adj-RIB-In (accepted and rejected paths) re-run through the new policy by a sliced job, which moves
+the Loc-RIB and so the FIB, with no command to ExaBGP. Only a ``max_prefixes`` lowered below what the
+peer already stored tears that one session down. When the last job of a reconfiguration has run,
+:class:`ReconfigureApplied` tells the shell, with what moved. Events that arrive for a removed peer
+(ExaBGP's "down" once it drops the neighbour) are dropped without counting them as unknown.
+
 What is deliberately *not* here: moving traffic when BFD says a neighbour died. That is the
 failover lane (``routing/failover.py``), which rewrites the nexthop groups before this core hears
 of the event; the core then reconciles the RIB (:class:`BfdDown`) and closes the BGP session.
@@ -44,12 +53,15 @@ from typing import Any
 from routing.exabgp import messages as msg
 from routing.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
 from routing.model import Path as RoutePath
+from routing.policy import ImportPolicy, Rejection
+from routing.reload import original_path
 from routing.rib import LimitExceeded, Rib
 
 log = logging.getLogger(__name__)
 
 CEASE_MAX_PREFIXES = 1
 CEASE_ADMIN_RESET = 4
+CEASE_CONFIG_CHANGE = 6  # RFC 4486 "other configuration change"
 CEASE_BFD_DOWN = 10  # RFC 9384
 
 
@@ -91,6 +103,12 @@ PEER_TRANSITIONS: dict[tuple[PeerState, PeerInput], tuple[PeerState, Effect]] = 
     (PeerState.ESTABLISHED, PeerInput.DOWN): (PeerState.IDLE, Effect.FLUSH),
     (PeerState.ESTABLISHED, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
 }
+
+
+class _Slice(list):
+    """FIB diffs of one job slice that also says how many prefixes it examined (its cost)."""
+
+    cost: int = 0
 
 
 class UnknownTransition(RuntimeError):
@@ -141,6 +159,39 @@ class TimerFired:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class PeerUpdate:
+    """A kept peer's new settings (a session that needs no reset: the daemon checked that)."""
+
+    address: IPAddress
+    customer: str
+    asn: int
+    local_asn: int
+    policy: ImportPolicy
+    max_prefixes: int | None
+    bfd: bool
+    bfd_strict: bool
+    #: The import policy changed: re-run the stored Adj-RIB-In through it.
+    reevaluate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAdd:
+    status: PeerStatus
+    policy: ImportPolicy
+    max_prefixes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Apply a new configuration's peers and policies (urgent lane: it must not wait behind a table)."""
+
+    token: int
+    add: tuple[PeerAdd, ...] = ()
+    remove: tuple[IPAddress, ...] = ()
+    update: tuple[PeerUpdate, ...] = ()
+
+
 # --- actions the shell performs ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SubmitFib:
@@ -165,7 +216,19 @@ class SweepKernelStale:
     """Remove routes adopted from the kernel at start that nobody re-announced."""
 
 
-Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale
+@dataclass(slots=True)
+class ReconfigureApplied:
+    """Every job of reconfiguration ``token`` has run: what moved (counts over all its peers)."""
+
+    token: int
+    became_accepted: int = 0
+    became_rejected: int = 0
+    changed: int = 0
+    routes_withdrawn: int = 0
+    teardowns: list[str] = field(default_factory=list)
+
+
+Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale | ReconfigureApplied
 STALE_TIMER = "stale"
 STARTUP_SWEEP_TIMER = "startup_sweep"
 STARTUP_HOLD_TIMER = "startup_hold"
@@ -216,6 +279,10 @@ class RoutingCore:
         self.metrics = metrics
         self.counters = CoreCounters()
         self._jobs: deque[Iterator[list[FibDiff]]] = deque()
+        #: Actions produced by jobs besides FIB diffs (a finished reconfiguration), returned by work().
+        self._notices: list[Action] = []
+        #: Peers removed by a reconfiguration: their late events are expected, not unknown.
+        self._removed: set[IPAddress] = set()
         self._awaiting_startup_eor = False
         self.startup_hold_s = startup_hold_s
         #: FIB changes held back after a restart (latest per prefix), None when not holding.
@@ -278,8 +345,13 @@ class RoutingCore:
                 self.counters.jobs_run += 1
                 continue
             diffs += chunk
-            budget -= max(1, len(chunk))
-        return [SubmitFib(diffs)] if diffs else []
+            # A slice that examined many prefixes but changed few still costs what it examined.
+            budget -= max(1, len(chunk), getattr(chunk, "cost", 0))
+        out: list[Action] = [SubmitFib(diffs)] if diffs else []
+        if self._notices:
+            out += self._notices
+            self._notices = []
+        return out
 
     def _sliced(self, prefixes: list[IPNetwork], apply: Callable[[list[IPNetwork]], list[FibDiff]],
                 step: int = 500) -> Iterator[list[FibDiff]]:
@@ -307,6 +379,122 @@ class RoutingCore:
 
         self._jobs.append(run())
 
+    # --- live reconfiguration ------------------------------------------------------------------------
+    def _reconfigure(self, ev: Reconfigure, now: float) -> list[Action]:
+        done = ReconfigureApplied(ev.token)
+        out: list[Action] = []
+        for addr in ev.remove:
+            ps = self.peers.pop(addr, None)
+            if ps is None:
+                continue
+            self._removed.add(addr)
+            a = self.rib.adj.get(addr)
+            done.routes_withdrawn += len(a.accepted) if a else 0
+            log.info("peer %s (%s) removed by reconfiguration: flushing its routes", addr, ps.customer)
+            self._jobs.append(self._remove_job(addr))
+        for add in ev.add:
+            ps = add.status
+            addr = ps.address
+            self._removed.discard(addr)
+            ps.since = now
+            self.rib.add_peer(addr, add.policy, add.max_prefixes)
+            self.peers[addr] = ps
+            if ps.bfd_strict:
+                self.rib.set_eligible(addr, False)  # nothing stored yet: no diffs
+            log.info("peer %s (%s) added by reconfiguration", addr, ps.customer)
+        for u in ev.update:
+            out += self._update_peer(u, done)
+        self._jobs.append(self._announce_done(done))
+        return out
+
+    def _update_peer(self, u: PeerUpdate, done: ReconfigureApplied) -> list[Action]:
+        ps = self.peers.get(u.address)
+        a = self.rib.adj.get(u.address)
+        if ps is None or a is None:
+            return []
+        addr = u.address
+        ps.customer = u.customer
+        ps.peer = peer = Peer(addr, u.customer, u.asn, u.local_asn, ps.peer.router_id)
+        old_policy, a.policy, a.max_prefixes = a.policy, u.policy, u.max_prefixes
+        if ps.bfd_strict != (u.bfd and u.bfd_strict):
+            gate = u.bfd and u.bfd_strict and ps.bfd_state != "up"
+            self._eligible_job(addr, not gate)
+        ps.bfd, ps.bfd_strict = u.bfd, u.bfd and u.bfd_strict
+        if u.max_prefixes is not None and a.received > u.max_prefixes:
+            log.error("peer %s (%s) stores %d prefixes, above its new max_prefixes %d: tearing the session "
+                      "down (cease 1)", addr, ps.customer, a.received, u.max_prefixes)
+            ps.teardown_reason = f"max_prefixes lowered to {u.max_prefixes} (stored {a.received})"
+            self._teardown_metric(ps, "max_prefixes")
+            self._flush_job(addr)
+            done.teardowns.append(str(addr))
+            return [SendCommand(addr, msg.teardown(addr, CEASE_MAX_PREFIXES), "max_prefixes")]
+        if u.reevaluate:
+            self._jobs.append(self._reevaluate_job(addr, old_policy, u.policy, peer, done))
+        return []
+
+    def _reevaluate_job(self, addr: IPAddress, old_policy: ImportPolicy, policy: ImportPolicy, peer: Peer,
+                        done: ReconfigureApplied, step: int = 500) -> Iterator[list[FibDiff]]:
+        """Re-run a peer's stored announcements through its new policy, ``step`` prefixes per slice."""
+        a = self.rib.adj[addr]
+        prefixes = list(a.accepted) + list(a.rejected)
+        loc = self.rib.loc
+        for i in range(0, len(prefixes), step):
+            if self.rib.adj.get(addr) is not a:
+                return  # removed meanwhile
+            eligible = self.rib.eligible.get(addr, True)
+            diffs = _Slice()
+            diffs.cost = len(prefixes[i:i + step])
+            for prefix in prefixes[i:i + step]:
+                current = a.accepted.get(prefix)
+                if current is not None:
+                    stored = current
+                else:
+                    rej = a.rejected.get(prefix)
+                    if rej is None:
+                        continue
+                    stored = rej[0]
+                orig = original_path(stored, old_policy, peer)
+                verdict = policy.apply(orig)
+                d: FibDiff | None = None
+                if isinstance(verdict, Rejection):
+                    a.rejected[prefix] = (orig, verdict)
+                    if current is None:
+                        continue
+                    del a.accepted[prefix]
+                    done.became_rejected += 1
+                    if eligible:
+                        d = loc.remove_path(prefix, addr)
+                else:
+                    a.accepted[prefix] = verdict
+                    if current is None:
+                        del a.rejected[prefix]
+                        done.became_accepted += 1
+                    elif current == verdict:
+                        continue
+                    else:
+                        done.changed += 1
+                    if eligible:
+                        d = loc.set_path(verdict)
+                if d is not None:
+                    diffs.append(d)
+            yield diffs
+
+    def _remove_job(self, addr: IPAddress, step: int = 500) -> Iterator[list[FibDiff]]:
+        """Flush a removed peer's routes in slices, then forget its Adj-RIB-In."""
+        a = self.rib.adj.get(addr)
+        if a is None:
+            return
+        prefixes = list(a.accepted) + list(a.rejected)
+        for i in range(0, len(prefixes), step):
+            yield self.rib.withdraw(addr, prefixes[i:i + step])
+        if self.rib.adj.get(addr) is a and addr not in self.peers:
+            del self.rib.adj[addr]
+            self.rib.eligible.pop(addr, None)
+
+    def _announce_done(self, done: ReconfigureApplied) -> Iterator[list[FibDiff]]:
+        self._notices.append(done)
+        yield []
+
     # --- events ----------------------------------------------------------------------------------------
     def on_event(self, ev: object, now: float) -> list[Action]:
         return self._hold(self._on_event(ev, now))
@@ -322,9 +510,13 @@ class RoutingCore:
             return []
         if isinstance(ev, msg.Shutdown | msg.RelayStats):
             return []
+        if isinstance(ev, Reconfigure):
+            return self._reconfigure(ev, now)
         addr = getattr(ev, "peer", None)
         ps = self.peers.get(addr) if addr is not None else None
         if ps is None:
+            if addr in self._removed:
+                return []
             self.counters.unknown_peer_events += 1
             log.warning("event for unconfigured peer %s dropped", addr)
             return []

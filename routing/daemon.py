@@ -18,6 +18,13 @@ Every step on the loop is short (one UPDATE, one slice, one bounded FIB plan), s
 and the API wait at most one step. A loop-lag sampler records how late a 10 ms timer runs
 (``pop_router_loop_lag_seconds``): that is the failover lane's own delay.
 
+Live reconfiguration (``reload``, SIGHUP, ``POST /config/reload``) runs on the control lane:
+:meth:`Daemon.reload` previews it with :func:`routing.reload.plan_reload`, and unless it is a dry run
+hands the routing core one :class:`routing.core.Reconfigure` (urgent lane; the core re-evaluates
+policies in slices), pushes the new BFD session list, sends export changes to established sessions,
+and regenerates exabgp.conf, signalling ExaBGP to reload it (SIGUSR1) only when it changed. One
+reload at a time; the answer is the plan and the outcome.
+
 Startup: the kernel writer adopts routes of our protocol left by a previous run (nothing is
 removed), and sweeps what was not re-announced once every peer has sent End-of-RIB or the stale
 timer fires. So neither a daemon restart nor an ExaBGP restart interrupts forwarding.
@@ -29,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +44,17 @@ from typing import Any
 
 from fib.kernel import KernelFib, set_compat_mode
 from routing.bfd_link import BfdController
-from routing.config import Config
+from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, load_config
 from routing.core import (
     Action,
     AdminReset,
     ArmTimer,
     CommandDone,
+    PeerAdd,
     PeerStatus,
+    PeerUpdate,
+    Reconfigure,
+    ReconfigureApplied,
     RoutingCore,
     SendCommand,
     SpeakerDied,
@@ -50,12 +62,14 @@ from routing.core import (
     SweepKernelStale,
     TimerFired,
 )
+from routing.exabgp import messages
 from routing.exabgp.speaker import ExabgpSpeaker
 from routing.failover import FailoverLane
 from routing.inbox import Inbox
 from routing.metrics import Metrics
-from routing.model import IPAddress, Peer
+from routing.model import IPAddress, Peer, parse_address, parse_prefix
 from routing.policy import ImportPolicy
+from routing.reload import ReloadPlan, config_from_text, plan_reload, render_text, running_config
 from routing.rib import Rib
 from routing.runtime import gc_pacer
 from routing.views import Views
@@ -67,13 +81,55 @@ JOB_SLICE = 2000
 #: Routing events queued in front of the core before ExaBGP's stream is left in the relay.
 INBOX_EVENTS = 256
 LAG_SAMPLE_S = 0.01
+#: How long a reload waits for the core's re-evaluation jobs before answering "still running".
+RELOAD_CORE_WAIT_S = 120.0
+
+
+def peer_status(config: Config, customer: CustomerConfig, pc: PeerConfig) -> PeerStatus:
+    """The core's record of one configured session (at start and when a reload adds it)."""
+    b = config.peer_bfd(customer, pc)
+    return PeerStatus(
+        pc.address, pc.local_address, customer.name, "ipv4" if pc.address.version == 4 else "ipv6",
+        Peer(pc.address, customer.name, customer.asn, config.router.asn),
+        bfd=b.enabled, bfd_strict=b.enabled and b.strict,
+    )
+
+
+def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan) -> Reconfigure:
+    """The routing core's share of a reload: peers added, removed, and updated (new policy, limits).
+
+    A reset session is updated too (its policy reads the new ASN); ExaBGP re-opening it is what
+    flushes and re-learns its routes.
+    """
+    old_addrs = {p.address for _c, p in old.peers()}
+    new_addrs = {p.address for _c, p in new.peers()}
+    resets = plan.resets()
+    adds, updates = [], []
+    for c, p in new.peers():
+        policy = ImportPolicy(new.router, c)
+        if p.address not in old_addrs:
+            adds.append(PeerAdd(peer_status(new, c, p), policy, c.import_.max_prefixes))
+            continue
+        b = new.peer_bfd(c, p)
+        updates.append(PeerUpdate(p.address, c.name, c.asn, new.router.asn, policy, c.import_.max_prefixes,
+                                  b.enabled, b.enabled and b.strict,
+                                  reevaluate=p.address in plan.reevaluate or str(p.address) in resets))
+    removed = tuple(a for a in old_addrs if a not in new_addrs)
+    return Reconfigure(token, tuple(adds), removed, tuple(updates))
 
 
 class Daemon:
+    #: How ExaBGP takes a regenerated configuration: "signal" (SIGUSR1, its own reload: only changed
+    #: neighbours are touched) or "restart" (the one process restarts; the FIB is kept, routes stale).
+    EXABGP_RELOAD = "signal"
+
     def __init__(
-        self, config: Config, *, netns: str | None = None, clock: Callable[[], float] = time.monotonic
+        self, config: Config, *, netns: str | None = None, clock: Callable[[], float] = time.monotonic,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
+        #: The file the daemon was started with: what SIGHUP (and a reload without a file) re-reads.
+        self.config_path = Path(config_path) if config_path is not None else None
         self.clock = clock
         self.metrics = Metrics(clock)
         self.inbox = Inbox(INBOX_EVENTS)
@@ -86,12 +142,7 @@ class Daemon:
         peers: dict[IPAddress, PeerStatus] = {}
         for customer, pc in config.peers():
             rib.add_peer(pc.address, ImportPolicy(config.router, customer), customer.import_.max_prefixes)
-            b = config.peer_bfd(customer, pc)
-            peers[pc.address] = PeerStatus(
-                pc.address, pc.local_address, customer.name, "ipv4" if pc.address.version == 4 else "ipv6",
-                Peer(pc.address, customer.name, customer.asn, config.router.asn),
-                bfd=b.enabled, bfd_strict=b.enabled and b.strict,
-            )
+            peers[pc.address] = peer_status(config, customer, pc)
             self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
         self.metrics.configure_peers(config)
         self.core = RoutingCore(rib, peers, stale_timeout_s=config.fib.stale_timeout_s, metrics=self.metrics,
@@ -102,8 +153,12 @@ class Daemon:
                                  clock, self.metrics)
         self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics)
         self.views = Views(config, self.core, self.fib, self.bfd, self.speaker, self.lane, self.inbox,
-                           self.metrics, clock, clock(), self.teardown)
+                           self.metrics, clock, clock(), self.teardown, reload=self.reload_source)
         self._tasks: set[asyncio.Task] = set()
+        self._reload_lock = asyncio.Lock()
+        self._reload_token = 0
+        self._reconfigured: dict[int, asyncio.Future[ReconfigureApplied]] = {}
+        self._tg: asyncio.TaskGroup | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._admin: dict[IPAddress, list[asyncio.Future[bool]]] = {}
         self.xdp: Any = None
@@ -152,6 +207,7 @@ class Daemon:
             await self.bfd.start_server()
         self.fib.start_monitor()
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             if self.bfd.enabled:
                 tg.create_task(self.bfd.supervise(), name="bfd")
             if self.xdp is not None:
@@ -278,6 +334,10 @@ class Daemon:
                     old.cancel()
                 self._timers[a.name] = asyncio.get_running_loop().call_later(
                     max(0.0, a.at - self.clock()), self.inbox.post, TimerFired(a.name))
+            elif isinstance(a, ReconfigureApplied):
+                f = self._reconfigured.pop(a.token, None)
+                if f is not None and not f.done():
+                    f.set_result(a)
             elif isinstance(a, SweepKernelStale):
                 n = self.fib.sweep_stale()
                 log.info("stale sweep: removing %d kernel routes nobody re-announced", n)
@@ -303,6 +363,116 @@ class Daemon:
         self._admin.setdefault(addr, []).append(fut)
         self.inbox.post(AdminReset(addr))
         return await fut
+
+    # --- live reconfiguration (control lane) -----------------------------------------------------
+    def on_sighup(self) -> None:
+        """SIGHUP: re-read the file the daemon was started with; the result goes to the log."""
+        t = asyncio.get_running_loop().create_task(self.reload_source(None, None, dry_run=False))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def reload_source(self, path: str | None, text: str | None, *, dry_run: bool = False) -> dict[str, Any]:
+        """Load a configuration (a file, YAML text, or the start file) and preview or apply it.
+
+        An invalid configuration changes nothing: the answer is ``{"error": ...}`` with ``check``'s
+        wording (file, key, reason).
+        """
+        try:
+            if text is not None:
+                new, source = config_from_text(text), "<request body>"
+            else:
+                p = Path(path) if path else self.config_path
+                if p is None:
+                    return {"error": "no configuration file: the daemon was not started with one; give a path"}
+                new, source = load_config(p), str(p)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays:\n%s", exc)
+            return {"error": str(exc)}
+        return await self.reload(new, dry_run=dry_run, source=source)
+
+    async def reload(self, new: Config, *, dry_run: bool = False, source: str = "") -> dict[str, Any]:
+        """Preview ``new`` against the running configuration and, unless ``dry_run``, apply it."""
+        async with self._reload_lock:
+            old = self.config
+            plan = plan_reload(old, new, self.rib, self.core.peers)
+            doc: dict[str, Any] = {"source": source, "dry_run": dry_run, "plan": plan.to_dict()}
+            if dry_run:
+                doc["outcome"] = {"applied": False}
+            elif plan.empty:
+                doc["outcome"] = {"applied": True, "changes": 0}
+            else:
+                doc["outcome"] = await self._apply(old, running_config(old, new), plan)
+            log.info("reload of %s%s:\n%s", source or "a configuration", " (dry run)" if dry_run else "",
+                     render_text(doc))
+            return doc
+
+    async def _apply(self, old: Config, new: Config, plan: ReloadPlan) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        old_peers = {p.address: (c, p) for c, p in old.peers()}
+        new_peers = {p.address: (c, p) for c, p in new.peers()}
+        self._reload_token += 1
+        token = self._reload_token
+        applied: asyncio.Future[ReconfigureApplied] = loop.create_future()
+        self._reconfigured[token] = applied
+        self.inbox.post(reconfigure_event(token, old, new, plan))
+        # Every view reads the new configuration from here on.
+        self.config = self.views.config = new
+        logging.getLogger().setLevel(getattr(logging, new.log_level))
+        for addr, (c, _p) in old_peers.items():
+            if addr not in new_peers:
+                with contextlib.suppress(KeyError):
+                    self.metrics.bgp_session_up.remove(str(addr), c.name)
+        for addr, (c, _p) in new_peers.items():
+            if addr not in old_peers:
+                self.metrics.bgp_session_up.labels(str(addr), c.name).set(0)
+        self.metrics.configure_peers(new)
+        outcome: dict[str, Any] = {"applied": True}
+        # BFD: the whole list again; the BFD process retimes in place (Poll Sequence).
+        self.lane.peers.clear()
+        self.lane.peers.update({p.address: c.name for c, p in new.peers() if new.peer_bfd(c, p).enabled})
+        outcome["bfd"] = await self.bfd.update(new, start=self._start_bfd)
+        # Exports on established sessions, one acked command at a time.
+        results = []
+        for e in plan.exports:
+            if not e["established"]:
+                continue
+            addr = parse_address(e["peer"])
+            lines = [messages.announce_route(addr, parse_prefix(n)) for n in e["announce"]]
+            lines += [messages.withdraw_route(addr, parse_prefix(n)) for n in e["withdraw"]]
+            for line in lines:
+                results.append({"command": line, "ok": await self.speaker.command(line)})
+        outcome["exports"] = results
+        outcome["exabgp"] = self._reload_exabgp(new, plan)
+        try:
+            done = await asyncio.wait_for(asyncio.shield(applied), RELOAD_CORE_WAIT_S)
+            outcome["rib"] = {"became_accepted": done.became_accepted, "became_rejected": done.became_rejected,
+                              "changed": done.changed, "routes_withdrawn": done.routes_withdrawn,
+                              "teardowns": done.teardowns}
+        except TimeoutError:
+            outcome["rib"] = f"re-evaluation still running after {RELOAD_CORE_WAIT_S:.0f}s"
+        if plan.needs_restart:
+            outcome["needs_restart"] = plan.needs_restart
+        return outcome
+
+    def _start_bfd(self) -> None:
+        """The first BFD session came with a reload: start the BFD process (once)."""
+        if self._tg is not None:
+            self._tg.create_task(self.bfd.supervise(), name="bfd")
+
+    def _reload_exabgp(self, new: Config, plan: ReloadPlan) -> str:
+        """Rewrite exabgp.conf and make ExaBGP take it, touching only the neighbours that changed."""
+        self.speaker.config = new
+        if not plan.exabgp_config_changed:
+            return "unchanged"
+        self.speaker.write_config()
+        proc = self.speaker.child.proc
+        if proc is None or proc.returncode is not None:
+            return "configuration written (ExaBGP not running: read at its next start)"
+        if self.EXABGP_RELOAD == "signal":
+            proc.send_signal(signal.SIGUSR1)
+            return "reloaded (SIGUSR1)"
+        proc.terminate()
+        return "restarted (FIB kept, routes stale until the sessions return)"
 
     async def stop(self) -> None:
         if self.xdp is not None:

@@ -37,6 +37,8 @@ class Views:
     clock: Callable[[], float]
     started: float
     reset: Callable[[IPAddress], Awaitable[bool]]
+    #: Preview or apply a configuration (a path, YAML text, or None: the start file) -> plan + outcome.
+    reload: Callable[..., Awaitable[dict[str, Any]]] | None = None
     token: str = ""
     xdp: Any = None
     xdp_start_writes: int = 0
@@ -50,6 +52,12 @@ class Views:
 
     async def teardown(self, addr: IPAddress) -> bool:
         return await self.reset(addr)
+
+    def config_view(self) -> dict[str, Any]:
+        """The running configuration; secrets are masked by their serialiser."""
+        from routing.reload import config_document
+
+        return config_document(self.config)
 
     # --- metrics --------------------------------------------------------------------------------------
     def refresh_gauges(self) -> None:

@@ -308,5 +308,29 @@ def teardown(peer: IPAddress, cease_subcode: int) -> str:
     return _ascii(f"neighbor {peer} teardown {cease_subcode}")
 
 
+def announce_route(peer: IPAddress, prefix: IPNetwork) -> str:
+    """Export one of our prefixes to one session, next hop self (as the generated static routes do)."""
+    return _ascii(f"neighbor {_ip(peer)} announce route {_net_text(prefix)} next-hop self")
+
+
+def withdraw_route(peer: IPAddress, prefix: IPNetwork) -> str:
+    """Stop exporting one of our prefixes to one session."""
+    return _ascii(f"neighbor {_ip(peer)} withdraw route {_net_text(prefix)}")
+
+
+def _ip(v: object) -> str:
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise BadCommand(f"not an IP address: {v!r}") from None
+
+
+def _net_text(v: object) -> str:
+    try:
+        return str(ipaddress.ip_network(str(v), strict=True))
+    except ValueError:
+        raise BadCommand(f"not a network prefix: {v!r}") from None
+
+
 def raw(cmd: str) -> str:
     return _ascii(cmd)
