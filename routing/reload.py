@@ -22,8 +22,8 @@ What each change costs (the "nothing reset that need not be" rule; the README ha
 - ``max_prefixes`` raised or removed: the limit changes; lowered below what the peer already made us
   store: that one session is torn down (cease 1), as if the peer had just exceeded it.
 - **session parameters** (customer ASN, local address, TCP-MD5 key, hold time, GTSM, passive, our
-  own ASN or router id): ExaBGP must re-open that session: a *reset*, with the reasons listed.
-  A peer's address is its identity: a changed address is one session removed and one added.
+  own ASN, router id or graceful-restart capability): ExaBGP must re-open that session: a *reset*,
+  with the reasons listed. A peer's address is its identity: a changed address is one session removed and one added.
 - **BFD**: new/removed sessions; changed tx/rx intervals are applied in place by the BFD process
   with a Poll Sequence (*retimed*, no flap); a changed multiplier, authentication, min TTL or
   interface re-creates the session (*recreated*: the peer sees it go down).
@@ -103,6 +103,9 @@ def reset_reasons(old: Config, oc: CustomerConfig, op: PeerConfig,
         why.append(f"local ASN {old.router.asn} -> {new.router.asn}")
     if old.router.router_id != new.router.router_id:
         why.append(f"router id {old.router.router_id} -> {new.router.router_id}")
+    og, ng = getattr(old.router, "graceful_restart_s", None), getattr(new.router, "graceful_restart_s", None)
+    if og != ng:
+        why.append(f"graceful restart {og or 'off'} -> {ng or 'off'}")
     if op.local_address != np.local_address:
         why.append(f"local address {op.local_address} -> {np.local_address}")
     if _plain(op.md5_password) != _plain(np.md5_password):
