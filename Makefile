@@ -5,7 +5,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
-DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev prometheus
+DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev prometheus stayrtr
 XDP_OBJ := build/pop_xdp.o build/xdp_pass.o build/xdp_gen.o
 STAMP := $(VENV)/.installed
 
