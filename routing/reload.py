@@ -84,8 +84,14 @@ def running_config(old: Config, new: Config) -> Config:
 
 
 def config_document(config: Config) -> dict[str, Any]:
-    """The configuration as JSON (secrets masked by their serialiser): ``GET /config``, ``config diff``."""
-    return config.model_dump(mode="json", by_alias=True)
+    """The configuration as JSON (secrets masked by their serialiser): ``GET /config``, ``config diff``.
+
+    Prefix rules are written back as the text an operator writes (``198.51.100.0/22 le 24``).
+    """
+    doc = config.model_dump(mode="json", by_alias=True)
+    for c, d in zip(config.customers, doc["customers"], strict=True):
+        d["import"]["prefixes"] = [str(r) for r in c.import_.prefixes]
+    return doc
 
 
 # --- per-peer comparisons ----------------------------------------------------------------------------

@@ -151,6 +151,9 @@ def test_live_reconfiguration(converged: Lab, files: Path) -> None:
     p = reload(lab, bad, files, name="bad.yaml", check=False)
     assert p.returncode == 1 and f"{files}/bad.yaml: customers[0].import.prefixes[0]: " in p.stderr, p.stderr
     assert show_config(lab) == running
+    code = ("import json; from routing.cli import api_call; from pathlib import Path; "
+            "print(json.dumps(api_call(Path('/run/pop-router/api.sock'), 'POST', '/config/reload?dry_run=1')))")
+    assert json.loads(run_in(lab, "pop", sys.executable, "-c", code).stdout)[0] == 401  # needs the token
 
     # 2. Prefix list narrowed: dry run first (lists exactly the two routes, changes nothing) ...
     narrow = copy.deepcopy(base)
@@ -163,12 +166,17 @@ def test_live_reconfiguration(converged: Lab, files: Path) -> None:
     assert sorted(x["prefix"] for x in plan["fib"]["first"]) == ["198.51.101.0/24", "198.51.102.0/24"]
     assert plan["sessions_reset"] == [] and doc["outcome"] == {"applied": False}
     assert kernel_routes(lab) == V4 and show_config(lab) == running
+    diff = run_in(lab, "pop", sys.executable, "-m", "routing.cli", "config", "diff", "-c", str(files / "new.yaml"),
+                  check=False)
+    assert diff.returncode == 3 and "-    - 198.51.100.0/22 le 24" in diff.stdout, diff.stdout
     # ... then for real: the two routes leave the kernel, no session is touched.
     doc = reload(lab, narrow, files)
     assert doc["outcome"]["rib"]["became_rejected"] == 4 and doc["outcome"]["exabgp"] == "unchanged"
     narrowed = {k: v for k, v in V4.items() if k not in ("198.51.101.0/24", "198.51.102.0/24")}
     wait_for(lambda: kernel_routes(lab) == narrowed, timeout=20, what="the two routes gone from the kernel")
     assert peer_side(lab) == before
+    same = run_in(lab, "pop", sys.executable, "-m", "routing.cli", "config", "diff", "-c", str(files / "new.yaml"))
+    assert "same as the running configuration" in same.stdout
 
     # 3. Remove a customer (mallory): its sessions and its one accepted route go; others untouched.
     no_mallory = copy.deepcopy(narrow)
