@@ -94,6 +94,12 @@ class LoopLagSampler:
         self._due = now + self.period_s
         self._handle = self.loop.call_at(self._due, self._tick)
 
+    def current(self, now: float) -> float:
+        """The rolling maximum, or the stall still in progress if larger: when a stall ends, the
+        socket's packets are handled before this sampler's overdue tick (asyncio runs I/O callbacks
+        before due timers), so a Down caused by the stall would otherwise not see it."""
+        return max(self.lag.max(now), now - self._due)
+
     def close(self) -> None:
         self._handle.cancel()
 
@@ -133,8 +139,8 @@ class BfdProcess:
             "cause": r.cause, "blame": blame(r), "rx_gap_ms": _ms(r.rx_gap_s), "max_rx_gap_ms": _ms(r.max_rx_gap_s),
             "max_tx_gap_ms": _ms(r.max_tx_gap_s), "detect_time_ms": _ms(r.detect_time_s),
             "peer_detect_time_ms": _ms(r.peer_detect_time_s), "remote_diag": r.remote_diag.name.lower(),
-            "tx_late": r.tx_late, "loop_lag_ms": _ms(self.sampler.lag.max(at)),
-            "timer_lag_ms": _ms(self.transport.timer_lag.max(at)),
+            "tx_late": r.tx_late, "loop_lag_ms": _ms(self.sampler.current(at)),
+            "timer_lag_ms": _ms(self.transport.timer_lag_now(at)),
         }
 
     def _on_state(self, key: SessionKey, s: BfdSession, ch: StateChanged) -> None:

@@ -86,6 +86,11 @@ class Transport:
         self._timer_at: float | None = None
         self._in_timer = False
 
+    def timer_lag_now(self, now: float) -> float:
+        """The rolling maximum of the timer's lateness, or its current lateness if it is overdue now."""
+        overdue = now - self._timer_at if self._timer_at is not None and not self._in_timer else 0.0
+        return max(self.timer_lag.max(now), overdue)
+
     @property
     def tx_late(self) -> int:
         return self._tx_late_removed + sum(e.session.tx_late for e in self.entries.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from bfd.packet import Diag, State
 from bfd.process import BfdProcess, blame
@@ -58,3 +59,35 @@ async def test_down_event_and_stats_carry_the_attribution() -> None:
     finally:
         proc.sampler.close()
         proc.transport.close()
+
+
+class _Handle:
+    def cancel(self) -> None:
+        pass
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.handles: list[tuple[float, object]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, cb: object) -> _Handle:
+        self.handles.append((when, cb))
+        return _Handle()
+
+
+def test_loop_lag_sampler_counts_the_stall_in_progress() -> None:
+    from bfd.process import LoopLagSampler
+
+    loop = _FakeLoop()
+    smp = LoopLagSampler(loop, period_s=0.02)  # type: ignore[arg-type]
+    loop.now = 100.025
+    loop.handles[-1][1]()  # type: ignore[operator]  # ran 5 ms late
+    assert smp.lag.max(loop.now) == pytest.approx(0.005)
+    # A 130 ms stall: a Down handled before the overdue tick still sees it.
+    loop.now += 0.150
+    assert smp.current(loop.now) == pytest.approx(0.130)
+    smp.close()
