@@ -397,7 +397,10 @@ class RoutingCore:
             addr = ps.address
             self._removed.discard(addr)
             ps.since = now
-            self.rib.add_peer(addr, add.policy, add.max_prefixes)
+            a = self.rib.add_peer(addr, add.policy, add.max_prefixes)
+            # Removed by an earlier reload whose flush is still running: the Adj-RIB-In is kept (the
+            # flush empties it before this peer's UPDATEs are taken) and takes the new settings.
+            a.policy, a.max_prefixes = add.policy, add.max_prefixes
             self.peers[addr] = ps
             if ps.bfd_strict:
                 self.rib.set_eligible(addr, False)  # nothing stored yet: no diffs

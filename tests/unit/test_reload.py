@@ -343,3 +343,18 @@ def test_export_commands_are_ascii_checked() -> None:
         "neighbor 2001:db8:1::2 withdraw route 2001:db8:ffff::/48"
     with pytest.raises(msg.BadCommand):
         msg.announce_route(A, "192.0.2.0/24 next-hop 1.2.3.4\nneighbor")  # type: ignore[arg-type]
+
+
+def test_customer_removed_and_added_back_before_its_flush_ran() -> None:
+    core = lab_core()
+    with_g, without_g = cfg(), cfg(lambda d: d["customers"].pop(1))
+    strict = cfg(imp(globex, "prefixes", ["2001:db8:200::/48"]))  # globex back, no longer allowed 203.0.113.0/24
+    core.on_event(reconfigure_event(1, with_g, without_g, plan_reload(with_g, without_g, core.rib, core.peers)), 5.0)
+    assert core.busy and G in core.rib.adj  # the flush has not run
+    core.on_event(reconfigure_event(2, without_g, strict, plan_reload(without_g, strict, core.rib, core.peers)), 6.0)
+    while core.busy:
+        core.work()
+    assert G in core.peers and G in core.rib.adj and core.rib.adj[G].received == 0
+    up(core, G)
+    announce(core, G, GLOBEX, "203.0.113.0/24")
+    assert core.rib.adj[G].rejected[ipaddress.ip_network("203.0.113.0/24")][1].reason.value == "not_in_prefix_list"
