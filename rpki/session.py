@@ -27,6 +27,9 @@ transport (:mod:`rpki.client`) calls :meth:`~RtrSession.on_connected`, :meth:`~R
 States (:class:`State`) and the events that move them are the table :data:`TRANSITIONS`, one row per
 (state, event) with the RFC rule it follows; a pair without a row is a bug (:class:`TransitionError`),
 never input-driven: every PDU maps to an event and every event has a row in every connected state.
+A row names the state its step leads to when the step succeeds; a step that finds a protocol error
+in the PDU it handles (session id mismatch at Cache Response or End of Data, duplicate announcement,
+withdrawal of an unknown record) answers it as §12 says and ends in Disconnected instead.
 
 Timers (RFC 8210 §6), from End of Data in version 1, defaults in version 0 (RFC 6810 has none):
 - refresh: in Synced, send a Serial Query after ``refresh_s``;
