@@ -69,7 +69,7 @@ from routing.inbox import Inbox
 from routing.metrics import Metrics
 from routing.model import IPAddress, Peer, parse_address, parse_prefix
 from routing.policy import ImportPolicy
-from routing.reload import ReloadPlan, config_from_text, plan_reload, render_text, running_config
+from routing.reload import ReloadPlan, config_from_text, plan_steps, render_text, running_config
 from routing.rib import Rib
 from routing.runtime import gc_pacer
 from routing.views import Views
@@ -394,7 +394,14 @@ class Daemon:
         """Preview ``new`` against the running configuration and, unless ``dry_run``, apply it."""
         async with self._reload_lock:
             old = self.config
-            plan = plan_reload(old, new, self.rib, self.core.peers)
+            steps = plan_steps(old, new, self.rib, self.core.peers)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    plan = done.value
+                    break
+                await asyncio.sleep(0)  # a full table's preview must not hold the loop
             doc: dict[str, Any] = {"source": source, "dry_run": dry_run, "plan": plan.to_dict()}
             if dry_run:
                 doc["outcome"] = {"applied": False}

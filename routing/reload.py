@@ -43,7 +43,7 @@ route whose own labels equal the old policy's stack is the one case this cannot 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,6 +58,9 @@ from routing.rib import Rib, _entry
 
 #: How many example prefixes each section of a plan lists (the counts are always complete).
 SAMPLE = 5
+
+#: Prefixes examined per step of :func:`plan_steps` (a few ms of work between two loop turns).
+PLAN_STEP = 500
 
 #: Top-level keys the running daemon cannot change: they take effect at the next start.
 RESTART_ONLY = ("api", "metrics", "fib", "exabgp")
@@ -224,9 +227,12 @@ class _FibSim:
     def set(self, path: Path) -> None:
         self._of(path.prefix)[path.peer.address] = path
 
-    def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"added": 0, "removed": 0, "changed": 0, "first": []}
-        for prefix in sorted(self.paths, key=lambda p: (p.version, p)):
+    def result(self, out: dict[str, Any], step: int) -> Iterator[None]:
+        """Fill ``out`` with the FIB changes, pausing every ``step`` prefixes."""
+        first = _Smallest(SAMPLE * 2)
+        for i, prefix in enumerate(list(self.paths), 1):
+            if i % step == 0:
+                yield
             paths = self.paths[prefix]
             sel = select(list(paths.values()))
             new: FibEntry | None = _entry(sel, paths) if sel is not None else None
@@ -235,12 +241,33 @@ class _FibSim:
                 continue
             kind = "added" if old is None else "removed" if new is None else "changed"
             out[kind] += 1
-            if len(out["first"]) < SAMPLE * 2:
-                out["first"].append({
-                    "prefix": str(prefix), "change": kind,
-                    "old": [str(n) for n in old.nexthops] if old else [],
-                    "new": [str(n) for n in new.nexthops] if new else []})
-        return out
+            first.add(prefix, (kind, old, new))
+        out["first"] = [{"prefix": str(prefix), "change": kind,
+                         "old": [str(n) for n in old.nexthops] if old else [],
+                         "new": [str(n) for n in new.nexthops] if new else []}
+                        for prefix, (kind, old, new) in first.items()]
+
+
+class _Smallest:
+    """The ``n`` lowest prefixes seen, with a value each: samples in address order without sorting
+    the whole (possibly full-table) set in one step."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._items: list[tuple[tuple[int, int, int], IPNetwork, Any]] = []
+
+    def add(self, prefix: IPNetwork, value: Any) -> None:
+        self._items.append((_net_key(prefix), prefix, value))
+        if len(self._items) >= 4 * self.n:
+            self._trim()
+
+    def _trim(self) -> None:
+        self._items.sort(key=lambda x: x[0])
+        del self._items[self.n:]
+
+    def items(self) -> list[tuple[IPNetwork, Any]]:
+        self._trim()
+        return [(p, v) for _k, p, v in self._items]
 
 
 def _bfd_specs(config: Config) -> dict[tuple[str, str, bool], dict[str, Any]]:
@@ -290,6 +317,20 @@ def plan_reload(old: Config, new: Config, rib: Rib | None = None,
     ``peers`` (the core's peer table, optional) says which sessions are Established: exports go out
     only on those, and the plan says so.
     """
+    steps = plan_steps(old, new, rib, peers)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[IPAddress, Any] | None = None,
+               step: int = PLAN_STEP) -> Generator[None, None, ReloadPlan]:
+    """:func:`plan_reload` in steps of about ``step`` prefixes: the daemon yields to its event loop
+    between them, so previewing a policy change over a full table never holds the failover lane or
+    the API. (Routing events processed between steps may make the preview a little older than the
+    RIB it is applied to; the apply itself re-evaluates the RIB as it is then.)"""
     rib = rib if rib is not None else Rib()
     plan = ReloadPlan()
     old_peers = {p.address: (c, p) for c, p in old.peers()}
@@ -346,10 +387,11 @@ def plan_reload(old: Config, new: Config, rib: Rib | None = None,
         base = ps.peer if ps is not None else Peer(addr, oc.name, oc.asn, old.router.asn)
         peer = Peer(addr, nc.name, nc.asn, new.router.asn, base.router_id)
         eligible = rib.eligible.get(addr, True)
-        plan.prefixes.append(_reevaluate_peer(rib, addr, nc.name, policy, peer, sim if eligible else None))
+        entry = yield from _reevaluate_peer(rib, addr, nc.name, policy, peer, sim if eligible else None, step)
+        plan.prefixes.append(entry)
     plan.policy_changed = sorted(changed_customers)
     plan.prefixes = [p for p in plan.prefixes if p["accepted"] or p["rejected"] or p["changed"]]
-    plan.fib = sim.result()
+    yield from sim.result(plan.fib, step)
     plan.bfd = _bfd_plan(old, new, customers)
 
     resets = plan.resets()
@@ -373,11 +415,16 @@ def plan_reload(old: Config, new: Config, rib: Rib | None = None,
 
 
 def _reevaluate_peer(rib: Rib, addr: IPAddress, customer: str, policy: ImportPolicy, peer: Peer,
-                     sim: _FibSim | None) -> dict[str, Any]:
+                     sim: _FibSim | None, step: int) -> Generator[None, None, dict[str, Any]]:
     a = rib.adj[addr]
     out: dict[str, Any] = {"peer": str(addr), "customer": customer, "accepted": 0, "rejected": 0, "changed": 0,
                            "first_accepted": [], "first_rejected": []}
-    for prefix in _sorted(list(a.accepted) + list(a.rejected)):
+    first_acc, first_rej = _Smallest(SAMPLE), _Smallest(SAMPLE)
+    for i, prefix in enumerate(list(a.accepted) + list(a.rejected), 1):
+        if i % step == 0:
+            yield
+        if rib.adj.get(addr) is not a:
+            break  # the peer went away between steps
         r = reevaluate(rib, addr, prefix, policy, peer)
         if r is None:
             continue
@@ -386,22 +433,22 @@ def _reevaluate_peer(rib: Rib, addr: IPAddress, customer: str, policy: ImportPol
             if current is None:
                 continue
             out["rejected"] += 1
-            if len(out["first_rejected"]) < SAMPLE:
-                out["first_rejected"].append({"prefix": str(prefix), "reason": verdict.reason.value,
-                                              "detail": verdict.detail})
+            first_rej.add(prefix, verdict)
             if sim is not None:
                 sim.remove(prefix, addr)
             continue
         if current is None:
             out["accepted"] += 1
-            if len(out["first_accepted"]) < SAMPLE:
-                out["first_accepted"].append({"prefix": str(prefix), "was": a.rejected[prefix][1].reason.value})
+            first_acc.add(prefix, a.rejected[prefix][1].reason.value)
         elif current == verdict:
             continue
         else:
             out["changed"] += 1
         if sim is not None:
             sim.set(verdict)
+    out["first_rejected"] = [{"prefix": str(p), "reason": v.reason.value, "detail": v.detail}
+                             for p, v in first_rej.items()]
+    out["first_accepted"] = [{"prefix": str(p), "was": was} for p, was in first_acc.items()]
     return out
 
 
@@ -411,10 +458,6 @@ def _addr_key(a: IPAddress) -> tuple[int, int]:
 
 def _net_key(n: IPNetwork) -> tuple[int, int, int]:
     return n.version, int(n.network_address), n.prefixlen
-
-
-def _sorted(prefixes: Iterable[IPNetwork]) -> list[IPNetwork]:
-    return sorted(prefixes, key=_net_key)
 
 
 # --- text rendering (the CLI without --json, the daemon's log) ---------------------------------------
