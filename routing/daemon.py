@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -471,15 +470,7 @@ class Daemon:
         self.speaker.config = new
         if not plan.exabgp_config_changed:
             return "unchanged"
-        self.speaker.write_config()
-        proc = self.speaker.child.proc
-        if proc is None or proc.returncode is not None:
-            return "configuration written (ExaBGP not running: read at its next start)"
-        if self.EXABGP_RELOAD == "signal":
-            proc.send_signal(signal.SIGUSR1)
-            return "reloaded (SIGUSR1)"
-        proc.terminate()
-        return "restarted (FIB kept, routes stale until the sessions return)"
+        return self.speaker.reload(signal_reload=self.EXABGP_RELOAD == "signal")
 
     async def stop(self) -> None:
         if self.xdp is not None:

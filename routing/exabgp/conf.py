@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 ExaBGP is our BGP speaker; everything it knows comes from the text made here, regenerated on every
-(re)start so it can never drift from ``pop.yaml``:
+(re)start and on every reload that changes it (ExaBGP then re-reads it on SIGUSR1) so it can never
+drift from the running configuration:
 
 - one ``neighbor`` per configured peer, one address family per session (an IPv4 session carries
   ``ipv4 unicast``, an IPv6 session ``ipv6 unicast``), 4-byte ASNs, optional TCP-MD5 and GTSM;
