@@ -5,7 +5,7 @@ feeder customer's 200,000 prefixes load, acme's primary link is cut at its bridg
 event). Acme's traffic must come back over the backup link (counted at the receiver, by incoming
 interface) while the ingest is still running, and globex, untouched, must keep its BFD session Up
 (its transition counter in ``show bfd --json`` does not move). The gap bound is generous (CI machines
-are noisy); the benchmark measures it precisely. Takes ~40-90 s.
+are noisy); the benchmark measures it precisely. Takes ~30-60 s.
 """
 
 from __future__ import annotations
@@ -46,16 +46,17 @@ def test_cut_during_ingest_moves_traffic_to_backup_and_untouched_bfd_stays_up(la
             t_cut = lab.cut()
             lab.wait(lambda: lab.route_via() == ACME_BACKUP, 30, "acme's route on the backup", interval=0.02)
             time.sleep(0.5)  # poll: packets over the backup reach the receiver
-            t_loaded = lab.wait(lambda: lab.fib_routes() >= want and time.monotonic(), 120,
-                                f"{want:,} routes in the FIB", interval=0.1)
+            t_check = time.monotonic()
+            routes_after_move = lab.fib_routes()
         finally:
             arrivals = stream.stop()
             lab.heal()
     assert routes_at_cut < want, "the ingest was over before the cut: the test did not test anything"
     g = lab.gap(arrivals, t_cut)
     assert g.resumed_via == "a2", f"traffic did not come back over the backup link: {g}"
-    assert g.resumed_at is not None and g.resumed_at < t_loaded, \
-        f"traffic came back only after the ingest ended ({g.resumed_at} >= {t_loaded}): {g}"
+    # Back over the backup while the table was still loading: the FIB was not yet full after the move.
+    assert g.resumed_at is not None and g.resumed_at < t_check and routes_after_move < want, \
+        f"traffic came back at {g.resumed_at}, FIB {routes_after_move:,}/{want:,} routes at {t_check}: {g}"
     assert g.gap_ms < GAP_BOUND_MS, f"traffic gap {g.gap_ms:.0f} ms: {g}"
     # The untouched customer: no Down reported, and the BFD process's own transition counter unmoved.
     assert not watch.downs({GLOBEX}), [d.line() for d in watch.downs({GLOBEX})]
