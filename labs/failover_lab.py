@@ -97,7 +97,11 @@ stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 t0 = time.monotonic()
 offset = time.time() - time.monotonic()
+next_sync = 0.0
 while not stop and time.monotonic() - t0 < dur:
+    mono = time.monotonic()
+    if mono >= next_sync:  # kernel stamps are CLOCK_REALTIME: follow any step of it
+        offset, next_sync = time.time() - time.monotonic(), mono + 0.5
     try:
         data, anc, _f, _a = s.recvmsg(64, 256)
     except (socket.timeout, InterruptedError):
