@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -61,6 +62,8 @@ AUTH_TYPES = {
 
 #: How often the loop-lag sampler wakes; its lateness is this process's scheduling stall.
 LOOP_LAG_PERIOD_S = 0.02
+#: Least time between two snapshots sent because of transitions.
+STATS_MIN_GAP_S = 0.05
 #: Down reports kept per session in the stats.
 DOWNS_KEPT = 8
 
@@ -76,6 +79,38 @@ def blame(r: DownReport) -> str:
     if r.cause == "admin" or r.remote_diag.name == "ADMINISTRATIVELY_DOWN":
         return "admin"
     return "us" if r.we_were_late() else "peer_or_path"
+
+
+class NonBlockingLogHandler(logging.Handler):
+    """Log lines to a pipe without ever blocking the loop: the daemon reads our stdout on its own
+    loop, which a full-table ingest keeps busy for seconds, and a blocking write to a full pipe
+    (64 KiB: a few hundred lines during a storm of transitions) would freeze every BFD timer and
+    cause the very Downs being logged. A line that does not fit is dropped and counted."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.dropped = 0
+        os.set_blocking(fd, False)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode(errors="replace")
+        except Exception:  # a bad format argument must not reach the loop
+            self.handleError(record)
+            return
+        try:
+            n = os.write(self.fd, data)
+        except (BlockingIOError, BrokenPipeError):
+            self.dropped += 1
+            return
+        if n < len(data):  # a partial line: finish it if the pipe takes it now, else end it
+            try:
+                os.write(self.fd, data[n:])
+            except (BlockingIOError, BrokenPipeError):
+                self.dropped += 1
+                with contextlib.suppress(OSError):
+                    os.write(self.fd, b"\n")
 
 
 class LoopLagSampler:
@@ -104,6 +139,10 @@ class LoopLagSampler:
         self._handle.cancel()
 
 
+def _log_dropped() -> int:
+    return sum(h.dropped for h in logging.getLogger().handlers if isinstance(h, NonBlockingLogHandler))
+
+
 def _key(spec: dict) -> SessionKey:
     return SessionKey(spec["peer"], spec["local"], "", bool(spec.get("multihop")))
 
@@ -123,6 +162,7 @@ class BfdProcess:
         self.specs: dict[SessionKey, dict] = {}
         self._next_discr = int.from_bytes(os.urandom(4), "big") | 1
         self._stats_pending = False
+        self._last_snapshot = 0.0
         self.sampler = LoopLagSampler(self.transport.loop)
         self.downs: dict[SessionKey, deque[dict[str, Any]]] = {}
 
@@ -160,12 +200,16 @@ class BfdProcess:
             log.info("%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
         self._send(doc)
         # A fresh snapshot right after a transition, so `show bfd` never lags a state change.
+        # At most one such snapshot per STATS_MIN_GAP_S: a storm of transitions (every session at
+        # once) must not turn into a snapshot of every session per transition.
         if not self._stats_pending:
             self._stats_pending = True
-            self.transport.loop.call_soon(self._send_stats_now)
+            loop = self.transport.loop
+            loop.call_at(max(loop.time(), self._last_snapshot + STATS_MIN_GAP_S), self._send_stats_now)
 
     def _send_stats_now(self) -> None:
         self._stats_pending = False
+        self._last_snapshot = self.transport.loop.time()
         self._send(self.stats())
 
     def set_sessions(self, specs: list[dict]) -> None:
@@ -224,7 +268,7 @@ class BfdProcess:
         return {"event": "stats", "sessions": sessions, "rx_dropped": dict(self.transport.dropped),
                 "tx_late": self.transport.tx_late, "tx_errors": self.transport.tx_errors,
                 "cpu_s": ru.ru_utime + ru.ru_stime, "pid": os.getpid(),
-                "gap_window_s": GAP_WINDOW_S,
+                "gap_window_s": GAP_WINDOW_S, "log_lines_dropped": _log_dropped(),
                 "loop_lag_ms": _ms(self.sampler.lag.max(now)), "loop_lag_worst_ms": _ms(self.sampler.lag.worst),
                 "timer_lag_ms": _ms(self.transport.timer_lag.max(now)),
                 "timer_lag_worst_ms": _ms(self.transport.timer_lag.worst)}
@@ -283,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("socket")
     ap.add_argument("--realtime", type=int, default=None, help="SCHED_FIFO priority (1-99)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s bfd[%(process)d] %(levelname)s %(message)s",
-                        stream=sys.stdout)
+    handler = NonBlockingLogHandler(sys.stdout.fileno())
+    handler.setFormatter(logging.Formatter("%(asctime)s bfd[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     if args.realtime:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))

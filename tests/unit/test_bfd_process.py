@@ -91,3 +91,24 @@ def test_loop_lag_sampler_counts_the_stall_in_progress() -> None:
     loop.now += 0.150
     assert smp.current(loop.now) == pytest.approx(0.130)
     smp.close()
+
+
+def test_log_handler_never_blocks_on_a_full_pipe() -> None:
+    import logging
+    import os
+
+    from bfd.process import NonBlockingLogHandler
+
+    r, w = os.pipe()
+    try:
+        h = NonBlockingLogHandler(w)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        rec = logging.LogRecord("bfd", logging.WARNING, __file__, 1, "x" * 200, None, None)
+        for _ in range(2000):  # ~400 KB into a 64 KB pipe nobody reads: must return at once
+            h.emit(rec)
+        assert h.dropped > 0
+        first = os.read(r, 201)
+        assert first == b"x" * 200 + b"\n"
+    finally:
+        os.close(r)
+        os.close(w)
