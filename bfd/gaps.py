@@ -32,7 +32,7 @@ class RollingMax:
             raise ValueError("window and bucket must be positive")
         self.window_s = window_s
         self.bucket_s = bucket_s
-        self._buckets: deque[list[float]] = deque()  # [bucket index, max value], oldest first
+        self._buckets: deque[list[float]] = deque()  # [bucket index, max value, bucket end], oldest first
         #: The largest value ever added (never expires): a soak reads it once at the end.
         self.worst = 0.0
 
@@ -42,16 +42,19 @@ class RollingMax:
             self._buckets.popleft()
 
     def add(self, now: float, value: float) -> None:
-        idx = float(math.floor(now / self.bucket_s))
-        if self._buckets and self._buckets[-1][0] >= idx:
-            last = self._buckets[-1]
-            if value > last[1]:
-                last[1] = value
-        else:
-            self._buckets.append([idx, value])
-            self._expire(now)
+        # Hot path (every BFD packet): one comparison when the value fits the current bucket.
         if value > self.worst:
             self.worst = value
+        buckets = self._buckets
+        if buckets:
+            last = buckets[-1]
+            if now < last[2]:
+                if value > last[1]:
+                    last[1] = value
+                return
+        idx = math.floor(now / self.bucket_s)
+        buckets.append([idx, value, (idx + 1) * self.bucket_s])
+        self._expire(now)
 
     def max(self, now: float) -> float:
         self._expire(now)
