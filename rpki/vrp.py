@@ -23,14 +23,15 @@ determined (AS_SET last, RFC 6811 "NONE") is passed as ``origin_as=None`` and ma
 **Index.** VRP prefixes form a laminar family (two prefixes are nested or disjoint). For each
 address family :class:`Validator` keeps the distinct VRP prefixes sorted by (start address,
 length) with each prefix's parent (its longest strict covering prefix) and, per prefix, the dict
-``origin AS -> the largest max length over this prefix and all its ancestors``. For a route
+``origin AS -> the largest max length of this prefix's VRPs`` (AS 0 left out). For a route
 ``(address, length)``: ``bisect`` finds the last prefix starting at or before the address; the
 deepest VRP prefix containing the route is that one or one of its ancestors (a later-sorted prefix
 starting at or before the address lies inside the deepest container), so we walk up parents while
 the prefix does not contain the address or is longer than the route. Found: covered, and Valid iff
-``agg.get(origin, -1) >= length``. That is one C bisect, usually zero or one parent steps and one
-dict lookup per route. The index is immutable and rebuilt (sort, one pass) when the effective set
-changes; a RIB holds a reference to one snapshot while it re-validates.
+that prefix or one of its ancestors has ``entries.get(origin, -1) >= length``. That is one C
+bisect, usually zero or one parent steps and one or two dict lookups per route. The index is
+immutable and rebuilt (sort, one pass) when the effective set changes; a RIB holds a reference to
+one snapshot while it re-validates.
 
 **Re-validation scope.** A VRP can change a route's state only if it covers the route, so
 :func:`affected` returns the changed VRP prefixes (nested ones folded into the outermost) as
@@ -56,40 +57,34 @@ _NO_ENTRY = -1
 class _FamilyIndex:
     """Sorted laminar prefix family for one address family (see the module docstring)."""
 
-    __slots__ = ("agg", "ends", "lens", "parents", "starts", "width")
+    __slots__ = ("ends", "entries", "lens", "parents", "starts")
 
     def __init__(self, width: int, vrps: Iterable[Vrp]) -> None:
-        self.width = width
-        own: dict[tuple[int, int], dict[int, int]] = {}
+        # Keys are one int, ``prefix << 8 | length``: sorting and hashing ints stays in C, tuples do not.
+        own: dict[int, dict[int, int]] = {}
         for v in vrps:
-            d = own.setdefault((v.prefix, v.prefix_len), {})
+            key = v.prefix << 8 | v.prefix_len
+            d = own.get(key)
+            if d is None:
+                d = own[key] = {}
             if v.asn != 0 and d.get(v.asn, _NO_ENTRY) < v.max_len:  # AS 0 covers, never matches
                 d[v.asn] = v.max_len
         keys = sorted(own)
-        n = len(keys)
-        self.starts: list[int] = [k[0] for k in keys]
-        self.lens: list[int] = [k[1] for k in keys]
-        self.ends: list[int] = [s | ((1 << (width - ln)) - 1) for s, ln in keys]
-        self.parents: list[int] = [-1] * n
-        self.agg: list[dict[int, int]] = [{}] * n
+        hostmask = [(1 << (width - ln)) - 1 for ln in range(width + 1)]
+        self.starts: list[int] = [k >> 8 for k in keys]
+        self.lens: list[int] = [k & 0xFF for k in keys]
+        self.ends: list[int] = [s | hostmask[ln] for s, ln in zip(self.starts, self.lens, strict=True)]
+        #: origin AS -> largest max length, of this prefix's own VRPs (ancestors are walked, not copied:
+        #: copying them would cost O(VRPs x covering entries) when a short prefix has many origins).
+        self.entries: list[dict[int, int]] = [own[k] for k in keys]
+        parents = self.parents = [-1] * len(keys)
+        ends = self.ends
         stack: list[int] = []
-        ends, parents, agg = self.ends, self.parents, self.agg
-        for i, key in enumerate(keys):
-            start = key[0]
+        for i, start in enumerate(self.starts):
             while stack and ends[stack[-1]] < start:
                 stack.pop()
-            d = own[key]
             if stack:
-                p = stack[-1]
-                parents[i] = p
-                inherited = agg[p]
-                if inherited:
-                    merged = dict(inherited)
-                    for asn, ml in d.items():
-                        if merged.get(asn, _NO_ENTRY) < ml:
-                            merged[asn] = ml
-                    d = merged
-            agg[i] = d
+                parents[i] = stack[-1]
             stack.append(i)
 
     def lookup(self, addr: int, plen: int) -> int:
@@ -118,12 +113,24 @@ class Validator:
     def validate_int(self, afi: int, addr: int, plen: int, origin_as: int | None) -> Validity:
         """The fast path: the route as integers (what a RIB keeps per path)."""
         idx = self._v4 if afi == 4 else self._v6
-        i = idx.lookup(addr, plen)
+        i = bisect_right(idx.starts, addr) - 1
+        ends, lens, parents = idx.ends, idx.lens, idx.parents
+        while i >= 0 and (ends[i] < addr or lens[i] > plen):
+            i = parents[i]
         if i < 0:
             return NOT_FOUND
-        if origin_as is not None and idx.agg[i].get(origin_as, _NO_ENTRY) >= plen:
-            return VALID
+        if origin_as:  # None (no single origin) and AS 0 match nothing
+            entries = idx.entries
+            while i >= 0:  # this prefix and every shorter one covering it
+                if entries[i].get(origin_as, _NO_ENTRY) >= plen:
+                    return VALID
+                i = parents[i]
         return INVALID
+
+    def validate_many(self, routes: Iterable[tuple[int, int, int, int | None]]) -> list[Validity]:
+        """``validate_int`` over ``(afi, address, length, origin)`` tuples: the re-validation loop."""
+        f = self.validate_int
+        return [f(afi, addr, plen, origin) for afi, addr, plen, origin in routes]
 
     def validate(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network | str,
                  origin_as: int | None) -> Validity:
