@@ -3,15 +3,15 @@
 
 Why: a BIRD customer and our BFD process, both SCHED_FIFO with BFD at 10 ms x 3, declared each other
 Down while our writer installed another customer's 300k prefixes; with the prefixes rejected by
-policy (same CPU load in user space, no kernel writes) they stayed Up, and BIRD as the PoP writing
-the same routes one message at a time did not disturb them. This script measures how each way of
-writing the routes delays a SCHED_FIFO task, so the writer's pacing can be chosen by numbers.
+policy (same CPU load in user space, no kernel writes) they stayed Up. This script measures how each
+way of writing the routes delays a SCHED_FIFO task, attributes the delays with bpftrace, and
+measures the throughput cost of each pacing/placement candidate. Findings: ROOTCAUSE-schedlat.md.
 
 How: fresh namespaces named ``sl-<6 hex>-{w,c}`` (deleted in ``finally``). ``w`` is the PoP: it
 holds the routes (one nexthop group, ``nexthop_compat_mode=0`` as the daemon sets it) and runs our
 ``bfd.process`` (SCHED_FIFO 10); ``c`` is the customer, BIRD with BFD 10 ms x 3 under ``chrt -f 10``,
 over a veth pair. While each writer mode installs 300,000 IPv4 /24 routes, ``cyclictest -m -p 90
--i 1000 -t 2`` (two unpinned SCHED_FIFO threads waking every 1 ms) measures wake-up latency; BFD
+-i 1000 -t 2`` (two SCHED_FIFO threads waking every 1 ms) measures wake-up latency; BFD
 Up->Down transitions are counted on both sides. Routes are removed between runs (the nexthop
 objects are deleted, which takes the routes with them) and the machine settles for a moment.
 
@@ -22,18 +22,31 @@ Writer modes (``--modes``, comma separated; each is ``writer[:key=value...]``):
 - ``raw:b=N`` - pre-encoded routes, N per sendmsg (only the last acked), no Python planning;
 - ``fib:b=N`` - ``fib.kernel.KernelFib`` as the daemon drives it (``submit_many`` + ``run()``,
   ``batch_size`` N, sends in a worker thread);
+- ``idle:s=N`` / ``burn:s=N`` - controls: nothing, or every CPU busy in user space (what rejected
+  prefixes cost: ExaBGP and RIB work without kernel writes);
 - options: ``chunk=K`` cut every batch into sendmsgs of at most K messages (each acked, so the
-  thread returns to user space between them), ``pause=yield|<µs>`` after each sendmsg,
-  ``prio=nice19|idle`` for the sending thread, ``listen=1`` a route-notification listener
-  (``ip monitor route``) in the PoP namespace during the write.
+  thread returns to user space between them), ``cut=K`` the same without waiting for an ack
+  between the sendmsgs (the socket's own cut at ``fib.netlink.MAX_BATCH_BYTES``, lowered to K
+  IPv4 route messages; only the batch's last message is acked, as now), ``pause=yield|<µs>``
+  after each sendmsg,
+  ``pace_pause_us=N`` the dataplane's own ``Pace.pause_s`` between batches,
+  ``prio=nice19|idle|fifo1`` for the sending thread, ``cpu=N`` pin the sending thread to CPU N,
+  ``rtcpu=N`` pin the real-time tasks (BIRD, our BFD process, one cyclictest thread) to CPU N for
+  the run, ``listen=1`` a route-notification listener (``ip monitor route``) in the PoP namespace.
+
+cyclictest pins its thread N to CPU N by default; the harness lets them float again (like BIRD and
+our BFD process) unless ``rtcpu`` is given. The machine is shared: besides cyclictest's numbers the
+table counts only stalls of *our* real-time tasks during which *our* writer held the CPU (needs
+``--trace``).
 
 Tracing (``--trace``): bpftrace follows every wake-up of a real-time task; for wake-ups that waited
 more than ``--stall-ms`` it prints which task held the CPU, and a 2 kHz sampler records that task's
-kernel stack while a real-time task waits on its CPU. It also reports the longest
-``netlink_rcv_skb`` (one sendmsg's kernel work), ``fib_table_insert`` and trie ``resize`` calls.
+kernel stack while a real-time task waits on its CPU (classified: trie resize, plain insert, RCU
+callbacks, ...). It also reports the longest softirq runs and sendmsg/sendto system calls. (This
+kernel has no kprobes, so function durations come from the stacks, not from entry/return probes.)
 
     sudo .venv/bin/python benchmarks/schedlat.py [--routes 300000] [--repeat 3] [--modes ...]
-        [--no-bfd] [--trace] [--stall-ms 3]
+        [--no-bfd] [--trace] [--stall-ms 3] [--paced MODE]
 
 Prints a table (medians over --repeat runs; max latency also as the worst run) and ends with
 ``RESULT {json}``. Needs root, rt-tests (cyclictest), BIRD 2, and bpftrace for --trace.
@@ -73,10 +86,12 @@ from routing.runtime import tune_runtime  # noqa: E402
 PROTO = 201
 METRIC = 20
 GROUP_ID = 100
+ROUTE4_MSG_BYTES = 60  # RTM_NEWROUTE, IPv4, RTA_DST + RTA_TABLE + RTA_PRIORITY + RTA_NH_ID
 HIST_US = 60_000  # cyclictest histogram range; above it only the max is known
-DEFAULT_MODES = ("ipbatch,ack1,raw:b=10000,fib:b=10000,fib:b=1000,fib:b=100,fib:b=10000:listen=1,"
-                 "fib:b=10000:prio=nice19,fib:b=10000:prio=idle,fib:b=10000:chunk=100,"
-                 "fib:b=10000:chunk=100:pause=yield,fib:b=10000:chunk=20:pause=yield")
+DEFAULT_MODES = ("idle:s=5,burn:s=5,ipbatch,ack1,fib:b=10000,fib:b=1000,fib:b=100,fib:b=10000:listen=1,"
+                 "fib:b=10000:prio=nice19,fib:b=10000:prio=idle,fib:b=10000:chunk=100,fib:b=10000:chunk=100:pause=yield,"
+                 "fib:b=10000:cut=200,fib:b=10000:cpu=1,fib:b=10000:prio=fifo1:cpu=1,"
+                 "fib:b=10000:cut=200:cpu=1:rtcpu=0,fib:b=10000:cut=1000:cpu=1:rtcpu=0,fib:b=10000:cpu=1:rtcpu=0")
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -93,6 +108,7 @@ class Mode:
     writer: str
     batch: int = 10000
     chunk: int = 0
+    cut: int = 0
     pause: str = ""
     prio: str = "normal"
     listen: bool = False
@@ -113,6 +129,8 @@ class Mode:
                 m.batch = int(v)
             elif k == "chunk":
                 m.chunk = int(v)
+            elif k == "cut":
+                m.cut = int(v)
             elif k == "pause":
                 m.pause = v
             elif k == "prio":
@@ -495,6 +513,9 @@ def run_one(env: Env, mode: Mode, n: int, msgs: list[bytes], ents: list[FibEntry
     st0 = steal()
     own = {os.getpid()}
     t0 = time.perf_counter()
+    cut_saved = nl.MAX_BATCH_BYTES
+    if mode.cut:
+        nl.MAX_BATCH_BYTES = mode.cut * ROUTE4_MSG_BYTES
     try:
         if mode.writer == "idle":
             time.sleep(mode.seconds)  # control: nothing runs
@@ -508,6 +529,7 @@ def run_one(env: Env, mode: Mode, n: int, msgs: list[bytes], ents: list[FibEntry
             asyncio.run(write_fib(env.w, ents, mode))
         write_s = time.perf_counter() - t0
     finally:
+        nl.MAX_BATCH_BYTES = cut_saved
         rt_tids = tids(probe.proc.pid) | (env.bfd.tids() if env.bfd else set())
         lat = probe.stop()
         trace = tracer.stop() if tracer else ""
@@ -582,7 +604,8 @@ def main() -> int:
     ap.add_argument("--no-bfd", action="store_true", help="cyclictest only (no BIRD / bfd.process pair)")
     ap.add_argument("--trace", action="store_true", help="bpftrace attribution (once per mode, on the first run)")
     ap.add_argument("--stall-ms", type=float, default=3.0)
-    ap.add_argument("--paced", default="", help="mode whose throughput cost is the headline (default: last)")
+    ap.add_argument("--paced", default="", help="mode whose throughput cost is the headline (default: the last "
+                    "mode, the recommended placement)")
     args = ap.parse_args()
     modes = [Mode.parse(t) for t in args.modes.split(",") if t]
     tag = uuid.uuid4().hex[:6]
@@ -625,14 +648,15 @@ def main() -> int:
     med = {k: statistics.median(r.write_s for r in v) for k, v in by.items()}
     ref = med.get("ipbatch")
     print()
-    print("| mode | write s (median) | routes/s | vs ip -batch | max latency ms (median / worst) | p99.9 ms | p99.99 ms "
+    print("| mode | write s (median / best) | routes/s | vs ip -batch | max latency ms (median / worst) | p99.9 ms | p99.99 ms "
           "| samples > 5 ms | BFD Downs ours / BIRD (total) | stalls by our writer: max ms (worst) / > 5 ms (total) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     result: dict[str, Any] = {"routes": args.routes, "repeat": args.repeat, "modes": {}}
     for k, v in by.items():
         mx = [r.lat["max_us"] / 1000 for r in v]
         row = {
-            "write_s": round(med[k], 3), "routes_per_s": round(args.routes / med[k]),
+            "write_s": round(med[k], 3), "write_s_best": round(min(r.write_s for r in v), 3),
+            "routes_per_s": round(args.routes / med[k]),
             "vs_ip_batch": round(ref / med[k], 2) if ref else None,
             "max_ms_median": round(statistics.median(mx), 2), "max_ms_worst": round(max(mx), 2),
             "p999_ms": round(statistics.median(r.lat["p999_us"] for r in v) / 1000, 3),
@@ -644,7 +668,7 @@ def main() -> int:
             row["own_stall_max_ms"] = round(max(r.extra["own_stall_max_ms"] for r in v), 2)
             row["own_stalls_over_5ms"] = sum(r.extra["own_stalls_over_5ms"] for r in v)
         result["modes"][k] = row
-        print(f"| {k} | {row['write_s']:.2f} | {row['routes_per_s']:,} | "
+        print(f"| {k} | {row['write_s']:.2f} / {row['write_s_best']:.2f} | {row['routes_per_s']:,} | "
               f"{row['vs_ip_batch'] if row['vs_ip_batch'] is not None else '-'}x | {row['max_ms_median']:.2f} / "
               f"{row['max_ms_worst']:.2f} | {row['p999_ms']:.3f} | {row['p9999_ms']:.3f} | {row['over_5ms']} | "
               f"{row['bfd_downs_ours']} / {row['bfd_downs_bird']} | "
@@ -656,6 +680,9 @@ def main() -> int:
         result["paced_mode"] = paced
         result["unpaced_mode"] = unpaced
         result["paced_throughput_ratio_vs_unpaced"] = round(med[unpaced] / med[paced], 3)
+        # Neighbours' load and hypervisor steal only ever slow a run down: the best runs compare cost.
+        best = {k: min(r.write_s for r in v) for k, v in by.items()}
+        result["paced_throughput_ratio_vs_unpaced_best_runs"] = round(best[unpaced] / best[paced], 3)
     result["max_latency_ms"] = {k: v["max_ms_worst"] for k, v in result["modes"].items()}
     print("RESULT " + json.dumps(result))
     return 0
