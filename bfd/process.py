@@ -51,6 +51,7 @@ from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import AuthType, State
 from bfd.session import BfdSession, DownReport, SessionConfig, SessionKey, StateChanged
 from bfd.transport import Transport, ifname_for_address
+from common.cpus import pin_thread
 
 log = logging.getLogger("bfd")
 
@@ -326,10 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bfd.process")
     ap.add_argument("socket")
     ap.add_argument("--realtime", type=int, default=None, help="SCHED_FIFO priority (1-99)")
+    ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (common/cpus.py: off the FIB "
+                    "writer's CPU, whose kernel sections a real-time wake-up would otherwise wait behind)")
     args = ap.parse_args(argv)
     handler = NonBlockingLogHandler(sys.stdout.fileno())
     handler.setFormatter(logging.Formatter("%(asctime)s bfd[%(process)d] %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    if args.cpus:
+        cpus = {int(c) for c in args.cpus.split(",")}
+        pin_thread(cpus, "the BFD process")
+        log.info("running on CPUs %s", ",".join(map(str, sorted(cpus))))
     if args.realtime:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))

@@ -78,6 +78,7 @@ class KernelFib:
         mpls_routing: bool = False,
         local_label_base: int | None = None,
         pace: Pace | None = None,
+        writer_cpus: set[int] | None = None,
     ) -> None:
         self.netns = netns
         self.protocol = protocol
@@ -87,7 +88,7 @@ class KernelFib:
         self.clock = clock
         self.fib_table = FibTable(protocol)
         self.kernel = KernelProvider(protocol=protocol, table=table, metric=metric, netns=netns,
-                                     mpls_encap=mpls_encap)
+                                     mpls_encap=mpls_encap, writer_cpus=writer_cpus)
         self.planner = Planner(self.fib_table, self.kernel.route_get, mpls_routing=mpls_routing,
                                local_label_base=local_label_base)
         self.dataplane = Dataplane(self.fib_table, self.planner, self.kernel,

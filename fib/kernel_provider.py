@@ -26,10 +26,12 @@ the nexthop objects: the XDP provider pushes them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import struct
 from collections.abc import Sequence
 from functools import partial
 
+from common.cpus import pin_thread
 from fib.netlink import (
     NLM_F_CREATE,
     RTM_DELROUTE,
@@ -77,7 +79,7 @@ def _replace_only(msg: bytes) -> bytes:
 
 class KernelProvider:
     def __init__(self, *, protocol: int, table: int, metric: int, netns: str | None,
-                 mpls_encap: bool = False) -> None:
+                 mpls_encap: bool = False, writer_cpus: set[int] | None = None) -> None:
         self.protocol = protocol
         self.table = table
         self.metric = metric
@@ -86,6 +88,9 @@ class KernelProvider:
         self.mpls_encap = mpls_encap
         self._bulk: RouteSocket | None = None
         self._loop: RouteSocket | None = None
+        #: CPUs of the bulk writer thread (None: not pinned).
+        self.writer_cpus = writer_cpus
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._encode_route = route_encoder(protocol=protocol, table=table, metric=metric)
 
     def _open(self) -> RouteSocket:
@@ -93,6 +98,9 @@ class KernelProvider:
             return RouteSocket()
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         for s in (self._bulk, self._loop):
             if s is not None:
                 s.close()
@@ -155,7 +163,15 @@ class KernelProvider:
             f: asyncio.Future[Results] = loop.create_future()
             f.set_result(Results(ops))
             return f
-        return loop.run_in_executor(None, partial(self._send_blocking, ops, msgs))
+        return loop.run_in_executor(self._writer(), partial(self._send_blocking, ops, msgs))
+
+    def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One dedicated thread for bulk sends, pinned to ``writer_cpus`` (``common/cpus.py``: its
+        long kernel sections must not sit on the CPU the real-time tasks use)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="fib-writer", initializer=pin_thread, initargs=(self.writer_cpus, "FIB writer"))
+        return self._executor
 
     def loop_socket(self) -> RouteSocket:
         """The event loop thread's own socket (failover rewrites, interface lookups)."""

@@ -72,7 +72,8 @@ _EVENT_KEYS = ("peer", "local", "multihop", "old", "new", "diag", "at", "event")
 
 class BfdController:
     def __init__(
-        self, config: Config, run_dir: Path, on_event: Callable[[BfdEvent], None], metrics: Any = None
+        self, config: Config, run_dir: Path, on_event: Callable[[BfdEvent], None], metrics: Any = None,
+        cpus: set[int] | None = None,
     ) -> None:
         self.config = config
         self.socket_path = run_dir / "bfd.sock"
@@ -90,9 +91,11 @@ class BfdController:
             a = [sys.executable, "-m", "bfd.process", str(self.socket_path)]
             if config.bfd.realtime_priority:
                 a += ["--realtime", str(config.bfd.realtime_priority)]
+            if cpus:
+                a += ["--cpus", ",".join(map(str, sorted(cpus)))]
             return a
 
-        self.child = ChildSupervisor("bfd", argv, metrics=metrics)
+        self.child = ChildSupervisor("bfd", argv, metrics=metrics, cpus=cpus)
         self.channel = LineServer(self.socket_path, self._on_line, on_connect=self._on_connect)
 
     @property

@@ -25,6 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ LINE_LIMIT = 1 << 24
 
 def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _child_setup(cpus: set[int] | None) -> None:
+    """In the forked child: die with us, and run on ``cpus`` (the daemon's own thread may be pinned;
+    a child must not inherit that by accident)."""
+    die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 class ChildSupervisor:
@@ -52,6 +61,7 @@ class ChildSupervisor:
         on_exit: Callable[[int | None, float], None] | None = None,
         metrics: Any = None,
         log_prefix: str = "",
+        cpus: set[int] | None = None,
     ) -> None:
         self.name = name
         self._argv = argv
@@ -63,6 +73,8 @@ class ChildSupervisor:
         self.backoff_max_s = backoff_max_s
         self.metrics = metrics
         self.log_prefix = log_prefix
+        #: CPUs the child runs on (None: whatever the daemon had when it started).
+        self.cpus = cpus if cpus is not None else set(os.sched_getaffinity(0))
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.started_at: float | None = None
@@ -87,7 +99,7 @@ class ChildSupervisor:
             self.started_at = started
             self.proc = await asyncio.create_subprocess_exec(
                 *self._argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=die_with_parent,
+                stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=partial(_child_setup, self.cpus),
                 cwd=None if self._cwd is None else str(self._cwd),
             )
             self._up(1)

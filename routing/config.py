@@ -430,6 +430,16 @@ class CustomerConfig(_Model):
     bfd: BfdSettings | None = None
 
 
+class CpusConfig(_Model):
+    """CPU placement (``common/cpus.py``): the FIB writer thread's long kernel sections must not sit
+    on the CPU where the BFD process and the event loop (the failover lane) wake up."""
+
+    #: CPUs of the kernel FIB writer thread; ``auto``: the last CPU when there are two or more.
+    writer: Literal["auto", "off"] | list[Annotated[int, Field(ge=0)]] = "auto"
+    #: CPUs of the BFD process and the daemon's event loop; ``auto``: every CPU but the writer's.
+    control: Literal["auto", "off"] | list[Annotated[int, Field(ge=0)]] = "auto"
+
+
 class Config(_Model):
     router: RouterConfig
     api: ApiConfig = ApiConfig()
@@ -437,6 +447,7 @@ class Config(_Model):
     fib: FibConfig = FibConfig()
     exabgp: ExabgpConfig = ExabgpConfig()
     bfd: BfdGlobalConfig = BfdGlobalConfig()
+    cpus: CpusConfig = CpusConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     customers: list[CustomerConfig] = []
 

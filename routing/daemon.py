@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common import cpus
 from fib.kernel import KernelFib, set_compat_mode
 from routing.bfd_link import BfdController
 from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, load_config
@@ -133,9 +134,11 @@ class Daemon:
         self.clock = clock
         self.metrics = Metrics(clock)
         self.inbox = Inbox(INBOX_EVENTS)
+        #: CPU placement (common/cpus.py): the writer thread apart from the real-time/failover work.
+        self.writer_cpus, self.control_cpus = cpus.plan(config.cpus.writer, config.cpus.control)
         self.fib = KernelFib(
             protocol=config.fib.protocol, table=config.fib.table, metric=config.fib.metric,
-            batch_size=config.fib.batch_size, metrics=self.metrics, netns=netns,
+            batch_size=config.fib.batch_size, metrics=self.metrics, netns=netns, writer_cpus=self.writer_cpus,
         )
         run_dir = Path(config.exabgp.run_dir or config.api.socket.parent)
         rib = Rib()
@@ -151,7 +154,7 @@ class Daemon:
                                      on_exit=lambda rc, _ran: self.inbox.post(SpeakerDied(rc)))
         self.lane = FailoverLane(self.fib, self.inbox.post, {a: p.customer for a, p in peers.items() if p.bfd},
                                  clock, self.metrics)
-        self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics)
+        self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics, cpus=self.control_cpus)
         self.views = Views(config, self.core, self.fib, self.bfd, self.speaker, self.lane, self.inbox,
                            self.metrics, clock, clock(), self.teardown, reload=self.reload_source)
         self._tasks: set[asyncio.Task] = set()
@@ -191,6 +194,7 @@ class Daemon:
         from routing.api import serve_api, serve_metrics  # aiohttp import kept off the unit-test path
 
         self.views.token = self.load_token()
+        self._place()
         if set_compat_mode(self.fib.netns, 0):
             log.info("net.ipv4.nexthop_compat_mode=0 in this namespace: group changes no longer re-notify "
                      "every route (a failover is one message, not one per route); route dumps show nhid only")
@@ -220,6 +224,15 @@ class Daemon:
             tg.create_task(serve_metrics(self.views), name="metrics")
             tg.create_task(self.speaker.supervise(), name="exabgp")
             self._ready.set()
+
+    def _place(self) -> None:
+        if self.writer_cpus is None and len(cpus.available()) < 2:
+            log.warning("one CPU only: the FIB writer's kernel sections and the BFD process share it (a large "
+                        "table write can delay BFD by tens of milliseconds; see common/cpus.py)")
+        # The loop thread carries the failover lane: it must not wait behind the writer's kernel work.
+        cpus.pin_thread(self.control_cpus, "the event loop")
+        log.info("CPU placement: FIB writer thread on %s, BFD process and event loop on %s",
+                 _cpu_list(self.writer_cpus), _cpu_list(self.control_cpus))
 
     def _probe_mpls(self) -> None:
         from fib.capabilities import probe_mpls
@@ -486,3 +499,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.fib.close()
 
+
+
+def _cpu_list(c: set[int] | None) -> str:
+    return ",".join(map(str, sorted(c))) if c else "any CPU"

@@ -1,0 +1,1 @@
+"""Leaf modules every package may import (``fib/``, ``bfd/``, ``routing/``); they import none of them."""
