@@ -559,7 +559,8 @@ class Dataplane:
     # --- the failover lane -------------------------------------------------------------------------
     def fail_gateways_now(self, gws: set[IPAddress], detected_at: float | None = None) -> FailoverResult:
         """Neighbours are dead (BFD Down, link down): move every group off them, now, in one message.
-        Synchronous on the loop thread; never waits for the routing lane."""
+        Synchronous on the loop thread; never waits for the routing lane. The XDP maps move before
+        the kernel (no lock there); the kernel's refusals are undone in the maps."""
         t0 = time.perf_counter()
         self.table.dead |= gws
         return self._failover(self.planner.regroup(gws), detected_at, t0)
@@ -575,6 +576,11 @@ class Dataplane:
         self._failovers += 1
         errors: dict[int, int] = {}
         if ops:
+            # The fast path first: a BPF map write takes no kernel lock, while the kernel's group
+            # replace needs RTNL, which the bulk writer can hold for 10-45 ms through one fib trie
+            # resize during a table load (benchmarks/ROOTCAUSE-schedlat.md). Traffic on XDP moves
+            # now; a rewrite the kernel then refuses is put back in the maps below.
+            self._mirror(ops, {})
             res = self.kernel.send_now(ops)
             errors = res.errors
             if errors:  # retry the refused operations once, in their order
@@ -582,7 +588,10 @@ class Dataplane:
                 again = self.kernel.send_now([ops[i] for i in idx])
                 errors = {idx[j]: e for j, e in again.errors.items()}
             self._apply_failover(ops, errors)
-            self._mirror(ops, errors)
+            if errors:
+                undo = [GroupReplace(op.gid, op.old_members, op.members, failover=True)  # type: ignore[union-attr]
+                        for i, op in enumerate(ops) if i in errors and type(op) is GroupReplace]
+                self._mirror(undo, {})
         rewritten = sum(1 for i, op in enumerate(ops) if type(op) is GroupReplace and i not in errors)
         refused = sum(1 for i in errors if type(ops[i]) is GroupReplace)
         ms = None
