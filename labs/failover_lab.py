@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import cpus
 from routing.cli import api_call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,7 +277,12 @@ class FailoverLab:
         pid = self.work / f"{name}.pid"
         cmd = ["bird", "-c", str(path), "-s", str(self.work / f"{name}.ctl"), "-P", str(pid)]
         if realtime:
-            cmd = ["chrt", "-f", "10", *cmd]  # customers' routers are other machines: they must not stall
+            # Customers' routers are other machines: they must not stall, neither behind other work nor
+            # behind the PoP's FIB writer thread (its CPU runs long kernel sections, common/cpus.py).
+            cmd = ["chrt", "-f", "10", *cmd]
+            _writer, control = cpus.plan("auto", "auto")
+            if control:
+                cmd = ["taskset", "-c", ",".join(map(str, sorted(control))), *cmd]
         self.nsx(role, *cmd)
         self.pidfiles.append(pid)
 
