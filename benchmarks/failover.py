@@ -464,8 +464,8 @@ def build(tag: str, work: Path) -> dict[str, str]:
 
 
 async def run_size(n: int, pps: int, work: Path, ns: dict[str, str]) -> dict:
+    from common.model import FibEntry, Prefix4, parse_address
     from fib.kernel import KernelFib
-    from routing.model import FibEntry, Prefix4, parse_address
 
     P, S, B, C = ns["p"], ns["s"], ns["b"], ns["c"]
     primary, backup = parse_address("10.1.1.2"), parse_address("10.1.2.2")

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.model import FibEntry, Prefix4, Prefix6, parse_address  # noqa: E402
+from common.netns import netns  # noqa: E402
 from fib.kernel import KernelFib, set_compat_mode  # noqa: E402
 from fib.netlink import RouteSocket  # noqa: E402
-from fib.netns import netns  # noqa: E402
-from routing.model import FibEntry, Prefix4, Prefix6, parse_address  # noqa: E402
 from routing.runtime import tune_runtime  # noqa: E402
 
 GW4 = [parse_address(f"10.0.0.{i}") for i in (2, 3, 4, 5)]

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.netns import netns  # noqa: E402
 from fib.netlink import RouteSocket  # noqa: E402
-from fib.netns import netns  # noqa: E402
 from routing.cli import api_call  # noqa: E402
 
 SINK = r'''

@@ -77,10 +77,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.model import FibEntry, Prefix4, parse_address  # noqa: E402
+from common.netns import netns  # noqa: E402
 from fib import netlink as nl  # noqa: E402
 from fib.kernel import KernelFib, Pace, set_compat_mode  # noqa: E402
-from fib.netns import netns  # noqa: E402
-from routing.model import FibEntry, Prefix4, parse_address  # noqa: E402
 from routing.runtime import tune_runtime  # noqa: E402
 
 PROTO = 201

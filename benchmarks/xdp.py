@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fib.netns import netns  # noqa: E402
+from common.netns import netns  # noqa: E402
 from fib.xdp.loader import LPM4_KEY, MAPS, U32, Nexthop, XdpError, XdpProgram  # noqa: E402
 
 GEN_OBJECT = ROOT / "build" / "xdp_gen.o"

@@ -318,7 +318,7 @@ def ifname_for_address(addr: str) -> str | None:
     pyroute2's synchronous IPRoute runs its own event loop, so it is used from a worker thread when
     called under a running loop (only when a session is created).
     """
-    from fib.netns import outside_loop
+    from common.netns import outside_loop
 
     return outside_loop(_ifname_for_address, addr)
 

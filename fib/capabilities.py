@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.netns import netns as enter_netns
 from fib.netlink import RouteSocket, encode_del_nexthop, encode_mpls_route, encode_nexthop
-from fib.netns import netns as enter_netns
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol
 
+from common.model import FibEntry, IPAddress, IPNetwork
 from fib.kernel_provider import KernelProvider
 from fib.netlink import errno_name
 from fib.ops import (
@@ -57,7 +58,6 @@ from fib.ops import (
 )
 from fib.planner import Planner
 from fib.table import FibTable, FibView
-from routing.model import FibEntry, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 

@@ -37,14 +37,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+from common.model import FibEntry, IPAddress, IPNetwork
+from common.netns import netns as enter_netns
 from fib.dataplane import Dataplane, FailedRoute, FailoverResult, Pace
 from fib.kernel_provider import KernelProvider
 from fib.monitor import FibMonitor
-from fib.netns import netns as enter_netns
 from fib.ops import GroupKey, NhKey, group_key
 from fib.planner import Planner
 from fib.table import FibTable, Group
-from routing.model import FibEntry, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 

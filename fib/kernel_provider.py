@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from functools import partial
 
 from common.cpus import pin_thread
+from common.model import IPAddress
+from common.netns import netns as enter_netns
 from fib.netlink import (
     NLM_F_CREATE,
     RTM_DELROUTE,
@@ -46,7 +48,6 @@ from fib.netlink import (
     encode_route_nhid,
     route_encoder,
 )
-from fib.netns import netns as enter_netns
 from fib.ops import (
     GroupAdd,
     GroupDel,
@@ -61,7 +62,6 @@ from fib.ops import (
     RouteInstall,
     RouteReplace,
 )
-from routing.model import IPAddress
 
 #: The loop socket answers within microseconds (the kernel processed the batch inside sendmsg); a
 #: wait longer than this means something is badly wrong, and the loop must not hang on it.

@@ -33,6 +33,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from common.model import IPAddress, IPNetwork
+from common.netns import netns as enter_netns
 from fib.dataplane import Dataplane
 from fib.kernel_provider import KernelProvider
 from fib.netlink import (
@@ -46,9 +48,7 @@ from fib.netlink import (
     decode_route_any,
     monitor_socket,
 )
-from fib.netns import netns as enter_netns
 from fib.table import FibTable
-from routing.model import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from routing.model import IPAddress, IPNetwork
+from common.model import IPAddress, IPNetwork
 
 # --- declarations (linux/netlink.h, linux/rtnetlink.h) ---------------------------------------------
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid

@@ -20,7 +20,7 @@ Object kinds, all carrying the ids the kernel knows them by:
   forward to one nexthop's gateway.
 
 Also here: the key types every module shares (:data:`NhKey`, :data:`GroupKey`) and the functions
-that derive a group key from a :class:`~routing.model.FibEntry`.
+that derive a group key from a :class:`~common.model.FibEntry`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import errno as errno_mod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from routing.model import FibEntry, IPAddress, IPNetwork
+from common.model import FibEntry, IPAddress, IPNetwork
 
 Labels = tuple[int, ...]
 NhKey = tuple[IPAddress, int, Labels]  # (gateway, ifindex, MPLS labels to push)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
+from common.model import FibEntry, IPAddress, IPNetwork
 from fib.ops import (
     GroupAdd,
     GroupDel,
@@ -51,7 +52,6 @@ from fib.ops import (
     tuple_ids,
 )
 from fib.table import FibTable, Group
-from routing.model import FibEntry, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 

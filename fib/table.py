@@ -32,9 +32,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.model import FibEntry, IPAddress, IPNetwork
 from fib.netlink import KernelNexthop, KernelRoute
 from fib.ops import GroupKey, Labels, NhKey
-from routing.model import FibEntry, IPAddress, IPNetwork
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from routing.model import IPAddress, Path
+from common.model import IPAddress, Path
 
 
 class BestPathReason(StrEnum):

@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
+from common.model import IPAddress
 from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
-from routing.model import IPAddress
 
 log = logging.getLogger(__name__)
 

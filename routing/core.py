@@ -50,9 +50,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from common.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
+from common.model import Path as RoutePath
 from routing.exabgp import messages as msg
-from routing.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
-from routing.model import Path as RoutePath
 from routing.policy import ImportPolicy, Rejection
 from routing.reload import original_path
 from routing.rib import LimitExceeded, Rib

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from common import cpus
+from common.model import IPAddress, Peer, parse_address, parse_prefix
 from fib.kernel import KernelFib, set_compat_mode
 from routing.bfd_link import BfdController
 from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, load_config
@@ -67,7 +68,6 @@ from routing.exabgp.speaker import ExabgpSpeaker
 from routing.failover import FailoverLane
 from routing.inbox import Inbox
 from routing.metrics import Metrics
-from routing.model import IPAddress, Peer, parse_address, parse_prefix
 from routing.policy import ImportPolicy
 from routing.reload import ReloadPlan, config_from_text, plan_steps, render_text, running_config
 from routing.rib import Rib

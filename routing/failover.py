@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from common.model import IPAddress
 from routing.bfd_link import BfdEvent
 from routing.core import BfdDown, BfdUp
-from routing.model import IPAddress
 
 log = logging.getLogger(__name__)
 

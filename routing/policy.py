@@ -31,8 +31,8 @@ import ipaddress
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from common.model import IPAddress, IPNetwork, Path, intern_attrs
 from routing.config import CustomerConfig, PrefixRule, RouterConfig
-from routing.model import IPAddress, IPNetwork, Path, intern_attrs
 
 
 class RejectReason(StrEnum):

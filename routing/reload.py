@@ -49,10 +49,10 @@ from typing import Any
 
 import yaml
 
+from common.model import FibEntry, IPAddress, IPNetwork, Path, Peer, intern_attrs
 from routing.bestpath import select
 from routing.bfd_link import session_specs
 from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, parse_config, reveal
-from routing.model import FibEntry, IPAddress, IPNetwork, Path, Peer, intern_attrs
 from routing.policy import ImportPolicy, Rejection, export_routes
 from routing.rib import Rib, _entry
 

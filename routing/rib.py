@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from common.model import FibDiff, FibEntry, IPAddress, IPNetwork, Path, afi
 from routing.bestpath import Selection, select
-from routing.model import FibDiff, FibEntry, IPAddress, IPNetwork, Path, afi
 from routing.policy import ImportPolicy, Rejection, RejectReason
 
 

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.model import IPAddress, afi
 from routing.config import Config
 from routing.core import RoutingCore
-from routing.model import IPAddress, afi
 
 
 @dataclass(slots=True)
@@ -189,7 +189,7 @@ class Views:
         return self.bfd.sessions_view(customers)
 
     def xdp_interface_names(self) -> dict[int, str]:
-        from fib.netns import netns as enter_netns
+        from common.netns import netns as enter_netns
 
         names = {}
         with enter_netns(self.fib.netns):
@@ -209,8 +209,8 @@ class Views:
 
     async def fib_diff(self) -> dict:
         """RIB versus kernel: what the kernel should forward (after failover) against what it does."""
+        from common.netns import netns as enter_netns
         from fib.netlink import RouteSocket
-        from fib.netns import netns as enter_netns
 
         fib = self.fib
 

@@ -13,6 +13,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from common.model import IPAddress, IPNetwork
 from fib.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -30,7 +31,6 @@ from fib.netlink import (
     RTM_NEWROUTE,
     RTN_UNICAST,
 )
-from routing.model import IPAddress, IPNetwork
 
 
 def _rta(kind: int, data: bytes) -> bytes:

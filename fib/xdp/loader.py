@@ -6,7 +6,7 @@ maps, attach/detach XDP, map update/lookup/delete) are stable libbpf ABI. Pointe
 declared ``c_void_p`` (ctypes would truncate them to 32 bits).
 
 Namespaces: an XDP attach and a DEVMAP entry resolve interface indexes in the network namespace of
-the *calling thread*, so every call that names an interface runs inside :func:`fib.netns.netns`.
+the *calling thread*, so every call that names an interface runs inside :func:`common.netns.netns`.
 
 Pinning (restart without losing the fast path): with ``pin_dir`` the forwarding maps and the
 counters are pinned there (a bpffs, mounted by :func:`ensure_bpffs` if needed). An attached XDP
@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fib.netns import netns as enter_netns
+from common.netns import netns as enter_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 #: `make` builds it in the checkout; an installed copy (the container image) names it in the environment.

@@ -46,6 +46,7 @@ import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 
+from common.netns import netns as enter_netns
 from fib.netlink import (
     RTM_DELADDR,
     RTM_DELNEIGH,
@@ -58,7 +59,6 @@ from fib.netlink import (
     neighbour_monitor_socket,
     split_messages,
 )
-from fib.netns import netns as enter_netns
 from fib.ops import (
     GroupAdd,
     GroupDel,

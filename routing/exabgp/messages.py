@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from routing.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs, parse_address, parse_prefix
+from common.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs, parse_address, parse_prefix
 
 
 class MalformedMessage(ValueError):

@@ -7,10 +7,10 @@ import ipaddress
 import random
 import subprocess
 
+from common.model import FibEntry
+from common.netns import netns as enter_netns
 from fib.kernel import KernelFib, set_compat_mode
 from fib.netlink import RTM_NEWROUTE, RouteSocket, encode_group, encode_nexthop, encode_route_nhid
-from fib.netns import netns as enter_netns
-from routing.model import FibEntry
 from tests.netlink_reference import encode_route
 
 from .netns import ip_json, resolve_routes

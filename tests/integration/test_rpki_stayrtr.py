@@ -1,7 +1,7 @@
 """The RTR client against Debian's real stayrtr, in a fresh network namespace.
 
 stayrtr serves a VRP JSON file on 127.0.0.1 inside the namespace and re-reads it every second
-(``-refresh 1``); our client's socket is created inside that namespace (``fib.netns``), the rest
+(``-refresh 1``); our client's socket is created inside that namespace (``common.netns``), the rest
 of the test runs in the host's. Checked: the initial set; an edit of the file reaches the client
 through Serial Notify -> Serial Query with no Reset Query and no reconnect (the refresh interval is
 30 s, so only the notify can explain it in time); after stayrtr is killed the VRPs stay until the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from fib.netns import netns
+from common.netns import netns
 from rpki.client import CacheConfig, RpkiClients
 from rpki.model import Vrp, make_vrp
 from rpki.session import SessionConfig, TimerLimits

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fib.netns import netns
+from common.netns import netns
 from fib.xdp.loader import OBJECT, Nexthop, XdpProgram
 
 from .netns import unique_prefix
@@ -208,9 +208,9 @@ async def test_kernel_writer_feeds_the_xdp_maps(topo) -> None:
     """The XDP maps follow the kernel writer: same prefix -> group -> nexthop, failover included."""
     import asyncio
 
+    from common.model import FibEntry
     from fib.kernel import KernelFib, set_compat_mode
     from fib.xdp.mirror import XdpMirror
-    from routing.model import FibEntry
 
     ns, x = topo
     r = ns["r"]
@@ -247,9 +247,9 @@ def test_xdp_maps_equal_kernel_fib_after_random_changes(topo) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
+    from common.model import FibEntry
     from fib.kernel import KernelFib, set_compat_mode
     from fib.xdp.mirror import XdpMirror
-    from routing.model import FibEntry
 
     ns, x = topo
     r = ns["r"]
@@ -420,9 +420,9 @@ async def test_route_labels_reach_the_wire_through_the_writer(topo) -> None:
     import asyncio
     import json
 
+    from common.model import FibEntry
     from fib.kernel import KernelFib, set_compat_mode
     from fib.xdp.mirror import XdpMirror
-    from routing.model import FibEntry
 
     ns, x = topo
     r, b = ns["r"], ns["b"]
@@ -460,7 +460,7 @@ from pathlib import Path
 from fib.kernel import KernelFib, set_compat_mode
 from fib.xdp.loader import XdpProgram
 from fib.xdp.mirror import XdpMirror
-from routing.model import FibEntry
+from common.model import FibEntry
 
 async def main(r, pin_dir):
     set_compat_mode(r, 0)
@@ -549,9 +549,9 @@ async def test_unreachable_neighbour_sends_its_nexthop_to_the_slow_path_at_once(
     import asyncio
     import time
 
+    from common.model import FibEntry
     from fib.kernel import KernelFib, set_compat_mode
     from fib.xdp.mirror import XdpMirror
-    from routing.model import FibEntry
 
     ns, x = topo
     r, b = ns["r"], ns["b"]
@@ -601,10 +601,10 @@ async def test_xdp_diff_reports_what_differs_from_the_kernel(topo) -> None:
     and each kind of difference reported when the maps are changed behind its back."""
     import asyncio
 
+    from common.model import FibEntry
     from fib.kernel import KernelFib, set_compat_mode
     from fib.netlink import RouteSocket
     from fib.xdp.mirror import XdpMirror, xdp_diff
-    from routing.model import FibEntry
 
     ns, x = topo
     r = ns["r"]
@@ -650,9 +650,9 @@ async def test_packets_to_the_router_itself_go_to_the_kernel_even_under_a_custom
     mirror writes R's addresses as local host entries, which the program hands to the kernel."""
     import asyncio
 
+    from common.model import FibEntry
     from fib.kernel import KernelFib, set_compat_mode
     from fib.xdp.mirror import XdpMirror
-    from routing.model import FibEntry
 
     ns, x = topo
     r = ns["r"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from common.model import Attributes, Origin, Path, Peer
 from routing.config import parse_config
-from routing.model import Attributes, Origin, Path, Peer
 from routing.policy import ImportPolicy
 
 CONFIG = {

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.model import Origin, Path
 from routing.bestpath import BestPathReason, select
-from routing.model import Origin, Path
 
 from .factories import path, peer
 

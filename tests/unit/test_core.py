@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from common.model import Attributes, Origin, Peer, intern_attrs
 from routing.core import (
     PEER_TRANSITIONS,
     STALE_TIMER,
@@ -29,7 +30,6 @@ from routing.core import (
     transition,
 )
 from routing.exabgp import messages as msg
-from routing.model import Attributes, Origin, Peer, intern_attrs
 from routing.policy import ImportPolicy
 from routing.rib import Rib
 from tests.unit.factories import config

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.model import Origin
 from routing.exabgp import messages as m
-from routing.model import Origin
 
 FIX = Path(__file__).parent / "fixtures"
 A = ipaddress.ip_address

@@ -12,12 +12,12 @@ import errno
 import ipaddress
 from collections.abc import Mapping, Sequence
 
+from common.model import FibEntry
 from fib import ops as fo
 from fib.dataplane import Dataplane, Pace
 from fib.ops import Results
 from fib.planner import Planner
 from fib.table import FibTable, FibView
-from routing.model import FibEntry
 
 A = ipaddress.ip_address
 N = ipaddress.ip_network

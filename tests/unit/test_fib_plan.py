@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from common.model import FibEntry
 from fib import netlink as nl
 from fib import ops as fo
 from fib.dataplane import Dataplane, Pace
@@ -18,7 +19,6 @@ from fib.kernel_provider import KernelProvider
 from fib.ops import Results
 from fib.planner import Planner
 from fib.table import FibTable
-from routing.model import FibEntry
 
 A = ipaddress.ip_address
 N = ipaddress.ip_network

@@ -13,11 +13,11 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from common.model import Attributes, Origin, intern_attrs
 from routing.config import parse_config
 from routing.core import BfdDown, PeerState
 from routing.daemon import Daemon
 from routing.exabgp import messages as msg
-from routing.model import Attributes, Origin, intern_attrs
 from tests.unit.factories import CONFIG
 
 A = ipaddress.ip_address("10.0.1.2")

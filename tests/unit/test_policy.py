@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.model import IPNetwork
 from routing.config import PrefixRule
-from routing.model import IPNetwork
 from routing.policy import Rejection, RejectReason, export_routes
 
 from .factories import config, path, peer, policy

@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
+from common.model import Attributes, Origin, intern_attrs
 from routing.config import Config, ConfigError, parse_config
 from routing.core import ReconfigureApplied, RoutingCore, SendCommand, SubmitFib
 from routing.daemon import peer_status, reconfigure_event
 from routing.exabgp import messages as msg
-from routing.model import Attributes, Origin, intern_attrs
 from routing.policy import ImportPolicy
 from routing.reload import config_document, config_from_text, plan_reload, render_text, running_config
 from routing.rib import Rib

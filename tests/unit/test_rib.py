@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.model import FibEntry
 from routing.bestpath import select
-from routing.model import FibEntry
 from routing.rib import LimitExceeded, Rib
 
 from .factories import path, peer, policy
