@@ -35,9 +35,10 @@ customers each with BGP + BFD 10 ms x 3 on the same session, ``--soak-ingests`` 
 ``--root`` runs the daemon of another checkout (``git worktree add /tmp/before <commit>``) against
 the same harness: before/after figures from one script. Ends with one line ``RESULT {json}``.
 
-Runtime on this 2-vCPU machine: ``--prefixes 300000`` ~5 min for the four cases (the committed daemon of
-2026-11-30); 1,000,000 ~12-15 min; ``--soak`` with 3 x 1,000,000 another ~15 min. Needs root, BIRD,
-ExaBGP (the venv's). Not part of ``make test`` (``tests/integration/test_failover_load.py`` is the
+Runtime on this 2-vCPU machine (shared, load 2-10): ``--prefixes 300000`` 4-8 min for the four
+cases (the ingest alone takes ~2 min through the daemon here); 1,000,000 ~15-25 min; ``--soak``
+adds the soak lab's three ingests and withdrawals. Needs root, BIRD, ExaBGP (the venv's). Not
+part of ``make test`` (``tests/integration/test_failover_load.py`` is the
 short version).
 """
 
