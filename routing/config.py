@@ -290,6 +290,10 @@ class ExabgpConfig(_Model):
     restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     #: Extra ExaBGP environment settings (``exabgp.a.b: value``), applied last.
     env: dict[str, str] = {}
+    #: How many ExaBGP processes share the sessions (a customer's sessions stay in one); ``auto``:
+    #: one below 100 sessions, else ``max(1, min(4, cpus - 1))`` (``routing/exabgp/pool.py`` says why).
+    #: Changeable by reload: customers that move to another process have their sessions reset.
+    processes: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
 
 
 AUTH_TYPES = ("simple", "keyed-md5", "meticulous-keyed-md5", "keyed-sha1", "meticulous-keyed-sha1")

@@ -16,6 +16,13 @@ Peer lifecycle, one table (:data:`PEER_TRANSITIONS`); an unknown pair is an expl
       +------down----------+                +--speaker_died--> idle  (routes kept as stale until
                                                                       End-of-RIB or the stale timer)
 
+Sessions are spread over a pool of ExaBGP processes (``routing/exabgp/pool.py``); each peer records
+the index of the process holding it (:attr:`PeerStatus.speaker`). ``SpeakerDied(N)`` is
+``speaker_died`` for process N's peers only: the others' sessions are untouched. Each process has
+its own stale timer (``stale:N``), which sweeps only the peers that process's death made stale. A
+reload that moves a customer to another process (:attr:`Reconfigure.moves`) treats its sessions the
+same way: stale, swept after the new process's End-of-RIB or that process's stale timer.
+
 ExaBGP reports ``connected`` for every connection attempt, failed ones too, so a ``down`` that ends
 an attempt which never reached Established is not a session going down: it leaves no "last down
 reason" and no flap.
@@ -125,7 +132,10 @@ def transition(state: PeerState, inp: PeerInput) -> tuple[PeerState, Effect]:
 # --- events the shell feeds in (besides ExaBGP's own, routing.exabgp.messages) ---------------------
 @dataclass(frozen=True, slots=True)
 class SpeakerDied:
-    returncode: int | None
+    """ExaBGP process ``process`` (pool index) exited: only its peers go stale."""
+
+    process: int = 0
+    returncode: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +200,9 @@ class Reconfigure:
     add: tuple[PeerAdd, ...] = ()
     remove: tuple[IPAddress, ...] = ()
     update: tuple[PeerUpdate, ...] = ()
+    #: Kept peers now held by another ExaBGP process: (address, new process index). Their sessions
+    #: are re-opened by the new process; routes are kept stale meanwhile.
+    moves: tuple[tuple[IPAddress, int], ...] = ()
 
 
 # --- actions the shell performs ---------------------------------------------------------------------
@@ -230,6 +243,13 @@ class ReconfigureApplied:
 
 Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale | ReconfigureApplied
 STALE_TIMER = "stale"
+
+
+def stale_timer(process: int) -> str:
+    """The stale timer of one ExaBGP process's peers (``stale:N``)."""
+    return f"{STALE_TIMER}:{process}"
+
+
 STARTUP_SWEEP_TIMER = "startup_sweep"
 STARTUP_HOLD_TIMER = "startup_hold"
 #: Prefixes per slice of a long job: ~28 µs each on a busy 2-vCPU machine, so a slice stays ~3 ms.
@@ -258,6 +278,8 @@ class PeerStatus:
     updates: int = 0
     bfd_state: str = "down"
     bfd_down_at: float | None = None
+    #: Index of the ExaBGP process holding this session (routing/exabgp/pool.py).
+    speaker: int = 0
 
 
 @dataclass(slots=True)
@@ -289,6 +311,8 @@ class RoutingCore:
         self.startup_hold_s = startup_hold_s
         #: FIB changes held back after a restart (latest per prefix), None when not holding.
         self._held: dict[IPNetwork, FibDiff] | None = None
+        #: Stale timer name -> peers whose stale paths it sweeps when it fires.
+        self._stale_armed: dict[str, set[IPAddress]] = {}
         for ps in peers.values():
             ps.since = now
             if ps.bfd_strict:
@@ -409,8 +433,29 @@ class RoutingCore:
             log.info("peer %s (%s) added by reconfiguration", addr, ps.customer)
         for u in ev.update:
             out += self._update_peer(u, done)
+        for addr, process in ev.moves:
+            out += self._move(addr, process, now)
         self._jobs.append(self._announce_done(done))
         return out
+
+    def _move(self, addr: IPAddress, process: int, now: float) -> list[Action]:
+        """A reload moved ``addr`` to ExaBGP process ``process``: its session restarts there."""
+        ps = self.peers.get(addr)
+        if ps is None or ps.speaker == process:
+            return []
+        old, ps.speaker = ps.speaker, process
+        if ps.state is PeerState.ESTABLISHED:
+            ps.teardown_reason = f"moved from exabgp-{old} to exabgp-{process}"
+        self._feed(ps, PeerInput.SPEAKER_DIED, now)
+        kept = self.rib.mark_stale(addr)
+        log.info("peer %s (%s) moved from exabgp-%d to exabgp-%d: %d paths kept as stale until it is back",
+                 addr, ps.customer, old, process, kept)
+        return self._arm_stale(process, {addr}, now)
+
+    def _arm_stale(self, process: int, addrs: set[IPAddress], now: float) -> list[Action]:
+        name = stale_timer(process)
+        self._stale_armed.setdefault(name, set()).update(addrs)
+        return [ArmTimer(name, now + self.stale_timeout_s)]
 
     def _update_peer(self, u: PeerUpdate, done: ReconfigureApplied) -> list[Action]:
         ps = self.peers.get(u.address)
@@ -506,7 +551,7 @@ class RoutingCore:
 
     def _on_event(self, ev: object, now: float) -> list[Action]:
         if isinstance(ev, SpeakerDied):
-            return self._speaker_died(now)
+            return self._speaker_died(ev.process, now)
         if isinstance(ev, TimerFired):
             return self._timer(ev.name)
         if isinstance(ev, CommandDone):
@@ -596,21 +641,27 @@ class RoutingCore:
             self._flush_job(ps.address)
         return []
 
-    def _speaker_died(self, now: float) -> list[Action]:
+    def _speaker_died(self, process: int, now: float) -> list[Action]:
+        """ExaBGP process ``process`` exited: its peers (only) keep their routes as stale."""
         kept = 0
+        hit: set[IPAddress] = set()
         for ps in self.peers.values():
-            was_up = ps.state is PeerState.ESTABLISHED
-            if was_up:
-                ps.teardown_reason = "BGP speaker restarting"
+            if ps.speaker != process:
+                continue
+            hit.add(ps.address)
+            if ps.state is PeerState.ESTABLISHED:
+                ps.teardown_reason = f"BGP speaker exabgp-{process} restarting"
             self._feed(ps, PeerInput.SPEAKER_DIED, now)
             kept += self.rib.mark_stale(ps.address)
-        log.warning("BGP speaker died: keeping %d paths as stale for up to %.0fs", kept, self.stale_timeout_s)
-        return [ArmTimer(STALE_TIMER, now + self.stale_timeout_s)]
+        log.warning("BGP speaker exabgp-%d died: %d sessions down, keeping %d paths as stale for up to %.0fs",
+                    process, len(hit), kept, self.stale_timeout_s)
+        return self._arm_stale(process, hit, now)
 
     def _timer(self, name: str) -> list[Action]:
-        if name == STALE_TIMER:
-            for addr in self.peers:
-                self._stale_sweep_job(addr)
+        if name.startswith(STALE_TIMER):
+            for addr in sorted(self._stale_armed.pop(name, set()), key=str):
+                if addr in self.peers:
+                    self._stale_sweep_job(addr)
             return [SweepKernelStale()]
         if name == STARTUP_HOLD_TIMER and self._held is not None:
             log.info("startup hold over after %.0fs without End-of-RIB from every peer: %d FIB changes released",

@@ -22,8 +22,11 @@ Live reconfiguration (``reload``, SIGHUP, ``POST /config/reload``) runs on the c
 :meth:`Daemon.reload` previews it with :func:`routing.reload.plan_reload`, and unless it is a dry run
 hands the routing core one :class:`routing.core.Reconfigure` (urgent lane; the core re-evaluates
 policies in slices), pushes the new BFD session list, sends export changes to established sessions,
-and regenerates exabgp.conf, signalling ExaBGP to reload it (SIGUSR1) only when it changed. One
-reload at a time; the answer is the plan and the outcome.
+and regenerates each ExaBGP process's configuration, signalling (SIGUSR1) only the processes whose
+neighbours changed. One reload at a time; the answer is the plan and the outcome.
+
+ExaBGP is a pool of processes (:class:`routing.exabgp.speaker.SpeakerPool`): the core's commands go
+to the process holding their peer, and a process that exits is ``SpeakerDied(index)`` for the core.
 
 Startup: the kernel writer adopts routes of our protocol left by a previous run (nothing is
 removed), and sweeps what was not re-announced once every peer has sent End-of-RIB or the stale
@@ -64,7 +67,8 @@ from routing.core import (
     TimerFired,
 )
 from routing.exabgp import messages
-from routing.exabgp.speaker import ExabgpSpeaker
+from routing.exabgp.pool import peer_processes
+from routing.exabgp.speaker import ExabgpSpeaker, SpeakerPool
 from routing.failover import FailoverLane
 from routing.inbox import Inbox
 from routing.metrics import Metrics
@@ -86,22 +90,27 @@ LAG_SAMPLE_S = 0.01
 RELOAD_CORE_WAIT_S = 120.0
 
 
-def peer_status(config: Config, customer: CustomerConfig, pc: PeerConfig) -> PeerStatus:
+def peer_status(config: Config, customer: CustomerConfig, pc: PeerConfig, speaker: int = 0) -> PeerStatus:
     """The core's record of one configured session (at start and when a reload adds it)."""
     b = config.peer_bfd(customer, pc)
     return PeerStatus(
         pc.address, pc.local_address, customer.name, "ipv4" if pc.address.version == 4 else "ipv6",
         Peer(pc.address, customer.name, customer.asn, config.router.asn),
-        bfd=b.enabled, bfd_strict=b.enabled and b.strict,
+        bfd=b.enabled, bfd_strict=b.enabled and b.strict, speaker=speaker,
     )
 
 
-def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan) -> Reconfigure:
-    """The routing core's share of a reload: peers added, removed, and updated (new policy, limits).
+def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan,
+                      old_assignment: dict[IPAddress, int] | None = None,
+                      new_assignment: dict[IPAddress, int] | None = None) -> Reconfigure:
+    """The routing core's share of a reload: peers added, removed, updated (new policy, limits), and
+    moved to another ExaBGP process (the assignments: address -> process index, before and after).
 
     A reset session is updated too (its policy reads the new ASN); ExaBGP re-opening it is what
     flushes and re-learns its routes.
     """
+    old_assignment = old_assignment or {}
+    new_assignment = new_assignment or {}
     old_addrs = {p.address for _c, p in old.peers()}
     new_addrs = {p.address for _c, p in new.peers()}
     resets = plan.resets()
@@ -109,14 +118,17 @@ def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan) ->
     for c, p in new.peers():
         policy = ImportPolicy(new.router, c)
         if p.address not in old_addrs:
-            adds.append(PeerAdd(peer_status(new, c, p), policy, c.import_.max_prefixes))
+            adds.append(PeerAdd(peer_status(new, c, p, new_assignment.get(p.address, 0)), policy,
+                                c.import_.max_prefixes))
             continue
         b = new.peer_bfd(c, p)
         updates.append(PeerUpdate(p.address, c.name, c.asn, new.router.asn, policy, c.import_.max_prefixes,
                                   b.enabled, b.enabled and b.strict,
                                   reevaluate=p.address in plan.reevaluate or str(p.address) in resets))
     removed = tuple(a for a in old_addrs if a not in new_addrs)
-    return Reconfigure(token, tuple(adds), removed, tuple(updates))
+    moves = tuple((a, new_assignment.get(a, 0)) for a in sorted(old_addrs & new_addrs, key=str)
+                  if old_assignment.get(a, 0) != new_assignment.get(a, 0))
+    return Reconfigure(token, tuple(adds), removed, tuple(updates), moves)
 
 
 class Daemon:
@@ -141,21 +153,21 @@ class Daemon:
             batch_size=config.fib.batch_size, metrics=self.metrics, netns=netns, writer_cpus=self.writer_cpus,
         )
         run_dir = Path(config.exabgp.run_dir or config.api.socket.parent)
+        self.pool = SpeakerPool(config, run_dir, self.inbox, self.metrics,
+                                on_died=lambda i, rc: self.inbox.post(SpeakerDied(i, rc)))
         rib = Rib()
         peers: dict[IPAddress, PeerStatus] = {}
         for customer, pc in config.peers():
             rib.add_peer(pc.address, ImportPolicy(config.router, customer), customer.import_.max_prefixes)
-            peers[pc.address] = peer_status(config, customer, pc)
+            peers[pc.address] = peer_status(config, customer, pc, self.pool.assignment[pc.address])
             self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
         self.metrics.configure_peers(config)
         self.core = RoutingCore(rib, peers, stale_timeout_s=config.fib.stale_timeout_s, metrics=self.metrics,
                                 now=clock(), startup_hold_s=config.fib.startup_hold_s)
-        self.speaker = ExabgpSpeaker(config, run_dir, self.inbox, self.metrics,
-                                     on_exit=lambda rc, _ran: self.inbox.post(SpeakerDied(rc)))
         self.lane = FailoverLane(self.fib, self.inbox.post, {a: p.customer for a, p in peers.items() if p.bfd},
                                  clock, self.metrics)
         self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics, cpus=self.control_cpus)
-        self.views = Views(config, self.core, self.fib, self.bfd, self.speaker, self.lane, self.inbox,
+        self.views = Views(config, self.core, self.fib, self.bfd, self.pool, self.lane, self.inbox,
                            self.metrics, clock, clock(), self.teardown, reload=self.reload_source)
         self._tasks: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()
@@ -174,6 +186,11 @@ class Daemon:
     @property
     def peers(self) -> dict[IPAddress, PeerStatus]:
         return self.core.peers
+
+    @property
+    def speaker(self) -> ExabgpSpeaker:
+        """The first ExaBGP process (the only one with ``exabgp.processes: 1``)."""
+        return self.pool.speakers[0]
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def load_token(self) -> str:
@@ -206,7 +223,7 @@ class Daemon:
             log.info("adopted %d routes of protocol %d from the kernel; they stay until swept",
                      adopted, self.config.fib.protocol)
         self._perform(self.core.start(self.clock(), adopted_routes=adopted))
-        await self.speaker.start_server()
+        await self.pool.start_servers()
         if self.bfd.enabled:
             await self.bfd.start_server()
         self.fib.start_monitor()
@@ -222,7 +239,7 @@ class Daemon:
             tg.create_task(gc_pacer(self.metrics), name="gc")
             tg.create_task(serve_api(self.views), name="api")
             tg.create_task(serve_metrics(self.views), name="metrics")
-            tg.create_task(self.speaker.supervise(), name="exabgp")
+            tg.create_task(self.pool.supervise(), name="exabgp")
             self._ready.set()
 
     def _place(self) -> None:
@@ -358,7 +375,7 @@ class Daemon:
     async def _command(self, a: SendCommand) -> None:
         ok = False
         try:
-            ok = await self.speaker.command(a.line)
+            ok = await self.pool.command(a.peer, a.line)
         finally:
             if not ok:
                 self.metrics.exabgp_commands_failed.labels(a.purpose).inc()
@@ -434,7 +451,9 @@ class Daemon:
         token = self._reload_token
         applied: asyncio.Future[ReconfigureApplied] = loop.create_future()
         self._reconfigured[token] = applied
-        self.inbox.post(reconfigure_event(token, old, new, plan))
+        old_assignment = dict(self.pool.assignment)
+        new_assignment = peer_processes(new)
+        self.inbox.post(reconfigure_event(token, old, new, plan, old_assignment, new_assignment))
         # Every view reads the new configuration from here on.
         self.config = self.views.config = new
         logging.getLogger().setLevel(getattr(logging, new.log_level))
@@ -460,9 +479,9 @@ class Daemon:
             lines = [messages.announce_route(addr, parse_prefix(n)) for n in e["announce"]]
             lines += [messages.withdraw_route(addr, parse_prefix(n)) for n in e["withdraw"]]
             for line in lines:
-                results.append({"command": line, "ok": await self.speaker.command(line)})
+                results.append({"command": line, "ok": await self.pool.command(addr, line)})
         outcome["exports"] = results
-        outcome["exabgp"] = self._reload_exabgp(new, plan)
+        outcome["exabgp"], outcome["exabgp_processes"] = await self._reload_exabgp(new, plan)
         try:
             done = await asyncio.wait_for(asyncio.shield(applied), RELOAD_CORE_WAIT_S)
             outcome["rib"] = {"became_accepted": done.became_accepted, "became_rejected": done.became_rejected,
@@ -479,12 +498,19 @@ class Daemon:
         if self._tg is not None:
             self._tg.create_task(self.bfd.supervise(), name="bfd")
 
-    def _reload_exabgp(self, new: Config, plan: ReloadPlan) -> str:
-        """Rewrite exabgp.conf and make ExaBGP take it, touching only the neighbours that changed."""
-        self.speaker.config = new
-        if not plan.exabgp_config_changed:
-            return "unchanged"
-        return self.speaker.reload(signal_reload=self.EXABGP_RELOAD == "signal")
+    async def _reload_exabgp(self, new: Config, plan: ReloadPlan) -> tuple[str, dict[str, str]]:
+        """Rewrite the configuration of each ExaBGP process whose neighbours changed and make it take
+        it; the others are not touched. Returns a summary (one process's outcome, or "unchanged") and
+        the outcome per process.
+
+        A customer moved to another process (``exabgp.processes`` changed) is dropped by one and added
+        by the other: its sessions reset (routes kept stale until the new End-of-RIB).
+        """
+        per = await self.pool.reload(new, signal_reload=self.EXABGP_RELOAD == "signal")
+        outcomes = sorted(set(per.values()))
+        if not per:
+            return "unchanged", per
+        return (outcomes[0] if len(outcomes) == 1 else "; ".join(f"{k}: {v}" for k, v in sorted(per.items()))), per
 
     async def stop(self) -> None:
         if self.xdp is not None:
@@ -495,7 +521,7 @@ class Daemon:
         for h in self._timers.values():
             h.cancel()
         await self.bfd.stop()
-        await self.speaker.stop()
+        await self.pool.stop()
         with contextlib.suppress(Exception):
             self.fib.close()
 

@@ -199,9 +199,9 @@ class Metrics:
         )
         self.child_up = Gauge("pop_router_child_up", "1 if the child process is running", ["child"], registry=r)
         # At 0 from the start: a counter series born at 1 shows no increase(), so the first restart
-        # of a child would never page. Supervisors of other children touch their own label the same way.
-        for child in ("exabgp", "bfd"):
-            self.child_restarts.labels(child)
+        # of a child would never page. The ExaBGP processes (exabgp-0, exabgp-1...) touch their own
+        # label the same way when the pool creates them.
+        self.child_restarts.labels("bfd")
         # Read from the program's per-CPU counters at scrape time (monotonic while the program is loaded).
         self.xdp_packets = ReadCounterFamily(
             "pop_router_xdp_packets", "Packets seen by the XDP fast path, by ingress interface and action "

@@ -28,8 +28,14 @@ What each change costs (the "nothing reset that need not be" rule; the README ha
   with a Poll Sequence (*retimed*, no flap); a changed multiplier, authentication, min TTL or
   interface re-creates the session (*recreated*: the peer sees it go down).
 - **exports** (``router.announce``): announced/withdrawn on established sessions without a reset.
-- keys the running process cannot change (``api``, ``metrics``, ``fib``, ``exabgp``,
-  ``bfd.realtime_priority``) are listed under ``needs_restart`` and keep their running values.
+- ``exabgp.processes``: customers whose ExaBGP process changes (rendezvous hashing moves few of them,
+  ``routing/exabgp/pool.py``) are listed as *reset* ("moved from exabgp-0 to exabgp-1"): one process
+  drops their sessions and the other opens them; routes stay (stale) until the new End-of-RIB.
+  Only the processes whose generated configuration changes are signalled
+  (``exabgp_processes_changed``).
+- keys the running process cannot change (``api``, ``metrics``, ``fib``, ``exabgp`` but its
+  ``processes``, ``bfd.realtime_priority``) are listed under ``needs_restart`` and keep their running
+  values.
 
 FIB preview: for each prefix whose candidate paths change, the best-path chain
 (:func:`routing.bestpath.select`) runs on the would-be set of paths and the resulting FIB entry is
@@ -82,6 +88,7 @@ def config_from_text(text: str, source: str = "<request>") -> Config:
 def running_config(old: Config, new: Config) -> Config:
     """What runs after applying ``new``: its live keys, the running values of restart-only ones."""
     upd: dict[str, Any] = {k: getattr(old, k) for k in RESTART_ONLY}
+    upd["exabgp"] = old.exabgp.model_copy(update={"processes": new.exabgp.processes})
     upd["bfd"] = new.bfd.model_copy(update={"realtime_priority": old.bfd.realtime_priority})
     return new.model_copy(update=upd)
 
@@ -184,6 +191,8 @@ class ReloadPlan:
     other: list[str] = field(default_factory=list)
     #: The generated exabgp.conf differs (neighbours or their static routes): ExaBGP must reload it.
     exabgp_config_changed: bool = False
+    #: The ExaBGP processes (``exabgp-N``) whose configuration changes, added or removed.
+    exabgp_processes_changed: list[str] = field(default_factory=list)
     #: Peers (by address) whose prefixes are re-run through a new policy, and their new policies.
     reevaluate: dict[IPAddress, ImportPolicy] = field(default_factory=dict, repr=False)
 
@@ -202,6 +211,7 @@ class ReloadPlan:
             "fib": self.fib, "bfd": self.bfd, "exports": self.exports, "policy_changed": self.policy_changed,
             "needs_restart": self.needs_restart, "other": self.other,
             "exabgp_config_changed": self.exabgp_config_changed,
+            "exabgp_processes_changed": self.exabgp_processes_changed,
         }
 
     def resets(self) -> set[str]:
@@ -302,12 +312,17 @@ def _auth(spec: dict[str, Any]) -> tuple | None:
     return None if a is None else (a["type"], a["key_id"], reveal(a["secret"]))
 
 
-def _exabgp_text(config: Config) -> str:
+def _exabgp_texts(config: Config) -> dict[str, str]:
+    """Each ExaBGP process's generated configuration (socket and interpreter left out)."""
     from pathlib import Path as FsPath
 
     from routing.exabgp.conf import render
+    from routing.exabgp.pool import process_count, process_of
 
-    return render(config, FsPath("/dev/null"), python="python")
+    n = process_count(config)
+    return {f"exabgp-{i}": render(config, FsPath("/dev/null"), python="python",
+                                  customers={c.name for c in config.customers if process_of(c.name, n) == i})
+            for i in range(n)}
 
 
 def plan_reload(old: Config, new: Config, rib: Rib | None = None,
@@ -339,7 +354,10 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
     sim = _FibSim(rib)
 
     for section in RESTART_ONLY:
-        if getattr(old, section) != getattr(new, section):
+        o, n = getattr(old, section), getattr(new, section)
+        if section == "exabgp":  # its process count is applied live
+            o, n = o.model_copy(update={"processes": None}), n.model_copy(update={"processes": None})
+        if o != n:
             plan.needs_restart.append(section)
     if old.bfd.realtime_priority != new.bfd.realtime_priority:
         plan.needs_restart.append("bfd.realtime_priority")
@@ -358,15 +376,28 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
             for prefix in a.accepted:
                 sim.remove(prefix, addr)
 
+    from routing.exabgp.pool import peer_processes
+
+    old_proc = peer_processes(old)
+    new_proc = peer_processes(running_config(old, new))
     changed_customers: set[str] = set()
     for addr in sorted(old_peers.keys() & new_peers.keys(), key=_addr_key):
         oc, op = old_peers[addr]
         nc, np = new_peers[addr]
         a = rib.adj.get(addr)
         why = reset_reasons(old, oc, op, new, nc, np)
+        if old_proc[addr] != new_proc[addr]:
+            why.append(f"moved from exabgp-{old_proc[addr]} to exabgp-{new_proc[addr]} "
+                       f"(exabgp.processes {old.exabgp.processes} -> {new.exabgp.processes})")
         if why:
-            plan.sessions_reset.append({"peer": str(addr), "customer": nc.name, "reasons": why,
-                                        "routes_flushed_until_reestablished": len(a.accepted) if a else 0})
+            n = len(a.accepted) if a else 0
+            entry = {"peer": str(addr), "customer": nc.name, "reasons": why,
+                     "routes_flushed_until_reestablished": n}
+            if old_proc[addr] != new_proc[addr]:
+                # The old process's "down" is not heard: the routes stay, stale, until the new End-of-RIB.
+                entry["routes_flushed_until_reestablished"] = 0
+                entry["routes_kept_stale"] = n
+            plan.sessions_reset.append(entry)
             continue
         lo, ln = oc.import_.max_prefixes, nc.import_.max_prefixes
         if lo != ln:
@@ -410,7 +441,9 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
             "peer": str(addr), "customer": nc.name, "established": established,
             "announce": [str(n) for n in sorted(after - before, key=_net_key)],
             "withdraw": [str(n) for n in sorted(before - after, key=_net_key)]})
-    plan.exabgp_config_changed = _exabgp_text(old) != _exabgp_text(new)
+    before, after = _exabgp_texts(old), _exabgp_texts(running_config(old, new))
+    plan.exabgp_processes_changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    plan.exabgp_config_changed = bool(plan.exabgp_processes_changed)
     return plan
 
 

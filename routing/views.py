@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The API depends on this narrow object, never on the daemon (no import cycle): :class:`Views` holds
-references to the parts it reads (routing core, dataplane, BFD link, speaker, XDP mirror) and one
+references to the parts it reads (routing core, dataplane, BFD link, ExaBGP pool, XDP mirror) and one
 coroutine for the only state-changing call (an operator reset, performed by the daemon through the
 routing core). Views run on the event loop between the owner's steps, so they never see a
 half-applied UPDATE; each is a plain function of current state.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,18 +150,34 @@ class Views:
             for p, gid in sorted(fib.installed.items(), key=lambda x: (x[0].version, x[0]))
         ]
 
+    def exabgp_processes_view(self) -> list[dict]:
+        """One row per ExaBGP process: which sessions it holds, its restarts and what it costs."""
+        out = []
+        for s in self.speaker.speakers:
+            pid = s.child.pid
+            cpu_s, uptime_s = proc_times(pid) if pid is not None else (None, None)
+            relay = s.relay_stats
+            out.append({
+                "index": s.index, "name": s.name, "pid": pid, "peers": [str(a) for a in s.peers],
+                "customers": sorted(s.customers) if s.customers is not None else None,
+                "restarts": s.child.restarts, "cpu_s": cpu_s, "uptime_s": uptime_s,
+                "malformed_messages": s.malformed,
+                "relay_backlog_bytes": None if relay is None else relay.backlog_bytes,
+            })
+        return out
+
     def status_view(self) -> dict:
         fib, mpls = self.fib, self.mpls
-        relay = self.speaker.relay_stats
+        stats = [s.relay_stats for s in self.speaker.speakers if s.relay_stats is not None]
         return {
             "router_id": str(self.config.router.router_id),
             "asn": self.config.router.asn,
             "uptime_s": round(self.clock() - self.started, 1),
-            "exabgp_pid": self.speaker.child.pid,
-            "exabgp_restarts": self.speaker.child.restarts,
+            "exabgp_processes": self.exabgp_processes_view(),
+            "exabgp_restarts": sum(s.child.restarts for s in self.speaker.speakers),
             "bfd_pid": self.bfd.child.pid,
             "bfd_restarts": self.bfd.child.restarts,
-            "malformed_messages": self.speaker.malformed,
+            "malformed_messages": sum(s.malformed for s in self.speaker.speakers),
             "adopted_routes": self.adopted,
             "fib_routes": len(fib.installed),
             "fib_pending": fib.pending_count,
@@ -177,9 +194,11 @@ class Views:
             "exabgp_commands_failed": self.core.counters.commands_failed,
             "rib_inbox_events": len(self.inbox),
             "rib_inbox_max_events": self.inbox.max_depth,
-            "relay_backlog": None if relay is None else {
-                "lines": relay.backlog_lines, "bytes": relay.backlog_bytes,
-                "max_lines": relay.max_backlog_lines, "max_bytes": relay.max_backlog_bytes},
+            # Summed over the processes' relays (each process's own is in exabgp_processes).
+            "relay_backlog": None if not stats else {
+                "lines": sum(r.backlog_lines for r in stats), "bytes": sum(r.backlog_bytes for r in stats),
+                "max_lines": sum(r.max_backlog_lines for r in stats),
+                "max_bytes": sum(r.max_backlog_bytes for r in stats)},
             "loop_lag_max_ms": round(self.loop_lag_max_ms[0], 2),
             "failovers": list(self.lane.recent),
         }
@@ -261,3 +280,24 @@ class Views:
             return None
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: xdp_diff(xdp.prog.dump(), routes, by_id, self.fib.metric))
+
+
+def proc_times(pid: int) -> tuple[float | None, float | None]:
+    """CPU seconds used (user + system) and seconds since start of process ``pid``, from /proc.
+
+    Read from the kernel rather than kept by the supervisor, so the numbers are the process's own
+    (``utime``/``stime``, fields 14-15 of /proc/PID/stat, and ``starttime``, field 22, against
+    /proc/uptime). (None, None) when the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except OSError:
+        return None, None
+    # The command name (field 2) may hold spaces and parentheses: fields are counted after its ")".
+    fields = stat[stat.rindex(")") + 2:].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
+    return round((utime + stime) / tick, 2), round(up - start / tick, 1)

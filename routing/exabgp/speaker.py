@@ -1,7 +1,13 @@
-"""Supervising ExaBGP and talking to it through the relay's Unix socket.
+"""Supervising the pool of ExaBGP processes and talking to each through its relay's Unix socket.
 
 Theory of operation
 -------------------
+- The pool (:class:`SpeakerPool`) runs ``exabgp.processes`` speakers; which customer lives where is
+  the pure :mod:`routing.exabgp.pool`. Each speaker ``exabgp-N`` has its own generated
+  ``exabgp-N.conf`` (0600, only its customers' neighbours), its own relay socket ``exabgp-N.sock``
+  and its own supervisor (``pop_router_child_*{child="exabgp-N"}``). Every speaker's stream feeds the
+  same inbox; each reader is flow-controlled on its own. One process dying is one
+  ``SpeakerDied(N)``: only its customers' sessions go stale.
 - ExaBGP is a supervised child (:class:`routing.children.ChildSupervisor`): the generated
   configuration is written before each start; when it exits the owner hears
   :class:`routing.core.SpeakerDied` on its urgent lane (routes are kept as stale, the FIB is not
@@ -16,7 +22,12 @@ Theory of operation
   travel in the same stream as UPDATEs, so during an ingest an ack can wait behind the backlog: the
   deadline is generous and the caller is a tracked task, never the routing core's owner.
 - A reload rewrites the configuration and signals ExaBGP (SIGUSR1, its own reload: only changed
-  neighbours are touched), see :meth:`ExabgpSpeaker.reload`.
+  neighbours are touched), see :meth:`ExabgpSpeaker.reload`; the pool signals only the processes
+  whose text changed (:meth:`SpeakerPool.reload`). A customer that moves to another process (the
+  count changed) is dropped by one process and added by the other: its sessions are reset (its routes
+  stay, stale, until the new sessions' End-of-RIB). While it moves, the old process's last words
+  about it ("down") are dropped here (:attr:`ExabgpSpeaker.foreign`), so they cannot end the session
+  the new process has just opened.
 - Malformed lines are counted (``pop_router_exabgp_malformed_messages_total``) and dropped.
 """
 
@@ -32,10 +43,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.model import IPAddress
 from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
 from routing.exabgp import messages
 from routing.exabgp.conf import environment, render
+from routing.exabgp.pool import peer_processes, process_count, process_of
 from routing.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -51,22 +64,33 @@ def exabgp_binary(config: Config) -> str:
 
 
 class ExabgpSpeaker:
+    """One ExaBGP process of the pool (``index``), holding the sessions of ``customers`` (None: all)."""
+
     def __init__(self, config: Config, run_dir: Path, inbox: Inbox, metrics: Any = None,
-                 on_exit: Callable[[int | None, float], None] | None = None) -> None:
+                 on_exit: Callable[[int | None, float], None] | None = None, *, index: int = 0,
+                 customers: frozenset[str] | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.socket_path = run_dir / "exabgp.sock"
-        self.conf_path = run_dir / "exabgp.conf"
+        self.index = index
+        self.name = f"exabgp-{index}"
+        self.customers = customers
+        #: Configured sessions held by *other* processes: their events from this one are stale news.
+        self.foreign: frozenset[IPAddress] = frozenset()
+        self.foreign_dropped = 0
+        self.socket_path = run_dir / f"{self.name}.sock"
+        self.conf_path = run_dir / f"{self.name}.conf"
         self.inbox = inbox
         self.metrics = metrics
         self.malformed = 0
         self.relay_stats: messages.RelayStats | None = None
         self.child = ChildSupervisor(
-            "exabgp", lambda: [exabgp_binary(config), str(self.conf_path)],
+            self.name, lambda: [exabgp_binary(self.config), str(self.conf_path)],
             backoff_min_s=config.exabgp.restart_backoff_min_s, backoff_max_s=config.exabgp.restart_backoff_max_s,
-            env=lambda: environment(config), cwd=run_dir, before_start=self.write_config, on_exit=on_exit,
-            metrics=metrics, log_prefix="exabgp: ",
+            env=lambda: environment(self.config), cwd=run_dir, before_start=self.write_config, on_exit=on_exit,
+            metrics=metrics, log_prefix=f"{self.name}: ",
         )
+        if metrics is not None:
+            metrics.child_restarts.labels(self.name)  # at 0 from the start (see routing/metrics.py)
         self.channel = LineServer(self.socket_path, self._on_line, on_bad=self._malformed)
         self.ack_timeout_s = ACK_TIMEOUT_S
         self._cmd_lock = asyncio.Lock()
@@ -82,6 +106,11 @@ class ExabgpSpeaker:
             self._malformed(str(exc))
             return
         if ev is None:
+            return
+        peer = getattr(ev, "peer", None)
+        if peer is not None and peer in self.foreign:
+            self.foreign_dropped += 1
+            log.info("%s: dropped %s about %s, now held by another process", self.name, type(ev).__name__, peer)
             return
         if isinstance(ev, messages.Ack):
             if self._ack is not None and not self._ack.done():
@@ -145,11 +174,20 @@ class ExabgpSpeaker:
         fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".exabgp.conf.")
         try:
             with os.fdopen(fd, "w") as f:
-                f.write(render(self.config, self.socket_path))
+                f.write(self.render())
             os.replace(tmp, self.conf_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def render(self, config: Config | None = None) -> str:
+        """This process's configuration text (``config``: another configuration, for comparison)."""
+        return render(config or self.config, self.socket_path, customers=self.customers)
+
+    @property
+    def peers(self) -> list[IPAddress]:
+        """The session addresses this process holds."""
+        return [p.address for c, p in self.config.peers() if self.customers is None or c.name in self.customers]
 
     def reload(self, *, signal_reload: bool = True) -> str:
         """Write the (new) configuration and make the running ExaBGP take it.
@@ -176,3 +214,120 @@ class ExabgpSpeaker:
     async def stop(self) -> None:
         await self.child.stop()
         self.channel.close()
+
+
+class SpeakerPool:
+    """The ExaBGP processes and which session each holds; commands go to the holder of their peer.
+
+    ``on_died(index, returncode)`` is called when process ``index`` exits (the daemon posts
+    :class:`routing.core.SpeakerDied`). Processes are added and removed only by :meth:`reload`.
+    """
+
+    def __init__(self, config: Config, run_dir: Path, inbox: Inbox, metrics: Any = None,
+                 on_died: Callable[[int, int | None], None] | None = None) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.inbox = inbox
+        self.metrics = metrics
+        self._on_died = on_died
+        self._ack_timeout_s = ACK_TIMEOUT_S
+        self.count = process_count(config)
+        #: Session address -> process index.
+        self.assignment: dict[IPAddress, int] = peer_processes(config, self.count)
+        self.speakers = [self._make(config, i, self.count) for i in range(self.count)]
+        self._set_foreign()
+        self._tg: asyncio.TaskGroup | None = None
+
+    def _make(self, config: Config, index: int, count: int) -> ExabgpSpeaker:
+        customers = frozenset(c.name for c in config.customers if process_of(c.name, count) == index)
+
+        def died(rc: int | None, _ran: float) -> None:
+            if self._on_died is not None:
+                self._on_died(index, rc)
+
+        s = ExabgpSpeaker(config, self.run_dir, self.inbox, self.metrics, on_exit=died, index=index,
+                          customers=customers)
+        s.ack_timeout_s = self._ack_timeout_s
+        return s
+
+    def _set_foreign(self) -> None:
+        for s in self.speakers:
+            s.foreign = frozenset(a for a, i in self.assignment.items() if i != s.index)
+
+    @property
+    def ack_timeout_s(self) -> float:
+        return self._ack_timeout_s
+
+    @ack_timeout_s.setter
+    def ack_timeout_s(self, value: float) -> None:
+        self._ack_timeout_s = value
+        for s in self.speakers:
+            s.ack_timeout_s = value
+
+    def speaker_for(self, peer: IPAddress | None) -> ExabgpSpeaker:
+        """The process holding ``peer`` (an unknown peer, or None: process 0)."""
+        i = self.assignment.get(peer, 0) if peer is not None else 0
+        return self.speakers[i] if i < len(self.speakers) else self.speakers[0]
+
+    async def command(self, peer: IPAddress | None, cmd: str) -> bool:
+        """Send ``cmd`` to the process holding ``peer`` and wait for its ack."""
+        return await self.speaker_for(peer).command(cmd)
+
+    async def start_servers(self) -> None:
+        for s in self.speakers:
+            await s.start_server()
+
+    async def supervise(self) -> None:
+        """Run every process (and those a reload adds) until stopped."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            for s in self.speakers:
+                tg.create_task(s.supervise(), name=s.name)
+
+    async def reload(self, new: Config, *, signal_reload: bool = True) -> dict[str, str]:
+        """Take ``new``: only processes whose generated text changes are rewritten and signalled.
+
+        When the process count changes, added processes start with their customers, removed ones
+        stop, and customers whose index changed are dropped by one process and added by the other
+        (their sessions reset). Returns process name -> what was done.
+        """
+        count = process_count(new)
+        old_speakers = self.speakers
+        self.config, self.count = new, count
+        self.assignment = peer_processes(new, count)
+        result: dict[str, str] = {}
+        kept: list[ExabgpSpeaker] = []
+        added: list[ExabgpSpeaker] = []
+        for i in range(count):
+            customers = frozenset(c.name for c in new.customers if process_of(c.name, count) == i)
+            if i < len(old_speakers):
+                s = old_speakers[i]
+                before = s.render()
+                s.config, s.customers = new, customers
+                kept.append(s)
+                if s.render() != before:
+                    result[s.name] = "pending"
+            else:
+                added.append(self._make(new, i, count))
+        removed = old_speakers[count:]
+        self.speakers = kept + added
+        self._set_foreign()
+        for s in removed:
+            s.foreign = frozenset(self.assignment)  # every session is elsewhere now
+        # Removed processes first: their customers' sessions close before the new holders open them.
+        for s in removed:
+            await s.stop()
+            result[s.name] = "stopped (its customers moved to other processes)"
+        for s in kept:
+            if s.name in result:
+                result[s.name] = s.reload(signal_reload=signal_reload)
+        for s in added:
+            await s.start_server()
+            if self._tg is not None:
+                self._tg.create_task(s.supervise(), name=s.name)
+            result[s.name] = "started"
+        return result
+
+    async def stop(self) -> None:
+        for s in self.speakers:
+            await s.stop()

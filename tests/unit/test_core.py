@@ -10,7 +10,6 @@ import pytest
 from common.model import Attributes, Origin, Peer, intern_attrs
 from routing.core import (
     PEER_TRANSITIONS,
-    STALE_TIMER,
     STARTUP_HOLD_TIMER,
     STARTUP_SWEEP_TIMER,
     AdminReset,
@@ -27,6 +26,7 @@ from routing.core import (
     SubmitFib,
     SweepKernelStale,
     TimerFired,
+    stale_timer,
     transition,
 )
 from routing.exabgp import messages as msg
@@ -41,7 +41,7 @@ ATTRS = intern_attrs(Attributes(origin=Origin.IGP, as_path=(64512,)))
 
 
 def make_core(*, bfd: bool = False, strict: bool = False, max_prefixes: int | None = None,
-              prefixes_le: bool = True) -> RoutingCore:
+              prefixes_le: bool = True, speakers: dict[str, int] | None = None) -> RoutingCore:
     c = config()
     rib = Rib()
     peers = {}
@@ -52,7 +52,8 @@ def make_core(*, bfd: bool = False, strict: bool = False, max_prefixes: int | No
         rib.add_peer(pc.address, ImportPolicy(c.router, customer), limit)
         peers[pc.address] = PeerStatus(pc.address, pc.local_address, customer.name, "ipv4",
                                        Peer(pc.address, customer.name, customer.asn, 65000),
-                                       bfd=bfd, bfd_strict=strict)
+                                       bfd=bfd, bfd_strict=strict,
+                                       speaker=(speakers or {}).get(customer.name, 0))
     return RoutingCore(rib, peers, stale_timeout_s=120.0)
 
 
@@ -158,8 +159,8 @@ def test_speaker_death_keeps_routes_stale_until_eor() -> None:
     up(core, A)
     up(core, G)
     announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
-    acts = core.on_event(SpeakerDied(1), 10.0)
-    assert acts == [ArmTimer(STALE_TIMER, 130.0)]
+    acts = core.on_event(SpeakerDied(0), 10.0)
+    assert acts == [ArmTimer(stale_timer(0), 130.0)]
     assert core.peers[A].state is PeerState.IDLE and core.peers[A].flaps == 1
     assert core.peers[B].flaps == 0  # was never up
     assert not core.busy and len(core.rib.loc) == 2  # nothing withdrawn
@@ -170,12 +171,69 @@ def test_speaker_death_keeps_routes_stale_until_eor() -> None:
     assert [str(p) for p in core.rib.loc.prefixes()] == ["198.51.100.0/24"]
 
 
+def announce_globex(core: RoutingCore, *prefixes: str, now: float = 2.0) -> list:
+    attrs = intern_attrs(Attributes(origin=Origin.IGP, as_path=(4200000001,)))
+    ann = tuple((ipaddress.ip_network(p), G, ()) for p in prefixes)
+    return core.on_event(msg.UpdateEvent(G, attrs, ann, ()), now)
+
+
+def test_speaker_death_stales_only_that_process_peers() -> None:
+    """A pool of two ExaBGP processes: globex on exabgp-0, acme (two sessions) on exabgp-1.
+    SpeakerDied(1) makes only acme's sessions stale; globex's stays Established with its routes
+    current, and process 1's own stale timer sweeps only acme's leftovers."""
+    core = make_core(speakers={"globex": 0, "acme": 1})
+    for p in (A, B, G):
+        up(core, p)
+    announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
+    announce_globex(core, "203.0.113.0/24")
+    acts = core.on_event(SpeakerDied(1), 10.0)
+    assert acts == [ArmTimer(stale_timer(1), 130.0)]
+    for p in (A, B):
+        assert core.peers[p].state is PeerState.IDLE and core.peers[p].flaps == 1
+    assert core.peers[A].last_down_reason == "BGP speaker exabgp-1 restarting"
+    assert core.peers[G].state is PeerState.ESTABLISHED and core.peers[G].flaps == 0
+    assert core.rib.adj[A].stale and not core.rib.adj[G].stale
+    assert not core.busy and len(core.rib.loc) == 3  # nothing withdrawn meanwhile
+    up(core, A, now=11.0)
+    announce(core, A, "198.51.100.0/24", now=11.5)
+    # Process 0's timer has nothing of acme's to sweep; process 1's sweeps acme's leftover.
+    assert core.on_event(TimerFired(stale_timer(0)), 130.0) == [SweepKernelStale()]
+    assert not core.busy
+    core.on_event(TimerFired(stale_timer(1)), 130.0)
+    assert fib_prefixes(drain(core)) == {"198.51.101.0/24": None}
+    assert {str(p) for p in core.rib.loc.prefixes()} == {"198.51.100.0/24", "203.0.113.0/24"}
+
+
+def test_reload_move_to_another_speaker_keeps_routes_stale_until_eor() -> None:
+    from routing.core import Reconfigure, ReconfigureApplied
+
+    core = make_core(speakers={"acme": 0, "globex": 0})
+    for p in (A, G):
+        up(core, p)
+    announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
+    announce_globex(core, "203.0.113.0/24")
+    acts = core.on_event(Reconfigure(1, moves=((A, 1),)), 5.0)
+    assert acts == [ArmTimer(stale_timer(1), 125.0)]
+    assert core.peers[A].speaker == 1 and core.peers[A].state is PeerState.IDLE
+    assert core.peers[A].last_down_reason == "moved from exabgp-0 to exabgp-1"
+    assert core.peers[G].state is PeerState.ESTABLISHED
+    assert [a for a in drain(core) if isinstance(a, ReconfigureApplied)]
+    assert len(core.rib.loc) == 3
+    up(core, A, now=6.0)
+    announce(core, A, "198.51.100.0/24", now=6.5)
+    core.on_event(msg.EorEvent(A, "ipv4", "unicast"), 7.0)
+    assert fib_prefixes(drain(core)) == {"198.51.101.0/24": None}
+    # Process 1 dying now hits the moved session, not globex.
+    core.on_event(SpeakerDied(1), 8.0)
+    assert core.peers[G].state is PeerState.ESTABLISHED and core.peers[A].state is PeerState.IDLE
+
+
 def test_stale_timer_sweeps_everything_left() -> None:
     core = make_core()
     up(core, A)
     announce(core, A, "198.51.100.0/24")
-    core.on_event(SpeakerDied(None), 10.0)
-    acts = core.on_event(TimerFired(STALE_TIMER), 130.0)
+    core.on_event(SpeakerDied(0, None), 10.0)
+    acts = core.on_event(TimerFired(stale_timer(0)), 130.0)
     assert acts == [SweepKernelStale()]
     assert fib_prefixes(drain(core)) == {"198.51.100.0/24": None}
 

@@ -119,9 +119,9 @@ def test_exabgp_conf_is_0600_in_a_0700_directory(tmp_path: Path, caplog: pytest.
         ExabgpSpeaker(c, run_dir, Inbox()).write_config()
 
     asyncio.run(write())
-    conf = run_dir / "exabgp.conf"
+    conf = run_dir / "exabgp-0.conf"
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert MD5_INLINE in conf.read_text()
-    assert [p.name for p in run_dir.iterdir()] == ["exabgp.conf"]  # no temporary file left behind
+    assert [p.name for p in run_dir.iterdir()] == ["exabgp-0.conf"]  # no temporary file left behind
     assert_clean(caplog.text, "log records")
