@@ -1,0 +1,174 @@
+"""A pool of two ExaBGP processes against real peers: killing one flaps only its own customers.
+
+The default lab (``containerlab/pop-basic.clab.yml``: acme on FRR, globex on BIRD, mallory on ExaBGP)
+with a copy of the PoP's ``pop.yaml`` that sets ``exabgp.processes: 2``. Rendezvous hashing puts acme
+on ``exabgp-1`` and globex and mallory on ``exabgp-0`` (checked below, so a change of the hash shows up
+here first). Each process in turn is SIGKILLed — the PID comes from ``show status``, so it is one this
+test's daemon started — and, until it is back:
+
+- every accepted route stays in the kernel (the dead process's sessions are stale, not flushed);
+- the other process's customers do not flap, seen from *their* side: FRR's ``connectionsEstablished``
+  / ``connectionsDropped`` and BIRD's protocol "since" time are unchanged;
+- the killed process restarts (same index, new PID, one more restart) and its sessions come back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from labs.runner import Lab
+from labs.topology import load_topology
+
+from .lab import kernel_routes, metric_value, metrics, peers, run_in, show
+from .netns import unique_prefix, wait_for
+
+ROOT = Path(__file__).parents[2]
+CLAB = ROOT / "containerlab"
+ACME = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2"}
+GLOBEX = {"10.0.3.2", "2001:db8:3::2"}
+MALLORY = {"10.0.4.2", "2001:db8:4::2"}
+ALL = ACME | GLOBEX | MALLORY
+V4 = {"198.51.100.0/24": ["10.0.1.2", "10.0.2.2"], "203.0.113.0/24": ["10.0.3.2"]}
+V6 = {"2001:db8:100::/48": ["2001:db8:1::2", "2001:db8:2::2"], "2001:db8:200::/48": ["2001:db8:3::2"],
+      "2001:db8:301::/48": ["2001:db8:4::2"]}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pool")
+    d.chmod(0o755)
+    pop = yaml.safe_load((CLAB / "pop-basic/pop/pop.yaml").read_text())
+    pop["fib"].pop("xdp", None)  # not what this test is about (and its maps are pinned machine-wide)
+    pop.setdefault("exabgp", {})["processes"] = 2
+    (d / "pop.yaml").write_text(yaml.safe_dump(pop))
+    topo = yaml.safe_load((CLAB / "pop-basic.clab.yml").read_text())
+    for node in topo["topology"]["nodes"].values():
+        binds = []
+        for b in node.get("binds", []):
+            src, _, rest = b.partition(":")
+            src_path = d / "pop.yaml" if src == "pop-basic/pop/pop.yaml" else (CLAB / src).resolve()
+            binds.append(f"{src_path}:{rest}")
+        if binds:
+            node["binds"] = binds
+    (d / "pool.clab.yml").write_text(yaml.safe_dump(topo))
+    return d
+
+
+@pytest.fixture(scope="module")
+def lab(files: Path) -> Iterator[Lab]:
+    lab = Lab(load_topology(files / "pool.clab.yml"), unique_prefix("pool") + "-")
+    try:
+        lab.up(log=lambda *_: None)
+        yield lab
+    finally:
+        lab.down()
+
+
+def established(lab: Lab) -> set[str]:
+    return {a for a, p in peers(lab).items() if p["state"] == "established"}
+
+
+@pytest.fixture(scope="module")
+def converged(lab: Lab) -> Lab:
+    wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
+    wait_for(lambda: kernel_routes(lab) == V4 and kernel_routes(lab, "-6") == V6, timeout=30,
+             what="accepted routes in the kernel")
+    return lab
+
+
+def frr_sessions(lab: Lab) -> dict[str, tuple[str, int, int]]:
+    """acme's view of each session with us: (state, connections established, dropped)."""
+    out = json.loads(run_in(lab, "acme", "vtysh", "-c", "show bgp neighbors json").stdout)
+    return {a: (n["bgpState"], n.get("connectionsEstablished", 0), n.get("connectionsDropped", 0))
+            for a, n in out.items()}
+
+
+def bird_protocols(lab: Lab) -> dict[str, str]:
+    """globex's BGP protocols: name -> "state since-time" (the time changes when the session flaps)."""
+    out = run_in(lab, "globex", "birdc", "-s", "/run/bird/bird.ctl", "show", "protocols").stdout
+    rows = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[1] == "BGP":
+            rows[f[0]] = f"{f[3]} {f[4]} {f[5]}"
+    return rows
+
+
+def processes(lab: Lab) -> list[dict[str, Any]]:
+    return show(lab, "status")["exabgp_processes"]
+
+
+def test_customers_spread_over_two_processes(converged: Lab) -> None:
+    ps = processes(converged)
+    assert [p["name"] for p in ps] == ["exabgp-0", "exabgp-1"]
+    assert set(ps[0]["peers"]) == GLOBEX | MALLORY and set(ps[1]["peers"]) == ACME
+    assert ps[0]["pid"] != ps[1]["pid"]
+    for p in ps:
+        assert p["restarts"] == 0 and p["cpu_s"] >= 0 and p["uptime_s"] >= 0
+        # Each process runs its own relay, on its own socket.
+        children = Path(f"/proc/{p['pid']}/task/{p['pid']}/children").read_text().split()
+        cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ") for c in children]
+        assert any(b"routing.exabgp.bridge" in c and f"{p['name']}.sock".encode() in c for c in cmdlines)
+    m = metrics(converged)
+    assert metric_value(m, "pop_router_child_up", child="exabgp-0") == 1.0
+    assert metric_value(m, "pop_router_child_up", child="exabgp-1") == 1.0
+
+
+@pytest.mark.parametrize(("index", "victims"), [(1, ACME), (0, GLOBEX | MALLORY)])
+def test_killing_one_process_flaps_only_its_customers(converged: Lab, index: int, victims: set[str]) -> None:
+    wait_for(lambda: established(converged) == ALL, timeout=60, what="all sessions Established")
+    all_before = processes(converged)
+    before, other_before = all_before[index], all_before[1 - index]
+    ours = peers(converged)
+    frr, bird = frr_sessions(converged), bird_protocols(converged)
+    os.kill(before["pid"], signal.SIGKILL)
+    # Until the process is back with its sessions, the kernel keeps every route (poll all the way).
+    deadline = time.monotonic() + 90
+    back = saw_down = False
+    while time.monotonic() < deadline:
+        assert kernel_routes(converged) == V4
+        assert kernel_routes(converged, "-6") == V6
+        now = peers(converged)
+        saw_down = saw_down or any(now[a]["state"] != "established" for a in victims)
+        for a in ALL - victims:  # the other process's sessions never leave Established
+            assert now[a]["state"] == "established", (a, now[a])
+            assert now[a]["established_count"] == ours[a]["established_count"]
+        st = processes(converged)[index]
+        if (st["restarts"] == before["restarts"] + 1 and st["pid"] not in (None, before["pid"])
+                and all(now[a]["state"] == "established" and now[a]["stale"] == 0 for a in victims)):
+            back = True
+            break
+        time.sleep(0.2)  # poll
+    assert back, "the killed process did not come back with its sessions"
+    assert saw_down
+    now = peers(converged)
+    for a in victims:
+        assert now[a]["established_count"] == ours[a]["established_count"] + 1
+    for a in ALL - victims:
+        assert now[a]["established_count"] == ours[a]["established_count"] and now[a]["flaps"] == ours[a]["flaps"]
+    # The peers' side: the untouched customers' sessions kept their uptime.
+    frr_after, bird_after = frr_sessions(converged), bird_protocols(converged)
+    if victims == ACME:
+        assert bird_after == bird
+        wait_for(lambda: all(s[0] == "Established" for s in frr_sessions(converged).values()), timeout=30,
+                 what="FRR sessions back")
+        assert all(frr_sessions(converged)[a][1] == frr[a][1] + 1 for a in frr)
+    else:
+        assert frr_after == frr
+        assert all(v.startswith("up") for v in bird_after.values())
+        assert all(bird_after[k] != bird[k] for k in bird)  # globex's sessions did flap
+    other = processes(converged)[1 - index]
+    assert (other["pid"], other["restarts"]) == (other_before["pid"], other_before["restarts"])
+    m = metrics(converged)
+    assert metric_value(m, "pop_router_child_restarts_total", child=f"exabgp-{index}") == before["restarts"] + 1
+    assert metric_value(m, "pop_router_child_restarts_total", child=f"exabgp-{1 - index}") == other_before["restarts"]
+    assert kernel_routes(converged) == V4 and kernel_routes(converged, "-6") == V6
