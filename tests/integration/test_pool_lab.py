@@ -10,6 +10,8 @@ test's daemon started — and, until it is back:
 - the other process's customers do not flap, seen from *their* side: FRR's ``connectionsEstablished``
   / ``connectionsDropped`` and BIRD's protocol "since" time are unchanged;
 - the killed process restarts (same index, new PID, one more restart) and its sessions come back.
+
+Then a reload changes the count (2 -> 3 -> 2): only the customer that moves (mallory) is reset.
 """
 
 from __future__ import annotations
@@ -171,4 +173,54 @@ def test_killing_one_process_flaps_only_its_customers(converged: Lab, index: int
     m = metrics(converged)
     assert metric_value(m, "pop_router_child_restarts_total", child=f"exabgp-{index}") == before["restarts"] + 1
     assert metric_value(m, "pop_router_child_restarts_total", child=f"exabgp-{1 - index}") == other_before["restarts"]
+    assert kernel_routes(converged) == V4 and kernel_routes(converged, "-6") == V6
+
+
+def reload_processes(lab: Lab, files: Path, processes: int) -> dict[str, Any]:
+    import sys
+
+    pop = yaml.safe_load((files / "pop.yaml").read_text())
+    pop["exabgp"]["processes"] = processes
+    path = files / f"pop-{processes}.yaml"
+    path.write_text(yaml.safe_dump(pop))
+    p = run_in(lab, "pop", sys.executable, "-m", "routing.cli", "reload", "--json", "-c", str(path), timeout=200)
+    return json.loads(p.stdout)
+
+
+def test_reload_changing_the_count_moves_only_the_moved_customer(converged: Lab, files: Path) -> None:
+    """2 -> 3 processes moves mallory (exabgp-0 -> exabgp-2): exabgp-0 drops its neighbours by
+    SIGUSR1, exabgp-2 starts with them; acme (FRR) and globex (BIRD, on the signalled exabgp-0) keep
+    their sessions, and mallory's route stays in the kernel while it moves. Back to 2 undoes it."""
+    wait_for(lambda: established(converged) == ALL, timeout=60, what="all sessions Established")
+    for count, src, dst in ((3, 0, 2), (2, 2, 0)):
+        ours, frr, bird = peers(converged), frr_sessions(converged), bird_protocols(converged)
+        doc = reload_processes(converged, files, count)
+        plan, outcome = doc["plan"], doc["outcome"]
+        assert {s["peer"] for s in plan["sessions_reset"]} == MALLORY
+        assert all(f"moved from exabgp-{src} to exabgp-{dst}" in s["reasons"][0] for s in plan["sessions_reset"])
+        assert "exabgp" not in plan["needs_restart"]
+        assert plan["exabgp_processes_changed"] == sorted([f"exabgp-{src}", f"exabgp-{dst}"])
+        if count == 3:
+            assert outcome["exabgp_processes"] == {"exabgp-0": "reloaded (SIGUSR1)", "exabgp-2": "started"}
+        else:
+            assert outcome["exabgp_processes"] == {"exabgp-2": "stopped (its customers moved to other processes)",
+                                                   "exabgp-0": "reloaded (SIGUSR1)"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert kernel_routes(converged, "-6") == V6  # mallory's route too, stale while it moves
+            now = peers(converged)
+            if all(now[a]["state"] == "established" and now[a]["stale"] == 0
+                   and now[a]["established_count"] > ours[a]["established_count"] for a in MALLORY):
+                break
+            time.sleep(0.2)  # poll
+        now = peers(converged)
+        assert all(now[a]["established_count"] == ours[a]["established_count"] + 1 for a in MALLORY)
+        for a in ACME | GLOBEX:
+            assert now[a]["established_count"] == ours[a]["established_count"] and now[a]["state"] == "established"
+        assert frr_sessions(converged) == frr and bird_protocols(converged) == bird
+        ps = processes(converged)
+        assert [p["name"] for p in ps] == [f"exabgp-{i}" for i in range(count)]
+        assert set(ps[dst]["peers"]) >= MALLORY
+        if src < count:
+            assert not set(ps[src]["peers"]) & MALLORY
     assert kernel_routes(converged) == V4 and kernel_routes(converged, "-6") == V6
