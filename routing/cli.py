@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import http.client
 import logging
+import os
 import signal
 import socket
 import sys
@@ -148,12 +149,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=getattr(logging, config.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
-    try:
-        import uvloop
+    # POP_ROUTER_SLOW_STEP_MS=N: diagnostics for a late event loop (pop_router_loop_lag_seconds): the
+    # standard loop in debug mode logs every step longer than N ms with the task or callback it ran.
+    slow_ms = os.environ.get("POP_ROUTER_SLOW_STEP_MS")
+    if not slow_ms:
+        try:
+            import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but the daemon runs without it
-        pass
+            uvloop.install()
+        except ImportError:  # pragma: no cover - uvloop is a dependency, but the daemon runs without it
+            pass
     from routing.daemon import Daemon
     from routing.runtime import tune_runtime
 
@@ -164,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         d = Daemon(config, config_path=config_path)
         loop = asyncio.get_running_loop()
+        if slow_ms:
+            loop.set_debug(True)
+            loop.slow_callback_duration = float(slow_ms) / 1000
         task = asyncio.current_task()
         assert task is not None
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -86,6 +86,7 @@ JOB_SLICE = 100
 #: Routing events queued in front of the core before ExaBGP's stream is left in the relay.
 INBOX_EVENTS = 256
 LAG_SAMPLE_S = 0.01
+LAG_WARN_S = 0.05
 #: How long a reload waits for the core's re-evaluation jobs before answering "still running".
 RELOAD_CORE_WAIT_S = 120.0
 
@@ -327,6 +328,8 @@ class Daemon:
             hist.observe(lag)
             if lag * 1000 > self.views.loop_lag_max_ms[0]:
                 self.views.loop_lag_max_ms[0] = lag * 1000
+            if lag > LAG_WARN_S:
+                log.warning("event loop ran %.0f ms late (the failover lane and the API waited that long)", lag * 1000)
 
     # --- the routing core's owner ------------------------------------------------------------------
     async def _owner(self) -> None:

@@ -57,29 +57,33 @@ class FailoverLane:
         if self.metrics is not None:
             self.metrics.bfd_transitions.labels(str(ev.peer), ev.new).inc()
         if ev.new == "up":
+            arrived = self.clock()
             res = self.fib.recover_gateways_now({ev.peer})
-            self._record(ev, "recover", res, self.clock())
+            self._record(ev, "recover", res, self.clock(), arrived)
             log.info("BFD %s (%s) up: %d groups back on primaries", ev.peer, customer, res.rewritten)
             self.post(BfdUp(ev.peer))
             return
         if ev.old != "up":
             return
+        arrived = self.clock()  # the event's trip from the BFD process, and our loop's delay, end here
         res = self.fib.fail_gateways_now({ev.peer}, ev.at)
         done = self.clock()
         self.last_ms = (done - ev.at) * 1000
-        self._record(ev, "fail", res, done)
+        self._record(ev, "fail", res, done, arrived)
         if self.metrics is not None:
             self.metrics.failover_lane_seconds.observe(max(0.0, done - ev.at))
             self.metrics.bfd_downs.labels(str(ev.peer), str(ev.detail.get("blame", "unknown"))).inc()
         self.last_down_detail[ev.peer] = dict(ev.detail)
         self.post(BfdDown(ev.peer, ev.diag, ev.at))
-        log.warning("BFD %s (%s) down (%s%s): %d groups rewritten %.1f ms after detection%s; reconciling the RIB "
-                    "and tearing BGP down", ev.peer, customer, ev.diag, _attribution(ev.detail), res.rewritten,
-                    self.last_ms, f", {res.errors} refused and rolled back" if res.errors else "")
+        log.warning("BFD %s (%s) down (%s%s): %d groups rewritten %.1f ms after detection (event arrived after "
+                    "%.1f ms, rewrite took %.1f ms)%s; reconciling the RIB and tearing BGP down", ev.peer, customer,
+                    ev.diag, _attribution(ev.detail), res.rewritten, self.last_ms, (arrived - ev.at) * 1000,
+                    res.loop_ms, f", {res.errors} refused and rolled back" if res.errors else "")
 
 
-    def _record(self, ev: BfdEvent, kind: str, res: Any, done: float) -> None:
-        self.recent.append({"peer": str(ev.peer), "kind": kind, "detected_at": ev.at, "rewritten_at": done,
+    def _record(self, ev: BfdEvent, kind: str, res: Any, done: float, arrived: float) -> None:
+        self.recent.append({"peer": str(ev.peer), "kind": kind, "detected_at": ev.at, "arrived_at": arrived,
+                            "rewritten_at": done,
                             "ms": round((done - ev.at) * 1000, 3), "groups": res.rewritten, "errors": res.errors,
                             "loop_ms": round(res.loop_ms, 3), "diag": ev.diag})
 

@@ -238,6 +238,11 @@ class Metrics:
             "pop_router_gc_frozen_objects", "Objects the daemon froze out of garbage collection (routing/runtime.py)",
             registry=r,
         )
+        self.gc_pause_seconds = Histogram(
+            "pop_router_gc_pause_seconds", "Python garbage collections in the daemon, by generation (they stop "
+            "the event loop)", ["generation"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
+            registry=r,
+        )
         self.relay_backlog_bytes = Gauge(
             "pop_router_exabgp_relay_backlog_bytes",
             "ExaBGP output waiting in the relay while the RIB catches up (flow control)", registry=r,

@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
+import time
 from typing import Any
 
 SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (50_000, 20, 100)
 GC_FREEZE_INTERVAL_S = 1.0
+GC_WARN_S = 0.02
+
+log = logging.getLogger(__name__)
 
 
 def tune_runtime() -> None:
@@ -44,8 +49,29 @@ def tune_runtime() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
+class _GcTimer:
+    """Times every collection (gc.callbacks): the histogram shows whether the collector is what made
+    the loop late, and a long pause is logged with its generation."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.metrics = metrics
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._t0
+        if self.metrics is not None:
+            self.metrics.gc_pause_seconds.labels(str(info.get("generation", -1))).observe(pause)
+        if pause > GC_WARN_S:
+            log.warning("garbage collection of generation %s took %.0f ms (%s objects collected)",
+                        info.get("generation"), pause * 1000, info.get("collected"))
+
+
 async def gc_pacer(metrics: Any = None, interval_s: float = GC_FREEZE_INTERVAL_S) -> None:
     """Once a second: collect the young generation, freeze what survived (see the module docstring)."""
+    gc.callbacks.append(_GcTimer(metrics))
     while True:
         await asyncio.sleep(interval_s)
         gc.collect(0)
