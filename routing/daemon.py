@@ -48,7 +48,7 @@ from common import cpus
 from common.model import IPAddress, Peer, parse_address, parse_prefix
 from fib.kernel import KernelFib, set_compat_mode
 from routing.bfd_link import BfdController
-from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, load_config
+from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, config_from_text, load_config
 from routing.core import (
     Action,
     AdminReset,
@@ -73,7 +73,7 @@ from routing.failover import FailoverLane
 from routing.inbox import Inbox
 from routing.metrics import Metrics
 from routing.policy import ImportPolicy
-from routing.reload import ReloadPlan, config_from_text, plan_steps, render_text, running_config
+from routing.reload import ReloadPlan, plan_steps, render_text, running_config
 from routing.rib import Rib
 from routing.runtime import gc_pacer
 from routing.views import Views

@@ -53,12 +53,10 @@ from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
-
 from common.model import FibEntry, IPAddress, IPNetwork, Path, Peer, intern_attrs
 from routing.bestpath import select
 from routing.bfd_link import session_specs
-from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, parse_config, reveal
+from routing.config import Config, CustomerConfig, PeerConfig, reveal
 from routing.policy import ImportPolicy, Rejection, export_routes
 from routing.rib import Rib, _entry
 
@@ -73,16 +71,6 @@ RESTART_ONLY = ("api", "metrics", "fib", "exabgp")
 
 
 # --- configuration sources ---------------------------------------------------------------------------
-def config_from_text(text: str, source: str = "<request>") -> Config:
-    """Parse YAML text (an API body, later a value from etcd) with ``check``'s error format."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
-    return parse_config(data, source)
 
 
 def running_config(old: Config, new: Config) -> Config:

@@ -15,12 +15,12 @@ import orjson
 import pytest
 
 from common.model import Attributes, Origin, intern_attrs
-from routing.config import Config, ConfigError, parse_config
+from routing.config import Config, ConfigError, config_from_text, parse_config
 from routing.core import ReconfigureApplied, RoutingCore, SendCommand, SubmitFib
 from routing.daemon import peer_status, reconfigure_event
 from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy
-from routing.reload import config_document, config_from_text, plan_reload, render_text, running_config
+from routing.reload import config_document, plan_reload, render_text, running_config
 from routing.rib import Rib
 from tests.unit.factories import CONFIG
 
