@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: Operations whose results are recorded (and mirrored) per loop step (~1-2 ms).
-COMPLETE_STEP = 2000
+COMPLETE_STEP = 500
 #: Withdrawals scanned per loop step when looking for whole groups to delete.
 SCAN_STEP = 5000
 

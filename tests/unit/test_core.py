@@ -304,3 +304,45 @@ def test_startup_hold_ends_at_its_timer() -> None:
     announce(core, A, "198.51.100.0/24")
     assert fib_prefixes(core.on_event(TimerFired(STARTUP_HOLD_TIMER), 5.0)) == {"198.51.100.0/24": ["10.0.1.2"]}
     assert fib_prefixes(announce(core, A, "198.51.101.0/24")) == {"198.51.101.0/24": ["10.0.1.2"]}
+
+
+def _big_core(max_prefixes: int) -> RoutingCore:
+    import copy
+
+    from routing.config import parse_config
+    from tests.unit.factories import CONFIG
+
+    doc = copy.deepcopy(CONFIG)
+    doc["customers"][0]["import"] = {"prefixes": ["20.0.0.0/8 le 24"], "max_prefixes": max_prefixes}
+    c = parse_config(doc)
+    customer, pc = c.peers()[0]
+    rib = Rib()
+    rib.add_peer(pc.address, ImportPolicy(c.router, customer), max_prefixes)
+    ps = PeerStatus(pc.address, pc.local_address, customer.name, "ipv4",
+                    Peer(pc.address, customer.name, customer.asn, 65000))
+    return RoutingCore(rib, {pc.address: ps}, stale_timeout_s=120.0)
+
+
+def test_a_packed_update_is_applied_in_slices() -> None:
+    """~800 prefixes in one UPDATE are ~20 ms of RIB work: a job in slices, not one loop step."""
+    core = _big_core(10_000)
+    up(core, A)
+    prefixes = [f"20.{i // 256}.{i % 256}.0/24" for i in range(800)]
+    assert announce(core, A, *prefixes) == []
+    assert core.busy
+    first = core.work(100)
+    assert len(first[0].diffs) == 100  # one slice: 100 prefixes
+    rest = drain(core, budget=100)
+    assert len(fib_prefixes(first + rest)) == 800 and len(core.rib.loc) == 800
+    # Withdrawn the same way, in the order of the message.
+    core.on_event(msg.UpdateEvent(A, ATTRS, (), tuple(ipaddress.ip_network(p) for p in prefixes)), 3.0)
+    assert set(fib_prefixes(drain(core)).values()) == {None} and len(core.rib.loc) == 0
+
+
+def test_max_prefixes_inside_a_sliced_update_tears_down() -> None:
+    core = _big_core(150)
+    up(core, A)
+    announce(core, A, *[f"20.0.{i}.0/24" for i in range(200)])
+    acts = drain(core)
+    assert SendCommand(A, f"neighbor {A} teardown 1", "max_prefixes") in acts
+    assert len(core.rib.loc) == 0  # what was stored up to the limit is flushed too

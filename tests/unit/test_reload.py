@@ -55,6 +55,8 @@ def up(core: RoutingCore, peer: ipaddress.IPv4Address | ipaddress.IPv6Address) -
 def announce(core: RoutingCore, peer: Any, attrs: Attributes, *prefixes: str) -> None:
     ann = tuple((ipaddress.ip_network(p), peer, ()) for p in prefixes)
     core.on_event(msg.UpdateEvent(peer, attrs, ann, ()), 2.0)
+    while core.busy:  # a big UPDATE is applied in slices
+        core.work()
 
 
 def lab_core(config: Config | None = None) -> RoutingCore:
