@@ -197,25 +197,23 @@ def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
             continue  # families we did not negotiate are ignored, not errors
         if not isinstance(by_nh, dict):
             raise MalformedMessage("bad announce block")
-        global_for: set[IPNetwork] = set()
+        start = len(announce)
         link_local: list[tuple[IPNetwork, IPAddress, tuple[int, ...]]] = []
         for nh_text, entries in by_nh.items():
             nh = _addr(nh_text)
             if not isinstance(entries, list):
                 raise MalformedMessage("bad nlri list")
+            out = link_local if nh.is_link_local else announce  # once per next hop, not per prefix
             for e in entries:
                 if isinstance(e, str):
-                    prefix, labels = _net(e), ()
+                    out.append((_net(e), nh, ()))
                 elif isinstance(e, dict):
-                    prefix, labels = _net(e.get("nlri")), _labels(e)
+                    out.append((_net(e.get("nlri")), nh, _labels(e)))
                 else:
                     raise MalformedMessage("bad nlri entry")
-                if nh.is_link_local:
-                    link_local.append((prefix, nh, labels))
-                else:
-                    global_for.add(prefix)
-                    announce.append((prefix, nh, labels))
-        announce.extend(x for x in link_local if x[0] not in global_for)
+        if link_local:
+            global_for = {x[0] for x in announce[start:]}
+            announce.extend(x for x in link_local if x[0] not in global_for)
     for family, entries in (upd.get("withdraw") or {}).items():
         if family not in _FAMILIES:
             continue
