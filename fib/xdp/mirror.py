@@ -100,6 +100,10 @@ class XdpMirror:
         self._fib: FibView | None = None
         self._synced = False  # the first sync compares the whole table
         self._dirty: set = set()  # prefixes changed outside an operation (drift repair), to compare
+        # Subscribe before the first read: a neighbour or address that changes between the read and
+        # start_monitor() is then waiting on the socket instead of lost until the periodic re-read.
+        with enter_netns(netns):
+            self._mon = neighbour_monitor_socket()
         if program.reused:
             self._read_maps()
         self.refresh()
@@ -277,8 +281,9 @@ class XdpMirror:
     # --- neighbour notifications ---------------------------------------------------------------------
     def start_monitor(self, fib: FibView) -> None:
         self._fib = fib
-        with enter_netns(self.netns):
-            self._mon = neighbour_monitor_socket()
+        if self._mon is None:  # stopped before: subscribe again
+            with enter_netns(self.netns):
+                self._mon = neighbour_monitor_socket()
         asyncio.get_running_loop().add_reader(self._mon.fileno(), self._on_neighbour)
 
     def stop_monitor(self) -> None:
