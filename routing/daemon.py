@@ -326,8 +326,7 @@ class Daemon:
             await asyncio.sleep(LAG_SAMPLE_S)
             lag = max(0.0, time.monotonic() - t0 - LAG_SAMPLE_S)
             hist.observe(lag)
-            if lag * 1000 > self.views.loop_lag_max_ms[0]:
-                self.views.loop_lag_max_ms[0] = lag * 1000
+            self.views.loop_lag_max_ms = max(self.views.loop_lag_max_ms, lag * 1000)
             if lag > LAG_WARN_S:
                 log.warning("event loop ran %.0f ms late (the failover lane and the API waited that long)", lag * 1000)
 

@@ -17,7 +17,7 @@ import errno
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from common.model import IPAddress, afi
@@ -45,7 +45,7 @@ class Views:
     xdp_start_writes: int = 0
     adopted: int = 0
     mpls: Any = None
-    loop_lag_max_ms: list[float] = field(default_factory=lambda: [0.0])
+    loop_lag_max_ms: float = 0.0
 
     @property
     def peers(self) -> dict[IPAddress, Any]:
@@ -199,7 +199,7 @@ class Views:
                 "lines": sum(r.backlog_lines for r in stats), "bytes": sum(r.backlog_bytes for r in stats),
                 "max_lines": sum(r.max_backlog_lines for r in stats),
                 "max_bytes": sum(r.max_backlog_bytes for r in stats)},
-            "loop_lag_max_ms": round(self.loop_lag_max_ms[0], 2),
+            "loop_lag_max_ms": round(self.loop_lag_max_ms, 2),
             "failovers": list(self.lane.recent),
         }
 
