@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from labs.runner import Lab
+import yaml
 
-from .netns import resolve_routes
+from labs.runner import Lab
+from labs.topology import load_topology
+
+from .netns import resolve_routes, unique_prefix
+
+CLAB = Path(__file__).resolve().parents[2] / "containerlab"
+
+
+@contextlib.contextmanager
+def running(topology: Path, prefix: str) -> Iterator[Lab]:
+    """The lab of ``topology`` up on namespaces named with a unique ``prefix``; always taken down."""
+    lab = Lab(load_topology(topology), unique_prefix(prefix) + "-")
+    try:
+        lab.up(log=lambda *_: None)
+        yield lab
+    finally:
+        lab.down()
+
+
+def pop_basic_copy(dest: Path, name: str, own: dict[str, Path]) -> Path:
+    """``containerlab/pop-basic.clab.yml`` written to ``dest/name`` with the binds whose source is a
+    key of ``own`` (as written in the topology, e.g. ``pop-basic/pop/pop.yaml``) pointing at this
+    test's files instead; every other bind keeps the repository's file."""
+    topo = yaml.safe_load((CLAB / "pop-basic.clab.yml").read_text())
+    for node in topo["topology"]["nodes"].values():
+        binds = []
+        for b in node.get("binds", []):
+            src, _, rest = b.partition(":")
+            binds.append(f"{own.get(src, (CLAB / src).resolve())}:{rest}")
+        if binds:
+            node["binds"] = binds
+    (dest / name).write_text(yaml.safe_dump(topo))
+    return dest / name
 
 
 def run_in(lab: Lab, node: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -27,6 +62,11 @@ def show(lab: Lab, *what: str) -> Any:
 
 def peers(lab: Lab) -> dict[str, dict]:
     return {p["peer"]: p for p in show(lab, "peers")}
+
+
+def established(lab: Lab) -> set[str]:
+    """Addresses of the sessions the daemon has Established."""
+    return {a for a, p in peers(lab).items() if p["state"] == "established"}
 
 
 def kernel_routes(lab: Lab, family: str = "-4", proto: str = "200") -> dict[str, list[str]]:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from labs.runner import Lab
-from labs.topology import load_topology
 
-from .lab import kernel_routes, metric_value, metrics, peers, run_in, show
-from .netns import unique_prefix, wait_for
+from .lab import established, kernel_routes, metric_value, metrics, peers, run_in, running, show
+from .netns import wait_for
 
 ROOT = Path(__file__).parents[2]
 TOPOLOGY = ROOT / "containerlab" / "pop-basic.clab.yml"
@@ -32,16 +31,8 @@ ACCEPTED_V6 = {"2001:db8:100::/48": ["2001:db8:1::2", "2001:db8:2::2"], "2001:db
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab(load_topology(TOPOLOGY), unique_prefix("lab") + "-")
-    try:
-        lab.up(log=lambda *_: None)
+    with running(TOPOLOGY, "lab") as lab:
         yield lab
-    finally:
-        lab.down()
-
-
-def established(lab: Lab) -> set[str]:
-    return {a for a, p in peers(lab).items() if p["state"] == "established"}
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,10 @@ import pytest
 import yaml
 
 from labs.runner import Lab
-from labs.topology import load_topology
 
-from .lab import kernel_routes, metric_value, metrics, peers, run_in, show
-from .netns import unique_prefix, wait_for
+from .lab import CLAB, established, kernel_routes, metric_value, metrics, peers, pop_basic_copy, run_in, running, show
+from .netns import wait_for
 
-ROOT = Path(__file__).parents[2]
-CLAB = ROOT / "containerlab"
 ACME = {"10.0.1.2", "2001:db8:1::2", "10.0.2.2", "2001:db8:2::2"}
 GLOBEX = {"10.0.3.2", "2001:db8:3::2"}
 MALLORY = {"10.0.4.2", "2001:db8:4::2"}
@@ -52,31 +49,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pop["fib"].pop("xdp", None)  # not what this test is about (and its maps are pinned machine-wide)
     pop.setdefault("exabgp", {})["processes"] = 2
     (d / "pop.yaml").write_text(yaml.safe_dump(pop))
-    topo = yaml.safe_load((CLAB / "pop-basic.clab.yml").read_text())
-    for node in topo["topology"]["nodes"].values():
-        binds = []
-        for b in node.get("binds", []):
-            src, _, rest = b.partition(":")
-            src_path = d / "pop.yaml" if src == "pop-basic/pop/pop.yaml" else (CLAB / src).resolve()
-            binds.append(f"{src_path}:{rest}")
-        if binds:
-            node["binds"] = binds
-    (d / "pool.clab.yml").write_text(yaml.safe_dump(topo))
+    pop_basic_copy(d, "pool.clab.yml", {"pop-basic/pop/pop.yaml": d / "pop.yaml"})
     return d
 
 
 @pytest.fixture(scope="module")
 def lab(files: Path) -> Iterator[Lab]:
-    lab = Lab(load_topology(files / "pool.clab.yml"), unique_prefix("pool") + "-")
-    try:
-        lab.up(log=lambda *_: None)
+    with running(files / "pool.clab.yml", "pool") as lab:
         yield lab
-    finally:
-        lab.down()
-
-
-def established(lab: Lab) -> set[str]:
-    return {a for a, p in peers(lab).items() if p["state"] == "established"}
 
 
 @pytest.fixture(scope="module")

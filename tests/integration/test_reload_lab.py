@@ -23,13 +23,10 @@ import pytest
 import yaml
 
 from labs.runner import Lab
-from labs.topology import load_topology
 
-from .lab import kernel_routes, peers, run_in, show
-from .netns import unique_prefix, wait_for
+from .lab import CLAB, established, kernel_routes, peers, pop_basic_copy, run_in, running, show
+from .netns import wait_for
 
-ROOT = Path(__file__).parents[2]
-CLAB = ROOT / "containerlab"
 ACME_V4 = ("10.0.1.2", "10.0.2.2")
 ACME = (*ACME_V4, "2001:db8:1::2", "2001:db8:2::2")
 GLOBEX = ("10.0.3.2", "2001:db8:3::2")
@@ -57,33 +54,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bird = bird.replace("protocol device {}", "protocol device {}\nprotocol bfd { }")
     bird = bird.replace("  neighbor 10.0.3.1 as 65000;\n", "  neighbor 10.0.3.1 as 65000;\n  bfd on;\n")
     (d / "bird.conf").write_text(bird)
-    topo = yaml.safe_load((CLAB / "pop-basic.clab.yml").read_text())
     own = {"pop-basic/pop/pop.yaml": d / "pop.yaml", "pop-basic/acme/frr.conf": d / "frr.conf",
            "pop-basic/globex/bird.conf": d / "bird.conf"}
-    for node in topo["topology"]["nodes"].values():
-        binds = []
-        for b in node.get("binds", []):
-            src, _, rest = b.partition(":")
-            src_path = own.get(src, (CLAB / src).resolve())
-            binds.append(f"{src_path}:{rest}")
-        if binds:
-            node["binds"] = binds
-    (d / "reload.clab.yml").write_text(yaml.safe_dump(topo))
+    pop_basic_copy(d, "reload.clab.yml", own)
     return d
 
 
 @pytest.fixture(scope="module")
 def lab(files: Path) -> Iterator[Lab]:
-    lab = Lab(load_topology(files / "reload.clab.yml"), unique_prefix("rld") + "-")
-    try:
-        lab.up(log=lambda *_: None)
+    with running(files / "reload.clab.yml", "rld") as lab:
         yield lab
-    finally:
-        lab.down()
-
-
-def established(lab: Lab) -> set[str]:
-    return {a for a, p in peers(lab).items() if p["state"] == "established"}
 
 
 ALL = {*ACME, *GLOBEX, *MALLORY}

@@ -56,7 +56,7 @@ async def poll(fn: Callable[[], object], *, within_s: float, what: str) -> None:
     while not fn():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll
 
 
 class Stayrtr:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -50,7 +51,10 @@ async def test_down_event_and_stats_carry_the_attribution() -> None:
         assert ev["peer_detect_time_ms"] == 30.0 and ev["remote_diag"] == "control_detection_time_expired"
         assert ev["loop_lag_ms"] is not None and ev["timer_lag_ms"] is not None
         assert proc.downs[key][-1]["rx_gap_ms"] == 31.0
-        await asyncio.sleep(0.05)  # the sampler wakes a few times
+        deadline = time.monotonic() + 2.0
+        while proc.stats()["loop_lag_ms"] is None:  # the sampler has not woken yet
+            assert time.monotonic() < deadline, "the loop-lag sampler never ran"
+            await asyncio.sleep(0.005)  # poll
         st = proc.stats()
         assert st["loop_lag_ms"] is not None and st["loop_lag_worst_ms"] >= 0 and st["gap_window_s"] == 10.0
         # An Up transition carries no attribution keys.

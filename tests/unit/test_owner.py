@@ -80,8 +80,8 @@ def test_routing_lane_is_bounded_and_urgent_events_overtake(tmp_path: Path) -> N
         for i in range(inbox.maxsize):
             await inbox.put(("routing", i))
         blocked = asyncio.create_task(inbox.put(("routing", "one too many")))
-        await asyncio.sleep(0.01)
-        assert not blocked.done() and inbox.producer_waits == 1  # flow control: the reader waits
+        await wait_for(lambda: inbox.producer_waits == 1)
+        assert not blocked.done()  # flow control: the reader waits
         inbox.post("urgent")
         assert await inbox.get() == "urgent"  # taken before the routing backlog
         assert await inbox.get() == ("routing", 0)

@@ -21,7 +21,7 @@ async def until(fn, within_s: float = 10) -> None:  # type: ignore[no-untyped-de
     deadline = time.monotonic() + within_s
     while not fn():
         assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # poll
 
 
 async def test_sync_reconnect_with_serial_query_and_metrics() -> None:
