@@ -389,7 +389,6 @@ metrics: {{listen: 127.0.0.1:19326}}
 exabgp: {{run_dir: {self.work}}}
 log_level: WARNING
 fib: {{protocol: 200}}
-{os.environ.get("POP_LAB_EXTRA_YAML", "")}
 bfd: {{enabled: true, tx_interval_ms: 10, rx_interval_ms: 10, multiplier: 3, realtime_priority: 10}}
 customers:
   - name: acme
