@@ -11,8 +11,13 @@ Protocol with the daemon, JSON lines over a Unix socket (the daemon listens, we 
 - daemon -> us: ``{"op": "sessions", "sessions": [SPEC, ...]}`` — the complete desired set. We add
   what is new, remove what is gone and change timers in place (a Poll Sequence). The daemon sends it
   again after every (re)connect, so session requests survive a restart of this process.
+- daemon -> us: ``{"op": "repair", "version", "plans": {peer: hex}}`` — local repair plans
+  (:mod:`bfd.repair`): per peer, the group rewrites to send ourselves when that session goes from Up
+  to Down; an empty plan removes one. A plan is used once.
 - us -> daemon: ``{"event": "state", "peer", "local", "multihop", "old", "new", "diag", "at"}`` on
-  every transition, ``at`` being CLOCK_MONOTONIC when it was detected; and once a second
+  every transition, ``at`` being CLOCK_MONOTONIC when it was detected (with ``local_repair``: the
+  number of group rewrites already on their way to the kernel); after a local repair
+  ``{"event": "repair", "peer", "version", "at", "done_at", "messages", "errors"}``; and once a second
   ``{"event": "stats", ...}`` with every session's state, negotiated timers and counters.
 
 Attribution (issue 9). A transition out of Up also carries, so that every Down says whose it was:
@@ -39,9 +44,12 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -49,6 +57,7 @@ import orjson
 from bfd.auth import AuthConfig
 from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import AuthType, State
+from bfd.repair import LocalRepair, RepairResult
 from bfd.session import BfdSession, DownReport, SessionConfig, SessionKey, StateChanged
 from bfd.transport import Transport, ifname_for_address
 from common.cpus import pin_thread
@@ -157,7 +166,8 @@ def _cfg(spec: dict, discr: int) -> SessionConfig:
 
 
 class BfdProcess:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter,
+                 open_socket: Callable[[], socket.socket] | None = None) -> None:
         self.writer = writer
         self.transport = Transport(self._on_state)
         self.specs: dict[SessionKey, dict] = {}
@@ -166,6 +176,8 @@ class BfdProcess:
         self._last_snapshot = 0.0
         self.sampler = LoopLagSampler(self.transport.loop)
         self.downs: dict[SessionKey, deque[dict[str, Any]]] = {}
+        loop = self.transport.loop
+        self.repair = LocalRepair(lambda r: loop.call_soon_threadsafe(self._repair_done, r), open_socket=open_socket)
 
     def _discr(self) -> int:
         self._next_discr = (self._next_discr + 1) & 0xFFFFFFFF or 1
@@ -185,9 +197,14 @@ class BfdProcess:
         }
 
     def _on_state(self, key: SessionKey, s: BfdSession, ch: StateChanged) -> None:
+        # Traffic first: the local repair plan (bfd/repair.py) leaves for the kernel before anything
+        # else is done about this transition, even before the daemon hears of it.
+        repair = self.repair.trigger(key.peer, ch.at) if ch.old == State.UP and ch.new == State.DOWN else 0
         doc: dict[str, Any] = {"event": "state", "peer": key.peer, "local": key.local, "multihop": key.multihop,
                                "old": ch.old.name.lower(), "new": ch.new.name.lower(), "diag": ch.diag.name.lower(),
                                "at": ch.at}
+        if repair:
+            doc["local_repair"] = repair
         if ch.report is not None:
             extra = self.down_doc(ch.report, ch.at)
             doc.update(extra)
@@ -207,6 +224,17 @@ class BfdProcess:
             self._stats_pending = True
             loop = self.transport.loop
             loop.call_at(max(loop.time(), self._last_snapshot + STATS_MIN_GAP_S), self._send_stats_now)
+
+    def _repair_done(self, r: RepairResult) -> None:
+        ms = (r.done_at - r.detected_at) * 1000
+        if r.errors:
+            log.error("%s: local repair: %d of %d group rewrites refused (%s), %.1f ms after detection; the "
+                      "daemon's failover lane redoes them", r.peer, len(r.errors), r.messages,
+                      ", ".join(f"{os.strerror(e)}" for e in sorted(set(r.errors.values()))), ms)
+        else:
+            log.info("%s: local repair: %d groups rewritten %.1f ms after detection", r.peer, r.messages, ms)
+        self._send({"event": "repair", "peer": r.peer, "version": r.version, "at": r.detected_at,
+                    "done_at": r.done_at, "messages": r.messages, "errors": len(r.errors)})
 
     def _send_stats_now(self) -> None:
         self._stats_pending = False
@@ -272,12 +300,14 @@ class BfdProcess:
                 "gap_window_s": GAP_WINDOW_S, "log_lines_dropped": _log_dropped(),
                 "loop_lag_ms": _ms(self.sampler.lag.max(now)), "loop_lag_worst_ms": _ms(self.sampler.lag.worst),
                 "timer_lag_ms": _ms(self.transport.timer_lag.max(now)),
-                "timer_lag_worst_ms": _ms(self.transport.timer_lag.worst)}
+                "timer_lag_worst_ms": _ms(self.transport.timer_lag.worst),
+                "repair": {"plans": len(self.repair.plans), "triggered": self.repair.triggered,
+                           "rejected": self.repair.rejected}}
 
 
-async def run(path: str) -> None:
+async def run(path: str, fib_netns: str | None = None) -> None:
     reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
-    proc = BfdProcess(writer)
+    proc = BfdProcess(writer, open_socket=partial(_route_socket_in, fib_netns) if fib_netns else None)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     # A graceful stop tells every peer AdminDown (RFC 5880 §6.8.16): a planned shutdown is not a
@@ -314,18 +344,37 @@ async def run(path: str) -> None:
             if msg.get("op") == "sessions":
                 proc.set_sessions(msg.get("sessions", []))
                 proc._send(proc.stats())
+            elif msg.get("op") == "repair":
+                try:
+                    proc.repair.set_plans({str(p): bytes.fromhex(h) for p, h in msg["plans"].items()},
+                                          int(msg.get("version", 0)))
+                except (KeyError, AttributeError, TypeError, ValueError) as exc:
+                    proc.repair.rejected += 1
+                    log.warning("bad repair plans from the daemon: %s", exc)
             elif msg.get("op") == "stats":
                 proc._send(proc.stats())
     finally:
         task.cancel()
         stopper.cancel()
         proc.sampler.close()
+        proc.repair.close()
         proc.transport.close()
+
+
+def _route_socket_in(name: str) -> socket.socket:
+    from common.netns import netns
+
+    with netns(name):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.bind((0, 0))
+    return s
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bfd.process")
     ap.add_argument("socket")
+    ap.add_argument("--fib-netns", default=None, help="network namespace of the FIB (local repair plans are "
+                    "sent there; default: this process's)")
     ap.add_argument("--realtime", type=int, default=None, help="SCHED_FIFO priority (1-99)")
     ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (common/cpus.py: off the FIB "
                     "writer's CPU, whose kernel sections a real-time wake-up would otherwise wait behind)")
@@ -347,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     # CLOCK_MONOTONIC) and its timers are not rounded to libuv's millisecond tick like uvloop's.
     t0 = time.monotonic()
     try:
-        asyncio.run(run(args.socket))
+        asyncio.run(run(args.socket, args.fib_netns))
     except (ConnectionError, FileNotFoundError) as exc:
         log.error("daemon socket %s: %s", args.socket, exc)
         return 1

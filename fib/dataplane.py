@@ -556,6 +556,19 @@ class Dataplane:
         m.fib_failed_routes.set(len(self.failed))  # type: ignore[attr-defined]
         m.fib_nexthop_groups.set(len(t.group_by_id))  # type: ignore[attr-defined]
 
+    # --- local repair plans (bfd/repair.py) ------------------------------------------------------
+    def repair_fingerprint(self) -> tuple[int, ...]:
+        """Changes whenever a plan could: a batch or a failover completed, groups came or went, the
+        dead set changed (cheap: the plans themselves are only recomputed when this moves)."""
+        t = self.table
+        return (self.batches, self._failovers, len(t.group_by_id), t.next_id, len(t.dead), len(t.busy))
+
+    def repair_plans(self, gws: Iterable[IPAddress]) -> dict[IPAddress, bytes]:
+        """Per gateway, the netlink messages (group replaces, no NLM_F_CREATE) that move traffic off it:
+        handed to the BFD process, which sends them itself the moment that session goes Down."""
+        return {gw: b"".join(self.kernel.encode(ops)) if ops else b""
+                for gw, ops in self.planner.repair_plans(gws).items()}
+
     # --- the failover lane -------------------------------------------------------------------------
     def fail_gateways_now(self, gws: set[IPAddress], detected_at: float | None = None) -> FailoverResult:
         """Neighbours are dead (BFD Down, link down): move every group off them, now, in one message.

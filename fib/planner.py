@@ -38,6 +38,7 @@ from fib.ops import (
     GroupAdd,
     GroupDel,
     GroupKey,
+    GroupReplace,
     Labels,
     MplsLabelAdd,
     MplsLabelDel,
@@ -195,6 +196,35 @@ class Planner:
                 if members != g.members:
                     ops.append(failover_rewrite(g.id, members, g.members))
         return ops
+
+    def repair_plans(self, gateways: Iterable[IPAddress]) -> dict[IPAddress, list[GroupReplace]]:
+        """For each of ``gateways``, the group replaces that would move traffic off it if it died now
+        (BFD local repair, :mod:`bfd.repair`): pure, the table is not touched. Only confirmed groups
+        whose every new member already exists as a nexthop object are planned (groups hold their
+        backups, so that is the normal case); anything else is left to the failover lane, which runs
+        right after a local repair anyway and is authoritative."""
+        t = self.table
+        plans: dict[IPAddress, list[GroupReplace]] = {gw: [] for gw in gateways}
+        wanted = set(plans) - t.dead  # a dead gateway has nothing left to repair: an empty plan
+        if not wanted:
+            return plans
+        nexthops, oif = t.nexthops, t.oif
+        for key, g in t.groups.items():
+            hit = wanted.intersection(key[0]).union(wanted.intersection(key[1]))
+            if not hit or not g.confirmed or g.id in t.busy:
+                continue
+            for gw in hit:
+                members = []
+                for hop_gw, labels in t.active(key, t.dead | {gw}):
+                    nid = nexthops.get((hop_gw, oif.get(hop_gw, -1), labels))
+                    if nid is None:
+                        break
+                    members.append(nid)
+                else:
+                    m = tuple(members)
+                    if m != g.members:
+                        plans[gw].append(failover_rewrite(g.id, m, g.members))
+        return plans
 
     def stale_members(self, ops: Sequence[Op]) -> set[int]:
         """Groups created by ``ops`` whose members no longer match the dead set (a failover happened

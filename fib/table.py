@@ -188,11 +188,13 @@ class FibTable:
         return adopted
 
     # --- derived views -----------------------------------------------------------------------------
-    def active(self, key: GroupKey) -> list[tuple[IPAddress, Labels]]:
+    def active(self, key: GroupKey, dead: set[IPAddress] | frozenset[IPAddress] | None = None,
+               ) -> list[tuple[IPAddress, Labels]]:
         """The hops a group should forward to now: live primaries, else live backups, else (all dead)
-        the primaries (a group is never empty)."""
+        the primaries (a group is never empty). ``dead`` overrides the table's set (what-if plans)."""
         primary, backup, labels, backup_labels = key
-        dead = self.dead
+        if dead is None:
+            dead = self.dead
         alive = [(g, labels) for g in primary if g not in dead]
         if alive:
             return alive

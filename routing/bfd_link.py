@@ -11,6 +11,13 @@ reader, so a BFD Down never waits behind ExaBGP's UPDATEs. Once a second the pro
 statistics, kept here for ``pop-router show bfd`` and turned into metrics (counters of a restarted
 process continue from where the previous one stopped).
 
+**Local repair** (:mod:`bfd.repair`): the daemon also keeps the BFD process supplied with a plan per
+peer — the group rewrites that move traffic off that gateway — so that on a Down the BFD process
+sends them itself, without waiting for this loop. :meth:`BfdController.push_repairs` recomputes the
+plans whenever the dataplane's groups may have changed (at most every :data:`REPAIR_PERIOD_S`) and
+sends only those that differ; a plan is used once, so a Down clears what we believe was sent. The
+``repair`` reports come back to :attr:`repairs` (``show status``) and the log.
+
 A BFD process that dies is restarted with backoff; its sessions start again in Down, which is not a
 transition from Up, so a BFD restart alone never tears a BGP session down.
 
@@ -24,10 +31,11 @@ import asyncio
 import ipaddress
 import logging
 import sys
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -68,12 +76,23 @@ def session_specs(config: Config) -> list[dict[str, Any]]:
 
 
 _EVENT_KEYS = ("peer", "local", "multihop", "old", "new", "diag", "at", "event")
+#: How often the repair plans are checked for changes (a change made just before a Down is covered
+#: by the failover lane, which runs on every Down anyway).
+REPAIR_PERIOD_S = 0.05
+
+
+class RepairSource(Protocol):
+    """What the dataplane offers the repair pusher (``fib.dataplane.Dataplane``)."""
+
+    def repair_fingerprint(self) -> tuple[int, ...]: ...
+
+    def repair_plans(self, gws: Iterable[IPAddress]) -> dict[IPAddress, bytes]: ...
 
 
 class BfdController:
     def __init__(
         self, config: Config, run_dir: Path, on_event: Callable[[BfdEvent], None], metrics: Any = None,
-        cpus: set[int] | None = None,
+        cpus: set[int] | None = None, fib_netns: str | None = None,
     ) -> None:
         self.config = config
         self.socket_path = run_dir / "bfd.sock"
@@ -86,6 +105,13 @@ class BfdController:
         self._seen: dict[str, float] = {}  # last cumulative counter values of the current process
         self._pid: int | None = None
         self._serving = False
+        #: Repair plans the connected BFD process holds, as we sent them (peer -> bytes).
+        self._repair_sent: dict[str, bytes] = {}
+        self._repair_version = 0
+        self._repair_fp: tuple[int, ...] | None = None
+        #: The last local repairs the BFD process reported, newest last (``show status``).
+        self.repairs: deque[dict[str, Any]] = deque(maxlen=16)
+        self.repair_pushes = 0
 
         def argv() -> list[str]:
             a = [sys.executable, "-m", "bfd.process", str(self.socket_path)]
@@ -93,6 +119,8 @@ class BfdController:
                 a += ["--realtime", str(config.bfd.realtime_priority)]
             if cpus:
                 a += ["--cpus", ",".join(map(str, sorted(cpus)))]
+            if fib_netns:
+                a += ["--fib-netns", fib_netns]
             return a
 
         self.child = ChildSupervisor("bfd", argv, metrics=metrics, cpus=cpus)
@@ -107,22 +135,67 @@ class BfdController:
         self._serving = True
 
     async def _on_connect(self, writer: asyncio.StreamWriter) -> None:
+        self._repair_sent = {}  # a new process holds no plans: push_repairs sends them all again
+        self._repair_fp = None
         writer.write(orjson.dumps({"op": "sessions", "sessions": self.specs}) + b"\n")
         await writer.drain()
+
+    async def push_repairs(self, source: RepairSource, period_s: float = REPAIR_PERIOD_S) -> None:
+        """Keep the BFD process's local repair plans current (task; see the module docstring)."""
+        while True:
+            await asyncio.sleep(period_s)
+            self.push_repairs_once(source)
+
+    def push_repairs_once(self, source: RepairSource) -> int:
+        """Send the plans that changed; returns how many."""
+        writer = self.channel.writer
+        if writer is None:
+            return 0
+        fp = source.repair_fingerprint()
+        if fp == self._repair_fp and all(p in self._repair_sent for p in self._bfd_peers()):
+            return 0
+        self._repair_fp = fp
+        plans = source.repair_plans(ipaddress.ip_address(p) for p in self._bfd_peers())
+        changed = {str(gw): raw for gw, raw in plans.items() if self._repair_sent.get(str(gw)) != raw}
+        if not changed:
+            return 0
+        self._repair_version += 1
+        writer.write(orjson.dumps({"op": "repair", "version": self._repair_version,
+                                   "plans": {p: raw.hex() for p, raw in changed.items()}}) + b"\n")
+        self._repair_sent.update(changed)
+        self.repair_pushes += 1
+        return len(changed)
+
+    def _bfd_peers(self) -> list[str]:
+        return [s["peer"] for s in self.specs]
 
     async def _on_line(self, line: bytes) -> None:
         try:
             msg = orjson.loads(line)
             ev = msg.get("event")
             if ev == "state":
+                if msg["old"] == "up":
+                    self._repair_sent.pop(msg["peer"], None)  # used (or moot): the next push resends it
                 detail = {k: v for k, v in msg.items() if k not in _EVENT_KEYS}
                 self.on_event(BfdEvent(ipaddress.ip_address(msg["peer"]), msg["old"], msg["new"], msg["diag"],
                                        float(msg["at"]), detail))
             elif ev == "stats":
                 self._on_stats(msg)
+            elif ev == "repair":
+                self._on_repair(msg)
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             self.malformed += 1
             log.warning("dropped a malformed line from the BFD process: %s", exc)
+
+    def _on_repair(self, msg: dict[str, Any]) -> None:
+        ms = (float(msg["done_at"]) - float(msg["at"])) * 1000
+        self.repairs.append({"peer": msg["peer"], "detected_at": msg["at"], "done_at": msg["done_at"],
+                             "ms": round(ms, 3), "groups": msg["messages"], "errors": msg["errors"]})
+        if self.metrics is not None:
+            self.metrics.bfd_local_repairs.labels("refused" if msg["errors"] else "ok").inc()
+            self.metrics.bfd_local_repair_seconds.observe(max(0.0, ms / 1000))
+        log.info("BFD %s: local repair by the BFD process: %d groups rewritten %.1f ms after detection%s",
+                 msg["peer"], msg["messages"], ms, f", {msg['errors']} refused" if msg["errors"] else "")
 
     def _on_stats(self, msg: dict[str, Any]) -> None:
         self.stats = msg

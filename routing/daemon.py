@@ -167,7 +167,8 @@ class Daemon:
                                 now=clock(), startup_hold_s=config.fib.startup_hold_s)
         self.lane = FailoverLane(self.fib, self.inbox.post, {a: p.customer for a, p in peers.items() if p.bfd},
                                  clock, self.metrics)
-        self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics, cpus=self.control_cpus)
+        self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics, cpus=self.control_cpus,
+                                 fib_netns=netns)
         self.views = Views(config, self.core, self.fib, self.bfd, self.pool, self.lane, self.inbox,
                            self.metrics, clock, clock(), self.teardown, reload=self.reload_source)
         self._tasks: set[asyncio.Task] = set()
@@ -232,6 +233,7 @@ class Daemon:
             self._tg = tg
             if self.bfd.enabled:
                 tg.create_task(self.bfd.supervise(), name="bfd")
+                tg.create_task(self.bfd.push_repairs(self.fib.dataplane), name="bfd-repair")
             if self.xdp is not None:
                 tg.create_task(self._xdp_neighbours(), name="xdp")
             tg.create_task(self.fib.run(), name="fib")
@@ -499,6 +501,7 @@ class Daemon:
         """The first BFD session came with a reload: start the BFD process (once)."""
         if self._tg is not None:
             self._tg.create_task(self.bfd.supervise(), name="bfd")
+            self._tg.create_task(self.bfd.push_repairs(self.fib.dataplane), name="bfd-repair")
 
     async def _reload_exabgp(self, new: Config, plan: ReloadPlan) -> tuple[str, dict[str, str]]:
         """Rewrite the configuration of each ExaBGP process whose neighbours changed and make it take

@@ -259,6 +259,16 @@ class Metrics:
             "BFD detection to groups rewritten, through the failover lane (includes the event's trip)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
         )
+        self.bfd_local_repairs = Counter(
+            "pop_router_bfd_local_repairs", "Local repairs sent by the BFD process itself on a Down "
+            "(bfd/repair.py), by result (ok, refused: some rewrite was refused; the failover lane redoes it)",
+            ["result"], registry=r,
+        )
+        self.bfd_local_repair_seconds = Histogram(
+            "pop_router_bfd_local_repair_seconds",
+            "BFD detection to groups rewritten by the BFD process's local repair",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
+        )
     # --- per-peer series that follow the configuration and the session lifecycle -------------------
     def configure_peers(self, config: Config) -> None:
         """Create every configured peer's series (flaps and BFD Downs at 0, uptime 0, its limit), drop the others.

@@ -201,6 +201,7 @@ class Views:
                 "max_bytes": sum(r.max_backlog_bytes for r in stats)},
             "loop_lag_max_ms": round(self.loop_lag_max_ms, 2),
             "failovers": list(self.lane.recent),
+            "local_repairs": list(self.bfd.repairs),
         }
 
     def bfd_view(self) -> list[dict]:

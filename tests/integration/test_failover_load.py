@@ -15,7 +15,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from labs.failover_lab import ACME_BACKUP, FEEDER, GLOBEX, ApiProbe, DownWatcher, FailoverLab, failover_lab
+from labs.failover_lab import (
+    ACME_BACKUP,
+    ACME_PRIMARY,
+    FEEDER,
+    GLOBEX,
+    ApiProbe,
+    DownWatcher,
+    FailoverLab,
+    failover_lab,
+)
 
 pytestmark = pytest.mark.failover_load
 
@@ -58,6 +67,9 @@ def test_cut_during_ingest_moves_traffic_to_backup_and_untouched_bfd_stays_up(la
     assert g.resumed_at is not None and g.resumed_at < t_check and routes_after_move < want, \
         f"traffic came back at {g.resumed_at}, FIB {routes_after_move:,}/{want:,} routes at {t_check}: {g}"
     assert g.gap_ms < GAP_BOUND_MS, f"traffic gap {g.gap_ms:.0f} ms: {g}"
+    # The BFD process moved acme's group itself (local repair), and the kernel took every rewrite.
+    repairs = [r for r in lab.api("/status")["local_repairs"] if r["peer"] == ACME_PRIMARY]
+    assert repairs and repairs[-1]["groups"] >= 1 and repairs[-1]["errors"] == 0, repairs
     # The untouched customer: no Down reported, and the BFD process's own transition counter unmoved.
     assert not watch.downs({GLOBEX}), [d.line() for d in watch.downs({GLOBEX})]
     assert lab.bfd()[GLOBEX]["flaps"] == globex_flaps and lab.bfd()[GLOBEX]["state"] == "up"

@@ -362,3 +362,73 @@ async def test_failover_refused_for_one_group_is_rolled_back_and_counted(netns: 
     finally:
         task.cancel()
         fib.close()
+
+
+async def test_local_repair_plan_sent_by_the_bfd_side_moves_traffic_and_stays_consistent(netns: str) -> None:
+    """The BFD process's local repair (bfd/repair.py) on a real kernel: the dataplane's plan for a
+    gateway, sent on a socket of its own, moves every route to the backup; the failover lane that
+    follows is a no-op for the kernel and brings the bookkeeping along; a stale plan (group gone) is
+    refused and counted, never creates anything."""
+    from bfd.repair import LocalRepair
+
+    set_compat_mode(netns, 0)
+    fib = KernelFib(protocol=PROTO, netns=netns)
+    task = asyncio.create_task(fib.run())
+    try:
+        for i in range(200):
+            p = f"10.{100 + i // 256}.{i % 256}.0/24"
+            fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.3",)))
+        fib.submit(N("10.99.0.0/24"), entry("10.99.0.0/24", "10.0.0.4"))  # not behind 10.0.0.2: no plan
+        await asyncio.wait_for(fib.wait_idle(), 30)
+        dp = fib.dataplane
+        plans = dp.repair_plans([A("10.0.0.2"), A("10.0.0.4"), A("10.0.0.9")])
+        assert plans[A("10.0.0.4")] == b"" and plans[A("10.0.0.9")] == b""  # a lone gateway has no backup
+        members_before = {g.id: g.members for g in fib.fib_table.group_by_id.values()}
+
+        def sock():  # type: ignore[no-untyped-def]
+            with enter_netns(netns):
+                import socket
+
+                s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            s.bind((0, 0))
+            return s
+
+        results = []
+        lr = LocalRepair(results.append, open_socket=sock)
+        lr.set_plans({"10.0.0.2": plans[A("10.0.0.2")]}, version=1)
+        assert lr.trigger("10.0.0.2", fib.clock()) == 1
+        assert lr.trigger("10.0.0.2", fib.clock()) == 0  # a plan is used once
+        for _ in range(200):
+            if results:
+                break
+            await asyncio.sleep(0.01)
+        (r,) = results
+        assert r.errors == {} and r.messages == 1
+        routes = kernel_routes(netns)
+        assert {v for k, v in routes.items() if k != "10.99.0.0/24"} == {("10.0.0.3",)}
+        assert routes["10.99.0.0/24"] == ("10.0.0.4",)
+        # The plan did not touch the bookkeeping; the failover lane does, and agrees with the kernel.
+        assert {g.id: g.members for g in fib.fib_table.group_by_id.values()} == members_before
+        res = fib.dataplane.fail_gateways_now({A("10.0.0.2")}, fib.clock())
+        assert res.rewritten == 1 and res.errors == 0
+        assert set(kernel_routes(netns).values()) == {("10.0.0.3",), ("10.0.0.4",)}
+        assert fib.dataplane.repair_plans([A("10.0.0.2")]) == {A("10.0.0.2"): b""}  # dead: nothing to plan
+        # A stale plan: its group no longer exists. Refused (ENOENT), nothing created.
+        await fib.recover_gateway(A("10.0.0.2"))
+        stale = fib.dataplane.repair_plans([A("10.0.0.2")])[A("10.0.0.2")]
+        for i in range(200):
+            fib.submit(N(f"10.{100 + i // 256}.{i % 256}.0/24"), None)
+        await asyncio.wait_for(fib.wait_idle(), 30)
+        groups_before = {n["id"] for n in ip_json(netns, "nexthop", "show") if "group" in n}
+        lr.set_plans({"10.0.0.2": stale}, version=2)
+        lr.trigger("10.0.0.2", fib.clock())
+        for _ in range(200):
+            if len(results) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert set(results[1].errors.values()) <= {2, 22} and len(results[1].errors) == 1  # ENOENT, EINVAL
+        assert {n["id"] for n in ip_json(netns, "nexthop", "show") if "group" in n} == groups_before
+        lr.close()
+    finally:
+        task.cancel()
+        fib.close()
