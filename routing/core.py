@@ -507,17 +507,15 @@ class RoutingCore:
                 verdict = policy.apply(orig)
                 d: FibDiff | None = None
                 if isinstance(verdict, Rejection):
-                    a.rejected[prefix] = (orig, verdict)
+                    a.reject(prefix, orig, verdict)
                     if current is None:
                         continue
-                    del a.accepted[prefix]
                     done.became_rejected += 1
                     if eligible:
                         d = loc.remove_path(prefix, addr)
                 else:
-                    a.accepted[prefix] = verdict
+                    a.accept(prefix, verdict)
                     if current is None:
-                        del a.rejected[prefix]
                         done.became_accepted += 1
                     elif current == verdict:
                         continue

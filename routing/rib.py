@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from common.model import FibDiff, FibEntry, IPAddress, IPNetwork, Path, afi
+from common.model import FibDiff, FibEntry, IPAddress, IPNetwork, Path
 from routing.bestpath import Selection, select
 from routing.policy import ImportPolicy, Rejection, RejectReason
 
@@ -40,21 +40,53 @@ class AdjRibIn:
     stale: set[IPNetwork] = field(default_factory=set)
     #: Rejections since start, by reason (``pop_router_bgp_prefixes_rejected_total``).
     rejected_total: Counter[str] = field(default_factory=Counter)
+    #: IPv6 prefixes in ``accepted`` / ``rejected`` (kept by accept/reject/forget).
+    v6_accepted: int = 0
+    v6_rejected: int = 0
 
     @property
     def received(self) -> int:
         return len(self.accepted) + len(self.rejected)
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """Per AFI: (received, accepted)."""
-        out = {"ipv4": [0, 0], "ipv6": [0, 0]}
-        for p in self.accepted:
-            c = out[afi(p)]
-            c[0] += 1
-            c[1] += 1
-        for p in self.rejected:
-            out[afi(p)][0] += 1
-        return {k: (v[0], v[1]) for k, v in out.items()}
+        """Per AFI: (received, accepted). O(1): the API and every metrics scrape ask for it, and a walk
+        over a million prefixes held the event loop for ~0.3 s each time (issue 9)."""
+        acc, rej = len(self.accepted), len(self.rejected)
+        return {"ipv4": (acc + rej - self.v6_accepted - self.v6_rejected, acc - self.v6_accepted),
+                "ipv6": (self.v6_accepted + self.v6_rejected, self.v6_accepted)}
+
+    # The only ways in and out of ``accepted``/``rejected``: they keep the IPv6 counts ``counts`` uses.
+    def accept(self, prefix: IPNetwork, path: Path) -> Path | None:
+        """Store an accepted path (dropping a rejection of the prefix); returns the previous one."""
+        v6 = prefix.version == 6
+        if self.rejected.pop(prefix, None) is not None and v6:
+            self.v6_rejected -= 1
+        old = self.accepted.get(prefix)
+        self.accepted[prefix] = path
+        if old is None and v6:
+            self.v6_accepted += 1
+        return old
+
+    def reject(self, prefix: IPNetwork, path: Path, why: Rejection) -> Path | None:
+        """Store a rejection (dropping an accepted path of the prefix); returns that path, if any."""
+        v6 = prefix.version == 6
+        if prefix not in self.rejected and v6:
+            self.v6_rejected += 1
+        self.rejected[prefix] = (path, why)
+        old = self.accepted.pop(prefix, None)
+        if old is not None and v6:
+            self.v6_accepted -= 1
+        return old
+
+    def forget(self, prefix: IPNetwork) -> Path | None:
+        """Drop whatever is stored for ``prefix``; returns the accepted path it had, if any."""
+        v6 = prefix.version == 6
+        if self.rejected.pop(prefix, None) is not None and v6:
+            self.v6_rejected -= 1
+        old = self.accepted.pop(prefix, None)
+        if old is not None and v6:
+            self.v6_accepted -= 1
+        return old
 
 
 class LimitExceeded(Exception):
@@ -181,14 +213,12 @@ class Rib:
             res = a.policy.apply(path)
             if isinstance(res, Rejection):
                 a.rejected_total[res.reason.value] += 1
-                a.rejected[prefix] = (path, res)
-                if a.accepted.pop(prefix, None) is not None:
+                if a.reject(prefix, path, res) is not None:
                     d = self.loc.remove_path(prefix, peer)
                     if d:
                         diffs.append(d)
                 continue
-            a.rejected.pop(prefix, None)
-            a.accepted[prefix] = res
+            a.accept(prefix, res)
             if not eligible:
                 continue
             d = self.loc.set_path(res)
@@ -201,8 +231,7 @@ class Rib:
         diffs: list[FibDiff] = []
         for prefix in prefixes:
             a.stale.discard(prefix)
-            a.rejected.pop(prefix, None)
-            if a.accepted.pop(prefix, None) is not None:
+            if a.forget(prefix) is not None:
                 d = self.loc.remove_path(prefix, peer)
                 if d:
                     diffs.append(d)

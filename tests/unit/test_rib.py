@@ -155,3 +155,27 @@ def test_strict_mode_gates_paths_without_losing_them() -> None:
     d = r.set_eligible(A1.address, False)  # BFD Down: out of the FIB, kept in the Adj-RIB-In
     assert [(x.prefix, x.new) for x in d] == [(N("203.0.113.0/24"), None)]
     assert N("203.0.113.0/24") in r.adj[A1.address].accepted
+
+
+_PREFIXES = ["203.0.113.0/24", "198.51.100.0/24", "198.51.101.0/24", "192.0.2.0/24",
+             "2001:db8:100::/48", "2001:db8:100:1::/64", "2001:db8:999::/48"]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(_PREFIXES)), max_size=40))
+def test_per_afi_counts_kept_incrementally_equal_a_recount(ops: list[tuple[bool, str]]) -> None:
+    """counts() is O(1) (kept by accept/reject/forget); whatever the sequence of announcements (some
+    accepted, some rejected by policy) and withdrawals, it equals counting the dictionaries."""
+    r = rib()
+    for announce, prefix in ops:
+        if announce:
+            r.announce(A1.address, [path(prefix, p=A1)])
+        else:
+            r.withdraw(A1.address, [N(prefix)])
+    a = r.adj[A1.address]
+    want = {}
+    for fam, v in (("ipv4", 4), ("ipv6", 6)):
+        acc = sum(1 for p in a.accepted if p.version == v)
+        want[fam] = (acc + sum(1 for p in a.rejected if p.version == v), acc)
+    assert a.counts() == want
+    r.peer_down(A1.address)
+    assert a.counts() == {"ipv4": (0, 0), "ipv6": (0, 0)}
