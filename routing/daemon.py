@@ -210,7 +210,7 @@ class Daemon:
         return tok
 
     async def run(self) -> None:
-        from routing.api import serve_api, serve_metrics  # aiohttp import kept off the unit-test path
+        from routing.api import serve_control  # aiohttp import kept off the unit-test path
 
         self.views.token = self.load_token()
         self._place()
@@ -240,8 +240,7 @@ class Daemon:
             tg.create_task(self._owner(), name="rib")
             tg.create_task(self._loop_lag(), name="lag")
             tg.create_task(gc_pacer(self.metrics), name="gc")
-            tg.create_task(serve_api(self.views), name="api")
-            tg.create_task(serve_metrics(self.views), name="metrics")
+            tg.create_task(serve_control(self.views), name="control")
             tg.create_task(self.pool.supervise(), name="exabgp")
             self._ready.set()
 
