@@ -82,6 +82,9 @@ class PeerInput(enum.Enum):
     CONNECTED = "connected"  # ExaBGP opened (or tried to open) TCP
     UP = "up"  # Established
     DOWN = "down"  # the session ended (ExaBGP's word; after a teardown of ours too)
+    #: The session ended without a NOTIFICATION, not by us, from a peer whose graceful-restart
+    #: capability lists this session's AFI: we are its helper (RFC 4724 §4.2), routes kept as stale.
+    DOWN_GRACEFUL = "down_graceful"
     SPEAKER_DIED = "speaker_died"  # the ExaBGP process exited: no words, routes kept as stale
 
 
@@ -99,15 +102,19 @@ PEER_TRANSITIONS: dict[tuple[PeerState, PeerInput], tuple[PeerState, Effect]] = 
     # ExaBGP's 'connected' line can be missed (relay respawned): Up from idle is still a session.
     (PeerState.IDLE, PeerInput.UP): (PeerState.ESTABLISHED, Effect.ESTABLISHED),
     (PeerState.IDLE, PeerInput.DOWN): (PeerState.IDLE, Effect.ATTEMPT_FAILED),
+    # Only an Established session can end gracefully (the core asks for it only then).
+    (PeerState.IDLE, PeerInput.DOWN_GRACEFUL): (PeerState.IDLE, Effect.ATTEMPT_FAILED),
     (PeerState.IDLE, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
     (PeerState.CONNECT, PeerInput.CONNECTED): (PeerState.CONNECT, Effect.NONE),
     (PeerState.CONNECT, PeerInput.UP): (PeerState.ESTABLISHED, Effect.ESTABLISHED),
     (PeerState.CONNECT, PeerInput.DOWN): (PeerState.IDLE, Effect.ATTEMPT_FAILED),
+    (PeerState.CONNECT, PeerInput.DOWN_GRACEFUL): (PeerState.IDLE, Effect.ATTEMPT_FAILED),
     (PeerState.CONNECT, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
     # A second connection (collision) while Established: the session stays.
     (PeerState.ESTABLISHED, PeerInput.CONNECTED): (PeerState.ESTABLISHED, Effect.NONE),
     (PeerState.ESTABLISHED, PeerInput.UP): (PeerState.ESTABLISHED, Effect.NONE),
     (PeerState.ESTABLISHED, PeerInput.DOWN): (PeerState.IDLE, Effect.FLUSH),
+    (PeerState.ESTABLISHED, PeerInput.DOWN_GRACEFUL): (PeerState.IDLE, Effect.STALE),
     (PeerState.ESTABLISHED, PeerInput.SPEAKER_DIED): (PeerState.IDLE, Effect.STALE),
 }
 
@@ -250,6 +257,11 @@ def stale_timer(process: int) -> str:
     return f"{STALE_TIMER}:{process}"
 
 
+#: Graceful-restart helper timer of one peer (``gr:ADDRESS``).
+GR_TIMER = "gr"
+#: After a helped peer is back, how long its stale paths wait for its End-of-RIB (FRR's default
+#: ``bgp graceful-restart stalepath-time``).
+GR_STALE_PATH_S = 360.0
 STARTUP_SWEEP_TIMER = "startup_sweep"
 STARTUP_HOLD_TIMER = "startup_hold"
 #: Prefixes per slice of a long job: ~28 µs each on a busy 2-vCPU machine, so a slice stays ~3 ms.
@@ -280,6 +292,12 @@ class PeerStatus:
     bfd_down_at: float | None = None
     #: Index of the ExaBGP process holding this session (routing/exabgp/pool.py).
     speaker: int = 0
+    #: The peer's graceful-restart capability from its last OPEN (None: not advertised).
+    graceful_restart: msg.GracefulRestart | None = None
+    #: A NOTIFICATION was sent or received since Established: the end is not graceful.
+    notified: bool = False
+    #: Routes kept as stale because we are this peer's graceful-restart helper.
+    gr_helping: bool = False
 
 
 @dataclass(slots=True)
@@ -574,14 +592,20 @@ class RoutingCore:
             return self._state(ps, ev, now)
         if isinstance(ev, msg.EorEvent):
             ps.eor.add(ev.afi)
+            if ps.gr_helping:
+                log.info("peer %s (%s): End-of-RIB after its graceful restart: sweeping what it did not "
+                         "re-announce", ps.address, ps.customer)
+                ps.gr_helping = False
             self._stale_sweep_job(ps.address)
             return self._startup_eor()
         if isinstance(ev, msg.OpenEvent):
             p = ps.peer
             ps.peer = Peer(p.address, p.customer, p.asn, p.local_asn, ev.router_id)
-            return []
+            ps.graceful_restart = ev.graceful_restart
+            return self._gr_reopen(ps, now) if ps.gr_helping else []
         if isinstance(ev, msg.NotificationEvent):
             ps.last_down_reason = f"notification {ev.direction} ({ev.code},{ev.subcode})"
+            ps.notified = True
             return []
         if isinstance(ev, BfdDown):
             return self._bfd_down(ps, ev)
@@ -606,6 +630,7 @@ class RoutingCore:
         if effect is Effect.ESTABLISHED:
             ps.established_count += 1
             ps.eor.clear()
+            ps.notified = False
             if m is not None:
                 m.bgp_session_up.labels(str(ps.address), ps.customer).set(1)
                 m.bgp_session_established(str(ps.address), now)
@@ -632,12 +657,46 @@ class RoutingCore:
         except ValueError:
             log.warning("peer %s: unknown ExaBGP state %r ignored", ps.address, ev.state)
             return []
-        if self._feed(ps, inp, now, ev.reason) is Effect.FLUSH:
+        if inp is PeerInput.DOWN and self._ends_gracefully(ps):
+            inp = PeerInput.DOWN_GRACEFUL
+        effect = self._feed(ps, inp, now, ev.reason)
+        if effect is Effect.FLUSH:
             n = len(self.rib.adj[ps.address].accepted) if ps.address in self.rib.adj else 0
             log.warning("peer %s (%s) down: %s; flushing %d routes", ps.address, ps.customer,
                         ps.last_down_reason, n)
+            ps.gr_helping = False
             self._flush_job(ps.address)
+        elif effect is Effect.STALE and inp is PeerInput.DOWN_GRACEFUL:
+            gr = ps.graceful_restart
+            assert gr is not None
+            kept = self.rib.mark_stale(ps.address)
+            ps.gr_helping = True
+            log.warning("peer %s (%s) down without a NOTIFICATION (%s): graceful-restart helper, keeping %d "
+                        "paths as stale for its restart time of %ds", ps.address, ps.customer,
+                        ev.reason or "no reason given", kept, gr.time_s)
+            return [ArmTimer(f"{GR_TIMER}:{ps.address}", now + gr.time_s)]
         return []
+
+    def _ends_gracefully(self, ps: PeerStatus) -> bool:
+        """RFC 4724 §4.2: an Established session that ends with no NOTIFICATION, from a peer whose
+        capability listed this session's AFI. Never when we closed it (BFD Down, max_prefixes, an
+        operator): a BFD Down means the path is gone, and keeping routes over it is what BFD is for."""
+        gr = ps.graceful_restart
+        return (ps.state is PeerState.ESTABLISHED and gr is not None and gr.time_s > 0
+                and ps.family in gr.afis and not ps.notified and not ps.teardown_reason)
+
+    def _gr_reopen(self, ps: PeerStatus, now: float) -> list[Action]:
+        """A helped peer's new OPEN: without the capability or the Forwarding State bit for this AFI
+        it lost its forwarding state, so its stale paths go now (RFC 4724 §4.2); else they wait for its
+        End-of-RIB, for at most :data:`GR_STALE_PATH_S`."""
+        gr = ps.graceful_restart
+        if gr is None or ps.family not in gr.forwarding:
+            log.warning("peer %s (%s) is back without forwarding state for %s: sweeping its stale paths now",
+                        ps.address, ps.customer, ps.family)
+            ps.gr_helping = False
+            self._stale_sweep_job(ps.address)
+            return []
+        return [ArmTimer(f"{GR_TIMER}:{ps.address}", now + GR_STALE_PATH_S)]
 
     def _speaker_died(self, process: int, now: float) -> list[Action]:
         """ExaBGP process ``process`` exited: its peers (only) keep their routes as stale."""
@@ -656,6 +715,14 @@ class RoutingCore:
         return self._arm_stale(process, hit, now)
 
     def _timer(self, name: str) -> list[Action]:
+        if name.startswith(GR_TIMER + ":"):
+            ps = next((p for p in self.peers.values() if f"{GR_TIMER}:{p.address}" == name), None)
+            if ps is not None and ps.gr_helping:
+                log.warning("peer %s (%s): graceful restart not completed in time: sweeping its stale paths",
+                            ps.address, ps.customer)
+                ps.gr_helping = False
+                self._stale_sweep_job(ps.address)
+            return []
         if name.startswith(STALE_TIMER):
             for addr in sorted(self._stale_armed.pop(name, set()), key=str):
                 if addr in self.peers:
@@ -679,6 +746,7 @@ class RoutingCore:
 
     def _bfd_down(self, ps: PeerStatus, ev: BfdDown) -> list[Action]:
         ps.bfd_state = "down"
+        ps.gr_helping = False  # the path is gone: no stale routes over it
         ps.bfd_down_at = ev.at
         ps.teardown_reason = f"BFD down ({ev.diag})"
         if ps.bfd_strict:

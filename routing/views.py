@@ -104,6 +104,11 @@ class Views:
                 "bfd": ps.bfd_state if ps.bfd else None,
                 "bfd_down_at": ps.bfd_down_at,
                 "bfd_down_detail": self.lane.last_down_detail.get(addr) if ps.bfd else None,
+                # The peer's graceful-restart capability (its last OPEN) and whether we are keeping
+                # its paths as stale for it right now (helper, RFC 4724).
+                "graceful_restart": None if (g := ps.graceful_restart) is None else {
+                    "restart_time_s": g.time_s, "afis": sorted(g.afis), "forwarding": sorted(g.forwarding)},
+                "gr_helping": ps.gr_helping,
             })
         return out
 

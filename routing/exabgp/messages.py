@@ -53,11 +53,25 @@ class StateEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class GracefulRestart:
+    """The peer's graceful-restart capability (RFC 4724 §3) from its OPEN."""
+
+    time_s: int
+    #: AFIs ("ipv4", "ipv6") listed in the capability: the ones a helper retains routes for.
+    afis: frozenset[str]
+    #: AFIs whose Forwarding State bit is set: the peer kept forwarding across its restart.
+    forwarding: frozenset[str]
+    #: Restart State bit: the peer has just restarted.
+    restarting: bool
+
+
+@dataclass(frozen=True, slots=True)
 class OpenEvent:
     peer: IPAddress
     router_id: ipaddress.IPv4Address
     asn: int
     hold_time_s: int
+    graceful_restart: GracefulRestart | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,11 +295,38 @@ def _event(msg: dict) -> Event | None:
         rid = ipaddress.ip_address(str(o["router_id"]))
         if rid.version != 4:
             raise MalformedMessage("router_id is not IPv4")
-        return OpenEvent(peer, rid, _int(o["asn"]), _int(o.get("hold_time", 0), 0, 65535))
+        return OpenEvent(peer, rid, _int(o["asn"]), _int(o.get("hold_time", 0), 0, 65535),
+                         _graceful_restart(o.get("capabilities")))
     if kind == "notification":
         n = nb["notification"]
         return NotificationEvent(peer, _int(n["code"], 0, 255), _int(n["subcode"], 0, 255), str(nb.get("direction")))
     return None
+
+
+def _graceful_restart(caps: object) -> GracefulRestart | None:
+    """Capability 64 as ExaBGP prints it. ExaBGP swaps the two flag labels in its JSON (exabgp
+    ``capability/graceful.py``: a family's Forwarding State bit prints as ``"restart"`` and the
+    Restart State bit as ``"forwarding"``); this reads the bits, not the words."""
+    if not isinstance(caps, dict):
+        return None
+    c = caps.get("64")
+    if not isinstance(c, dict):
+        return None
+    afis: set[str] = set()
+    fwd: set[str] = set()
+    fams = c.get("address-family-flags") or {}
+    if not isinstance(fams, dict):
+        raise MalformedMessage("graceful restart: address-family-flags is not an object")
+    for fam, flags in fams.items():
+        afi = str(fam).split("/", 1)[0]
+        if afi not in ("ipv4", "ipv6"):
+            continue
+        afis.add(afi)
+        if isinstance(flags, list) and "restart" in flags:  # the F bit (see above)
+            fwd.add(afi)
+    rflags = c.get("restart-flags") or []
+    return GracefulRestart(_int(c.get("time", 0), 0, 4095), frozenset(afis), frozenset(fwd),
+                           isinstance(rflags, list) and "forwarding" in rflags)  # the R bit
 
 
 # --- commands ------------------------------------------------------------------------------------

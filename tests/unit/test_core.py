@@ -89,9 +89,11 @@ def test_every_state_input_pair_is_a_row(state: PeerState, inp: PeerInput) -> No
     new, effect = transition(state, inp)
     assert (state, inp) in PEER_TRANSITIONS
     assert isinstance(new, PeerState) and isinstance(effect, Effect)
-    # Only a session that was Established is flushed; only SPEAKER_DIED keeps routes as stale.
+    # Only a session that was Established is flushed; a speaker's death keeps routes as stale, and so
+    # does a graceful end of an Established session (we are the peer's helper).
     assert (effect is Effect.FLUSH) == (state is PeerState.ESTABLISHED and inp is PeerInput.DOWN)
-    assert (effect is Effect.STALE) == (inp is PeerInput.SPEAKER_DIED)
+    assert (effect is Effect.STALE) == (inp is PeerInput.SPEAKER_DIED or (
+        state is PeerState.ESTABLISHED and inp is PeerInput.DOWN_GRACEFUL))
 
 
 def test_up_then_down_flushes_in_slices_and_records_reason() -> None:
@@ -346,3 +348,81 @@ def test_max_prefixes_inside_a_sliced_update_tears_down() -> None:
     acts = drain(core)
     assert SendCommand(A, f"neighbor {A} teardown 1", "max_prefixes") in acts
     assert len(core.rib.loc) == 0  # what was stored up to the limit is flushed too
+
+
+# --- graceful restart, helper side (RFC 4724 §4.2) ----------------------------------------------------
+def gr(time_s: int = 120, forwarding: bool = True, afis: tuple[str, ...] = ("ipv4",)) -> msg.GracefulRestart:
+    return msg.GracefulRestart(time_s, frozenset(afis), frozenset(afis if forwarding else ()), False)
+
+
+def gr_open(core: RoutingCore, cap: msg.GracefulRestart | None, now: float) -> list:
+    return core.on_event(msg.OpenEvent(A, ipaddress.ip_address("10.255.0.2"), 64512, 90, cap), now)
+
+
+def helped(core: RoutingCore) -> None:
+    """acme's A up with the capability, two paths, then gone without a NOTIFICATION."""
+    gr_open(core, gr(), 1.0)
+    up(core, A)
+    announce(core, A, "198.51.100.0/24", "198.51.101.0/24")
+    acts = core.on_event(msg.StateEvent(A, A, "down", "Connection reset by peer"), 10.0)
+    assert acts == [ArmTimer(f"gr:{A}", 130.0)]
+
+
+def test_graceful_end_keeps_paths_stale_then_eor_sweeps_what_was_not_reannounced() -> None:
+    core = make_core()
+    helped(core)
+    ps = core.peers[A]
+    assert ps.gr_helping and ps.state is PeerState.IDLE and ps.flaps == 1 and not core.busy
+    assert len(core.rib.loc) == 2 and len(core.rib.adj[A].stale) == 2  # forwarding untouched
+    assert gr_open(core, gr(), 20.0) == [ArmTimer(f"gr:{A}", 380.0)]  # back with forwarding state
+    up(core, A, now=20.0)
+    announce(core, A, "198.51.100.0/24", now=21.0)
+    core.on_event(msg.EorEvent(A, "ipv4", "unicast"), 22.0)
+    assert fib_prefixes(drain(core)) == {"198.51.101.0/24": None}
+    assert not ps.gr_helping and [str(p) for p in core.rib.loc.prefixes()] == ["198.51.100.0/24"]
+
+
+def test_graceful_restart_not_completed_in_its_restart_time_sweeps_everything() -> None:
+    core = make_core()
+    helped(core)
+    core.on_event(TimerFired(f"gr:{A}"), 130.0)
+    assert fib_prefixes(drain(core)) == {"198.51.100.0/24": None, "198.51.101.0/24": None}
+    assert not core.peers[A].gr_helping
+    core.on_event(TimerFired(f"gr:{A}"), 131.0)  # a late timer for a peer no longer helped: nothing
+    assert not core.busy
+
+
+def test_back_without_forwarding_state_sweeps_stale_paths_at_once() -> None:
+    core = make_core()
+    helped(core)
+    assert gr_open(core, gr(forwarding=False), 20.0) == []
+    assert fib_prefixes(drain(core)) == {"198.51.100.0/24": None, "198.51.101.0/24": None}
+    assert not core.peers[A].gr_helping
+
+
+@pytest.mark.parametrize("why", ["notification", "no capability", "other afi", "our teardown", "bfd"])
+def test_ends_that_are_not_graceful_flush(why: str) -> None:
+    core = make_core(bfd=True)
+    gr_open(core, None if why == "no capability" else gr(afis=("ipv6",)) if why == "other afi" else gr(), 1.0)
+    up(core, A)
+    announce(core, A, "198.51.100.0/24")
+    if why == "notification":
+        core.on_event(msg.NotificationEvent(A, 6, 2, "receive"), 9.0)
+    elif why == "our teardown":
+        core.on_event(AdminReset(A), 9.0)
+    elif why == "bfd":
+        core.on_event(BfdDown(A, "control_detection_time_expired", 9.0), 9.0)
+    assert core.on_event(msg.StateEvent(A, A, "down", "closed"), 10.0) == []
+    assert not core.peers[A].gr_helping
+    assert fib_prefixes(drain(core)) == {"198.51.100.0/24": None}
+
+
+def test_a_notification_in_an_earlier_session_does_not_spoil_the_next_one() -> None:
+    core = make_core()
+    gr_open(core, gr(), 1.0)
+    up(core, A)
+    core.on_event(msg.NotificationEvent(A, 6, 4, "send"), 2.0)
+    core.on_event(msg.StateEvent(A, A, "down", "closed"), 3.0)
+    drain(core)
+    helped(core)  # a new session: its own graceful end is helped
+    assert core.peers[A].gr_helping

@@ -24,7 +24,9 @@ def lines(name: str) -> list[bytes]:
 def test_session_capture() -> None:
     ev = [m.parse_line(x) for x in lines("exabgp_session.jsonl")]
     assert ev[0] == m.StateEvent(A("10.0.1.2"), A("10.0.1.1"), "connected")
-    assert ev[1] == m.OpenEvent(A("10.0.1.2"), ipaddress.IPv4Address("10.255.0.2"), 64512, 240)
+    # FRR's default: the capability with a restart time and no family: a helper, nothing to help.
+    assert ev[1] == m.OpenEvent(A("10.0.1.2"), ipaddress.IPv4Address("10.255.0.2"), 64512, 240,
+                                m.GracefulRestart(120, frozenset(), frozenset(), False))
     assert isinstance(ev[2], m.StateEvent) and ev[2].state == "up"
     u = ev[3]
     assert isinstance(u, m.UpdateEvent)
@@ -36,6 +38,26 @@ def test_session_capture() -> None:
     assert isinstance(u6, m.UpdateEvent)
     assert [(str(p), str(nh)) for p, nh, _ in u6.announce] == [("2001:db8:100::/48", "2001:db8:1::2")]
     assert ev[5] == m.EorEvent(A("10.0.1.2"), "ipv4", "unicast")
+
+
+@pytest.mark.parametrize(("restart", "fams", "want_fwd"), [
+    (False, [("ipv4", 0x80), ("ipv6", 0x00)], {"ipv4"}),
+    (True, [("ipv4", 0x00)], set()),
+])
+def test_graceful_restart_capability_as_exabgp_prints_it(restart: bool, fams: list, want_fwd: set) -> None:
+    """Printed by ExaBGP's own serializer (which labels the F bit "restart" and the R bit
+    "forwarding"): the bits are what we read."""
+    from exabgp.bgp.message.open.capability.graceful import Graceful
+    from exabgp.protocol.family import AFI, SAFI
+
+    cap = Graceful().set(Graceful.RESTART_STATE if restart else 0, 300,
+                         [(getattr(AFI, a), SAFI.unicast, f) for a, f in fams])
+    line = ('{"exabgp": "5.0.0", "type": "open", "neighbor": {"address": {"local": "10.0.1.1", "peer": "10.0.1.2"}, '
+            '"direction": "receive", "open": {"version": 4, "asn": 64512, "hold_time": 90, "router_id": "10.255.0.2", '
+            '"capabilities": {"64": ' + cap.json() + '}}}}')
+    ev = m.parse_line(line.encode())
+    assert isinstance(ev, m.OpenEvent) and ev.graceful_restart is not None
+    assert ev.graceful_restart == m.GracefulRestart(300, frozenset(a for a, _f in fams), frozenset(want_fwd), restart)
 
 
 def test_down_capture() -> None:

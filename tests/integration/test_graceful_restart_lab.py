@@ -1,0 +1,141 @@
+"""Graceful restart (RFC 4724) against real peers, in the default lab (containerlab/pop-basic.clab.yml).
+
+Helper side: acme's FRR runs with ``bgp graceful-restart`` and ``preserve-fw-state`` (its OPEN lists
+IPv4 with the Forwarding State bit); its ``bgpd`` is killed (watchfrr starts it again), not the link:
+the session ends without a NOTIFICATION, and we must keep acme's paths as stale — kernel routes and
+traffic from host2 to host1 untouched — until its End-of-RIB after the restart. globex's BIRD, which
+does not list its families (the default), gets no help: its paths are flushed as before.
+
+Restarting side: our own ExaBGP process is killed; FRR, our helper, keeps forwarding towards our
+announced prefix from its side (its route to 192.0.2.0/24 stays) until our new session's End-of-RIB,
+which follows our re-announcement (our exports are ExaBGP static routes, sent before its End-of-RIB).
+Without our capability (checked by hand, 2026-11-30: the same lab with ``graceful_restart_s`` unset)
+acme drops our prefix 0.1 s after the kill, so the 0.2 s poll below would see it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labs.runner import Lab
+
+from .lab import CLAB, established, kernel_routes, peers, pop_basic_copy, run_in, running, show
+from .netns import wait_for
+
+ACME_V4 = ("10.0.1.2", "10.0.2.2")
+ALL = {"10.0.1.2", "10.0.2.2", "2001:db8:1::2", "2001:db8:2::2", "10.0.3.2", "2001:db8:3::2", "10.0.4.2",
+       "2001:db8:4::2"}
+V4 = {"198.51.100.0/24": list(ACME_V4), "203.0.113.0/24": ["10.0.3.2"]}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    d = tmp_path_factory.mktemp("gr")
+    d.chmod(0o755)
+    frr = (CLAB / "pop-basic/acme/frr.conf").read_text().replace(
+        " timers bgp 10 30\n",
+        " timers bgp 10 30\n bgp graceful-restart\n bgp graceful-restart preserve-fw-state\n")
+    assert "bgp graceful-restart\n" in frr
+    (d / "frr.conf").write_text(frr)
+    pop_basic_copy(d, "gr.clab.yml", {"pop-basic/acme/frr.conf": d / "frr.conf"})
+    with running(d / "gr.clab.yml", "gr") as lab:
+        wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
+        wait_for(lambda: kernel_routes(lab) == V4, timeout=30, what="acme's and globex's routes in the kernel")
+        yield lab
+
+
+def pids(lab: Lab, node: str, comm: str) -> list[int]:
+    ns = lab.ns(node)
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout.split()
+    found = []
+    for p in out:
+        try:
+            if Path(f"/proc/{p}/comm").read_text().strip() == comm:
+                found.append(int(p))
+        except OSError:
+            continue
+    return found
+
+
+def pinger(lab: Lab, src: str, dst: str, seconds: float) -> subprocess.Popen[str]:
+    """ping every 20 ms from ``src``: its summary counts what the restart cost."""
+    n = int(seconds / 0.02)
+    return subprocess.Popen([*lab.enter(src), "ping", "-n", "-q", "-i", "0.02", "-c", str(n), "-W", "1", dst],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=lab.node_env(lab.topo.nodes[src]))
+
+
+def received(p: subprocess.Popen[str]) -> tuple[int, int]:
+    out, _ = p.communicate(timeout=120)
+    line = next(ln for ln in out.splitlines() if "packets transmitted" in ln)
+    parts = line.split()
+    return int(parts[0]), int(parts[3])
+
+
+def test_helper_keeps_acme_paths_and_traffic_while_its_bgpd_restarts(lab: Lab) -> None:
+    p = peers(lab)["10.0.1.2"]
+    assert p["graceful_restart"] is not None and "ipv4" in p["graceful_restart"]["forwarding"], p
+    (bgpd,) = pids(lab, "acme", "bgpd")
+    ping = pinger(lab, "host2", "198.51.100.10", 25)
+    time.sleep(1.0)  # poll: the stream runs before anything happens
+    os.kill(bgpd, signal.SIGKILL)
+    helped_seen = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # poll: from the kill until acme is back, the route stays
+        assert kernel_routes(lab).get("198.51.100.0/24") == list(ACME_V4)
+        ps = peers(lab)
+        helped_seen |= ps["10.0.1.2"]["gr_helping"]
+        if helped_seen and not ps["10.0.1.2"]["gr_helping"] and ps["10.0.1.2"]["state"] == "established":
+            break
+        time.sleep(0.2)
+    assert helped_seen, "the session never went down gracefully (bgpd not restarted?)"
+    ps = peers(lab)
+    assert ps["10.0.1.2"]["state"] == "established" and ps["10.0.1.2"]["stale"] == 0
+    assert ps["10.0.1.2"]["flaps"] >= 1 and p["flaps"] < ps["10.0.1.2"]["flaps"]
+    assert pids(lab, "acme", "bgpd") and pids(lab, "acme", "bgpd") != [bgpd]
+    sent, got = received(ping)
+    # Every ping but those in flight at the kill came back (the route never moved).
+    assert got >= sent - 3, f"{sent - got} of {sent} pings lost during acme's graceful restart"
+    assert kernel_routes(lab) == V4
+
+
+def test_a_peer_without_families_in_its_capability_is_flushed(lab: Lab) -> None:
+    """BIRD by default advertises no family in its capability: a lost session flushes as always."""
+    g = peers(lab)["10.0.3.2"]
+    assert not (g["graceful_restart"] or {}).get("afis"), g
+    (bird,) = pids(lab, "globex", "bird")
+    os.kill(bird, signal.SIGKILL)
+    try:
+        wait_for(lambda: "203.0.113.0/24" not in kernel_routes(lab), timeout=60, what="globex's routes flushed")
+        assert not peers(lab)["10.0.3.2"]["gr_helping"]
+    finally:
+        run_in(lab, "globex", "bird", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl")
+    wait_for(lambda: kernel_routes(lab) == V4, timeout=60, what="globex back")
+
+
+def test_our_speaker_restart_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
+    """The restarting side: FRR keeps our announced prefix (stale) while our ExaBGP restarts."""
+    def acme_has_ours() -> bool:
+        out = json.loads(run_in(lab, "acme", "vtysh", "-c", "show ip route 192.0.2.0/24 json").stdout or "{}")
+        return bool(out.get("192.0.2.0/24"))
+
+    wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
+    wait_for(acme_has_ours, timeout=30, what="acme has our 192.0.2.0/24")
+    pid = show(lab, "status")["exabgp_processes"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # poll: acme never loses our prefix
+        assert acme_has_ours(), "acme dropped our prefix while our speaker restarted"
+        if show(lab, "status")["exabgp_processes"][0]["pid"] not in (None, pid) and established(lab) == ALL:
+            break
+        time.sleep(0.2)
+    assert established(lab) == ALL
+    assert acme_has_ours()
