@@ -59,7 +59,7 @@ from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import AuthType, State
 from bfd.repair import LocalRepair, RepairResult
 from bfd.session import BfdSession, DownReport, SessionConfig, SessionKey, StateChanged
-from bfd.transport import Transport, ifname_for_address
+from bfd.transport import Transport, interfaces_by_address
 from common.cpus import pin_thread
 
 log = logging.getLogger("bfd")
@@ -243,6 +243,7 @@ class BfdProcess:
 
     def set_sessions(self, specs: list[dict]) -> None:
         wanted = {_key(s): s for s in specs}
+        ifnames: dict[str, str] | None = None  # one dump of the addresses for the whole batch
         for key in list(self.specs):
             if key not in wanted:
                 self.transport.remove(key)
@@ -252,7 +253,9 @@ class BfdProcess:
             if old is None:
                 iface = spec.get("interface")
                 if not iface and not key.multihop:
-                    iface = ifname_for_address(key.local)
+                    if ifnames is None:
+                        ifnames = interfaces_by_address()
+                    iface = ifnames.get(key.local)
                 try:
                     self.transport.add(key, _cfg(spec, self._discr()), interface=iface,
                                        min_ttl=int(spec.get("min_ttl", 255)) if key.multihop else 255)

@@ -85,6 +85,8 @@ class Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._in_timer = False
+        #: Source address as recvmsg returns it -> canonical text (the session table's key).
+        self._peer_names: dict[str, str] = {}
 
     def timer_lag_now(self, now: float) -> float:
         """The rolling maximum of the timer's lateness, or its current lateness if it is overdue now."""
@@ -206,13 +208,17 @@ class Transport:
         except DecodeError as exc:
             self.dropped[exc.reason.value] += 1
             return
-        peer = str(ipaddress.ip_address(src[0].split("%")[0]))
+        peer = self._peer_names.get(src[0])
+        if peer is None:  # canonical text form, once per source (ipaddress costs ~3 % of the process)
+            peer = str(ipaddress.ip_address(src[0].split("%")[0]))
+            if len(self._peer_names) < 4096:  # bounded: a flood of spoofed sources must not grow it
+                self._peer_names[src[0]] = peer
         key = SessionKey(peer, dst, "", multihop)
         s, reason = self.table.lookup(p, key, ttl)
         if s is None:
             self.dropped[(reason or DropReason.NO_SESSION).value] += 1
             return
-        self._apply(self._key_of(s), s.on_packet(p, data[: len(data)], now, arrived), now)
+        self._apply(self._key_of(s), s.on_packet(p, data, now, arrived), now)
 
     def _key_of(self, s: BfdSession) -> SessionKey:
         return self.table.by_discr[s.cfg.local_discriminator][0]
@@ -311,25 +317,31 @@ class Transport:
         self._apply(key, e.session.admin_down(now) if down else e.session.admin_up(now), now)
 
 
-def ifname_for_address(addr: str) -> str | None:
-    """The interface holding ``addr`` in this namespace (pyroute2: links and addresses are off the
-    hot path), or None if no interface has it yet.
+def interfaces_by_address() -> dict[str, str]:
+    """Every local address -> its interface's name, in one dump. Sessions are created in batches
+    (50 at a daemon's start): one lookup each held this process's loop for ~1 s, and the sessions
+    created first missed their peers' packets meanwhile.
 
     pyroute2's synchronous IPRoute runs its own event loop, so it is used from a worker thread when
-    called under a running loop (only when a session is created).
+    called under a running loop.
     """
     from common.netns import outside_loop
 
-    return outside_loop(_ifname_for_address, addr)
+    return outside_loop(_interfaces_by_address)
 
 
-def _ifname_for_address(addr: str) -> str | None:
+def _interfaces_by_address() -> dict[str, str]:
     from pyroute2 import IPRoute
 
     with contextlib.closing(IPRoute()) as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        out: dict[str, str] = {}
         for a in ipr.get_addr():
-            if a.get_attr("IFA_ADDRESS") == addr or a.get_attr("IFA_LOCAL") == addr:
-                links = ipr.get_links(a["index"])
-                if links:
-                    return links[0].get_attr("IFLA_IFNAME")
-    return None
+            name = names.get(a["index"])
+            if name is None:
+                continue
+            for attr in ("IFA_ADDRESS", "IFA_LOCAL"):
+                v = a.get_attr(attr)
+                if v is not None:
+                    out.setdefault(str(ipaddress.ip_address(v)), name)
+        return out
