@@ -440,8 +440,13 @@ class CpusConfig(_Model):
 
     #: CPUs of the kernel FIB writer thread; ``auto``: the last CPU when there are two or more.
     writer: Literal["auto", "off"] | list[Annotated[int, Field(ge=0)]] = "auto"
-    #: CPUs of the BFD process and the daemon's event loop; ``auto``: every CPU but the writer's.
+    #: CPUs of the BFD process; ``auto``: every CPU but the writer's.
     control: Literal["auto", "off"] | list[Annotated[int, Field(ge=0)]] = "auto"
+    #: CPUs of the daemon's event loop and API thread: ``any`` (not pinned: the scheduler moves them
+    #: where there is room), ``control`` (with the BFD process), or a list. Since local repair the
+    #: latency-critical half of a failover runs in the BFD process, and a loop pinned beside it on a
+    #: two-CPU machine took CPU time the real-time BFD process needed (measured: issue 9).
+    loop: Literal["any", "control"] | list[Annotated[int, Field(ge=0)]] = "any"
 
 
 class Config(_Model):

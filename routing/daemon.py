@@ -248,10 +248,16 @@ class Daemon:
         if self.writer_cpus is None and len(cpus.available()) < 2:
             log.warning("one CPU only: the FIB writer's kernel sections and the BFD process share it (a large "
                         "table write can delay BFD by tens of milliseconds; see common/cpus.py)")
-        # The loop thread carries the failover lane: it must not wait behind the writer's kernel work.
-        cpus.pin_thread(self.control_cpus, "the event loop")
-        log.info("CPU placement: FIB writer thread on %s, BFD process and event loop on %s",
-                 _cpu_list(self.writer_cpus), _cpu_list(self.control_cpus))
+        # The BFD process (local repair included) is what must never wait; the loop and the API thread
+        # (created from it, so they share its affinity) go where the configuration says, by default
+        # anywhere: pinned beside a busy real-time BFD process they starved, and the kernel then
+        # preempted real-time tasks to serve them (routing/config.py CpusConfig.loop).
+        want = self.config.cpus.loop
+        loop_cpus = self.control_cpus if want == "control" else (
+            None if want == "any" else (set(want) & cpus.available()) or None)
+        cpus.pin_thread(loop_cpus, "the event loop")
+        log.info("CPU placement: FIB writer thread on %s, BFD process on %s, event loop and API on %s",
+                 _cpu_list(self.writer_cpus), _cpu_list(self.control_cpus), _cpu_list(loop_cpus))
 
     def _probe_mpls(self) -> None:
         from fib.capabilities import probe_mpls
