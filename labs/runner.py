@@ -22,7 +22,8 @@ namespace. For each node ``up``:
    node's files;
 4. starts the node's role, chosen from its image the way containerlab would run it: FRR
    (``frrinit.sh start`` with the bound ``daemons``/``frr.conf``), BIRD (``bird -c`` the bound
-   config), pop-router (``pop-router run -c`` the bound ``pop.yaml``), a node ``cmd`` (run as the
+   config), pop-router (``pop-router run -c`` the bound ``pop.yaml``), Prometheus (the
+   ``prom/prometheus`` image's command with the bound ``prometheus.yml``), a node ``cmd`` (run as the
    container command), or a plain host;
 5. runs the node's ``exec`` commands in order (before the role for everything but FRR, whose own
    configuration sets its addresses and whose exec lines usually need it running); a failing one
@@ -156,7 +157,7 @@ class Lab:
                   "mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true"]
         if node.role == "frr":
             script += ["mkdir -p /run/frr", "chown frr:frr /run/frr"]
-        for d in ("bird", "pop-router", "exabgp"):
+        for d in ("bird", "pop-router", "exabgp", "prometheus"):
             script.append(f"mkdir -p /run/{d}")
         for b in node.binds:
             # A bind needs a mount point: an empty one is created if missing (on the machine, unless
@@ -203,6 +204,12 @@ class Lab:
             b = node.bind_for(".yaml", ".yml")
             conf = b.target if b else "/etc/pop-router/pop.yaml"
             self._background(node, [sys.executable, "-m", "routing.cli", "run", "-c", conf], "pop-router")
+        elif role == "prometheus":
+            # The prom/prometheus image's own command line, with its data on the node's /run.
+            b = node.bind_for("prometheus.yml")
+            conf = b.target if b else "/etc/prometheus/prometheus.yml"
+            self._background(node, ["prometheus", f"--config.file={conf}", "--storage.tsdb.path=/run/prometheus",
+                                    "--web.listen-address=0.0.0.0:9090"], "prometheus")
         elif role == "cmd":
             self._background(node, ["sh", "-c", f"exec {node.cmd}"], "cmd")
 

@@ -56,6 +56,8 @@ class Node:
             return "bird"
         if "pop-router" in img:
             return "pop-router"
+        if "prometheus" in img:
+            return "prometheus"
         return "host"
 
     def bind_for(self, *suffixes: str) -> Bind | None:

@@ -76,10 +76,21 @@ def kernel_routes(lab: Lab, family: str = "-4", proto: str = "200") -> dict[str,
 
 
 def metrics(lab: Lab) -> str:
-    import urllib.request  # noqa: F401 - the request is made inside the pop namespace by python below
-
-    code = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9324/metrics').read().decode())"
+    """A scrape of the PoP, from inside its namespace, at the ``metrics.listen`` its pop.yaml sets."""
+    b = lab.topo.nodes["pop"].bind_for(".yaml", ".yml")
+    listen = (yaml.safe_load(b.source.read_text()).get("metrics") or {}).get("listen", "127.0.0.1:9324") \
+        if b else "127.0.0.1:9324"
+    code = f"import urllib.request;print(urllib.request.urlopen('http://{listen}/metrics').read().decode())"
     return run_in(lab, "pop", sys.executable, "-c", code).stdout
+
+
+def prometheus(lab: Lab, path: str) -> Any:
+    """GET the lab's Prometheus HTTP API (``/api/v1/...``) from inside its node; the ``data`` part."""
+    code = ("import urllib.request,sys;"
+            f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9090{path}').read().decode())")
+    doc = json.loads(run_in(lab, "prometheus", sys.executable, "-c", code).stdout)
+    assert doc.get("status") == "success", doc
+    return doc["data"]
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:

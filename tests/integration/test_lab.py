@@ -17,7 +17,7 @@ import pytest
 
 from labs.runner import Lab
 
-from .lab import established, kernel_routes, metric_value, metrics, peers, run_in, running, show
+from .lab import established, kernel_routes, metric_value, metrics, peers, prometheus, run_in, running, show
 from .netns import wait_for
 
 ROOT = Path(__file__).parents[2]
@@ -151,7 +151,7 @@ def test_hostile_announcements_rejected_counted_and_kept_out_of_kernel(converged
     assert v4["203.0.113.0/24"] == ["10.0.3.2"] and v4["198.51.100.0/24"] == ["10.0.1.2", "10.0.2.2"]
     assert "2001:db8:300::/48" not in kernel_routes(converged, "-6")
     # Nothing outside our protocol id is ours: the kernel's connected routes are untouched.
-    assert len(kernel_routes(converged, "-4", "kernel")) == 4
+    assert len(kernel_routes(converged, "-4", "kernel")) == 5  # eth1-eth5 (eth5: the Prometheus link)
 
 
 def test_withdrawal_at_frr_removes_kernel_route(converged: Lab) -> None:
@@ -178,6 +178,33 @@ def test_session_loss_flushes_routes_without_withdrawals(converged: Lab) -> None
     finally:
         run_in(converged, "globex", "birdc", "-s", "/run/bird/bird.ctl", "enable", "pop4")
     wait_for(lambda: kernel_routes(converged) == ACCEPTED_V4, timeout=30, what="routes back")
+
+
+def test_lab_prometheus_scrapes_the_pop_and_fires_an_alert_when_a_session_is_cut(converged: Lab) -> None:
+    """The lab's real Prometheus (its node in pop-basic) scrapes the PoP and evaluates the shipped
+    alert rules (ops/prometheus/alerts.yml): a cut customer session becomes a firing
+    PopRouterBgpSessionDown (its ``for: 1m`` included), and resolves once the session is back."""
+    def healthy() -> list:
+        return [t for t in prometheus(converged, "/api/v1/targets")["activeTargets"] if t["health"] == "up"]
+
+    (target,) = wait_for(healthy, timeout=60, interval=1, what="the PoP scraped by the lab's Prometheus")
+    assert target["scrapeUrl"] == "http://10.0.9.1:9324/metrics" and target["lastError"] == ""
+    rules = {r["name"] for g in prometheus(converged, "/api/v1/rules")["groups"] for r in g["rules"]}
+    assert {"PopRouterBgpSessionDown", "PopRouterCustomerDisconnected", "PopRouterBfdFlapping"} <= rules
+
+    def alert(state: str) -> bool:
+        return any(a["labels"]["alertname"] == "PopRouterBgpSessionDown" and a["labels"].get("peer") == "10.0.3.2"
+                   and a["state"] == state for a in prometheus(converged, "/api/v1/alerts")["alerts"])
+
+    assert not alert("firing") and not alert("pending")
+    run_in(converged, "globex", "birdc", "-s", "/run/bird/bird.ctl", "disable", "pop4")
+    try:
+        wait_for(lambda: alert("pending"), timeout=30, interval=1, what="the alert pending")
+        wait_for(lambda: alert("firing"), timeout=120, interval=2, what="PopRouterBgpSessionDown firing")
+    finally:
+        run_in(converged, "globex", "birdc", "-s", "/run/bird/bird.ctl", "enable", "pop4")
+    wait_for(lambda: kernel_routes(converged) == ACCEPTED_V4, timeout=30, what="routes back")
+    wait_for(lambda: not alert("firing"), timeout=30, interval=1, what="the alert resolved")
 
 
 def test_exabgp_runs_as_root_with_our_relay(converged: Lab) -> None:

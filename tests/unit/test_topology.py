@@ -45,10 +45,10 @@ def test_default_lab_roles_and_links() -> None:
     t = load_topology(ROOT / "containerlab" / "pop-basic.clab.yml")
     roles = {n.name: n.role for n in t.nodes.values()}
     assert roles == {"pop": "pop-router", "acme": "frr", "globex": "bird", "mallory": "cmd",
-                     "host1": "host", "host2": "host"}
+                     "prometheus": "prometheus", "host1": "host", "host2": "host"}
     assert t.nodes["acme"].bind_for("/etc/frr/frr.conf") is not None
     assert t.nodes["pop"].sysctls["net.ipv4.ip_forward"] == "1"  # from topology.kinds.linux
-    assert len(t.links) == 6
+    assert len(t.links) == 7
     assert t.ns_prefix() == "clab-pop-basic-"
 
 
