@@ -21,8 +21,9 @@ Protocol with the daemon, JSON lines over a Unix socket (the daemon listens, we 
   ``{"event": "stats", ...}`` with every session's state, negotiated timers and counters.
 
 Attribution (issue 9). A transition out of Up also carries, so that every Down says whose it was:
-``cause`` (detection | peer_signaled | admin), ``blame`` (us | peer_or_path | admin, see
-:func:`blame`), ``rx_gap_ms`` (last packet's arrival -> detection), ``max_rx_gap_ms`` (largest
+``cause`` (detection | peer_signaled | admin), ``blame`` (host | us | peer_or_path | admin, see
+:func:`blame`), ``host_steal_ms`` (the most a CPU of ours lost to the hypervisor in the detection
+window, ``bfd/steal.py``), ``rx_gap_ms`` (last packet's arrival -> detection), ``max_rx_gap_ms`` (largest
 receive gap of the previous 10 s), ``max_tx_gap_ms`` (largest gap in what we sent within the peer's
 detection window), ``detect_time_ms``, ``peer_detect_time_ms``, ``remote_diag``, ``tx_late``
 (that session's), ``loop_lag_ms`` and ``timer_lag_ms`` (this process's worst scheduling lateness
@@ -59,6 +60,7 @@ from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import AuthType, State
 from bfd.repair import LocalRepair, RepairResult
 from bfd.session import BfdSession, DownReport, SessionConfig, SessionKey, StateChanged
+from bfd.steal import StealClock
 from bfd.transport import Transport, interfaces_by_address
 from common.cpus import pin_thread
 
@@ -82,12 +84,17 @@ def _ms(s: float | None) -> float | None:
     return None if s is None else round(s * 1000, 3)
 
 
-def blame(r: DownReport) -> str:
-    """Whose fault a Down was. Our detection: the peer's packets stopped arriving in our kernel
-    (arrival times, so a stall of ours cannot fake it) — the peer or the path. The peer's signal: us
-    if we left a gap in what we sent as long as its detection time, else the peer or the path."""
+def blame(r: DownReport, host_steal_s: float | None = None) -> str:
+    """Whose fault a Down was. The host's, first, when the hypervisor took a CPU of ours for half
+    the detection window or more (``bfd/steal.py``: neither end could run). Our detection: the peer's
+    packets stopped arriving in our kernel (arrival times, so a stall of ours cannot fake it) — the
+    peer or the path. The peer's signal: us if we left a gap in what we sent as long as its
+    detection time, else the peer or the path."""
     if r.cause == "admin" or r.remote_diag.name == "ADMINISTRATIVELY_DOWN":
         return "admin"
+    window = r.detect_time_s if r.cause == "detection" else r.peer_detect_time_s
+    if host_steal_s is not None and window and host_steal_s >= window / 2:
+        return "host"
     return "us" if r.we_were_late() else "peer_or_path"
 
 
@@ -130,12 +137,14 @@ class LoopLagSampler:
         self.loop = loop
         self.period_s = period_s
         self.lag = RollingMax(GAP_WINDOW_S)
+        self.steal = StealClock()
         self._due = loop.time() + period_s
         self._handle = loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
         now = self.loop.time()
         self.lag.add(now, max(0.0, now - self._due))
+        self.steal.sample(now)
         self._due = now + self.period_s
         self._handle = self.loop.call_at(self._due, self._tick)
 
@@ -188,8 +197,11 @@ class BfdProcess:
 
     def down_doc(self, r: DownReport, at: float) -> dict[str, Any]:
         """The attribution keys of a transition out of Up (see the module docstring)."""
+        window = (r.detect_time_s if r.cause == "detection" else r.peer_detect_time_s) or 0.0
+        steal = self.sampler.steal.stolen_s(at - window - LOOP_LAG_PERIOD_S, at)
         return {
-            "cause": r.cause, "blame": blame(r), "rx_gap_ms": _ms(r.rx_gap_s), "max_rx_gap_ms": _ms(r.max_rx_gap_s),
+            "cause": r.cause, "blame": blame(r, steal), "host_steal_ms": _ms(steal),
+            "rx_gap_ms": _ms(r.rx_gap_s), "max_rx_gap_ms": _ms(r.max_rx_gap_s),
             "max_tx_gap_ms": _ms(r.max_tx_gap_s), "detect_time_ms": _ms(r.detect_time_s),
             "peer_detect_time_ms": _ms(r.peer_detect_time_s), "remote_diag": r.remote_diag.name.lower(),
             "tx_late": r.tx_late, "loop_lag_ms": _ms(self.sampler.current(at)),
@@ -210,10 +222,10 @@ class BfdProcess:
             doc.update(extra)
             self.downs.setdefault(key, deque(maxlen=DOWNS_KEPT)).append({"at": ch.at, "diag": doc["diag"], **extra})
             log.warning("%s: %s -> %s (%s) blame=%s rx_gap=%sms max_rx_gap=%sms max_tx_gap=%sms peer_detect=%sms "
-                        "remote_diag=%s loop_lag=%sms timer_lag=%sms", key.peer, ch.old.name, ch.new.name,
-                        ch.diag.name, extra["blame"], extra["rx_gap_ms"], extra["max_rx_gap_ms"],
+                        "remote_diag=%s loop_lag=%sms timer_lag=%sms host_steal=%sms", key.peer, ch.old.name,
+                        ch.new.name, ch.diag.name, extra["blame"], extra["rx_gap_ms"], extra["max_rx_gap_ms"],
                         extra["max_tx_gap_ms"], extra["peer_detect_time_ms"], extra["remote_diag"],
-                        extra["loop_lag_ms"], extra["timer_lag_ms"])
+                        extra["loop_lag_ms"], extra["timer_lag_ms"], extra["host_steal_ms"])
         else:
             log.info("%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
         self._send(doc)

@@ -556,12 +556,13 @@ class DownRecord:
     peer_detect_time_ms: float | None
     remote_diag: str
     loop_lag_ms: float | None
+    host_steal_ms: float | None = None
 
     def line(self) -> str:
         return (f"{self.peer} {self.diag} blame={self.blame} rx_gap={self.rx_gap_ms} ms "
                 f"max_rx_gap={self.max_rx_gap_ms} ms max_tx_gap={self.max_tx_gap_ms} ms "
                 f"(peer detects at {self.peer_detect_time_ms} ms, its diag {self.remote_diag}) "
-                f"loop_lag={self.loop_lag_ms} ms")
+                f"loop_lag={self.loop_lag_ms} ms host_steal={self.host_steal_ms} ms")
 
 
 class DownWatcher:
@@ -587,7 +588,7 @@ class DownWatcher:
                     self.records.setdefault((peer, d["at"]), DownRecord(
                         peer, d["at"], d.get("diag", ""), d.get("blame", "?"), d.get("rx_gap_ms"),
                         d.get("max_rx_gap_ms"), d.get("max_tx_gap_ms"), d.get("peer_detect_time_ms"),
-                        d.get("remote_diag", ""), d.get("loop_lag_ms")))
+                        d.get("remote_diag", ""), d.get("loop_lag_ms"), d.get("host_steal_ms")))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -225,7 +225,7 @@ class Metrics:
         )
         self.bfd_downs = Counter(
             "pop_router_bfd_downs", "BFD sessions going down from Up, by who the evidence blames "
-            "(us: we stopped hearing a peer we could have heard late; peer_or_path; admin)", ["peer", "blame"],
+            "(us: we sent late; peer_or_path; host: the hypervisor took our CPU; admin)", ["peer", "blame"],
             registry=r,
         )
 
@@ -245,7 +245,8 @@ class Metrics:
         )
         self.relay_backlog_bytes = Gauge(
             "pop_router_exabgp_relay_backlog_bytes",
-            "ExaBGP output waiting in the relay while the RIB catches up (flow control)", registry=r,
+            "ExaBGP output waiting in the relay while the RIB catches up (flow control), per ExaBGP process",
+            ["child"], registry=r,
         )
         self.inbox_depth = Gauge(
             "pop_router_rib_inbox_events", "Events queued for the routing core", ["lane"], registry=r,

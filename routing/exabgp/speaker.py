@@ -119,7 +119,7 @@ class ExabgpSpeaker:
         if isinstance(ev, messages.RelayStats):
             self.relay_stats = ev
             if self.metrics is not None:
-                self.metrics.relay_backlog_bytes.set(ev.backlog_bytes)
+                self.metrics.relay_backlog_bytes.labels(self.name).set(ev.backlog_bytes)
             return
         await self.inbox.put(ev)
 

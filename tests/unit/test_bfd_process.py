@@ -116,3 +116,28 @@ def test_log_handler_never_blocks_on_a_full_pipe() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_steal_clock_reports_the_most_any_cpu_lost_in_a_window() -> None:
+    from bfd.steal import _TICK_S, StealClock
+
+    readings = iter([{"cpu0": 100, "cpu1": 50}, {"cpu0": 100, "cpu1": 50}, {"cpu0": 104, "cpu1": 51},
+                     {"cpu0": 104, "cpu1": 57}])
+    c = StealClock(lambda: next(readings))
+    c.sample(1.00)
+    c.sample(1.05)
+    c.sample(1.10)
+    # From the last sample at or before 1.06 (t=1.05) to a fresh one at 1.20: cpu0 +4, cpu1 +7 ticks.
+    assert c.stolen_s(1.06, 1.20) == pytest.approx(7 * _TICK_S)
+    broken = StealClock(lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    broken.sample(1.0)
+    assert broken.stolen_s(0.5, 1.5) is None and not broken.available
+
+
+def test_a_down_inside_host_steal_is_blamed_on_the_host() -> None:
+    r = report("detection", 0.010)  # detect time 30 ms
+    assert blame(r, host_steal_s=0.020) == "host"
+    assert blame(r, host_steal_s=0.010) == "peer_or_path"  # a third of the window: not enough
+    assert blame(report("peer_signaled", 0.031), host_steal_s=0.0) == "us"
+    assert blame(report("peer_signaled", 0.031), host_steal_s=0.02) == "host"
+    assert blame(report("admin", 0.0), host_steal_s=1.0) == "admin"
