@@ -139,3 +139,44 @@ def test_our_speaker_restart_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
         time.sleep(0.2)
     assert established(lab) == ALL
     assert acme_has_ours()
+
+
+def test_daemon_restart_with_sigterm_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
+    """``systemctl restart``: SIGTERM, then a new daemon. With graceful restart negotiated ExaBGP
+    closes its sessions on SIGTERM without a Cease (measured: the same test with ExaBGP killed by
+    SIGKILL instead behaves the same), so acme keeps our prefix until our new session's End-of-RIB (checked
+    directly: acme also has a static default through us), and pings from host1 to the PoP's
+    192.0.2.1 keep being answered (the PoP's kernel routes stay while no daemon runs)."""
+    import sys
+
+    def acme_has_ours() -> bool:
+        out = json.loads(run_in(lab, "acme", "vtysh", "-c", "show ip route 192.0.2.0/24 json").stdout or "{}")
+        return bool(out.get("192.0.2.0/24"))
+
+    wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
+    wait_for(acme_has_ours, timeout=30, what="acme has our 192.0.2.0/24")
+    run_in(lab, "pop", "ip", "addr", "replace", "192.0.2.1/32", "dev", "lo")
+    ping = pinger(lab, "host1", "192.0.2.1", 20)
+    time.sleep(1.0)  # poll: the stream runs before the restart
+    pid = int((lab.state / "pop.pop-router.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+        assert acme_has_ours(), "acme dropped our prefix while our daemon stopped"
+        assert time.monotonic() < deadline, "the daemon did not stop"
+        time.sleep(0.1)  # poll
+    assert acme_has_ours(), "acme dropped our prefix: the speakers said goodbye (Cease) on the way out"
+    node = lab.topo.nodes["pop"]
+    lab._background(node, [sys.executable, "-m", "routing.cli", "run", "-c", "/etc/pop-router/pop.yaml"], "pop-router")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # poll: acme never loses our prefix until everything is back
+        assert acme_has_ours(), "acme dropped our prefix while our daemon restarted"
+        try:
+            if established(lab) == ALL:
+                break
+        except (AssertionError, json.JSONDecodeError):
+            pass  # the new daemon's API is not up yet
+        time.sleep(0.2)
+    assert established(lab) == ALL
+    sent, got = received(ping)
+    assert got >= sent - 3, f"{sent - got} of {sent} pings towards our prefix lost during the daemon restart"
