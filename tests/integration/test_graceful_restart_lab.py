@@ -143,8 +143,8 @@ def test_our_speaker_restart_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
 
 def test_daemon_restart_with_sigterm_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
     """``systemctl restart``: SIGTERM, then a new daemon. With graceful restart negotiated ExaBGP
-    closes its sessions on SIGTERM without a Cease (measured: the same test with ExaBGP killed by
-    SIGKILL instead behaves the same), so acme keeps our prefix until our new session's End-of-RIB (checked
+    closes its sessions on SIGTERM without a Cease (measured 2026-11-30: this test passes whether the
+    daemon's stop terminates ExaBGP or kills it), so acme keeps our prefix until our new session's End-of-RIB (checked
     directly: acme also has a static default through us), and pings from host1 to the PoP's
     192.0.2.1 keep being answered (the PoP's kernel routes stay while no daemon runs)."""
     import sys
