@@ -11,9 +11,10 @@ Protocol with the daemon, JSON lines over a Unix socket (the daemon listens, we 
 - daemon -> us: ``{"op": "sessions", "sessions": [SPEC, ...]}`` — the complete desired set. We add
   what is new, remove what is gone and change timers in place (a Poll Sequence). The daemon sends it
   again after every (re)connect, so session requests survive a restart of this process.
-- daemon -> us: ``{"op": "repair", "version", "plans": {peer: hex}}`` — local repair plans
-  (:mod:`bfd.repair`): per peer, the group rewrites to send ourselves when that session goes from Up
-  to Down; an empty plan removes one. A plan is used once.
+- daemon -> us: ``{"op": "repair", "version", "plans": {peer: {"netlink": hex, "maps": [[path,
+  key hex, value hex]...]}}}`` — local repair plans (:mod:`bfd.repair`): per peer, the group
+  rewrites to apply ourselves when that session goes from Up to Down (kernel, and the XDP groups map
+  when XDP is on); an empty plan removes one. A plan is used once.
 - us -> daemon: ``{"event": "state", "peer", "local", "multihop", "old", "new", "diag", "at"}`` on
   every transition, ``at`` being CLOCK_MONOTONIC when it was detected (with ``local_repair``: the
   number of group rewrites already on their way to the kernel); after a local repair
@@ -245,8 +246,11 @@ class BfdProcess:
                       ", ".join(f"{os.strerror(e)}" for e in sorted(set(r.errors.values()))), ms)
         else:
             log.info("%s: local repair: %d groups rewritten %.1f ms after detection", r.peer, r.messages, ms)
+        if r.map_errors:
+            log.error("%s: local repair: %d of %d XDP group writes failed", r.peer, r.map_errors, r.map_writes)
         self._send({"event": "repair", "peer": r.peer, "version": r.version, "at": r.detected_at,
-                    "done_at": r.done_at, "messages": r.messages, "errors": len(r.errors)})
+                    "done_at": r.done_at, "messages": r.messages, "errors": len(r.errors),
+                    "map_writes": r.map_writes, "map_errors": r.map_errors})
 
     def _send_stats_now(self) -> None:
         self._stats_pending = False
@@ -361,8 +365,10 @@ async def run(path: str, fib_netns: str | None = None) -> None:
                 proc._send(proc.stats())
             elif msg.get("op") == "repair":
                 try:
-                    proc.repair.set_plans({str(p): bytes.fromhex(h) for p, h in msg["plans"].items()},
-                                          int(msg.get("version", 0)))
+                    proc.repair.set_plans(
+                        {str(p): (bytes.fromhex(d["netlink"]),
+                                  [(str(m[0]), bytes.fromhex(m[1]), bytes.fromhex(m[2])) for m in d.get("maps", ())])
+                         for p, d in msg["plans"].items()}, int(msg.get("version", 0)))
                 except (KeyError, AttributeError, TypeError, ValueError) as exc:
                     proc.repair.rejected += 1
                     log.warning("bad repair plans from the daemon: %s", exc)

@@ -9,10 +9,12 @@ pre-programmed switchover on the line card.
 
 How: the daemon keeps, per BFD peer, a *plan*: the netlink messages (RTM_NEWNEXTHOP group replaces
 without NLM_F_CREATE, encoded by ``fib/``'s codec) that would move every group using that gateway
-onto its remaining members or its backups under the current dead set. It recomputes and pushes the
+onto its remaining members or its backups under the current dead set, and the same rewrites as
+writes to the XDP fast path's pinned ``groups`` map (path, key, value) when XDP is on. It recomputes and pushes the
 plans whenever the FIB's groups change (``op: repair``). When a session goes from Up to Down,
 :meth:`LocalRepair.trigger` hands that peer's plan to a worker thread that sends it on its own
-NETLINK_ROUTE socket in the FIB's namespace and reads the acks. The thread exists because the
+NETLINK_ROUTE socket in the FIB's namespace and reads the acks — after the map writes, which take
+no lock (XDP-forwarded traffic moves first, as in the daemon's own failover lane). The thread exists because the
 kernel applies the messages inside ``sendmsg`` under RTNL, which the bulk FIB writer may hold for
 one trie resize (10-45 ms): the BFD timers of every other session must not wait for that.
 
@@ -23,8 +25,10 @@ replace without NLM_F_CREATE cannot create anything, so a stale plan can at wors
 later — that lane still runs on every Down and is authoritative for the FIB's bookkeeping and the
 XDP maps.
 
-Stdlib only (no pyroute2): the bytes arrive encoded; this module checks their framing, sets
-NLM_F_ACK on every message so each gets an answer, sends them and matches the answers.
+Stdlib only for netlink (no pyroute2): the bytes arrive encoded; this module checks their framing,
+sets NLM_F_ACK on every message so each gets an answer, sends them and matches the answers. Map
+writes go through libbpf (``bpf_obj_get``, ``bpf_map_update_elem`` with BPF_EXIST: an entry that is
+gone is not recreated), only to a pinned map named ``groups``, with a group's sizes.
 """
 
 from __future__ import annotations
@@ -75,6 +79,64 @@ def prepare(plan: bytes) -> tuple[bytes, list[int]]:
     return bytes(buf), seqs
 
 
+#: struct group in fib/xdp/pop_xdp.c: a u32 key, a count and 8 member ids.
+GROUP_KEY_SIZE, GROUP_VALUE_SIZE = 4, 36
+BPF_EXIST = 2
+
+MapWrite = tuple[str, bytes, bytes]
+
+
+def check_map_writes(writes: list[MapWrite]) -> list[MapWrite]:
+    """Only rewrites of existing XDP groups: an absolute path to a pinned map named ``groups`` (the
+    kernel refuses to open anything else as a map), with the group struct's key and value sizes."""
+    for path, key, value in writes:
+        if not path.startswith("/") or path.rsplit("/", 1)[-1] != "groups" or ".." in path.split("/"):
+            raise PlanError(f"map path {path!r} is not a pinned XDP groups map")
+        if len(key) != GROUP_KEY_SIZE or len(value) != GROUP_VALUE_SIZE:
+            raise PlanError(f"group entry of {len(key)}+{len(value)} bytes")
+    return writes
+
+
+class BpfMaps:
+    """Pinned maps opened by path (libbpf through ctypes, loaded on first use), fds cached."""
+
+    def __init__(self) -> None:
+        self._lib: object | None = None
+        self.fds: dict[str, int] = {}
+
+    def _libbpf(self):  # type: ignore[no-untyped-def]
+        if self._lib is None:
+            import ctypes
+
+            lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+            lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+            lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+            self._lib = lib
+        return self._lib
+
+    def update(self, path: str, key: bytes, value: bytes) -> int:
+        """0, or the errno of the failed write (ENOENT: no such map or group)."""
+        import ctypes
+
+        lib = self._libbpf()
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = lib.bpf_obj_get(path.encode())
+            if fd < 0:
+                return -fd if fd < -1 else (ctypes.get_errno() or 2)
+            self.fds[path] = fd
+        kb, vb = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+        rc = lib.bpf_map_update_elem(fd, kb, vb, BPF_EXIST)
+        return 0 if rc == 0 else (-rc if rc < -1 else (ctypes.get_errno() or 22))
+
+    def close(self) -> None:
+        import os
+
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class RepairResult:
     peer: str
@@ -84,37 +146,44 @@ class RepairResult:
     done_at: float
     messages: int
     errors: dict[int, int]  # sequence number -> errno
+    map_writes: int = 0
+    map_errors: int = 0
 
 
 class LocalRepair:
     def __init__(self, on_result: Callable[[RepairResult], None], *,
                  open_socket: Callable[[], socket.socket] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        #: peer -> (version, bytes, sequence numbers)
-        self.plans: dict[str, tuple[int, bytes, list[int]]] = {}
+        #: peer -> (version, netlink bytes, their sequence numbers, XDP map writes)
+        self.plans: dict[str, tuple[int, bytes, list[int], list[MapWrite]]] = {}
         self.on_result = on_result
         self._open = open_socket or _route_socket
         self.clock = clock
         self.rejected = 0
         self.triggered = 0
-        self._q: queue.SimpleQueue[tuple[str, int, bytes, list[int], float] | None] = queue.SimpleQueue()
+        self.maps = BpfMaps()
+        self._q: queue.SimpleQueue[tuple[str, int, bytes, list[int], list[MapWrite], float] | None] = \
+            queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
 
-    def set_plans(self, plans: dict[str, bytes], version: int) -> None:
-        """Replace the plans of the peers named (an empty plan removes one); others stay."""
-        for peer, raw in plans.items():
-            if not raw:
+    def set_plans(self, plans: dict[str, bytes | tuple[bytes, list[MapWrite]]], version: int) -> None:
+        """Replace the plans of the peers named (an empty plan removes one); others stay. A plan is
+        netlink bytes, or (netlink bytes, XDP map writes)."""
+        for peer, plan in plans.items():
+            raw, writes = (plan, []) if isinstance(plan, bytes) else plan
+            if not raw and not writes:
                 self.plans.pop(peer, None)
                 continue
             try:
                 data, seqs = prepare(raw)
+                writes = check_map_writes(list(writes))
             except PlanError as exc:
                 self.rejected += 1
                 self.plans.pop(peer, None)
                 log.error("repair plan for %s rejected: %s", peer, exc)
                 continue
-            self.plans[peer] = (version, data, seqs)
+            self.plans[peer] = (version, data, seqs, writes)
 
     def trigger(self, peer: str, detected_at: float) -> int:
         """The session to ``peer`` went Down: send its plan now (worker thread). Returns the number of
@@ -122,14 +191,14 @@ class LocalRepair:
         plan = self.plans.pop(peer, None)  # used once: the daemon sends the next one
         if plan is None:
             return 0
-        version, data, seqs = plan
+        version, data, seqs, writes = plan
         self.triggered += 1
         if self._thread is None:
             # Created from the (real-time, pinned) BFD process: it inherits both.
             self._thread = threading.Thread(target=self._run, name="bfd-repair", daemon=True)
             self._thread.start()
-        self._q.put((peer, version, data, seqs, detected_at))
-        return len(seqs)
+        self._q.put((peer, version, data, seqs, writes, detected_at))
+        return len(seqs) + len(writes)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -137,6 +206,7 @@ class LocalRepair:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self.maps.close()
 
     # --- worker thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -144,9 +214,11 @@ class LocalRepair:
             item = self._q.get()
             if item is None:
                 return
-            peer, version, data, seqs, at = item
-            errors = self.send(data, seqs)
-            self.on_result(RepairResult(peer, version, at, self.clock(), len(seqs), errors))
+            peer, version, data, seqs, writes, at = item
+            # The XDP maps first: no lock there, while the netlink half waits for RTNL.
+            map_errors = sum(1 for path, k, v in writes if self.maps.update(path, k, v))
+            errors = self.send(data, seqs) if seqs else {}
+            self.on_result(RepairResult(peer, version, at, self.clock(), len(seqs), errors, len(writes), map_errors))
 
     def send(self, data: bytes, seqs: list[int]) -> dict[int, int]:
         """Send one plan and wait for every answer; a timeout or socket error fails all of it."""

@@ -94,6 +94,18 @@ class FailoverResult:
     loop_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class RepairPlan:
+    """A BFD local repair plan for one gateway (``bfd/repair.py``): netlink bytes and XDP map writes."""
+
+    netlink: bytes
+    maps: tuple[tuple[str, bytes, bytes], ...] = ()
+
+    def doc(self) -> dict[str, object]:
+        """As sent to the BFD process (JSON)."""
+        return {"netlink": self.netlink.hex(), "maps": [[p, k.hex(), v.hex()] for p, k, v in self.maps]}
+
+
 @dataclass(slots=True)
 class FailedRoute:
     entry: FibEntry | None
@@ -563,11 +575,20 @@ class Dataplane:
         t = self.table
         return (self.batches, self._failovers, len(t.group_by_id), t.next_id, len(t.dead), len(t.busy))
 
-    def repair_plans(self, gws: Iterable[IPAddress]) -> dict[IPAddress, bytes]:
-        """Per gateway, the netlink messages (group replaces, no NLM_F_CREATE) that move traffic off it:
-        handed to the BFD process, which sends them itself the moment that session goes Down."""
-        return {gw: b"".join(self.kernel.encode(ops)) if ops else b""
-                for gw, ops in self.planner.repair_plans(gws).items()}
+    def repair_plans(self, gws: Iterable[IPAddress]) -> dict[IPAddress, RepairPlan]:
+        """Per gateway, what moves traffic off it, handed to the BFD process, which applies it itself
+        the moment that session goes Down: the netlink messages (group replaces, no NLM_F_CREATE) and
+        the same rewrites as writes to the XDP ``groups`` map (pinned path, key, value) when a mirror
+        offers them."""
+        out: dict[IPAddress, RepairPlan] = {}
+        for gw, ops in self.planner.repair_plans(gws).items():
+            maps: list[tuple[str, bytes, bytes]] = []
+            for m in self.mirrors:
+                writes = getattr(m, "repair_writes", None)
+                if writes is not None and ops:
+                    maps += writes(ops)
+            out[gw] = RepairPlan(b"".join(self.kernel.encode(ops)) if ops else b"", tuple(maps))
+        return out
 
     # --- the failover lane -------------------------------------------------------------------------
     def fail_gateways_now(self, gws: set[IPAddress], detected_at: float | None = None) -> FailoverResult:

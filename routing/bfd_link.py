@@ -86,7 +86,7 @@ class RepairSource(Protocol):
 
     def repair_fingerprint(self) -> tuple[int, ...]: ...
 
-    def repair_plans(self, gws: Iterable[IPAddress]) -> dict[IPAddress, bytes]: ...
+    def repair_plans(self, gws: Iterable[IPAddress]) -> dict[IPAddress, Any]: ...
 
 
 class BfdController:
@@ -105,8 +105,8 @@ class BfdController:
         self._seen: dict[str, float] = {}  # last cumulative counter values of the current process
         self._pid: int | None = None
         self._serving = False
-        #: Repair plans the connected BFD process holds, as we sent them (peer -> bytes).
-        self._repair_sent: dict[str, bytes] = {}
+        #: Repair plans the connected BFD process holds, as we sent them (peer -> plan document).
+        self._repair_sent: dict[str, dict[str, Any]] = {}
         self._repair_version = 0
         self._repair_fp: tuple[int, ...] | None = None
         #: The last local repairs the BFD process reported, newest last (``show status``).
@@ -156,12 +156,12 @@ class BfdController:
             return 0
         self._repair_fp = fp
         plans = source.repair_plans(ipaddress.ip_address(p) for p in self._bfd_peers())
-        changed = {str(gw): raw for gw, raw in plans.items() if self._repair_sent.get(str(gw)) != raw}
+        docs = {str(gw): plan.doc() for gw, plan in plans.items()}
+        changed = {p: d for p, d in docs.items() if self._repair_sent.get(p) != d}
         if not changed:
             return 0
         self._repair_version += 1
-        writer.write(orjson.dumps({"op": "repair", "version": self._repair_version,
-                                   "plans": {p: raw.hex() for p, raw in changed.items()}}) + b"\n")
+        writer.write(orjson.dumps({"op": "repair", "version": self._repair_version, "plans": changed}) + b"\n")
         self._repair_sent.update(changed)
         self.repair_pushes += 1
         return len(changed)
@@ -190,9 +190,11 @@ class BfdController:
     def _on_repair(self, msg: dict[str, Any]) -> None:
         ms = (float(msg["done_at"]) - float(msg["at"])) * 1000
         self.repairs.append({"peer": msg["peer"], "detected_at": msg["at"], "done_at": msg["done_at"],
-                             "ms": round(ms, 3), "groups": msg["messages"], "errors": msg["errors"]})
+                             "ms": round(ms, 3), "groups": msg["messages"], "errors": msg["errors"],
+                             "xdp_groups": msg.get("map_writes", 0), "xdp_errors": msg.get("map_errors", 0)})
         if self.metrics is not None:
-            self.metrics.bfd_local_repairs.labels("refused" if msg["errors"] else "ok").inc()
+            self.metrics.bfd_local_repairs.labels(
+                "refused" if msg["errors"] or msg.get("map_errors") else "ok").inc()
             self.metrics.bfd_local_repair_seconds.observe(max(0.0, ms / 1000))
         log.info("BFD %s: local repair by the BFD process: %d groups rewritten %.1f ms after detection%s",
                  msg["peer"], msg["messages"], ms, f", {msg['errors']} refused" if msg["errors"] else "")

@@ -127,6 +127,13 @@ class Nexthop:
     labels: tuple[int, ...] = ()
 
 
+def group_entry(group: int, members: list[int] | tuple[int, ...]) -> tuple[bytes, bytes]:
+    """(key, value) of the ``groups`` map for ``group`` (struct group in pop_xdp.c)."""
+    if not 1 <= len(members) <= MAX_MEMBERS:
+        raise ValueError(f"a group has 1..{MAX_MEMBERS} members")
+    return U32.pack(group), GROUP.pack(len(members), *(list(members) + [0] * (MAX_MEMBERS - len(members))))
+
+
 class XdpProgram:
     """One loaded copy of the program and its maps."""
 
@@ -256,9 +263,11 @@ class XdpProgram:
 
     def set_group(self, group: int, members: list[int]) -> None:
         """One map write moves every prefix of the group (the XDP half of prefix-independent failover)."""
-        if not 1 <= len(members) <= MAX_MEMBERS:
-            raise ValueError(f"a group has 1..{MAX_MEMBERS} members")
-        self._update("groups", U32.pack(group), GROUP.pack(len(members), *(members + [0] * (8 - len(members)))))
+        self._update("groups", *group_entry(group, members))
+
+    def pinned_map(self, name: str) -> Path | None:
+        """Where map ``name`` is pinned (another process opens it there: BFD local repair), if it is."""
+        return self.pin_dir / name if self.pin_dir is not None and name in PINNED_MAPS else None
 
     def set_nexthop(self, nh: int, hop: Nexthop, netns: str | None = None) -> None:
         if len(hop.labels) > MAX_LABELS:

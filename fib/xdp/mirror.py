@@ -71,7 +71,7 @@ from fib.ops import (
     RouteReplace,
 )
 from fib.table import FibView
-from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram, sum_counters
+from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram, group_entry, sum_counters
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,18 @@ class XdpMirror:
         self.nexthops[nid] = hop
         self.writes += 1
         return True
+
+    def repair_writes(self, ops: Sequence[Op]) -> list[tuple[str, bytes, bytes]]:
+        """The ``groups`` map writes (pinned path, key, value) that mirror these failover rewrites, for
+        the BFD process's local repair; none if the maps are not pinned or a member is not in them."""
+        path = self.prog.pinned_map("groups")
+        if path is None:
+            return []
+        out = []
+        for op in ops:
+            if type(op) is GroupReplace and op.gid in self.groups and all(m in self.nexthops for m in op.members):
+                out.append((str(path), *group_entry(op.gid, op.members)))
+        return out
 
     def _write_group(self, gid: int, members: tuple[int, ...]) -> bool:
         if not members or self.groups.get(gid) == members:

@@ -696,3 +696,40 @@ async def test_packets_to_the_router_itself_go_to_the_kernel_even_under_a_custom
         rx.close()
         task.cancel()
         fib.close()
+
+
+def test_local_repair_rewrites_a_pinned_group_and_never_creates_one(tmp_path) -> None:
+    """The BFD process's half of an XDP failover (bfd/repair.py): the group rewrite the daemon planned,
+    written to the pinned ``groups`` map by path (libbpf, BPF_EXIST); a group that is gone is refused
+    and not recreated. Plans come from ``XdpMirror.repair_writes`` (group_entry, the mirror's own
+    encoding), so the value written is the one the mirror would write."""
+    import ctypes
+    import threading
+
+    from bfd.repair import LocalRepair
+    from fib.xdp.loader import XdpProgram, ensure_bpffs, group_entry
+
+    mnt = tmp_path / "bpffs"
+    assert ensure_bpffs(mnt)
+    prog = None
+    try:
+        prog = XdpProgram(pin_dir=mnt / "pop-router")
+        prog.set_group(7, [1])
+        path = str(prog.pinned_map("groups"))
+        results = []
+        done = threading.Event()
+        lr = LocalRepair(lambda r: (results.append(r), done.set()))
+        lr.set_plans({"10.0.0.2": (b"", [(path, *group_entry(7, [2, 3]))])}, version=1)
+        assert lr.trigger("10.0.0.2", 1.0) == 1 and done.wait(5)
+        assert (results[0].map_writes, results[0].map_errors) == (1, 0)
+        assert prog.read_groups()[7] == (2, 3)
+        done.clear()
+        lr.set_plans({"10.0.0.2": (b"", [(path, *group_entry(8, [2]))])}, version=2)  # group 8 never existed
+        lr.trigger("10.0.0.2", 2.0)
+        assert done.wait(5) and results[1].map_errors == 1
+        assert 8 not in prog.read_groups()
+        lr.close()
+    finally:
+        if prog is not None:
+            prog.close()
+        ctypes.CDLL(None, use_errno=True).umount2(str(mnt).encode(), 2)  # MNT_DETACH

@@ -19,10 +19,11 @@ import pytest
 
 from bfd.packet import Diag, State
 from bfd.process import BfdProcess
-from bfd.repair import NLM_F_ACK, LocalRepair, PlanError, RepairResult, prepare
+from bfd.repair import NLM_F_ACK, LocalRepair, PlanError, RepairResult, check_map_writes, prepare
 from bfd.session import SessionKey, StateChanged
 from common.model import FibEntry
 from fib import netlink as nl
+from fib.dataplane import RepairPlan
 from fib.ops import Results
 from routing.bfd_link import BfdController
 from routing.config import parse_config
@@ -123,6 +124,18 @@ def test_a_broken_socket_fails_the_whole_plan_and_is_reopened() -> None:
     assert lr.send(data, seqs) == {} and good.sent == data
 
 
+@pytest.mark.parametrize("write, why", [
+    (("relative/groups", b"\0" * 4, b"\0" * 36), "not a pinned XDP groups map"),
+    (("/sys/fs/bpf/pop/lpm4", b"\0" * 4, b"\0" * 36), "not a pinned XDP groups map"),
+    (("/sys/fs/bpf/../etc/groups", b"\0" * 4, b"\0" * 36), "not a pinned XDP groups map"),
+    (("/sys/fs/bpf/pop/groups", b"\0" * 8, b"\0" * 36), "group entry"),
+])
+def test_map_writes_are_only_group_rewrites(write: tuple, why: str) -> None:
+    with pytest.raises(PlanError, match=why):
+        check_map_writes([write])
+    assert check_map_writes([("/sys/fs/bpf/pop/groups", b"\0" * 4, b"\0" * 36)])
+
+
 def test_a_malformed_plan_is_dropped_and_counted_the_others_kept() -> None:
     lr = LocalRepair(lambda r: None)
     lr.set_plans({"10.0.0.2": _group(1, 100, [1])}, version=1)
@@ -198,7 +211,8 @@ def test_unconfirmed_groups_are_left_to_the_failover_lane() -> None:
 class _Source:
     def __init__(self) -> None:
         self.fp = (1,)
-        self.plans = {A("10.0.1.2"): b"P1", A("10.0.2.2"): b""}
+        self.plans = {A("10.0.1.2"): RepairPlan(b"P1", (("/sys/fs/bpf/x/groups", b"k", b"v"),)),
+                      A("10.0.2.2"): RepairPlan(b"")}
         self.computed = 0
 
     def repair_fingerprint(self) -> tuple[int, ...]:
@@ -206,7 +220,7 @@ class _Source:
 
     def repair_plans(self, gws):  # type: ignore[no-untyped-def]
         self.computed += 1
-        return {gw: self.plans.get(gw, b"") for gw in gws}
+        return {gw: self.plans.get(gw, RepairPlan(b"")) for gw in gws}
 
 
 def test_pusher_sends_changes_only_and_resends_what_a_down_used(tmp_path: Path) -> None:
@@ -218,7 +232,9 @@ def test_pusher_sends_changes_only_and_resends_what_a_down_used(tmp_path: Path) 
     src = _Source()
     assert ctl.push_repairs_once(src) == 3  # every BFD peer of acme, empty plans included
     (msg,) = w.lines
-    assert msg["op"] == "repair" and msg["plans"]["10.0.1.2"] == b"P1".hex() and msg["plans"]["10.0.2.2"] == ""
+    assert msg["op"] == "repair" and msg["plans"]["10.0.2.2"] == {"netlink": "", "maps": []}
+    assert msg["plans"]["10.0.1.2"] == {"netlink": b"P1".hex(),
+                                        "maps": [["/sys/fs/bpf/x/groups", b"k".hex(), b"v".hex()]]}
     assert ctl.push_repairs_once(src) == 0 and src.computed == 1  # nothing moved: not even recomputed
     src.fp = (2,)
     assert ctl.push_repairs_once(src) == 0 and len(w.lines) == 1  # recomputed, identical: not sent
@@ -228,7 +244,7 @@ def test_pusher_sends_changes_only_and_resends_what_a_down_used(tmp_path: Path) 
     asyncio.run(ctl._on_line(orjson.dumps({"event": "state", "peer": "10.0.1.2", "local": "10.0.1.1",
                                             "multihop": False, "old": "up", "new": "down", "diag": "x",
                                             "at": 1.0})))
-    assert ctl.push_repairs_once(src) == 1 and w.lines[-1]["plans"] == {"10.0.1.2": b"P1".hex()}
+    assert ctl.push_repairs_once(src) == 1 and list(w.lines[-1]["plans"]) == ["10.0.1.2"]
     assert w.lines[-1]["version"] > msg["version"]
     ctl.channel.writer = None
     assert ctl.push_repairs_once(src) == 0  # no BFD process connected
