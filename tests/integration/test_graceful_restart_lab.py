@@ -3,8 +3,9 @@
 Helper side: acme's FRR runs with ``bgp graceful-restart`` and ``preserve-fw-state`` (its OPEN lists
 IPv4 with the Forwarding State bit); its ``bgpd`` is killed (watchfrr starts it again), not the link:
 the session ends without a NOTIFICATION, and we must keep acme's paths as stale — kernel routes and
-traffic from host2 to host1 untouched — until its End-of-RIB after the restart. globex's BIRD, which
-does not list its families (the default), gets no help: its paths are flushed as before.
+traffic from host2 to host1 untouched — until its End-of-RIB after the restart. globex's BIRD is
+killed and started with ``-R``: its IPv4 session (``graceful restart on``) is helped the same way,
+its IPv6 one (BIRD's default capability lists no family) is flushed as before.
 
 Restarting side: our own ExaBGP process is killed; FRR, our helper, keeps forwarding towards our
 announced prefix from its side (its route to 192.0.2.0/24 stays) until our new session's End-of-RIB,
@@ -45,7 +46,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         " timers bgp 10 30\n bgp graceful-restart\n bgp graceful-restart preserve-fw-state\n")
     assert "bgp graceful-restart\n" in frr
     (d / "frr.conf").write_text(frr)
-    pop_basic_copy(d, "gr.clab.yml", {"pop-basic/acme/frr.conf": d / "frr.conf"})
+    # globex: graceful restart on its IPv4 session only; its IPv6 one keeps BIRD's default (the
+    # capability without any family: nothing to help with).
+    bird = (CLAB / "pop-basic/globex/bird.conf").read_text().replace(
+        "  neighbor 10.0.3.1 as 65000;\n", "  neighbor 10.0.3.1 as 65000;\n  graceful restart on;\n")
+    assert "graceful restart on" in bird
+    (d / "bird.conf").write_text(bird)
+    pop_basic_copy(d, "gr.clab.yml", {"pop-basic/acme/frr.conf": d / "frr.conf",
+                                      "pop-basic/globex/bird.conf": d / "bird.conf"})
     with running(d / "gr.clab.yml", "gr") as lab:
         wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
         wait_for(lambda: kernel_routes(lab) == V4, timeout=30, what="acme's and globex's routes in the kernel")
@@ -107,18 +115,32 @@ def test_helper_keeps_acme_paths_and_traffic_while_its_bgpd_restarts(lab: Lab) -
     assert kernel_routes(lab) == V4
 
 
-def test_a_peer_without_families_in_its_capability_is_flushed(lab: Lab) -> None:
-    """BIRD by default advertises no family in its capability: a lost session flushes as always."""
-    g = peers(lab)["10.0.3.2"]
-    assert not (g["graceful_restart"] or {}).get("afis"), g
+def test_bird_restarting_is_helped_on_ipv4_and_flushed_on_ipv6(lab: Lab) -> None:
+    """BIRD killed and started again with ``-R`` (its graceful-restart recovery): the IPv4 session
+    (``graceful restart on``: IPv4 listed, no F bit on a fresh start) keeps its route as stale; the
+    new OPEN carries the F bit, so the route waits for BIRD's End-of-RIB and is never withdrawn. The
+    IPv6 session (BIRD's default capability: no family) is flushed as any lost session."""
+    g4, g6 = peers(lab)["10.0.3.2"], peers(lab)["2001:db8:3::2"]
+    assert g4["graceful_restart"]["afis"] == ["ipv4"] and g4["graceful_restart"]["forwarding"] == []
+    assert not (g6["graceful_restart"] or {}).get("afis"), g6
     (bird,) = pids(lab, "globex", "bird")
     os.kill(bird, signal.SIGKILL)
     try:
-        wait_for(lambda: "203.0.113.0/24" not in kernel_routes(lab), timeout=60, what="globex's routes flushed")
-        assert not peers(lab)["10.0.3.2"]["gr_helping"]
+        wait_for(lambda: "2001:db8:200::/48" not in kernel_routes(lab, "-6"), timeout=60, what="globex's IPv6 flushed")
+        assert peers(lab)["10.0.3.2"]["gr_helping"] and "203.0.113.0/24" in kernel_routes(lab)
+        assert not peers(lab)["2001:db8:3::2"]["gr_helping"]
     finally:
-        run_in(lab, "globex", "bird", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl")
-    wait_for(lambda: kernel_routes(lab) == V4, timeout=60, what="globex back")
+        run_in(lab, "globex", "bird", "-R", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # poll: the IPv4 route stays until BIRD's End-of-RIB ends the help
+        assert kernel_routes(lab).get("203.0.113.0/24") == ["10.0.3.2"], "globex's IPv4 route moved"
+        g4 = peers(lab)["10.0.3.2"]
+        if g4["state"] == "established" and not g4["gr_helping"]:
+            break
+        time.sleep(0.2)
+    assert g4["graceful_restart"]["forwarding"] == ["ipv4"] and g4["stale"] == 0
+    wait_for(lambda: kernel_routes(lab) == V4 and "2001:db8:200::/48" in kernel_routes(lab, "-6"), timeout=60,
+             what="globex back on both families")
 
 
 def test_our_speaker_restart_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
