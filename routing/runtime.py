@@ -38,6 +38,10 @@ SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (50_000, 20, 100)
 GC_FREEZE_INTERVAL_S = 1.0
 GC_WARN_S = 0.02
+#: How often the frozen-object gauge is refreshed. ``gc.get_freeze_count()`` walks the whole
+#: permanent generation (CPython's gc_list_size): ~200 ms with a 1M-route table, and called once a
+#: second it stalled the event loop and the API thread (GIL) by that much every second (issue 9).
+GC_FREEZE_COUNT_INTERVAL_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +73,18 @@ class _GcTimer:
                         info.get("generation"), pause * 1000, info.get("collected"))
 
 
-async def gc_pacer(metrics: Any = None, interval_s: float = GC_FREEZE_INTERVAL_S) -> None:
-    """Once a second: collect the young generation, freeze what survived (see the module docstring)."""
+async def gc_pacer(metrics: Any = None, interval_s: float = GC_FREEZE_INTERVAL_S,
+                   count_every_s: float = GC_FREEZE_COUNT_INTERVAL_S) -> None:
+    """Once a second: collect the young generation, freeze what survived (see the module docstring).
+    Both are cheap (the young generation; a list splice). Counting the frozen objects is not, so the
+    gauge is refreshed only every ``count_every_s``."""
     gc.callbacks.append(_GcTimer(metrics))
+    counted = float("-inf")
     while True:
         await asyncio.sleep(interval_s)
         gc.collect(0)
         gc.freeze()
-        if metrics is not None:
+        now = time.monotonic()
+        if metrics is not None and now - counted >= count_every_s:
+            counted = now
             metrics.gc_frozen_objects.set(gc.get_freeze_count())
