@@ -18,9 +18,21 @@ class _Gauge:
         self.values.append(v)
 
 
+class _Histogram:
+    def __init__(self) -> None:
+        self.observed: list[float] = []
+
+    def labels(self, *_: str) -> _Histogram:
+        return self
+
+    def observe(self, v: float) -> None:
+        self.observed.append(v)
+
+
 class _Metrics:
     def __init__(self) -> None:
         self.gc_frozen_objects = _Gauge()
+        self.gc_pause_seconds = _Histogram()
 
 
 async def test_pacer_freezes_each_interval_and_counts_only_every_count_interval() -> None:
@@ -38,5 +50,6 @@ async def test_pacer_freezes_each_interval_and_counts_only_every_count_interval(
         frozen_after = gc.get_freeze_count()
         gc.unfreeze()
     assert len(m.gc_frozen_objects.values) == 1  # counted once, though it froze ~20 times
+    assert len(m.gc_pause_seconds.observed) >= 2  # every young collection was timed
     assert frozen_after >= m.gc_frozen_objects.values[0] > frozen_before  # it froze, and kept freezing
     assert garbage_free
