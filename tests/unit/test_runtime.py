@@ -51,5 +51,6 @@ async def test_pacer_freezes_each_interval_and_counts_only_every_count_interval(
         gc.unfreeze()
     assert len(m.gc_frozen_objects.values) == 1  # counted once, though it froze ~20 times
     assert len(m.gc_pause_seconds.observed) >= 2  # every young collection was timed
-    assert frozen_after >= m.gc_frozen_objects.values[0] > frozen_before  # it froze, and kept freezing
+    # It froze (objects freed by reference counting leave the frozen set, so later counts may drop).
+    assert m.gc_frozen_objects.values[0] > frozen_before and frozen_after > frozen_before
     assert garbage_free
