@@ -100,3 +100,32 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def bird_protocols(lab: Lab, node: str = "globex") -> dict[str, str]:
+    """A BIRD node's BGP protocols: name -> "state since-time info" (the time changes when the session
+    flaps; BIRD prints it to the millisecond from two clocks, so the same instant can read 1 ms apart
+    from one call to the next: compare with :func:`same_bird`)."""
+    out = run_in(lab, node, "birdc", "-s", "/run/bird/bird.ctl", "show", "protocols").stdout
+    rows = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[1] == "BGP":
+            rows[f[0]] = f"{f[3]} {f[4]} {f[5]}"
+    return rows
+
+
+def same_bird(a: dict[str, str], b: dict[str, str]) -> bool:
+    """The same sessions in the same states since the same instant, give or take BIRD's 1 ms jitter."""
+    def parts(v: str) -> tuple[str, float, str]:
+        state, since, info = v.split(" ", 2)
+        h, m, sec = since.split(":") if since.count(":") == 2 else ("0", "0", "0")
+        return state, int(h) * 3600 + int(m) * 60 + float(sec), info
+
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        (sa, ta, ia), (sb, tb, ib) = parts(a[k]), parts(b[k])
+        if sa != sb or ia != ib or abs(ta - tb) > 0.005:
+            return False
+    return True
