@@ -180,6 +180,17 @@ def test_session_loss_flushes_routes_without_withdrawals(converged: Lab) -> None
     wait_for(lambda: kernel_routes(converged) == ACCEPTED_V4, timeout=30, what="routes back")
 
 
+def test_promtool_check_metrics_passes_on_the_running_daemons_scrape(converged: Lab) -> None:
+    """Prometheus' own linter on what the running daemon exposes (the unit test checks a scrape of
+    a registry with every family populated; this one, the real thing with real peers)."""
+    import subprocess
+
+    text = metrics(converged)
+    assert "pop_router_bgp_session_up" in text
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_lab_prometheus_scrapes_the_pop_and_fires_an_alert_when_a_session_is_cut(converged: Lab) -> None:
     """The lab's real Prometheus (its node in pop-basic) scrapes the PoP and evaluates the shipped
     alert rules (ops/prometheus/alerts.yml): a cut customer session becomes a firing
