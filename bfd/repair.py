@@ -33,7 +33,10 @@ gone is not recreated), only to a pinned map named ``groups``, with a group's si
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
+import os
 import queue
 import socket
 import struct
@@ -41,6 +44,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from common.libbpf import errno_of, libbpf
+from common.netns import netns as enter_netns
 
 log = logging.getLogger("bfd.repair")
 
@@ -98,40 +104,25 @@ def check_map_writes(writes: list[MapWrite]) -> list[MapWrite]:
 
 
 class BpfMaps:
-    """Pinned maps opened by path (libbpf through ctypes, loaded on first use), fds cached."""
+    """Pinned maps opened by path (``common.libbpf``), fds cached."""
 
     def __init__(self) -> None:
-        self._lib: object | None = None
         self.fds: dict[str, int] = {}
-
-    def _libbpf(self):  # type: ignore[no-untyped-def]
-        if self._lib is None:
-            import ctypes
-
-            lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-            lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
-            lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
-            self._lib = lib
-        return self._lib
 
     def update(self, path: str, key: bytes, value: bytes) -> int:
         """0, or the errno of the failed write (ENOENT: no such map or group)."""
-        import ctypes
-
-        lib = self._libbpf()
+        lib = libbpf()
         fd = self.fds.get(path)
         if fd is None:
             fd = lib.bpf_obj_get(path.encode())
             if fd < 0:
-                return -fd if fd < -1 else (ctypes.get_errno() or 2)
+                return errno_of(fd, errno.ENOENT)
             self.fds[path] = fd
         kb, vb = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
         rc = lib.bpf_map_update_elem(fd, kb, vb, BPF_EXIST)
-        return 0 if rc == 0 else (-rc if rc < -1 else (ctypes.get_errno() or 22))
+        return 0 if rc == 0 else errno_of(rc, errno.EINVAL)
 
     def close(self) -> None:
-        import os
-
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
@@ -157,7 +148,7 @@ class LocalRepair:
         #: peer -> (version, netlink bytes, their sequence numbers, XDP map writes)
         self.plans: dict[str, tuple[int, bytes, list[int], list[MapWrite]]] = {}
         self.on_result = on_result
-        self._open = open_socket or _route_socket
+        self._open = open_socket or route_socket
         self.clock = clock
         self.rejected = 0
         self.triggered = 0
@@ -254,7 +245,9 @@ class LocalRepair:
         return errors
 
 
-def _route_socket() -> socket.socket:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+def route_socket(netns: str | None = None) -> socket.socket:
+    """A NETLINK_ROUTE socket, created in the FIB's namespace ``netns`` (None: this process's)."""
+    with enter_netns(netns):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     s.bind((0, 0))
     return s

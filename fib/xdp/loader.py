@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.libbpf import libbpf
 from common.netns import netns as enter_netns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,30 +61,6 @@ U32 = struct.Struct("=I")
 
 class XdpError(OSError):
     pass
-
-
-def _lib() -> ctypes.CDLL:
-    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    lib.bpf_object__open_file.restype = ctypes.c_void_p
-    lib.bpf_object__open_file.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-    lib.bpf_object__load.argtypes = [ctypes.c_void_p]
-    lib.bpf_object__close.argtypes = [ctypes.c_void_p]
-    lib.bpf_object__find_program_by_name.restype = ctypes.c_void_p
-    lib.bpf_object__find_program_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.bpf_program__fd.argtypes = [ctypes.c_void_p]
-    lib.bpf_object__find_map_fd_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.bpf_xdp_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
-    lib.bpf_xdp_detach.argtypes = [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
-    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
-    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.bpf_map_update_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
-    lib.bpf_object__find_map_by_name.restype = ctypes.c_void_p
-    lib.bpf_object__find_map_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.bpf_map__set_pin_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    return lib
 
 
 class _Statfs(ctypes.Structure):
@@ -140,7 +117,7 @@ class XdpProgram:
     def __init__(self, obj_path: Path = OBJECT, pin_dir: Path | None = None) -> None:
         if not obj_path.exists():
             raise XdpError(2, f"{obj_path} not built (make builds it from {SOURCE} with clang)")
-        self.lib = _lib()
+        self.lib = libbpf()
         self.obj_path = obj_path
         self.pin_dir = pin_dir
         #: The forwarding maps were pinned by an earlier run and are reused with their content.
@@ -361,8 +338,7 @@ def sum_counters(rows: Iterable[dict[str, int]]) -> dict[str, int]:
 def read_pinned_counters(pin_dir: Path, ifindex: int) -> dict[str, int]:
     """One interface's counters from the pinned stats map, without loading anything: what the fast
     path did while no daemon was running."""
-    lib = _lib()
-    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib = libbpf()
     fd = _check(lib.bpf_obj_get(str(pin_dir / "stats").encode()), f"open {pin_dir / 'stats'}")
     try:
         return _counter_row(lib, fd, ifindex)
