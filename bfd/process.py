@@ -59,7 +59,7 @@ import orjson
 from bfd.auth import AuthConfig
 from bfd.gaps import GAP_WINDOW_S, RollingMax
 from bfd.packet import AuthType, State
-from bfd.repair import LocalRepair, RepairResult
+from bfd.repair import LocalRepair, RepairResult, route_socket
 from bfd.session import BfdSession, DownReport, SessionConfig, SessionKey, StateChanged
 from bfd.steal import StealClock
 from bfd.transport import Transport, interfaces_by_address
@@ -85,6 +85,11 @@ def _ms(s: float | None) -> float | None:
     return None if s is None else round(s * 1000, 3)
 
 
+def detection_window(r: DownReport) -> float:
+    """The window that expired: ours for our detection, the peer's when it signalled the Down."""
+    return r.detect_time_s if r.cause == "detection" else r.peer_detect_time_s
+
+
 def blame(r: DownReport, host_steal_s: float | None = None) -> str:
     """Whose fault a Down was. The host's, first, when the hypervisor took a CPU of ours for half
     the detection window or more (``bfd/steal.py``: neither end could run). Our detection: the peer's
@@ -93,7 +98,7 @@ def blame(r: DownReport, host_steal_s: float | None = None) -> str:
     detection time, else the peer or the path."""
     if r.cause == "admin" or r.remote_diag.name == "ADMINISTRATIVELY_DOWN":
         return "admin"
-    window = r.detect_time_s if r.cause == "detection" else r.peer_detect_time_s
+    window = detection_window(r)
     if host_steal_s is not None and window and host_steal_s >= window / 2:
         return "host"
     return "us" if r.we_were_late() else "peer_or_path"
@@ -198,8 +203,7 @@ class BfdProcess:
 
     def down_doc(self, r: DownReport, at: float) -> dict[str, Any]:
         """The attribution keys of a transition out of Up (see the module docstring)."""
-        window = (r.detect_time_s if r.cause == "detection" else r.peer_detect_time_s) or 0.0
-        steal = self.sampler.steal.stolen_s(at - window - LOOP_LAG_PERIOD_S, at)
+        steal = self.sampler.steal.stolen_s(at - (detection_window(r) or 0.0) - LOOP_LAG_PERIOD_S, at)
         return {
             "cause": r.cause, "blame": blame(r, steal), "host_steal_ms": _ms(steal),
             "rx_gap_ms": _ms(r.rx_gap_s), "max_rx_gap_ms": _ms(r.max_rx_gap_s),
@@ -326,7 +330,7 @@ class BfdProcess:
 
 async def run(path: str, fib_netns: str | None = None) -> None:
     reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
-    proc = BfdProcess(writer, open_socket=partial(_route_socket_in, fib_netns) if fib_netns else None)
+    proc = BfdProcess(writer, open_socket=partial(route_socket, fib_netns))
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     # A graceful stop tells every peer AdminDown (RFC 5880 §6.8.16): a planned shutdown is not a
@@ -380,15 +384,6 @@ async def run(path: str, fib_netns: str | None = None) -> None:
         proc.sampler.close()
         proc.repair.close()
         proc.transport.close()
-
-
-def _route_socket_in(name: str) -> socket.socket:
-    from common.netns import netns
-
-    with netns(name):
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    s.bind((0, 0))
-    return s
 
 
 def main(argv: list[str] | None = None) -> int:

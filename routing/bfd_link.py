@@ -152,10 +152,11 @@ class BfdController:
         if writer is None:
             return 0
         fp = source.repair_fingerprint()
-        if fp == self._repair_fp and all(p in self._repair_sent for p in self._bfd_peers()):
+        peers = self._bfd_peers()
+        if fp == self._repair_fp and all(p in self._repair_sent for p in peers):
             return 0
         self._repair_fp = fp
-        plans = source.repair_plans(ipaddress.ip_address(p) for p in self._bfd_peers())
+        plans = source.repair_plans(ipaddress.ip_address(p) for p in peers)
         docs = {str(gw): plan.doc() for gw, plan in plans.items()}
         changed = {p: d for p, d in docs.items() if self._repair_sent.get(p) != d}
         if not changed:

@@ -369,7 +369,9 @@ async def test_local_repair_plan_sent_by_the_bfd_side_moves_traffic_and_stays_co
     gateway, sent on a socket of its own, moves every route to the backup; the failover lane that
     follows is a no-op for the kernel and brings the bookkeeping along; a stale plan (group gone) is
     refused and counted, never creates anything."""
-    from bfd.repair import LocalRepair
+    from functools import partial
+
+    from bfd.repair import LocalRepair, route_socket
 
     set_compat_mode(netns, 0)
     fib = KernelFib(protocol=PROTO, netns=netns)
@@ -387,23 +389,15 @@ async def test_local_repair_plan_sent_by_the_bfd_side_moves_traffic_and_stays_co
         assert plans[A("10.0.0.2")].maps == ()
         members_before = {g.id: g.members for g in fib.fib_table.group_by_id.values()}
 
-        def sock():  # type: ignore[no-untyped-def]
-            with enter_netns(netns):
-                import socket
-
-                s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            s.bind((0, 0))
-            return s
-
         results = []
-        lr = LocalRepair(results.append, open_socket=sock)
+        lr = LocalRepair(results.append, open_socket=partial(route_socket, netns))
         lr.set_plans({"10.0.0.2": plans[A("10.0.0.2")].netlink}, version=1)
         assert lr.trigger("10.0.0.2", fib.clock()) == 1
         assert lr.trigger("10.0.0.2", fib.clock()) == 0  # a plan is used once
         for _ in range(200):
             if results:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll
         (r,) = results
         assert r.errors == {} and r.messages == 1
         routes = kernel_routes(netns)
@@ -427,7 +421,7 @@ async def test_local_repair_plan_sent_by_the_bfd_side_moves_traffic_and_stays_co
         for _ in range(200):
             if len(results) == 2:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll
         assert set(results[1].errors.values()) <= {2, 22} and len(results[1].errors) == 1  # ENOENT, EINVAL
         assert {n["id"] for n in ip_json(netns, "nexthop", "show") if "group" in n} == groups_before
         lr.close()
