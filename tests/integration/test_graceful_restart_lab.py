@@ -73,6 +73,12 @@ def pids(lab: Lab, node: str, comm: str) -> list[int]:
     return found
 
 
+def acme_has_ours(lab: Lab) -> bool:
+    """acme's FRR has a route to our announced 192.0.2.0/24 (the restarting side's evidence)."""
+    out = json.loads(run_in(lab, "acme", "vtysh", "-c", "show ip route 192.0.2.0/24 json").stdout or "{}")
+    return bool(out.get("192.0.2.0/24"))
+
+
 def pinger(lab: Lab, src: str, dst: str, seconds: float) -> subprocess.Popen[str]:
     """ping every 20 ms from ``src``: its summary counts what the restart cost."""
     n = int(seconds / 0.02)
@@ -103,7 +109,7 @@ def test_helper_keeps_acme_paths_and_traffic_while_its_bgpd_restarts(lab: Lab) -
         helped_seen |= ps["10.0.1.2"]["gr_helping"]
         if helped_seen and not ps["10.0.1.2"]["gr_helping"] and ps["10.0.1.2"]["state"] == "established":
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll
     assert helped_seen, "the session never went down gracefully (bgpd not restarted?)"
     ps = peers(lab)
     assert ps["10.0.1.2"]["state"] == "established" and ps["10.0.1.2"]["stale"] == 0
@@ -137,7 +143,7 @@ def test_bird_restarting_is_helped_on_ipv4_and_flushed_on_ipv6(lab: Lab) -> None
         g4 = peers(lab)["10.0.3.2"]
         if g4["state"] == "established" and not g4["gr_helping"]:
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll
     assert g4["graceful_restart"]["forwarding"] == ["ipv4"] and g4["stale"] == 0
     wait_for(lambda: kernel_routes(lab) == V4 and "2001:db8:200::/48" in kernel_routes(lab, "-6"), timeout=60,
              what="globex back on both families")
@@ -145,38 +151,30 @@ def test_bird_restarting_is_helped_on_ipv4_and_flushed_on_ipv6(lab: Lab) -> None
 
 def test_our_speaker_restart_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
     """The restarting side: FRR keeps our announced prefix (stale) while our ExaBGP restarts."""
-    def acme_has_ours() -> bool:
-        out = json.loads(run_in(lab, "acme", "vtysh", "-c", "show ip route 192.0.2.0/24 json").stdout or "{}")
-        return bool(out.get("192.0.2.0/24"))
-
     wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
-    wait_for(acme_has_ours, timeout=30, what="acme has our 192.0.2.0/24")
+    wait_for(lambda: acme_has_ours(lab), timeout=30, what="acme has our 192.0.2.0/24")
     pid = show(lab, "status")["exabgp_processes"][0]["pid"]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # poll: acme never loses our prefix
-        assert acme_has_ours(), "acme dropped our prefix while our speaker restarted"
+        assert acme_has_ours(lab), "acme dropped our prefix while our speaker restarted"
         if show(lab, "status")["exabgp_processes"][0]["pid"] not in (None, pid) and established(lab) == ALL:
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll
     assert established(lab) == ALL
-    assert acme_has_ours()
+    assert acme_has_ours(lab)
 
 
 def test_daemon_restart_with_sigterm_keeps_acme_forwarding_towards_us(lab: Lab) -> None:
     """``systemctl restart``: SIGTERM, then a new daemon. With graceful restart negotiated ExaBGP
     closes its sessions on SIGTERM without a Cease (measured 2026-11-30: this test passes whether the
-    daemon's stop terminates ExaBGP or kills it), so acme keeps our prefix until our new session's End-of-RIB (checked
-    directly: acme also has a static default through us), and pings from host1 to the PoP's
+    daemon's stop terminates ExaBGP or kills it), so acme keeps our prefix until our new session's
+    End-of-RIB (checked directly: acme also has a static default through us), and pings from host1 to the PoP's
     192.0.2.1 keep being answered (the PoP's kernel routes stay while no daemon runs)."""
     import sys
 
-    def acme_has_ours() -> bool:
-        out = json.loads(run_in(lab, "acme", "vtysh", "-c", "show ip route 192.0.2.0/24 json").stdout or "{}")
-        return bool(out.get("192.0.2.0/24"))
-
     wait_for(lambda: established(lab) == ALL, timeout=90, what="all sessions Established")
-    wait_for(acme_has_ours, timeout=30, what="acme has our 192.0.2.0/24")
+    wait_for(lambda: acme_has_ours(lab), timeout=30, what="acme has our 192.0.2.0/24")
     run_in(lab, "pop", "ip", "addr", "replace", "192.0.2.1/32", "dev", "lo")
     ping = pinger(lab, "host1", "192.0.2.1", 20)
     time.sleep(1.0)  # poll: the stream runs before the restart
@@ -184,21 +182,21 @@ def test_daemon_restart_with_sigterm_keeps_acme_forwarding_towards_us(lab: Lab) 
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
-        assert acme_has_ours(), "acme dropped our prefix while our daemon stopped"
+        assert acme_has_ours(lab), "acme dropped our prefix while our daemon stopped"
         assert time.monotonic() < deadline, "the daemon did not stop"
         time.sleep(0.1)  # poll
-    assert acme_has_ours(), "acme dropped our prefix: the speakers said goodbye (Cease) on the way out"
+    assert acme_has_ours(lab), "acme dropped our prefix: the speakers said goodbye (Cease) on the way out"
     node = lab.topo.nodes["pop"]
     lab._background(node, [sys.executable, "-m", "routing.cli", "run", "-c", "/etc/pop-router/pop.yaml"], "pop-router")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # poll: acme never loses our prefix until everything is back
-        assert acme_has_ours(), "acme dropped our prefix while our daemon restarted"
+        assert acme_has_ours(lab), "acme dropped our prefix while our daemon restarted"
         try:
             if established(lab) == ALL:
                 break
         except (AssertionError, json.JSONDecodeError):
             pass  # the new daemon's API is not up yet
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll
     assert established(lab) == ALL
     sent, got = received(ping)
     assert got >= sent - 3, f"{sent - got} of {sent} pings towards our prefix lost during the daemon restart"
