@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -126,6 +126,8 @@ class Attributes:
     local_pref: int | None = None
     communities: tuple[tuple[int, int], ...] = ()
     large_communities: tuple[tuple[int, int, int], ...] = ()
+    #: Extended communities (RFC 4360), each the 8-byte value as an integer (type byte first).
+    ext_communities: tuple[int, ...] = ()
     #: MPLS label stack from labeled unicast (RFC 8277), outermost first.
     labels: tuple[int, ...] = ()
 
@@ -156,6 +158,20 @@ class Peer:
         return self.asn == self.local_asn
 
 
+class Validity(StrEnum):
+    """RFC 6811 §2 route origin validation states (shared by ``rpki/`` and the RIB)."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+
+
+#: Well-known communities (RFC 1997, RFC 7999).
+NO_EXPORT = (65535, 65281)
+NO_ADVERTISE = (65535, 65282)
+BLACKHOLE = (65535, 666)
+
+
 @dataclass(frozen=True, slots=True)
 class Path:
     prefix: IPNetwork
@@ -164,6 +180,12 @@ class Path:
     attrs: Attributes
     #: LOCAL_PREF after import policy (eBGP paths carry none on the wire).
     local_pref: int = 100
+    #: Origin validation state (RFC 6811) when a validator is configured; None: not validated.
+    rpki: Validity | None = None
+    #: Accepted as a remotely triggered blackhole (RFC 7999): traffic to the prefix is dropped here.
+    rtbh: bool = False
+    #: Times to prepend the customer's AS towards the backbone (an action community asked for it).
+    prepend: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +199,9 @@ class FibEntry:
     backup: tuple[IPAddress, ...] = field(default=())
     #: Labels to push towards the backup next hops (the backup path's own, RFC 8277 or policy).
     backup_labels: tuple[int, ...] = field(default=())
+    #: Drop traffic to the prefix (RTBH, RFC 7999): a kernel ``blackhole`` route and an XDP drop
+    #: entry; ``nexthops`` is then empty.
+    blackhole: bool = field(default=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,6 +202,33 @@ class PrefixRule(_Model):
 
 Rule = Annotated[PrefixRule, BeforeValidator(lambda v: PrefixRule.parse(v) if isinstance(v, str) else v)]
 
+#: Names for well-known communities accepted wherever a community is configured.
+WELL_KNOWN_COMMUNITIES = {"no-export": "65535:65281", "no-advertise": "65535:65282", "blackhole": "65535:666"}
+
+
+def parse_community(text: str) -> tuple[int, int] | tuple[int, int, int]:
+    """``A:B`` (RFC 1997, 16-bit halves) or ``A:B:C`` (RFC 8092 large, 32-bit parts), or a well-known
+    name; returns the pair or the triple. ValueError with the reason otherwise."""
+    raw = WELL_KNOWN_COMMUNITIES.get(str(text).strip().lower(), str(text).strip())
+    parts = raw.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected A:B, A:B:C or one of {', '.join(WELL_KNOWN_COMMUNITIES)}, got {text!r}")
+    values = tuple(int(p) for p in parts)
+    limit = 65535 if len(values) == 2 else 2**32 - 1
+    if any(v > limit for v in values):
+        kind = "standard" if limit == 65535 else "large"
+        raise ValueError(f"{text!r}: each part of a {kind} community is 0..{limit}")
+    return values  # type: ignore[return-value]
+
+
+def _community_text(v: Any) -> str:
+    parse_community(str(v))
+    return str(v).strip().lower() if str(v).strip().lower() in WELL_KNOWN_COMMUNITIES else str(v).strip()
+
+
+#: A configured community, kept as its text (``65000:100``, ``65000:1:2``, ``no-export``).
+Community = Annotated[str, BeforeValidator(_community_text)]
+
 
 class RouterConfig(_Model):
     asn: Annotated[int, Field(ge=1, le=4294967295)]
@@ -213,6 +240,11 @@ class RouterConfig(_Model):
     hold_time_s: Annotated[int, Field(ge=3, le=65535)] = 90
     #: Advertise the graceful-restart capability (RFC 4724) with this restart time; None: not at all.
     graceful_restart_s: Annotated[int, Field(ge=1, le=4095)] | None = None
+    #: Longest RTBH (RFC 7999) announcement accepted from a customer with ``import.rtbh``.
+    rtbh_max_length_v4: Annotated[int, Field(ge=8, le=32)] = 32
+    rtbh_max_length_v6: Annotated[int, Field(ge=16, le=128)] = 128
+    #: Informational communities attached to every accepted customer route (this PoP).
+    communities: list[Community] = []
 
 
 class ApiConfig(_Model):
@@ -395,6 +427,24 @@ class ImportPolicy(_Model):
     #: MPLS label stack (outermost first) pushed on traffic towards this customer's prefixes; labels
     #: from labeled-unicast routes (RFC 8277) take precedence.
     set_mpls_label: list[Annotated[int, Field(ge=16, le=1048575)]] = []
+    #: Accept RTBH announcements (BLACKHOLE, 65535:666) inside ``prefixes``, up to
+    #: ``router.rtbh_max_length_v4``/``_v6``: traffic to them is dropped at the PoP.
+    rtbh: bool = False
+    #: Paths carrying any of these communities are rejected (``A:B``, ``A:B:C``, ``*`` for any part).
+    reject_communities: list[Annotated[str, Field(pattern=r"^(\*|\d+):(\*|\d+)(:(\*|\d+))?$")]] = []
+
+
+class ExportPolicy(_Model):
+    """What one customer's sessions are sent."""
+
+    #: Our prefixes announced to this customer; null: ``router.announce``.
+    prefixes: list[IPNet] | None = None
+    #: Extra copies of our AS in the AS_PATH (ExaBGP adds one itself on eBGP).
+    prepend: Annotated[int, Field(ge=0, le=3)] = 0
+    #: Communities attached to what we announce.
+    communities: list[Community] = []
+    #: Also announce a default route (0.0.0.0/0, ::/0) of the session's family.
+    default_route: bool = False
 
 
 class PeerConfig(_Model):
@@ -408,6 +458,8 @@ class PeerConfig(_Model):
     ttl_security: bool = False
     passive: bool = False
     bfd: BfdSettings | None = None
+    #: Informational communities attached to routes accepted over this session (the link).
+    communities: list[Community] = []
 
     @model_validator(mode="after")
     def _same_family(self) -> PeerConfig:
@@ -432,6 +484,39 @@ class CustomerConfig(_Model):
     import_: ImportPolicy = Field(alias="import")
     peers: Annotated[list[PeerConfig], Field(min_length=1)]
     bfd: BfdSettings | None = None
+    export: ExportPolicy = ExportPolicy()
+    #: Informational communities attached to this customer's accepted routes.
+    communities: list[Community] = []
+    #: RPKI origin validation for this customer; null: ``rpki.policy``.
+    rpki: Literal["reject-invalid", "tag-only", "off"] | None = None
+    #: Source address validation (BCP 38, RFC 3704 feasible path) in the XDP program on the
+    #: customer's interfaces: a packet whose source is outside ``prefix-list`` (the customer's
+    #: ``import.prefixes``) or ``accepted-routes`` (what it announced and we accepted) is dropped.
+    sav: Literal["off", "prefix-list", "accepted-routes"] = "off"
+
+
+class RpkiCache(_Model):
+    address: IPAddr
+    port: Annotated[int, Field(ge=1, le=65535)] = 323
+    #: Lower is preferred (RFC 8210 §10 spirit): the VRPs of the best reachable caches are used.
+    preference: Annotated[int, Field(ge=0, le=255)] = 100
+
+
+class RpkiConfig(_Model):
+    """Route origin validation (RFC 6811) against VRPs from RTR caches (RFC 8210, RFC 6810)."""
+
+    caches: list[RpkiCache] = []
+    #: What an ``invalid`` path gets (``customers[].rpki`` overrides it); only with caches configured.
+    policy: Literal["reject-invalid", "tag-only", "off"] = "reject-invalid"
+
+
+class BackboneConfig(_Model):
+    """iBGP sessions to the provider's route reflectors: accepted customer routes are exported to
+    them (next hop self), so the rest of the network learns what this PoP reaches."""
+
+    peers: list[PeerConfig] = []
+    #: Install routes received from the backbone in the FIB (otherwise kept in the Adj-RIB-In only).
+    install: bool = False
 
 
 class CpusConfig(_Model):
@@ -457,6 +542,8 @@ class Config(_Model):
     exabgp: ExabgpConfig = ExabgpConfig()
     bfd: BfdGlobalConfig = BfdGlobalConfig()
     cpus: CpusConfig = CpusConfig()
+    rpki: RpkiConfig = RpkiConfig()
+    backbone: BackboneConfig = BackboneConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     customers: list[CustomerConfig] = []
 
@@ -473,7 +560,17 @@ class Config(_Model):
                     where = f"customers[{i}].peers[{j}].address"
                     raise ValueError(f"{where}: {p.address} is already a peer of {addrs[p.address]}")
                 addrs[p.address] = c.name
+        for j, p in enumerate(self.backbone.peers):
+            if p.address in addrs:
+                raise ValueError(f"backbone.peers[{j}].address: {p.address} is already a peer of {addrs[p.address]}")
+            addrs[p.address] = "backbone"
         return self
+
+    def customer_rpki(self, customer: CustomerConfig) -> Literal["reject-invalid", "tag-only", "off"]:
+        """The effective RPKI policy of a customer: ``off`` while no cache is configured."""
+        if not self.rpki.caches:
+            return "off"
+        return customer.rpki or self.rpki.policy
 
     def peers(self) -> list[tuple[CustomerConfig, PeerConfig]]:
         return [(c, p) for c in self.customers for p in c.peers]

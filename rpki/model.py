@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A leaf module (imports nothing from the package) so that the codec (:mod:`rpki.pdu`), the session
+A leaf module (it imports only ``common.model``'s :class:`Validity`, which the RIB's paths carry
+too) so that the codec (:mod:`rpki.pdu`), the session
 (:mod:`rpki.session`), the table (:mod:`rpki.vrp`) and a future RIB share one VRP type without
 import cycles. A VRP is a plain tuple of integers: the address is an ``int``, not an
 :mod:`ipaddress` object, because the validator touches hundreds of thousands of them and the table
@@ -16,21 +17,16 @@ Invariants (enforced by :func:`make_vrp` and by the decoder, never re-checked do
 from __future__ import annotations
 
 import ipaddress
-from enum import StrEnum
 from typing import NamedTuple
+
+from common.model import Validity
+
+__all__ = ["AFI_LABEL", "WIDTH", "Validity", "Vrp", "host_bits_clear", "make_vrp"]
 
 #: Address width in bits per address family.
 WIDTH = {4: 32, 6: 128}
 #: Metric label per address family (``pop_router_rpki_vrps{afi}``).
 AFI_LABEL = {4: "ipv4", 6: "ipv6"}
-
-
-class Validity(StrEnum):
-    """RFC 6811 §2 route origin validation states."""
-
-    VALID = "valid"
-    INVALID = "invalid"
-    NOT_FOUND = "not_found"
 
 
 class Vrp(NamedTuple):
