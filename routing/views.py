@@ -179,6 +179,7 @@ class Views:
                 "restarts": s.child.restarts, "cpu_s": cpu_s, "uptime_s": uptime_s,
                 "malformed_messages": s.malformed,
                 "relay_backlog_bytes": None if relay is None else relay.backlog_bytes,
+                "runs_on": s.runs_on,
             })
         return out
 
