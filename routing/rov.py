@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.model import FibDiff
 from routing.policy import Rejection
 from routing.reload import original_path
-from routing.rib import validation_state
+from routing.rib import validation_state, with_rpki
 from rpki.vrp import AffectedRanges, Validator
 
 if TYPE_CHECKING:
@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 
 #: Paths re-validated (state changed: policy re-run, Loc-RIB moved) per slice, like a flush slice.
 REVALIDATE_STEP = 100
-#: Paths merely examined (range test, mostly outside every range) per slice: ~1 µs each.
-SCAN_STEP = 2000
+#: Paths examined per slice (a range test, ~2 µs on a busy 2-vCPU machine; a path whose state changed
+#: counts as 25: policy, Loc-RIB, best path): a slice stays within a few milliseconds
+#: (benchmarks/policy.py prints the slice times).
+SCAN_STEP = 600
+CHANGE_COST = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,8 @@ class Revalidation:
                 if state is stored.rpki:
                     continue
                 stats.changed_state += 1
-                work += 20  # a policy run and a best-path recompute cost ~20 range tests
-                orig = replace(original_path(stored, a.policy, stored.peer), rpki=state)
+                work += CHANGE_COST
+                orig = with_rpki(original_path(stored, a.policy, stored.peer), state)
                 verdict = a.policy.apply(orig)
                 eligible = rib.eligible.get(addr, True)
                 d: FibDiff | None = None
