@@ -130,6 +130,17 @@ class Attributes:
     ext_communities: tuple[int, ...] = ()
     #: MPLS label stack from labeled unicast (RFC 8277), outermost first.
     labels: tuple[int, ...] = ()
+    #: The AS_PATH's last segment was an AS_SET (``as_path`` flattens a set to one hop), so the
+    #: route has no single origin AS (RFC 6811 §2 "NONE").
+    as_set_last: bool = False
+
+    @property
+    def origin_as(self) -> int | None:
+        """The origin AS of RFC 6811 §2: the last AS of an AS_SEQUENCE; None for an AS_SET or an
+        empty path (our own routes), which no VRP matches."""
+        if self.as_set_last or not self.as_path:
+            return None
+        return self.as_path[-1]
 
 
 _ATTRS: dict[Attributes, Attributes] = {}

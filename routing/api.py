@@ -26,6 +26,8 @@ Endpoints (all JSON)::
     GET  /fib[?failed=1]              kernel routes of ours, or routes the kernel refused
     GET  /bfd                         BFD sessions: states, diags, negotiated timers, flaps
     GET  /xdp                         XDP fast path: program, attached interfaces, map sync, counters
+    GET  /rpki                        RPKI caches (up, serial, VRPs, last update), VRPs in effect,
+                                      paths by origin validation state, the last re-validation
     GET  /fib/diff                    RIB versus kernel (and kernel versus XDP maps): what differs
     GET  /config                      the running configuration (secrets masked)
     POST /peers/{address}/reset       tear the session down (cease 4, admin reset); needs the token
@@ -120,6 +122,9 @@ def build_app(d: Views, on: Dispatch | None = None) -> web.Application:
     async def xdp(_: web.Request) -> web.Response:
         return _json(await on.owner(d.xdp_view))
 
+    async def rpki(_: web.Request) -> web.Response:
+        return _json(await on.local(d.rpki_view))
+
     async def bfd(_: web.Request) -> web.Response:
         return _json(await on.local(d.bfd_view))
 
@@ -171,6 +176,7 @@ def build_app(d: Views, on: Dispatch | None = None) -> web.Application:
         web.get("/fib", fib),
         web.get("/bfd", bfd),
         web.get("/xdp", xdp),
+        web.get("/rpki", rpki),
         web.get("/fib/diff", fib_diff),
         web.get("/config", config),
         web.post("/peers/{address}/reset", reset),

@@ -96,18 +96,29 @@ def render(kind: str, data: Any, args: argparse.Namespace) -> None:
                  str(p["received"]), str(p["accepted"]), str(p["rejected"]), str(p["max_prefixes"] or "-"),
                  p["last_down_reason"]] for p in data])
     elif kind == "routes" and args.rejected:
-        _table("Rejected announcements", ["prefix", "peer", "customer", "as-path", "reason", "detail"],
-               [[r["prefix"], r["peer"], r["customer"], " ".join(map(str, r["as_path"])), r["reason"],
-                 r["detail"]] for r in data])
+        _table("Rejected announcements", ["prefix", "peer", "customer", "as-path", "rpki", "reason", "detail"],
+               [[r["prefix"], r["peer"], r["customer"], " ".join(map(str, r["as_path"])), r.get("rpki") or "-",
+                 r["reason"], r["detail"]] for r in data])
     elif kind == "routes":
-        _table("Loc-RIB", ["", "prefix", "next hop", "peer", "customer", "as-path", "lp", "med", "communities",
+        _table("Loc-RIB", ["", "prefix", "next hop", "peer", "customer", "as-path", "lp", "med", "rpki", "communities",
                            "best-path reason"],
                [[("*>" if r["best"] else ("*=" if r["multipath"] else " *")), r["prefix"],
                  "blackhole" if r.get("rtbh") else r["nexthop"], r["peer"],
                  r["customer"], " ".join(map(str, r["as_path"])), str(r["local_pref"]),
-                 "" if r["med"] is None else str(r["med"]),
+                 "" if r["med"] is None else str(r["med"]), r.get("rpki") or "-",
                  " ".join(r.get("communities", []) + r.get("large_communities", []) + r.get("ext_communities", [])),
                  r["reason"]] for r in data])
+    elif kind == "rpki":
+        _table("RPKI caches (RTR)", ["cache", "pref", "up", "selected", "state", "serial", "VRPs", "last update",
+                                     "last error"],
+               [[c["cache"], str(c["preference"]), "up" if c["up"] else "down", "yes" if c["selected"] else "",
+                 c["state"], "-" if c["serial"] is None else str(c["serial"]), str(c["vrps"]),
+                 "-" if c["last_update_s_ago"] is None else f"{c['last_update_s_ago']:.0f}s ago",
+                 c["last_error"] or ""] for c in data["caches"]])
+        vrps, routes = data.get("vrps") or {}, data["routes"]
+        _table("Origin validation", ["key", "value"],
+               [["VRPs in effect", ", ".join(f"{k} {v}" for k, v in vrps.items()) or "-"],
+                *[[f"paths {k}", str(v)] for k, v in routes.items()]])
     elif kind == "xdp":
         rows = [[k, str(v)] for k, v in data.items() if k not in ("counters", "attached", "counters_by_interface")]
         rows += [[f"attached ifindex {a['ifindex']}", a["mode"]] for a in data.get("attached", [])]
@@ -194,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status", "bfd": "/bfd",
-            "xdp": "/xdp"}[args.what]
+            "xdp": "/xdp", "rpki": "/rpki"}[args.what]
     if args.what == "routes" and args.rejected:
         path += "?rejected=1"
     if args.what == "fib" and args.failed:
@@ -357,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=cmd_check)
     s = sub.add_parser("show", help="show daemon state")
-    s.add_argument("what", choices=["peers", "routes", "fib", "bfd", "xdp", "status"])
+    s.add_argument("what", choices=["peers", "routes", "fib", "bfd", "xdp", "rpki", "status"])
     s.add_argument("--json", action="store_true")
     s.add_argument("--rejected", action="store_true", help="routes: rejected announcements with their reason")
     s.add_argument("--failed", action="store_true", help="fib: routes the kernel refused")

@@ -34,6 +34,11 @@ strict-mode BFD gating) is queued as a *job* and :meth:`RoutingCore.work` runs a
 prefixes of it per call; the shell yields to the loop between calls. Routing events are taken only
 when no job is pending, so a peer's new UPDATEs never interleave with the flush of its old routes.
 
+Route origin validation: a changed VRP set (:class:`routing.rov.RpkiChanged`, urgent lane) swaps
+the RIB's validator and queues a job that re-validates the stored paths inside the changed ranges
+and re-runs import policy for those whose state changed (``routing/rov.py``); a newer change
+supersedes it.
+
 Live reconfiguration (:class:`Reconfigure`, built by the daemon from two configurations, see
 ``routing/reload.py``) is core work like any other: peers are added at once; a removed peer's routes
 are flushed by a job which then forgets the peer; a peer whose import policy changed has its stored
@@ -63,6 +68,7 @@ from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy, Rejection
 from routing.reload import original_path
 from routing.rib import LimitExceeded, Rib
+from routing.rov import Revalidation, RpkiChanged
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +331,8 @@ class RoutingCore:
         self._notices: list[Action] = []
         #: Peers removed by a reconfiguration: their late events are expected, not unknown.
         self._removed: set[IPAddress] = set()
+        #: Route origin validation: VRP changes re-validate stored paths in a job (routing/rov.py).
+        self.rov = Revalidation()
         self._awaiting_startup_eor = False
         self.startup_hold_s = startup_hold_s
         #: FIB changes held back after a restart (latest per prefix), None when not holding.
@@ -521,7 +529,7 @@ class RoutingCore:
                     if rej is None:
                         continue
                     stored = rej[0]
-                orig = original_path(stored, old_policy, peer)
+                orig = self.rib.validated(original_path(stored, old_policy, peer), policy)
                 verdict = policy.apply(orig)
                 d: FibDiff | None = None
                 if isinstance(verdict, Rejection):
@@ -578,6 +586,8 @@ class RoutingCore:
             return []
         if isinstance(ev, Reconfigure):
             return self._reconfigure(ev, now)
+        if isinstance(ev, RpkiChanged):
+            return self._rpki_changed(ev)
         addr = getattr(ev, "peer", None)
         ps = self.peers.get(addr) if addr is not None else None
         if ps is None:
@@ -619,6 +629,11 @@ class RoutingCore:
             self._teardown_metric(ps, "admin")
             return [SendCommand(ps.address, msg.teardown(ps.address, CEASE_ADMIN_RESET), "admin")]
         raise TypeError(f"routing core cannot handle {type(ev).__name__}")
+
+    def _rpki_changed(self, ev: RpkiChanged) -> list[Action]:
+        """New VRPs: re-validate the stored paths inside the changed ranges in slices (routing/rov.py)."""
+        self._jobs.append(self.rov.start(self.rib, ev, self.metrics))
+        return []
 
     def _feed(self, ps: PeerStatus, inp: PeerInput, now: float, reason: str = "") -> Effect:
         was = ps.state

@@ -12,7 +12,9 @@ One asyncio loop, three lanes (DESIGN.md):
   and performs what it returns: FIB diffs to the dataplane, commands to ExaBGP as *tracked tasks*
   (the owner never awaits I/O), timers with ``call_later``. Long core work (a peer's flush) runs in
   slices with a yield to the loop between them.
-- **control** — API, metrics, CLI read :class:`routing.views.Views` between the owner's steps.
+- **control** — API, metrics, CLI read :class:`routing.views.Views` between the owner's steps. The
+  RTR clients (:class:`routing.rpki_link.RpkiLink`) live here too: a VRP change reaches the core as
+  one :class:`routing.rov.RpkiChanged` message, and the core re-validates in slices.
 
 Every step on the loop is short (one UPDATE, one slice, one bounded FIB plan), so the failover lane
 and the API wait at most one step. A loop-lag sampler records how late a 10 ms timer runs
@@ -75,6 +77,7 @@ from routing.metrics import Metrics
 from routing.policy import ImportPolicy
 from routing.reload import ReloadPlan, plan_steps, render_text, running_config
 from routing.rib import Rib
+from routing.rpki_link import RpkiLink
 from routing.runtime import gc_pacer
 from routing.views import Views
 
@@ -117,7 +120,7 @@ def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan,
     resets = plan.resets()
     adds, updates = [], []
     for c, p in new.peers():
-        policy = ImportPolicy(new.router, c)
+        policy = ImportPolicy(new.router, c, new.customer_rpki(c))
         if p.address not in old_addrs:
             adds.append(PeerAdd(peer_status(new, c, p, new_assignment.get(p.address, 0)), policy,
                                 c.import_.max_prefixes))
@@ -159,7 +162,8 @@ class Daemon:
         rib = Rib()
         peers: dict[IPAddress, PeerStatus] = {}
         for customer, pc in config.peers():
-            rib.add_peer(pc.address, ImportPolicy(config.router, customer), customer.import_.max_prefixes)
+            rib.add_peer(pc.address, ImportPolicy(config.router, customer, config.customer_rpki(customer)),
+                         customer.import_.max_prefixes)
             peers[pc.address] = peer_status(config, customer, pc, self.pool.assignment[pc.address])
             self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
         self.metrics.configure_peers(config)
@@ -169,8 +173,10 @@ class Daemon:
                                  clock, self.metrics)
         self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics, cpus=self.control_cpus,
                                  fib_netns=netns)
+        #: RTR clients (control lane); VRP changes reach the core as RpkiChanged (routing/rpki_link.py).
+        self.rpki = RpkiLink(config, self.inbox.post, clock)
         self.views = Views(config, self.core, self.fib, self.bfd, self.pool, self.lane, self.inbox,
-                           self.metrics, clock, clock(), self.teardown, reload=self.reload_source)
+                           self.metrics, clock, clock(), self.teardown, reload=self.reload_source, rpki=self.rpki)
         self._tasks: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()
         self._reload_token = 0
@@ -242,6 +248,7 @@ class Daemon:
             tg.create_task(gc_pacer(self.metrics), name="gc")
             tg.create_task(serve_control(self.views), name="control")
             tg.create_task(self.pool.supervise(), name="exabgp")
+            tg.create_task(self.rpki.run(), name="rpki")
             self._ready.set()
 
     def _place(self) -> None:
@@ -491,6 +498,7 @@ class Daemon:
                 results.append({"command": line, "ok": await self.pool.command(addr, line)})
         outcome["exports"] = results
         outcome["exabgp"], outcome["exabgp_processes"] = await self._reload_exabgp(new, plan)
+        outcome["rpki"] = self.rpki.update(new)
         try:
             done = await asyncio.wait_for(asyncio.shield(applied), RELOAD_CORE_WAIT_S)
             outcome["rib"] = {"became_accepted": done.became_accepted, "became_rejected": done.became_rejected,

@@ -270,6 +270,24 @@ class Metrics:
             "BFD detection to groups rewritten by the BFD process's local repair",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
         )
+        # Route origin validation (routing/rpki_link.py sets these at scrape time).
+        self.rpki_routes = Gauge(
+            "pop_router_rpki_routes", "Stored paths (accepted and rejected) of peers whose policy validates, "
+            "by RFC 6811 origin validation state", ["state"], registry=r,
+        )
+        self.rpki_vrps = Gauge("pop_router_rpki_vrps", "VRPs in effect (validated against), by address family",
+                               ["afi"], registry=r)
+        self.rpki_cache_up = Gauge(
+            "pop_router_rpki_cache_up", "1 if the RTR session to the cache is synchronised", ["cache"], registry=r)
+        self.rpki_serial = Gauge("pop_router_rpki_serial", "Serial number of the cache's data we hold",
+                                 ["cache"], registry=r)
+        self.rpki_rtr_errors = ReadCounterFamily(
+            "pop_router_rpki_rtr_errors", "RTR Error Reports (RFC 8210 §12), by cache, direction "
+            "(received, sent) and error code", ["cache", "direction", "code"], registry=r,
+        )
+        for state in ("valid", "invalid", "not_found"):
+            self.rpki_routes.labels(state)
+
     # --- per-peer series that follow the configuration and the session lifecycle -------------------
     def configure_peers(self, config: Config) -> None:
         """Create every configured peer's series (flaps and BFD Downs at 0, uptime 0, its limit), drop the others.

@@ -10,6 +10,9 @@ checks run in a fixed order so that the reason an operator sees is the most fund
 2. ``bogon`` — the prefix overlaps martian/bogon space (``router.bogons``);
 3. ``too_specific`` — longer than ``router.max_prefix_length_v4``/``_v6`` (/24, /48);
 4. ``not_in_prefix_list`` — no rule of the customer's ``import.prefixes`` matches (``ge``/``le``);
+4b. ``rpki_invalid`` — the path's origin validation state (RFC 6811, set by the RIB from the VRPs
+   before policy runs, :meth:`routing.rib.Rib.validated`) is ``invalid`` and the customer's RPKI
+   mode is ``reject-invalid``; ``tag-only`` keeps the path with its state, ``off`` drops the state;
 5. ``first_as_mismatch`` — AS_PATH does not start with the customer's ASN (RFC 4271 §6.3);
 6. ``own_as_in_path`` — our ASN appears in the AS_PATH (a loop);
 7. ``community_rejected`` — the path carries a community of ``import.reject_communities``;
@@ -48,9 +51,13 @@ import functools
 import ipaddress
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Literal
 
-from common.model import BLACKHOLE, Attributes, IPAddress, IPNetwork, Path, intern_attrs
+from common.model import BLACKHOLE, Attributes, IPAddress, IPNetwork, Path, Validity, intern_attrs
 from routing.config import CustomerConfig, PrefixRule, RouterConfig, parse_community
+
+#: A customer's effective RPKI mode (``Config.customer_rpki``).
+RpkiMode = Literal["reject-invalid", "tag-only", "off"]
 
 
 class RejectReason(StrEnum):
@@ -64,6 +71,7 @@ class RejectReason(StrEnum):
     MAX_PREFIXES = "max_prefixes"
     COMMUNITY_REJECTED = "community_rejected"
     RTBH_NOT_ALLOWED = "rtbh_not_allowed"
+    RPKI_INVALID = "rpki_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +105,9 @@ def _overlaps(x: _Key, y: _Key) -> bool:
 class ImportPolicy:
     """A customer's import filter (see the module docstring for the rule order)."""
 
-    def __init__(self, router: RouterConfig, customer: CustomerConfig) -> None:
+    def __init__(self, router: RouterConfig, customer: CustomerConfig, rpki: RpkiMode = "off") -> None:
         self.customer = customer.name
+        self.rpki: RpkiMode = rpki
         self.customer_asn = customer.asn
         self.local_asn = router.asn
         self.local_pref = customer.import_.local_pref
@@ -138,6 +147,14 @@ class ImportPolicy:
                 return None
         return Rejection(RejectReason.NOT_IN_PREFIX_LIST)
 
+    def _check_rpki(self, path: Path) -> Rejection | None:
+        """RFC 8481 §4 leaves the action to policy: only ``reject-invalid`` refuses a path."""
+        if path.rpki is Validity.INVALID and self.rpki == "reject-invalid":
+            origin = path.attrs.origin_as
+            return Rejection(RejectReason.RPKI_INVALID,
+                             f"origin AS {origin}" if origin is not None else "no single origin AS (AS_SET)")
+        return None
+
     def _is_bogon(self, k: _Key) -> bool:
         v, a, length = k
         bits = 32 if v == 4 else 128
@@ -172,6 +189,12 @@ class ImportPolicy:
         rej = self.check_rtbh_prefix(path.prefix) if blackhole else self.check_prefix(path.prefix)
         if rej is not None:
             return rej
+        if path.rpki is not None:
+            rej = self._check_rpki(path)
+            if rej is not None:
+                return rej
+            if self.rpki == "off":
+                path = replace(path, rpki=None)
         as_path = attrs.as_path
         if not as_path or as_path[0] != self.customer_asn:
             first = as_path[0] if as_path else "empty"

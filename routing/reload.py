@@ -16,7 +16,8 @@ A reload is two steps with a boundary between them:
 
 What each change costs (the "nothing reset that need not be" rule; the README has the table):
 
-- **policy only** (prefix lists, local-pref, MPLS labels, bogons, length limits, a customer's name):
+- **policy only** (prefix lists, local-pref, MPLS labels, bogons, length limits, a customer's name,
+  its effective RPKI mode ``customers[].rpki``/``rpki.policy``, or caches added where there were none):
   the stored Adj-RIB-In (every announcement, accepted *and* rejected) is run through the new import
   policy; paths move between accepted and rejected and the Loc-RIB/FIB follow. No session touched.
 - ``max_prefixes`` raised or removed: the limit changes; lowered below what the peer already made us
@@ -133,7 +134,8 @@ def policy_fingerprint(config: Config, customer: CustomerConfig) -> tuple:
     r, i = config.router, customer.import_
     return (r.asn, tuple(r.bogons), r.max_prefix_length_v4, r.max_prefix_length_v6, customer.name,
             customer.asn, tuple(str(x) for x in i.prefixes), i.local_pref, tuple(i.set_mpls_label),
-            i.rtbh, tuple(i.reject_communities), r.rtbh_max_length_v4, r.rtbh_max_length_v6)
+            i.rtbh, tuple(i.reject_communities), r.rtbh_max_length_v4, r.rtbh_max_length_v6,
+            config.customer_rpki(customer))
 
 
 def original_path(stored: Path, old_policy: ImportPolicy, peer: Peer) -> Path:
@@ -152,12 +154,12 @@ def reevaluate(rib: Rib, addr: IPAddress, prefix: IPNetwork, policy: ImportPolic
     a = rib.adj[addr]
     acc = a.accepted.get(prefix)
     if acc is not None:
-        orig = original_path(acc, a.policy, peer)
+        orig = rib.validated(original_path(acc, a.policy, peer), policy)
         return orig, acc, policy.apply(orig)
     rej = a.rejected.get(prefix)
     if rej is None:
         return None
-    orig = original_path(rej[0], a.policy, peer)
+    orig = rib.validated(original_path(rej[0], a.policy, peer), policy)
     return orig, None, policy.apply(orig)
 
 
@@ -352,6 +354,10 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
         plan.needs_restart.append("bfd.realtime_priority")
     if old.log_level != new.log_level:
         plan.other.append(f"log_level {old.log_level} -> {new.log_level}")
+    if old.rpki.caches != new.rpki.caches:
+        names = [", ".join(f"{c.address}:{c.port}" for c in x.rpki.caches) or "none" for x in (old, new)]
+        plan.other.append(f"rpki caches {names[0]} -> {names[1]} (RTR clients replaced; what their VRPs "
+                          "change is re-validated, no session reset)")
 
     for addr in sorted(new_peers.keys() - old_peers.keys(), key=_addr_key):
         c, _ = new_peers[addr]
@@ -399,7 +405,7 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
         if policy_fingerprint(old, oc) == policy_fingerprint(new, nc):
             continue
         changed_customers.add(nc.name)
-        policy = ImportPolicy(new.router, nc)
+        policy = ImportPolicy(new.router, nc, new.customer_rpki(nc))
         plan.reevaluate[addr] = policy
         if a is None:
             continue

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 
-from common.model import FibDiff, FibEntry, IPAddress, IPNetwork, Path
+from common.model import BLACKHOLE, FibDiff, FibEntry, IPAddress, IPNetwork, Path, Validity
 from routing.bestpath import Selection, select
 from routing.policy import ImportPolicy, Rejection, RejectReason
+from rpki.vrp import Validator
 
 
 @dataclass(slots=True)
@@ -43,6 +45,8 @@ class AdjRibIn:
     #: IPv6 prefixes in ``accepted`` / ``rejected`` (kept by accept/reject/forget).
     v6_accepted: int = 0
     v6_rejected: int = 0
+    #: Stored paths (accepted and rejected) by origin validation state (``pop_router_rpki_routes``).
+    rpki_states: Counter[Validity | None] = field(default_factory=Counter)
 
     @property
     def received(self) -> int:
@@ -59,6 +63,7 @@ class AdjRibIn:
     def accept(self, prefix: IPNetwork, path: Path) -> Path | None:
         """Store an accepted path (dropping a rejection of the prefix); returns the previous one."""
         v6 = prefix.version == 6
+        self._count_rpki(prefix, path)
         if self.rejected.pop(prefix, None) is not None and v6:
             self.v6_rejected -= 1
         old = self.accepted.get(prefix)
@@ -70,6 +75,7 @@ class AdjRibIn:
     def reject(self, prefix: IPNetwork, path: Path, why: Rejection) -> Path | None:
         """Store a rejection (dropping an accepted path of the prefix); returns that path, if any."""
         v6 = prefix.version == 6
+        self._count_rpki(prefix, path)
         if prefix not in self.rejected and v6:
             self.v6_rejected += 1
         self.rejected[prefix] = (path, why)
@@ -81,12 +87,24 @@ class AdjRibIn:
     def forget(self, prefix: IPNetwork) -> Path | None:
         """Drop whatever is stored for ``prefix``; returns the accepted path it had, if any."""
         v6 = prefix.version == 6
+        self._count_rpki(prefix, None)
         if self.rejected.pop(prefix, None) is not None and v6:
             self.v6_rejected -= 1
         old = self.accepted.pop(prefix, None)
         if old is not None and v6:
             self.v6_accepted -= 1
         return old
+
+    def _count_rpki(self, prefix: IPNetwork, new: Path | None) -> None:
+        """Keep :attr:`rpki_states` as what is stored for ``prefix`` changes to ``new`` (None: gone)."""
+        old = self.accepted.get(prefix)
+        if old is None:
+            rej = self.rejected.get(prefix)
+            old = rej[0] if rej is not None else None
+        if old is not None:
+            self.rpki_states[old.rpki] -= 1
+        if new is not None:
+            self.rpki_states[new.rpki] += 1
 
 
 class LimitExceeded(Exception):
@@ -179,6 +197,8 @@ class Rib:
         self.loc = LocRib()
         #: Peers whose accepted paths may enter the Loc-RIB (False: BFD strict mode, session not Up).
         self.eligible: dict[IPAddress, bool] = {}
+        #: The VRP snapshot new paths are validated against (routing/rov.py replaces it on a change).
+        self.validator = Validator(())
 
     def set_eligible(self, peer: IPAddress, eligible: bool) -> list[FibDiff]:
         """Gate a peer's accepted paths in or out of the Loc-RIB (BFD strict mode) without losing them."""
@@ -213,6 +233,7 @@ class Rib:
             if is_new and a.max_prefixes is not None and a.received >= a.max_prefixes:
                 a.rejected_total[RejectReason.MAX_PREFIXES.value] += 1
                 raise LimitExceeded(peer, a.max_prefixes)
+            path = self.validated(path, a.policy)
             res = a.policy.apply(path)
             if isinstance(res, Rejection):
                 a.rejected_total[res.reason.value] += 1
@@ -228,6 +249,15 @@ class Rib:
             if d:
                 diffs.append(d)
         return diffs
+
+    def validated(self, path: Path, policy: ImportPolicy) -> Path:
+        """``path`` with the origin validation state (RFC 6811) its policy's RPKI mode asks for:
+        None with ``off``, else the state against :attr:`validator`. Blackhole paths skip the max
+        length (:meth:`~rpki.vrp.Validator.validate_any_length`)."""
+        if policy.rpki == "off":
+            return path if path.rpki is None else with_rpki(path, None)
+        state = validation_state(self.validator, path)
+        return path if path.rpki is state else with_rpki(path, state)
 
     def withdraw(self, peer: IPAddress, prefixes: Iterable[IPNetwork]) -> list[FibDiff]:
         a = self.adj[peer]
@@ -261,3 +291,23 @@ class Rib:
             return []
         stale, a.stale = a.stale, set()
         return self.withdraw(peer, stale)
+
+
+def validation_state(validator: Validator, path: Path) -> Validity:
+    """RFC 6811 §2 state of one path (origin AS: :attr:`~common.model.Attributes.origin_as`)."""
+    prefix, attrs = path.prefix, path.attrs
+    check = validator.validate_any_length if BLACKHOLE in attrs.communities else validator.validate_int
+    return check(prefix.version, int(prefix.network_address), prefix.prefixlen, attrs.origin_as)
+
+
+_PATH_FIELDS = tuple(f.name for f in fields(Path))
+_RPKI_FIELD = _PATH_FIELDS.index("rpki")
+_path_values = attrgetter(*_PATH_FIELDS)
+
+
+def with_rpki(path: Path, state: Validity | None) -> Path:
+    """``dataclasses.replace(path, rpki=state)`` at two thirds of its cost (it runs once per received
+    path: ~1.7 µs of ~5 µs saved, a full table's ingest ~2 s of CPU)."""
+    values = list(_path_values(path))
+    values[_RPKI_FIELD] = state
+    return Path(*values)

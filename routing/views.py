@@ -47,6 +47,8 @@ class Views:
     adopted: int = 0
     mpls: Any = None
     loop_lag_max_ms: float = 0.0
+    #: RTR clients and VRP snapshots (routing/rpki_link.py); None in tests without one.
+    rpki: Any = None
 
     @property
     def peers(self) -> dict[IPAddress, Any]:
@@ -69,6 +71,8 @@ class Views:
                 m.bgp_prefixes_received.labels(str(addr), fam).set(received)
                 m.bgp_prefixes_accepted.labels(str(addr), fam).set(accepted)
         m.inbox_depth.labels("routing").set(self.inbox.routing_depth)
+        if self.rpki is not None:
+            self.rpki.refresh_metrics(m, self.rpki_route_counts())
         m.inbox_depth.labels("urgent").set(len(self.inbox) - self.inbox.routing_depth)
         if self.xdp is not None:
             names = self.xdp_interface_names()
@@ -122,7 +126,7 @@ class Views:
                     out.append({
                         "prefix": str(prefix), "peer": str(addr), "customer": path.peer.customer,
                         "nexthop": str(path.nexthop), "as_path": list(path.attrs.as_path),
-                        "reason": rej.reason.value, "detail": rej.detail,
+                        "reason": rej.reason.value, "detail": rej.detail, "rpki": _rpki(path),
                         **_received_communities(path),
                     })
             return sorted(out, key=lambda r: (r["peer"], r["prefix"]))
@@ -141,7 +145,7 @@ class Views:
                     "customer": p.peer.customer, "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path),
                     "origin": p.attrs.origin.name.lower(), "med": p.attrs.med, "local_pref": p.local_pref,
                     "best": best, "multipath": p in sel.multipath, "labels": list(p.attrs.labels),
-                    "reason": sel.reason.value if best else "",
+                    "reason": sel.reason.value if best else "", "rpki": _rpki(p),
                     # What the path carries onwards: received minus our namespace, plus informational.
                     "communities": [f"{x}:{y}" for x, y in std],
                     "large_communities": [f"{x}:{y}:{z}" for x, y, z in large],
@@ -150,6 +154,28 @@ class Views:
                     **_received_communities(p),
                 })
         return sorted(out, key=lambda r: (r["afi"], r["prefix"], not r["best"]))
+
+    def rpki_route_counts(self) -> dict[str, int]:
+        """Stored paths by origin validation state, over the peers whose policy validates. O(peers)."""
+        out = {"valid": 0, "invalid": 0, "not_found": 0}
+        for a in list(self.core.rib.adj.values()):
+            for state, n in list(a.rpki_states.items()):
+                if state is not None:
+                    out[state.value] += n
+        return out
+
+    def rpki_view(self) -> dict:
+        """``show rpki``: each cache (up, serial, VRPs, last update), VRPs in effect, paths by state,
+        the last re-validation."""
+        if self.rpki is None:
+            return {"enabled": False, "caches": [], "vrps": {}, "routes": self.rpki_route_counts()}
+        v = self.rpki.view(self.rpki_route_counts())
+        last = self.core.rov.last
+        v["revalidation"] = None if last is None else {
+            "generation": last.generation, "done": last.done, "examined": last.examined,
+            "in_ranges": last.in_ranges, "changed_state": last.changed_state,
+            "became_rejected": last.became_rejected, "became_accepted": last.became_accepted}
+        return v
 
     def fib_view(self, failed: bool = False) -> list[dict]:
         fib = self.fib
@@ -306,6 +332,11 @@ def _received_communities(p: Path) -> dict[str, list[str]]:
     return {"received_communities": [f"{x}:{y}" for x, y in a.communities]
             + [f"{x}:{y}:{z}" for x, y, z in a.large_communities]
             + [format_ext_community(v) for v in a.ext_communities]}
+
+
+def _rpki(path: Any) -> str | None:
+    """A path's origin validation state for views: None when its customer's RPKI mode is off."""
+    return None if path.rpki is None else path.rpki.value
 
 
 def proc_times(pid: int) -> tuple[float | None, float | None]:

@@ -5,5 +5,7 @@ Layers, leaf first (no module imports one to its right)::
     model (Vrp, Validity)  <-  pdu (codec)  <-  session (sans-IO state machine)  <-  client (asyncio)
                      ^---------- vrp (VrpTable, Validator, affected) <--------------------'
 
-Nothing here imports ``routing/``; the RIB and policy call in (see ``rpki/INTEGRATION.md``).
+Nothing here imports ``routing/``; the routing side calls in: ``routing/rpki_link.py`` (the clients on
+the daemon's control lane, VRP snapshots to the core), ``routing/rov.py`` (re-validation jobs),
+``routing/rib.py`` (state before import policy) and ``routing/policy.py`` (``rpki_invalid``).
 """

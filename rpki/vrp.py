@@ -127,6 +127,23 @@ class Validator:
                 i = parents[i]
         return INVALID
 
+    def validate_any_length(self, afi: int, addr: int, plen: int, origin_as: int | None) -> Validity:
+        """``validate_int`` without the max length: Valid when a covering VRP has the origin AS.
+
+        For remotely triggered blackhole routes (RFC 7999 /32s and /128s): the owner of a prefix may
+        blackhole any part of it, so BIRD and others skip the max length for them."""
+        idx = self._v4 if afi == 4 else self._v6
+        i = idx.lookup(addr, plen)
+        if i < 0:
+            return NOT_FOUND
+        if origin_as:
+            entries, parents = idx.entries, idx.parents
+            while i >= 0:
+                if origin_as in entries[i]:
+                    return VALID
+                i = parents[i]
+        return INVALID
+
     def validate_many(self, routes: Iterable[tuple[int, int, int, int | None]]) -> list[Validity]:
         """``validate_int`` over ``(afi, address, length, origin)`` tuples: the re-validation loop."""
         f = self.validate_int

@@ -28,7 +28,7 @@ ExaBGP kill the API process and drop every unacknowledged command.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -207,8 +207,20 @@ def _labels(entry: dict) -> tuple[int, ...]:
     return tuple(_int(x, 0, 2**20 - 1) for x in flat)
 
 
+def _as_set_last(a: object) -> bool:
+    """True when the AS_PATH's last segment is a set: :func:`_as_path` flattens it to one hop, and
+    route origin validation must then know there is no single origin AS (RFC 6811 §2)."""
+    v = a.get("as-path") if isinstance(a, dict) else None
+    if not isinstance(v, dict) or not v:
+        return False
+    seg = v[max(v, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    return isinstance(seg, dict) and seg.get("element") in ("as-set", "confed-set")
+
+
 def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
     attrs = _attributes(upd.get("attribute"))
+    if _as_set_last(upd.get("attribute")):
+        attrs = intern_attrs(replace(attrs, as_set_last=True))
     announce: list[tuple[IPNetwork, IPAddress, tuple[int, ...]]] = []
     withdraw: list[IPNetwork] = []
     for family, by_nh in (upd.get("announce") or {}).items():

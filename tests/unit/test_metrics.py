@@ -56,6 +56,7 @@ def populated(clock: FakeClock | None = None) -> Metrics:
     m.bfd_rx_dropped.labels("auth_failed").inc()
     m.bfd_detect_time.labels("10.0.1.2").set(0.9)
     m.bfd_tx_late.inc()
+    m.rpki_rtr_errors.labels("127.0.0.1:323", "received", "2").set(1)
     for metric in vars(m).values():  # families added later get a placeholder sample, so promtool sees them
         if isinstance(metric, MetricWrapperBase) and not any(s for f in metric.collect() for s in f.samples):
             child = metric.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else metric
