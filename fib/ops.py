@@ -15,7 +15,11 @@ Object kinds, all carrying the ids the kernel knows them by:
 - nexthop group (:class:`GroupAdd` / :class:`GroupReplace` / :class:`GroupDel`): members are
   nexthop ids; a replace tagged ``failover`` comes from the failover lane (BFD/link down or up);
   a delete may carry the routes the kernel drops with it (a whole-group withdrawal);
-- route (:class:`RouteInstall` / :class:`RouteReplace` / :class:`RouteDelete`): prefix -> group;
+- route (:class:`RouteInstall` / :class:`RouteReplace` / :class:`RouteDelete`): prefix -> group, or
+  prefix -> :data:`BLACKHOLE_GID` for a blackhole entry (RTBH, RFC 7999: a kernel ``RTN_BLACKHOLE``
+  route without a nexthop, an XDP drop entry). The sentinel lets a blackhole ride the same route
+  operations, bookkeeping and replace semantics as a normal route, while no group, nexthop, failover
+  rewrite or local repair plan can ever involve it (no group has that id);
 - incoming-label route (:class:`MplsLabelAdd` / :class:`MplsLabelDel`): pop a local label and
   forward to one nexthop's gateway.
 
@@ -50,6 +54,11 @@ def tuple_ids(entry: FibEntry) -> tuple[int, int, int, int]:
     """Identity of the (interned) tuples behind an entry's group key: a per-batch cache key that
     costs no hashing of addresses."""
     return id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels)
+
+
+#: The "group" of a blackhole route. Group ids are ``(protocol << 22) + n`` (fib/table.py), so this one
+#: never names a real group; the XDP trie stores it as its drop value.
+BLACKHOLE_GID = 0xFFFFFFFF
 
 
 # --- operations ------------------------------------------------------------------------------------
