@@ -21,7 +21,9 @@ Object kinds, all carrying the ids the kernel knows them by:
   operations, bookkeeping and replace semantics as a normal route, while no group, nexthop, failover
   rewrite or local repair plan can ever involve it (no group has that id);
 - incoming-label route (:class:`MplsLabelAdd` / :class:`MplsLabelDel`): pop a local label and
-  forward to one nexthop's gateway.
+  forward to one nexthop's gateway;
+- source address validation (:class:`SavEnable` / :class:`SavAllow` / :class:`SavRevoke`): per
+  interface, the check on or off and its allowed source prefixes (XDP only, see :data:`SavOp`).
 
 Also here: the key types every module shares (:data:`NhKey`, :data:`GroupKey`) and the functions
 that derive a group key from a :class:`~common.model.FibEntry`.
@@ -137,6 +139,32 @@ class MplsLabelDel:
     label: int
     nid: int
 
+
+@dataclass(frozen=True, slots=True)
+class SavEnable:
+    """Source address validation on (or off) for interface ``ifindex`` (BCP 38, RFC 3704)."""
+
+    ifindex: int
+    on: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SavAllow:
+    """Sources in ``prefix`` are legitimate on ``ifindex``."""
+
+    ifindex: int
+    prefix: IPNetwork
+
+
+@dataclass(frozen=True, slots=True)
+class SavRevoke:
+    ifindex: int
+    prefix: IPNetwork
+
+
+#: Policy operations: only the XDP provider has source address validation (the kernel's rp_filter
+#: knows routes, not a customer's allowed set), so the dataplane hands these to the mirrors alone.
+SavOp = SavEnable | SavAllow | SavRevoke
 
 Op = (NexthopAdd | NexthopDel | GroupAdd | GroupReplace | GroupDel | RouteInstall | RouteReplace | RouteDelete
       | MplsLabelAdd | MplsLabelDel)
