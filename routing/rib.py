@@ -43,6 +43,9 @@ class AdjRibIn:
     #: IPv6 prefixes in ``accepted`` / ``rejected`` (kept by accept/reject/forget).
     v6_accepted: int = 0
     v6_rejected: int = 0
+    #: Change recorder, set while someone watches this peer's accepted set (SAV ``accepted-routes``):
+    #: (prefix, now accepted) each time a prefix enters or leaves ``accepted``; drained by the core.
+    changes: list[tuple[IPNetwork, bool]] | None = None
 
     @property
     def received(self) -> int:
@@ -65,6 +68,8 @@ class AdjRibIn:
         self.accepted[prefix] = path
         if old is None and v6:
             self.v6_accepted += 1
+        if old is None and self.changes is not None:
+            self.changes.append((prefix, True))
         return old
 
     def reject(self, prefix: IPNetwork, path: Path, why: Rejection) -> Path | None:
@@ -76,6 +81,8 @@ class AdjRibIn:
         old = self.accepted.pop(prefix, None)
         if old is not None and v6:
             self.v6_accepted -= 1
+        if old is not None and self.changes is not None:
+            self.changes.append((prefix, False))
         return old
 
     def forget(self, prefix: IPNetwork) -> Path | None:
@@ -86,6 +93,8 @@ class AdjRibIn:
         old = self.accepted.pop(prefix, None)
         if old is not None and v6:
             self.v6_accepted -= 1
+        if old is not None and self.changes is not None:
+            self.changes.append((prefix, False))
         return old
 
 
