@@ -88,3 +88,57 @@ async def test_blackhole_routes_are_adopted_after_a_restart_and_swept(netns: str
     # A resync finds the kernel equal to the table: nothing to repair.
     assert await second.resync() == 0
     second.close()
+
+
+async def test_kernel_path_blackhole_drops_are_counted_per_interface_by_nft(netns: str) -> None:
+    """Real packets from a second namespace into a blackhole route: the kernel drops them and our
+    own nftables table counts them on the ingress interface; removed at stop, nothing else touched."""
+    import shutil
+    import subprocess
+
+    from fib.nft import TABLE, BlackholeCounter
+
+    from .netns import sh, wait_for
+
+    if shutil.which("nft") is None:
+        import pytest
+
+        pytest.fail("nft is missing (apt-get install -y nftables)")
+    peer = netns + "p"
+    subprocess.run(["ip", "netns", "add", peer], check=True)
+    try:
+        sh("ip", "-n", netns, "link", "set", "d1", "netns", peer)
+        sh("ip", "-n", peer, "link", "set", "d1", "up")
+        sh("ip", "-n", peer, "addr", "add", "10.0.0.2/24", "dev", "d1")
+        sh("ip", "-n", peer, "route", "add", "default", "via", "10.0.0.1")
+        sh("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("ip", "netns", "exec", netns, "nft", "add", "table", "ip", "somebody_else")
+        fib = KernelFib(protocol=PROTO, netns=netns)
+        await (_apply(fib, [("198.51.100.7/32", bh("198.51.100.7/32"))]))  # before the start: adopted
+        counter = BlackholeCounter(netns)
+        assert counter.start(fib.fib_table)
+        assert counter.start(fib.fib_table)  # a table left behind is taken over, not duplicated
+        fib.dataplane.mirrors.append(counter)  # then fed the same operations as the kernel
+
+        def ping(dst: str, n: int = 1) -> None:
+            for _ in range(n):
+                sh("ip", "netns", "exec", peer, "ping", "-c", "1", "-W", "0.2", dst, check=False)
+
+        ping("198.51.100.7", 5)
+        assert wait_for(lambda: counter.read().get("d0", 0) >= 5, what="5 drops counted on d0")
+        # A blackhole added and one overlapping it (collapsed in the set), then the first removed.
+        await (_apply(fib, [("198.51.100.8/32", bh("198.51.100.8/32")),
+                                 ("198.51.100.0/29", bh("198.51.100.0/29"))]))
+        ping("198.51.100.8", 2)
+        assert wait_for(lambda: counter.read().get("d0", 0) >= 7, what="7 drops")
+        await _apply(fib, [("198.51.100.0/29", None), ("198.51.100.8/32", fwd("198.51.100.8/32", "10.0.0.2"))])
+        assert counter.prefixes == {N("198.51.100.7/32")}
+        before = counter.read()["d0"]
+        ping("198.51.100.6", 2)  # no longer a blackhole: not counted (no route: the kernel answers)
+        assert counter.read()["d0"] == before
+        counter.stop()
+        tables = sh("ip", "netns", "exec", netns, "nft", "list", "tables")
+        assert f"inet {TABLE}" not in tables and "ip somebody_else" in tables
+        fib.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", peer], check=False)
