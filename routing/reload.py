@@ -351,6 +351,10 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
         plan.needs_restart.append("bfd.realtime_priority")
     if old.log_level != new.log_level:
         plan.other.append(f"log_level {old.log_level} -> {new.log_level}")
+    old_sav = {c.name: c.sav for c in old.customers}
+    for c in new.customers:  # applied live to the XDP maps (routing/policy_dataplane.py)
+        if c.name in old_sav and old_sav[c.name] != c.sav:
+            plan.other.append(f"customer {c.name}: sav {old_sav[c.name]} -> {c.sav}")
 
     for addr in sorted(new_peers.keys() - old_peers.keys(), key=_addr_key):
         c, _ = new_peers[addr]
