@@ -5,13 +5,15 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 POP   := $(VENV)/bin/pop-router
 LAB   := containerlab/pop-basic.clab.yml
-DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev prometheus stayrtr
+DEBS  := frr bird2 iproute2 iputils-ping tcpdump nftables util-linux procps clang llvm libbpf-dev prometheus stayrtr pypy3 pypy3-venv
 XDP_OBJ := build/pop_xdp.o build/xdp_pass.o build/xdp_gen.o
 STAMP := $(VENV)/.installed
+PYPY_VENV := .venv-pypy
+PYPY_STAMP := $(PYPY_VENV)/.installed
 
 .PHONY: demo demo-down test unit integration lint deps debs bench clean
 
-deps: debs $(STAMP) $(XDP_OBJ)
+deps: debs $(STAMP) $(PYPY_STAMP) $(XDP_OBJ)
 
 # The XDP program is built here, never committed (clang -target bpf, headers from libbpf-dev).
 BPF_CC = mkdir -p build && clang -O2 -g -Wall -target bpf -I/usr/include/$$(uname -m)-linux-gnu
@@ -35,6 +37,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# ExaBGP under PyPy (issue 12: ~3x faster on a full table): the same ExaBGP version as the CPython
+# venv's, linked as .venv/bin/exabgp-pypy, which `exabgp.interpreter: auto` prefers. Skipped with a
+# message where there is no pypy3; the daemon then runs ExaBGP on CPython and says so in its log.
+$(PYPY_STAMP): $(STAMP)
+	@if command -v pypy3 >/dev/null; then \
+	  ver=$$($(PY) -c 'import importlib.metadata as m; print(m.version("exabgp"))'); \
+	  test -x $(PYPY_VENV)/bin/python || pypy3 -m venv $(PYPY_VENV); \
+	  $(PYPY_VENV)/bin/python -m pip install -q "exabgp==$$ver" && \
+	  ln -sf $(abspath $(PYPY_VENV))/bin/exabgp $(VENV)/bin/exabgp-pypy && touch $(PYPY_STAMP); \
+	else echo "pypy3 not found: ExaBGP will run on CPython"; fi
 
 demo: deps
 	$(PY) -m labs.demo $(LAB)
@@ -63,4 +76,4 @@ bench: deps
 	$(PY) benchmarks/xdp.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info

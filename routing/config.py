@@ -313,8 +313,13 @@ class FibConfig(_Model):
 
 
 class ExabgpConfig(_Model):
-    #: ExaBGP executable; default: the ``exabgp`` installed next to this Python.
+    #: ExaBGP executable; default: chosen by ``interpreter``.
     binary: Path | None = None
+    #: Which Python runs ExaBGP when ``binary`` is unset: ``pypy`` (``exabgp-pypy`` next to this
+    #: Python, which ``make deps`` installs where Debian's pypy3 is present: it parses a full table
+    #: several times faster), ``cpython`` (the ``exabgp`` next to this Python) or ``auto`` (PyPy when
+    #: installed, else CPython, with a log line saying which and why).
+    interpreter: Literal["auto", "cpython", "pypy"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     #: Directory for the generated ExaBGP configuration and its relay socket.
     run_dir: Path | None = None

@@ -226,6 +226,11 @@ def test_exabgp_runs_as_root_with_our_relay(converged: Lab) -> None:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ") for c in children]
     assert any(b"routing.exabgp.bridge" in c for c in cmdlines)
+    # exabgp.interpreter: auto runs it on PyPy where make installed exabgp-pypy (issue 12), and says so
+    pypy = Path(sys.executable).with_name("exabgp-pypy").exists()
+    exe = os.readlink(f"/proc/{pid}/exe")
+    assert ("pypy" in exe) == pypy, exe
+    assert ("PyPy" in show(converged, "status")["exabgp_processes"][0]["runs_on"]) == pypy
 
 
 def test_killing_exabgp_keeps_kernel_routes_and_sessions_return(converged: Lab) -> None:
