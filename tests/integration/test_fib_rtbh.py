@@ -114,7 +114,7 @@ async def test_kernel_path_blackhole_drops_are_counted_per_interface_by_nft(netn
         sh("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh("ip", "netns", "exec", netns, "nft", "add", "table", "ip", "somebody_else")
         fib = KernelFib(protocol=PROTO, netns=netns)
-        await (_apply(fib, [("198.51.100.7/32", bh("198.51.100.7/32"))]))  # before the start: adopted
+        await _apply(fib, [("198.51.100.7/32", bh("198.51.100.7/32"))])  # before the start: adopted
         counter = BlackholeCounter(netns)
         assert counter.start(fib.fib_table)
         assert counter.start(fib.fib_table)  # a table left behind is taken over, not duplicated
@@ -127,8 +127,7 @@ async def test_kernel_path_blackhole_drops_are_counted_per_interface_by_nft(netn
         ping("198.51.100.7", 5)
         assert wait_for(lambda: counter.read().get("d0", 0) >= 5, what="5 drops counted on d0")
         # A blackhole added and one overlapping it (collapsed in the set), then the first removed.
-        await (_apply(fib, [("198.51.100.8/32", bh("198.51.100.8/32")),
-                                 ("198.51.100.0/29", bh("198.51.100.0/29"))]))
+        await _apply(fib, [("198.51.100.8/32", bh("198.51.100.8/32")), ("198.51.100.0/29", bh("198.51.100.0/29"))])
         ping("198.51.100.8", 2)
         assert wait_for(lambda: counter.read().get("d0", 0) >= 7, what="7 drops")
         await _apply(fib, [("198.51.100.0/29", None), ("198.51.100.8/32", fwd("198.51.100.8/32", "10.0.0.2"))])
