@@ -26,6 +26,9 @@ Two lanes feed it, in one order:
 Pacing (:class:`Pace`): routes per message, an optional pause between messages, the size of a
 planning step. The defaults are the writer's historical behaviour (``batch_size`` per message, no
 pause).
+
+Source address validation (:meth:`apply_sav`) is a third, tiny stream: per-interface allowed source
+prefixes, applied synchronously to the mirror providers that validate (XDP), with results.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from fib.ops import (
     RouteDelete,
     RouteInstall,
     RouteReplace,
+    SavOp,
 )
 from fib.planner import Planner
 from fib.table import FibTable, FibView
@@ -567,6 +571,22 @@ class Dataplane:
         m.fib_routes.labels("ipv6").set(t.count[6])  # type: ignore[attr-defined]
         m.fib_failed_routes.set(len(self.failed))  # type: ignore[attr-defined]
         m.fib_nexthop_groups.set(len(t.group_by_id))  # type: ignore[attr-defined]
+
+    # --- policy: source address validation (XDP only) ---------------------------------------------
+    def apply_sav(self, ops: Sequence[SavOp]) -> Results:
+        """Source address validation changes, applied at once on the loop thread (a handful of map
+        writes, no kernel lock): to every mirror that validates sources. The answer is the first such
+        mirror's results; without one, every operation fails with EOPNOTSUPP (nothing validates)."""
+        out: Results | None = None
+        for m in self.mirrors:
+            apply = getattr(m, "apply_sav", None)
+            if apply is None:
+                continue
+            res = apply(ops)
+            for i, err in res.errors.items():
+                log.error("mirror provider %s refused %s: %s", type(m).__name__, ops[i], errno_name(err))
+            out = out or res
+        return out if out is not None else Results(ops, dict.fromkeys(range(len(ops)), errno_mod.EOPNOTSUPP))
 
     # --- local repair plans (bfd/repair.py) ------------------------------------------------------
     def repair_fingerprint(self) -> tuple[int, ...]:

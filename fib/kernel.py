@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from common.model import FibEntry, IPAddress, IPNetwork
@@ -42,7 +42,7 @@ from common.netns import netns as enter_netns
 from fib.dataplane import Dataplane, FailedRoute, FailoverResult, Pace
 from fib.kernel_provider import KernelProvider
 from fib.monitor import FibMonitor
-from fib.ops import GroupKey, NhKey, group_key
+from fib.ops import GroupKey, NhKey, Results, SavOp, group_key
 from fib.planner import Planner
 from fib.table import FibTable, Group
 
@@ -200,6 +200,12 @@ class KernelFib:
 
     async def recover_gateway(self, gw: IPAddress) -> int:
         return self.recover_gateways_now({gw}).rewritten
+
+    # --- policy ---------------------------------------------------------------------------------
+    def apply_sav(self, ops: Sequence[SavOp]) -> Results:
+        """Source address validation changes (per interface: on/off, allowed prefixes) to the XDP
+        provider, at once; one result per operation (EOPNOTSUPP for all without XDP)."""
+        return self.dataplane.apply_sav(ops)
 
     # --- views -----------------------------------------------------------------------------------
     @property

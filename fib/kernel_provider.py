@@ -20,7 +20,9 @@ Encoding (:meth:`encode`) happens on the loop, in the writer's bounded planning 
 carries its index in the batch as its sequence number, so the worker thread only joins and sends (no
 Python loop holding the GIL while the loop plans the next batch) and errors map back to operations
 by index (:class:`~fib.ops.Results`). Without kernel MPLS encap (``mpls_encap``) labels stay out of
-the nexthop objects: the XDP provider pushes them.
+the nexthop objects: the XDP provider pushes them. A route operation on
+:data:`~fib.ops.BLACKHOLE_GID` becomes an ``RTN_BLACKHOLE`` route (no ``RTA_NH_ID``) with our protocol,
+table and metric; its delete names that type (IPv4's delete matches the route type).
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ from common.netns import netns as enter_netns
 from fib.netlink import (
     NLM_F_CREATE,
     RTM_DELROUTE,
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
     KernelNexthop,
     KernelRoute,
     RouteSocket,
+    encode_blackhole_route,
     encode_del_mpls_route,
     encode_del_nexthop,
     encode_group,
@@ -49,6 +54,7 @@ from fib.netlink import (
     route_encoder,
 )
 from fib.ops import (
+    BLACKHOLE_GID,
     GroupAdd,
     GroupDel,
     GroupReplace,
@@ -116,13 +122,17 @@ class KernelProvider:
         seq = start
         for op in ops:
             t = type(op)
-            if t is RouteInstall:
-                append(enc(seq, op.prefix, op.gid, False))  # type: ignore[union-attr]
-            elif t is RouteReplace:
-                append(enc(seq, op.prefix, op.gid, True))  # type: ignore[union-attr]
+            if t is RouteInstall or t is RouteReplace:
+                if op.gid == BLACKHOLE_GID:  # type: ignore[union-attr]
+                    append(encode_blackhole_route(seq, op.prefix, protocol=proto, table=table,  # type: ignore[union-attr]
+                                                  metric=metric, replace=t is RouteReplace))
+                else:
+                    append(enc(seq, op.prefix, op.gid, t is RouteReplace))  # type: ignore[union-attr]
             elif t is RouteDelete:
                 append(encode_route_nhid(RTM_DELROUTE, seq, op.prefix, 0, protocol=proto,  # type: ignore[union-attr]
-                                         table=table, metric=metric))
+                                         table=table, metric=metric,
+                                         rtm_type=RTN_BLACKHOLE if op.old_gid == BLACKHOLE_GID  # type: ignore[union-attr]
+                                         else RTN_UNICAST))
             else:
                 append(self._encode_object(seq, op))
             seq += 1

@@ -48,7 +48,8 @@ from fib.netlink import (
     decode_route_any,
     monitor_socket,
 )
-from fib.table import FibTable
+from fib.ops import BLACKHOLE_GID
+from fib.table import FibTable, route_gid
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class FibMonitor:
             self._repaired("route_deleted")
             if want is not None:
                 dp.submit(p, want)
-        elif r.nhid != gid:
+        elif route_gid(r) != gid:
             log.warning("route %s of ours was changed by someone else (nhid %d, ours %d): repairing", p, r.nhid, gid)
             self._repaired("route_changed")
             want = t.desired(p)
@@ -244,11 +245,11 @@ class FibMonitor:
         for nid in [n for n in t.nh_key if n not in kernel_ids]:
             t.forget_nexthop(nid)  # its label route is rewritten (NLM_F_REPLACE) when it is recreated
             t.nh_refs.pop(nid, None)
-        kroutes = {r.prefix: r.nhid for r in routes if r.metric == self.metric}
+        kroutes = {r.prefix: route_gid(r) for r in routes if r.metric == self.metric}
         fixed = 0
         touched: list[IPNetwork] = []
         for p, gid in list(t.installed.items()):
-            if kroutes.get(p) != gid or gid not in t.group_by_id:
+            if kroutes.get(p) != gid or (gid != BLACKHOLE_GID and gid not in t.group_by_id):
                 want = wants.get(p) or dp.pending.get(p)
                 t.route_gone(p)
                 touched.append(p)

@@ -93,6 +93,7 @@ AF_MPLS = 28
 
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
 RT_TABLE_COMPAT = 252
 
 SOL_NETLINK = 270
@@ -173,6 +174,8 @@ class KernelRoute:
     metric: int
     oifs: tuple[int, ...] = ()
     nhid: int = 0
+    #: An ``RTN_BLACKHOLE`` route (RTBH): no next hop, the kernel drops what it matches.
+    blackhole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,17 +274,34 @@ _bound_route_encoder = functools.lru_cache(maxsize=64)(
 
 def encode_route_nhid(
     op: int, seq: int, prefix: IPNetwork, nhid: int, *, protocol: int, table: int, metric: int, replace: bool = True,
+    rtm_type: int = RTN_UNICAST,
 ) -> bytes:
     """RTM_NEWROUTE pointing at a nexthop object or group (RTA_NH_ID), or the RTM_DELROUTE of that
-    route (the same message without RTA_NH_ID: the kernel matches prefix, table, metric, protocol)."""
+    route (the same message without RTA_NH_ID: the kernel matches prefix, table, metric, protocol and,
+    for IPv4, the route type: deleting a blackhole route needs ``rtm_type=RTN_BLACKHOLE``)."""
     if op == RTM_NEWROUTE:
         return _bound_route_encoder(protocol, table, metric)(seq, prefix, nhid, replace)
+    return _route_without_nh(op, NLM_F_REQUEST, seq, prefix, protocol=protocol, table=table, metric=metric,
+                             rtm_type=rtm_type)
+
+
+def _route_without_nh(op: int, flags: int, seq: int, prefix: IPNetwork, *, protocol: int, table: int, metric: int,
+                      rtm_type: int) -> bytes:
     v4 = prefix.version == 4
     st = _ROUTE4_DEL if v4 else _ROUTE6_DEL
     family, dst_len = (socket.AF_INET, 8) if v4 else (socket.AF_INET6, 20)
-    return st.pack(st.size, op, NLM_F_REQUEST, seq, 0, family, prefix.prefixlen, 0, 0,
-                   table if table < 256 else RT_TABLE_COMPAT, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0,
+    return st.pack(st.size, op, flags, seq, 0, family, prefix.prefixlen, 0, 0,
+                   table if table < 256 else RT_TABLE_COMPAT, protocol, RT_SCOPE_UNIVERSE, rtm_type, 0,
                    dst_len, RTA_DST, prefix.network_address.packed, 8, RTA_TABLE, table, 8, RTA_PRIORITY, metric)
+
+
+def encode_blackhole_route(seq: int, prefix: IPNetwork, *, protocol: int, table: int, metric: int,
+                           replace: bool) -> bytes:
+    """RTM_NEWROUTE of type RTN_BLACKHOLE (RTBH, RFC 7999): no nexthop, the kernel drops silently.
+    Same prefix, table, metric and protocol as our unicast routes, so a replace turns one into the
+    other in place (the kernel's replace matches prefix, tos and metric)."""
+    return _route_without_nh(RTM_NEWROUTE, _create_flags(replace), seq, prefix, protocol=protocol, table=table,
+                             metric=metric, rtm_type=RTN_BLACKHOLE)
 
 
 def _mpls_route_header(protocol: int) -> bytes:
@@ -445,7 +465,7 @@ def _decode_route(msg: bytes, kinds: frozenset[int]) -> KernelRoute | None:
     if p is None or p[0] not in kinds:
         return None
     _kind, hdr, a = p
-    if hdr.type != RTN_UNICAST or hdr.family not in (socket.AF_INET, socket.AF_INET6):
+    if hdr.type not in (RTN_UNICAST, RTN_BLACKHOLE) or hdr.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     gws = [a["gateway"]] if "gateway" in a else []
     oifs = [a["oif"]] if "oif" in a else []
@@ -456,7 +476,7 @@ def _decode_route(msg: bytes, kinds: frozenset[int]) -> KernelRoute | None:
     net = ipaddress.IPv4Network if hdr.family == socket.AF_INET else ipaddress.IPv6Network
     prefix = net((int.from_bytes(a.get("dst", b""), "big"), hdr.dst_len))
     return KernelRoute(prefix, tuple(sorted(gws, key=int)), hdr.protocol, a.get("table", hdr.table),
-                       a.get("metric", 0), tuple(oifs), a.get("nhid", 0))
+                       a.get("metric", 0), tuple(oifs), a.get("nhid", 0), hdr.type == RTN_BLACKHOLE)
 
 
 _NEW_ROUTE = frozenset({RTM_NEWROUTE})

@@ -15,9 +15,15 @@ Object kinds, all carrying the ids the kernel knows them by:
 - nexthop group (:class:`GroupAdd` / :class:`GroupReplace` / :class:`GroupDel`): members are
   nexthop ids; a replace tagged ``failover`` comes from the failover lane (BFD/link down or up);
   a delete may carry the routes the kernel drops with it (a whole-group withdrawal);
-- route (:class:`RouteInstall` / :class:`RouteReplace` / :class:`RouteDelete`): prefix -> group;
+- route (:class:`RouteInstall` / :class:`RouteReplace` / :class:`RouteDelete`): prefix -> group, or
+  prefix -> :data:`BLACKHOLE_GID` for a blackhole entry (RTBH, RFC 7999: a kernel ``RTN_BLACKHOLE``
+  route without a nexthop, an XDP drop entry). The sentinel lets a blackhole ride the same route
+  operations, bookkeeping and replace semantics as a normal route, while no group, nexthop, failover
+  rewrite or local repair plan can ever involve it (no group has that id);
 - incoming-label route (:class:`MplsLabelAdd` / :class:`MplsLabelDel`): pop a local label and
-  forward to one nexthop's gateway.
+  forward to one nexthop's gateway;
+- source address validation (:class:`SavEnable` / :class:`SavAllow` / :class:`SavRevoke`): per
+  interface, the check on or off and its allowed source prefixes (XDP only, see :data:`SavOp`).
 
 Also here: the key types every module shares (:data:`NhKey`, :data:`GroupKey`) and the functions
 that derive a group key from a :class:`~common.model.FibEntry`.
@@ -50,6 +56,11 @@ def tuple_ids(entry: FibEntry) -> tuple[int, int, int, int]:
     """Identity of the (interned) tuples behind an entry's group key: a per-batch cache key that
     costs no hashing of addresses."""
     return id(entry.nexthops), id(entry.backup), id(entry.labels), id(entry.backup_labels)
+
+
+#: The "group" of a blackhole route. Group ids are ``(protocol << 22) + n`` (fib/table.py), so this one
+#: never names a real group; the XDP trie stores it as its drop value.
+BLACKHOLE_GID = 0xFFFFFFFF
 
 
 # --- operations ------------------------------------------------------------------------------------
@@ -128,6 +139,32 @@ class MplsLabelDel:
     label: int
     nid: int
 
+
+@dataclass(frozen=True, slots=True)
+class SavEnable:
+    """Source address validation on (or off) for interface ``ifindex`` (BCP 38, RFC 3704)."""
+
+    ifindex: int
+    on: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SavAllow:
+    """Sources in ``prefix`` are legitimate on ``ifindex``."""
+
+    ifindex: int
+    prefix: IPNetwork
+
+
+@dataclass(frozen=True, slots=True)
+class SavRevoke:
+    ifindex: int
+    prefix: IPNetwork
+
+
+#: Policy operations: only the XDP provider has source address validation (the kernel's rp_filter
+#: knows routes, not a customer's allowed set), so the dataplane hands these to the mirrors alone.
+SavOp = SavEnable | SavAllow | SavRevoke
 
 Op = (NexthopAdd | NexthopDel | GroupAdd | GroupReplace | GroupDel | RouteInstall | RouteReplace | RouteDelete
       | MplsLabelAdd | MplsLabelDel)

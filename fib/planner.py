@@ -8,8 +8,10 @@ Pure functions of a :class:`~fib.table.FibTable` and their input (no socket, no 
   by the nexthop and group creations its group needs. A group is shared by every route with the
   same (primary set, backup set, labels); it holds a nexthop object for every primary *and* backup
   hop, so a failover only ever rewrites members. An update equal to what is installed is skipped
-  (no operation). Routes of a table share a few interned tuples, so a group is resolved once per
-  distinct tuple identity per call, not once per route (a full table is ~3 us/route here).
+  (no operation). A blackhole entry (RTBH) needs no group: its route points at
+  :data:`~fib.ops.BLACKHOLE_GID`, which no group, failover rewrite or repair plan ever holds.
+  Routes of a table share a few interned tuples, so a group is resolved once per distinct tuple
+  identity per call, not once per route (a full table is ~3 us/route here).
 - :meth:`Planner.regroup`: the group replaces that move every group using the given gateways onto
   its members under the current ``dead`` set (tagged ``failover``); nexthops flushed with a link are
   recreated first, in the same batch.
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from common.model import FibEntry, IPAddress, IPNetwork
 from fib.ops import (
+    BLACKHOLE_GID,
     GroupAdd,
     GroupDel,
     GroupKey,
@@ -147,6 +150,11 @@ class Planner:
             if entry is None:
                 if old is not None:
                     append(RouteDelete(prefix, old))
+                continue
+            if entry.blackhole:  # no group: a blackhole route never enters failover or repair plans
+                if old != BLACKHOLE_GID:
+                    append(RouteInstall(prefix, BLACKHOLE_GID, entry) if old is None
+                           else RouteReplace(prefix, BLACKHOLE_GID, entry, old))
                 continue
             tk = tuple_ids(entry)
             if tk in by_tuples:
@@ -279,7 +287,7 @@ class WholeGroupScan:
                 gid = installed_get(prefix)
                 if gid is not None:
                     dels.setdefault(gid, []).append(prefix)
-            else:
+            elif not entry.blackhole:
                 tk = tuple_ids(entry)
                 if tk not in seen:
                     seen[tk] = group_key(entry)

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 One :class:`FibTable` per writer. It records, by the ids the kernel knows them by:
 
-- ``installed``: prefix -> group id of every route of ours;
+- ``installed``: prefix -> group id of every route of ours (:data:`~fib.ops.BLACKHOLE_GID` for a
+  blackhole route: no group, no reference, never in a failover rewrite);
 - groups (:class:`Group`), keyed both by id and by their (primary, backup) :data:`~fib.ops.GroupKey`;
   ``refs`` counts the routes pointing at a group, ``holds`` the nexthop ids it keeps alive (every
   primary and backup hop, so a failover never has to create a nexthop first);
@@ -34,7 +35,14 @@ from typing import Protocol
 
 from common.model import FibEntry, IPAddress, IPNetwork
 from fib.netlink import KernelNexthop, KernelRoute
-from fib.ops import GroupKey, Labels, NhKey
+from fib.ops import BLACKHOLE_GID, GroupKey, Labels, NhKey
+
+
+def route_gid(r: KernelRoute) -> int:
+    """The "group" a kernel route of ours points at, as ``installed`` records it: its nhid, or
+    :data:`~fib.ops.BLACKHOLE_GID` for a blackhole route (a unicast route without nhid is not one of
+    ours: -1 matches nothing)."""
+    return BLACKHOLE_GID if r.blackhole else (r.nhid or -1)
 
 
 @dataclass(slots=True)
@@ -181,8 +189,8 @@ class FibTable:
             self.hold(g.holds, +1)
         adopted = []
         for r in routes:
-            if r.metric == metric and r.nhid in self.group_by_id:
-                self.route_set(r.prefix, r.nhid, None)
+            if r.metric == metric and (r.blackhole or r.nhid in self.group_by_id):
+                self.route_set(r.prefix, route_gid(r), None)
                 adopted.append(r.prefix)
         self.next_id = max_id + 1
         return adopted
@@ -215,6 +223,8 @@ class FibTable:
     def desired(self, prefix: IPNetwork) -> FibEntry | None:
         """What we installed for ``prefix``, rebuilt from its group's (primary, backup) key."""
         gid = self.installed.get(prefix)
+        if gid == BLACKHOLE_GID:
+            return FibEntry(prefix, (), blackhole=True)
         g = self.group_by_id.get(gid) if gid is not None else None
         if g is None or g.key is None:
             return None

@@ -7,7 +7,9 @@ it events with the time they happened — :meth:`RoutingCore.on_event(event, now
 actions it returns: :class:`SubmitFib` (hand RIB diffs to the dataplane), :class:`SendCommand` (a
 line for ExaBGP, performed as a tracked task whose outcome comes back as :class:`CommandDone`) and
 :class:`ArmTimer` (call :meth:`on_event` with :class:`TimerFired` at that time). Only this object
-mutates the RIB, so tests drive it with a fake clock and no processes at all.
+mutates the RIB, so tests drive it with a fake clock and no processes at all. Peers named by
+:class:`WatchAccepted` (source address validation on what they announce) get a change recorder on
+their Adj-RIB-In; every step drains it into one :class:`AcceptedChanged`.
 
 Peer lifecycle, one table (:data:`PEER_TRANSITIONS`); an unknown pair is an explicit error::
 
@@ -220,6 +222,22 @@ class Reconfigure:
 
 # --- actions the shell performs ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class WatchAccepted:
+    """Record which prefixes these peers' Adj-RIB-Ins accept (source address validation in
+    ``accepted-routes`` mode); every other peer stops being watched."""
+
+    peers: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedChanged:
+    """Watched peers' prefixes that entered (True) or left (False) their accepted set, in order; a
+    newly watched peer's whole accepted set comes first, as entries."""
+
+    changes: tuple[tuple[IPAddress, IPNetwork, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitFib:
     diffs: list[FibDiff]
 
@@ -254,7 +272,7 @@ class ReconfigureApplied:
     teardowns: list[str] = field(default_factory=list)
 
 
-Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale | ReconfigureApplied
+Action = SubmitFib | SendCommand | ArmTimer | SweepKernelStale | ReconfigureApplied | AcceptedChanged
 STALE_TIMER = "stale"
 
 
@@ -339,6 +357,8 @@ class RoutingCore:
         self._held: dict[IPNetwork, FibDiff] | None = None
         #: Stale timer name -> peers whose stale paths it sweeps when it fires.
         self._stale_armed: dict[str, set[IPAddress]] = {}
+        #: Peers whose accepted sets are recorded (:class:`WatchAccepted`).
+        self._watched: set[IPAddress] = set()
         for ps in peers.values():
             ps.since = now
             if ps.bfd_strict:
@@ -385,7 +405,7 @@ class RoutingCore:
 
     def work(self, budget: int = JOB_STEP) -> list[Action]:
         """Run up to ``budget`` prefixes of pending jobs."""
-        return self._hold(self._work(budget))
+        return self._hold(self._work(budget)) + self._accepted_changes()
 
     def _work(self, budget: int) -> list[Action]:
         diffs: list[FibDiff] = []
@@ -571,7 +591,25 @@ class RoutingCore:
 
     # --- events ----------------------------------------------------------------------------------------
     def on_event(self, ev: object, now: float) -> list[Action]:
-        return self._hold(self._on_event(ev, now))
+        return self._hold(self._on_event(ev, now)) + self._accepted_changes()
+
+    def _watch(self, peers: frozenset[IPAddress]) -> None:
+        for addr, a in self.rib.adj.items():
+            if addr not in peers:
+                a.changes = None
+            elif a.changes is None:  # newly watched: what it holds now, then every change
+                a.changes = [(p, True) for p in a.accepted]
+        self._watched = {a for a in peers if a in self.rib.adj}
+
+    def _accepted_changes(self) -> list[Action]:
+        """Drain the watched Adj-RIB-Ins' change recorders into one action (SAV accepted-routes)."""
+        out: list[tuple[IPAddress, IPNetwork, bool]] = []
+        for addr in self._watched:
+            a = self.rib.adj.get(addr)
+            if a is not None and a.changes:
+                out += [(addr, p, ok) for p, ok in a.changes]
+                a.changes.clear()
+        return [AcceptedChanged(tuple(out))] if out else []
 
     def _on_event(self, ev: object, now: float) -> list[Action]:
         if isinstance(ev, SpeakerDied):
@@ -588,6 +626,9 @@ class RoutingCore:
             return self._reconfigure(ev, now)
         if isinstance(ev, RpkiChanged):
             return self._rpki_changed(ev)
+        if isinstance(ev, WatchAccepted):
+            self._watch(ev.peers)
+            return []
         addr = getattr(ev, "peer", None)
         ps = self.peers.get(addr) if addr is not None else None
         if ps is None:

@@ -52,6 +52,7 @@ from fib.kernel import KernelFib, set_compat_mode
 from routing.bfd_link import BfdController
 from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, config_from_text, load_config
 from routing.core import (
+    AcceptedChanged,
     Action,
     AdminReset,
     ArmTimer,
@@ -67,6 +68,7 @@ from routing.core import (
     SubmitFib,
     SweepKernelStale,
     TimerFired,
+    WatchAccepted,
 )
 from routing.exabgp import messages
 from routing.exabgp.pool import peer_processes
@@ -75,6 +77,7 @@ from routing.failover import FailoverLane
 from routing.inbox import Inbox
 from routing.metrics import Metrics
 from routing.policy import ImportPolicy
+from routing.policy_dataplane import PolicyDataplane
 from routing.reload import ReloadPlan, plan_steps, render_text, running_config
 from routing.rib import Rib
 from routing.rpki_link import RpkiLink
@@ -185,6 +188,8 @@ class Daemon:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._admin: dict[IPAddress, list[asyncio.Future[bool]]] = {}
         self.xdp: Any = None
+        #: RTBH kernel-path drop counter and source address validation (routing/policy_dataplane.py).
+        self.policy_dp = self.views.policy_dp = PolicyDataplane(self.fib, netns)
         self._ready = asyncio.Event()
 
     @property
@@ -227,6 +232,7 @@ class Daemon:
         adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
         self.views.adopted = adopted
         self.xdp = self.views.xdp = self._start_xdp()
+        self.inbox.post(WatchAccepted(self.policy_dp.start(self.config, self.xdp is not None)))
         if adopted:
             log.info("adopted %d routes of protocol %d from the kernel; they stay until swept",
                      adopted, self.config.fib.protocol)
@@ -384,6 +390,8 @@ class Daemon:
                 f = self._reconfigured.pop(a.token, None)
                 if f is not None and not f.done():
                     f.set_result(a)
+            elif isinstance(a, AcceptedChanged):
+                self.policy_dp.accepted(a.changes)
             elif isinstance(a, SweepKernelStale):
                 n = self.fib.sweep_stale()
                 log.info("stale sweep: removing %d kernel routes nobody re-announced", n)
@@ -470,6 +478,8 @@ class Daemon:
         old_assignment = dict(self.pool.assignment)
         new_assignment = peer_processes(new)
         self.inbox.post(reconfigure_event(token, old, new, plan, old_assignment, new_assignment))
+        # After the Reconfigure in the same lane: the peers it adds exist when they are watched.
+        self.inbox.post(WatchAccepted(self.policy_dp.configure(new, self.xdp is not None)))
         # Every view reads the new configuration from here on.
         self.config = self.views.config = new
         logging.getLogger().setLevel(getattr(logging, new.log_level))
@@ -538,6 +548,7 @@ class Daemon:
             self.xdp.prog.close(detach=False)
         for h in self._timers.values():
             h.cancel()
+        self.policy_dp.stop()
         await self.bfd.stop()
         await self.pool.stop()
         with contextlib.suppress(Exception):

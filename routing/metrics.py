@@ -208,6 +208,11 @@ class Metrics:
             "(forwarded, mpls_pushed, passed_<reason>, dropped_<reason>)", ["interface", "action"],
             registry=r,
         )
+        # Read from our nftables table at scrape time (fib/nft.py): what kernel blackhole routes dropped.
+        self.kernel_blackhole_dropped = ReadCounterFamily(
+            "pop_router_kernel_blackhole_dropped_packets", "Packets dropped by RTBH blackhole routes on the "
+            "kernel path (not by XDP), by ingress interface", ["interface"], registry=r,
+        )
         self.bfd_session_up = Gauge("pop_router_bfd_session_up", "1 if the BFD session is Up", ["peer"], registry=r)
         self.bfd_transitions = Counter(
             "pop_router_bfd_transitions", "BFD session state changes", ["peer", "state"], registry=r

@@ -358,6 +358,10 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
         names = [", ".join(f"{c.address}:{c.port}" for c in x.rpki.caches) or "none" for x in (old, new)]
         plan.other.append(f"rpki caches {names[0]} -> {names[1]} (RTR clients replaced; what their VRPs "
                           "change is re-validated, no session reset)")
+    old_sav = {c.name: c.sav for c in old.customers}
+    for c in new.customers:  # applied live to the XDP maps (routing/policy_dataplane.py)
+        if c.name in old_sav and old_sav[c.name] != c.sav:
+            plan.other.append(f"customer {c.name}: sav {old_sav[c.name]} -> {c.sav}")
 
     for addr in sorted(new_peers.keys() - old_peers.keys(), key=_addr_key):
         c, _ = new_peers[addr]

@@ -47,6 +47,9 @@ class AdjRibIn:
     v6_rejected: int = 0
     #: Stored paths (accepted and rejected) by origin validation state (``pop_router_rpki_routes``).
     rpki_states: Counter[Validity | None] = field(default_factory=Counter)
+    #: Change recorder, set while someone watches this peer's accepted set (SAV ``accepted-routes``):
+    #: (prefix, now accepted) each time a prefix enters or leaves ``accepted``; drained by the core.
+    changes: list[tuple[IPNetwork, bool]] | None = None
 
     @property
     def received(self) -> int:
@@ -70,6 +73,8 @@ class AdjRibIn:
         self.accepted[prefix] = path
         if old is None and v6:
             self.v6_accepted += 1
+        if old is None and self.changes is not None:
+            self.changes.append((prefix, True))
         return old
 
     def reject(self, prefix: IPNetwork, path: Path, why: Rejection) -> Path | None:
@@ -82,6 +87,8 @@ class AdjRibIn:
         old = self.accepted.pop(prefix, None)
         if old is not None and v6:
             self.v6_accepted -= 1
+        if old is not None and self.changes is not None:
+            self.changes.append((prefix, False))
         return old
 
     def forget(self, prefix: IPNetwork) -> Path | None:
@@ -93,6 +100,8 @@ class AdjRibIn:
         old = self.accepted.pop(prefix, None)
         if old is not None and v6:
             self.v6_accepted -= 1
+        if old is not None and self.changes is not None:
+            self.changes.append((prefix, False))
         return old
 
     def _count_rpki(self, prefix: IPNetwork, new: Path | None) -> None:

@@ -43,6 +43,8 @@ class Views:
     reload: Callable[..., Awaitable[dict[str, Any]]] | None = None
     token: str = ""
     xdp: Any = None
+    #: RTBH/SAV dataplane state (routing/policy_dataplane.py), or None.
+    policy_dp: Any = None
     xdp_start_writes: int = 0
     adopted: int = 0
     mpls: Any = None
@@ -79,6 +81,10 @@ class Views:
             for ifindex, counters in self.xdp.prog.stats_by_interface().items():
                 for action, n in counters.items():
                     m.xdp_packets.labels(names.get(ifindex, str(ifindex)), action).set(n)
+        counter = getattr(self.policy_dp, "counter", None)
+        if counter is not None:
+            for ifname, n in counter.read().items():
+                m.kernel_blackhole_dropped.labels(ifname).set(n)
 
     # --- views --------------------------------------------------------------------------------------
     def peers_view(self) -> list[dict]:
@@ -262,13 +268,14 @@ class Views:
         return names
 
     def xdp_view(self) -> dict:
+        policy = self.policy_dp.view() if self.policy_dp is not None else {}
         if self.xdp is None:
-            return {"enabled": False, "interfaces": self.config.fib.xdp.interfaces}
+            return {"enabled": False, "interfaces": self.config.fib.xdp.interfaces, **policy}
         v = self.xdp.view()
         names = self.xdp_interface_names()
         v["counters_by_interface"] = {names.get(int(i), i): c for i, c in v["counters_by_interface"].items()}
         return {"enabled": True, "interfaces": self.config.fib.xdp.interfaces,
-                "start_map_writes": self.xdp_start_writes, **v}
+                "start_map_writes": self.xdp_start_writes, **v, **policy}
 
     async def fib_diff(self) -> dict:
         """RIB versus kernel: what the kernel should forward (after failover) against what it does."""

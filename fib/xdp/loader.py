@@ -16,6 +16,10 @@ forwarded by XDP while the daemon is down. The next start reuses the pinned maps
 with the complete tables, replaces the old one on the interface in one atomic attach, and the mirror
 reads the maps back instead of rewriting them. Pinned maps whose layout no longer matches the
 program (an upgrade) are unpinned and created afresh, with a warning.
+
+Policy maps (issue 10): a blackhole route is a trie entry with value :data:`BLACKHOLE_GROUP`; source
+address validation has its own maps (``sav4``/``sav6`` allowed prefixes keyed by ifindex + address,
+``sav_on`` the interfaces that check), pinned like the forwarding maps so a restart keeps filtering.
 """
 
 from __future__ import annotations
@@ -43,20 +47,24 @@ MAX_LABELS = 3
 NH_VALID = 1
 IF_SLOTS = 1024  # counter rows: ingress ifindex mod IF_SLOTS (pop_xdp.c)
 #: tx_ports (the DEVMAP) is not among them: see pop_xdp.c; it is refilled from the nexthops.
-PINNED_MAPS = ("lpm4", "lpm6", "groups", "nexthops", "stats")
+PINNED_MAPS = ("lpm4", "lpm6", "groups", "nexthops", "stats", "sav4", "sav6", "sav_on")
 #: Every map of pop_xdp.c (benchmarks/xdp_gen.c reuses them to drive the same tables).
-MAPS = ("lpm4", "lpm6", "groups", "nexthops", "tx_ports", "stats")
+MAPS = ("lpm4", "lpm6", "groups", "nexthops", "tx_ports", "stats", "sav4", "sav6", "sav_on")
 BPF_FS_MAGIC = 0xCAFE4A11
 STATS = ("forwarded", "mpls_pushed", "passed_no_route", "passed_ttl", "passed_options", "passed_fragment",
          "passed_not_ip", "passed_neighbour", "passed_no_group", "dropped_malformed", "dropped_redirect",
-         "passed_local")
+         "passed_local", "dropped_blackhole", "dropped_spoofed")
 LOCAL_GROUP = 0  # trie value of the router's own addresses: hand to the kernel
+BLACKHOLE_GROUP = 0xFFFFFFFF  # trie value of a blackhole entry (RTBH): drop (fib.ops.BLACKHOLE_GID)
 
 LPM4_KEY = struct.Struct("=I4s")
 LPM6_KEY = struct.Struct("=I16s")
 GROUP = struct.Struct("=I8I")
 NEXTHOP = struct.Struct("=I6s6sHH3I")
 U32 = struct.Struct("=I")
+#: Source address validation keys (struct sav4_key / sav6_key): prefixlen counts the ifindex's 32 bits.
+SAV4_KEY = struct.Struct("=II4s")
+SAV6_KEY = struct.Struct("=II16s")
 
 
 class XdpError(OSError):
@@ -237,6 +245,51 @@ class XdpProgram:
                 n = ctypes.c_uint32(len(chunk))
                 kb, vb = ctypes.create_string_buffer(keys, len(keys)), ctypes.create_string_buffer(vals, len(vals))
                 _check(self.lib.bpf_map_update_batch(self.fds[m], kb, vb, ctypes.byref(n), None), f"batch update {m}")
+
+    # --- source address validation (pop_xdp.c sav4/sav6/sav_on) ------------------------------------
+    @staticmethod
+    def _sav_key(ifindex: int, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, bytes]:
+        st, m = (SAV4_KEY, "sav4") if prefix.version == 4 else (SAV6_KEY, "sav6")
+        return m, st.pack(32 + prefix.prefixlen, ifindex, prefix.network_address.packed)
+
+    def sav_allow(self, ifindex: int, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        """Sources in ``prefix`` are allowed on ``ifindex``."""
+        m, key = self._sav_key(ifindex, prefix)
+        self._update(m, key, U32.pack(1))
+
+    def sav_revoke(self, ifindex: int, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        m, key = self._sav_key(ifindex, prefix)
+        self._delete(m, key)
+
+    def sav_enable(self, ifindex: int, on: bool) -> None:
+        """Turn the check on or off for ``ifindex`` (its slot holds the ifindex while on: a packet of
+        another interface sharing the slot is never checked against this one's set)."""
+        slot = U32.pack(ifindex & (IF_SLOTS - 1))
+        if not on:
+            cur = self._lookup("sav_on", slot, 4)
+            if cur is not None and U32.unpack(cur)[0] != ifindex:
+                return  # the slot belongs to another interface
+        self._update("sav_on", slot, U32.pack(ifindex if on else 0))
+
+    def sav_slot_owner(self, ifindex: int) -> int:
+        """The interface whose SAV is on in ``ifindex``'s slot (0: none)."""
+        cur = self._lookup("sav_on", U32.pack(ifindex & (IF_SLOTS - 1)), 4)
+        return U32.unpack(cur)[0] if cur is not None else 0
+
+    def read_sav(self) -> tuple[set[int], dict[int, set[ipaddress.IPv4Network | ipaddress.IPv6Network]]]:
+        """(interfaces with SAV on, allowed prefixes by interface) as the maps hold them (pinned maps
+        reused after a restart)."""
+        on = {U32.unpack(v)[0] for _k, v in self._items("sav_on", 4, 4)} - {0}
+        allowed: dict[int, set[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+        for m, st in (("sav4", SAV4_KEY), ("sav6", SAV6_KEY)):
+            for k, _v in self._items(m, st.size, 4):
+                plen, ifindex, addr = st.unpack(k)
+                allowed.setdefault(ifindex, set()).add(ipaddress.ip_network((int.from_bytes(addr, "big"), plen - 32)))
+        return on, allowed
+
+    def _lookup(self, m: str, key: bytes, vsize: int) -> bytes | None:
+        kb, vb = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(vsize)
+        return vb.raw if self.lib.bpf_map_lookup_elem(self.fds[m], kb, vb) == 0 else None
 
     def set_group(self, group: int, members: list[int]) -> None:
         """One map write moves every prefix of the group (the XDP half of prefix-independent failover)."""

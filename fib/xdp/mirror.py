@@ -17,6 +17,16 @@ Besides the operations, the provider reads the dataplane's table through the nar
 restart with reused maps; afterwards only the nexthops, groups and the prefixes marked by
 :meth:`touch` — routes the monitor repaired outside an operation — or left waiting for a group).
 
+A blackhole route (RTBH, :data:`~fib.ops.BLACKHOLE_GID`) is written as a trie entry with that value,
+which the program drops (``dropped_blackhole``); it needs no group in the maps.
+
+Source address validation (:meth:`XdpMirror.apply_sav`): :class:`~fib.ops.SavEnable`,
+:class:`~fib.ops.SavAllow`, :class:`~fib.ops.SavRevoke` operations become writes to ``sav_on`` and the
+``sav4``/``sav6`` tries at once, with a result each; the mirror remembers what it wrote (``sav_on``,
+``sav_allowed``), read back from pinned maps after a restart, so re-applying a wanted state writes
+only differences. An interface whose counter slot is taken by another SAV interface is refused
+(EADDRINUSE: the program could not tell them apart).
+
 The router's own addresses go into the tries as host entries with group ``LOCAL_GROUP``: the
 program hands those packets to the kernel even where a customer route covers the address. They
 follow address notifications on the same socket as the neighbours.
@@ -60,6 +70,7 @@ from fib.netlink import (
     split_messages,
 )
 from fib.ops import (
+    BLACKHOLE_GID,
     GroupAdd,
     GroupDel,
     GroupReplace,
@@ -69,6 +80,10 @@ from fib.ops import (
     RouteDelete,
     RouteInstall,
     RouteReplace,
+    SavAllow,
+    SavEnable,
+    SavOp,
+    SavRevoke,
 )
 from fib.table import FibView
 from fib.xdp.loader import LOCAL_GROUP, MAX_LABELS, Nexthop, XdpProgram, group_entry, sum_counters
@@ -100,6 +115,8 @@ class XdpMirror:
         self._fib: FibView | None = None
         self._synced = False  # the first sync compares the whole table
         self._dirty: set = set()  # prefixes changed outside an operation (drift repair), to compare
+        self.sav_on: set[int] = set()  # interfaces validating sources
+        self.sav_allowed: dict[int, set] = {}  # ifindex -> allowed source prefixes written
         # Subscribe before the first read: a neighbour or address that changes between the read and
         # start_monitor() is then waiting on the socket instead of lost until the periodic re-read.
         with enter_netns(netns):
@@ -114,6 +131,7 @@ class XdpMirror:
         self.local = {p for p, g in routes.items() if g == LOCAL_GROUP}
         self.groups = self.prog.read_groups()
         self.nexthops = self.prog.read_nexthops()
+        self.sav_on, self.sav_allowed = self.prog.read_sav()
         for ifindex in {h.ifindex for h in self.nexthops.values()}:  # the devmap is not pinned
             self.prog.set_tx_port(ifindex, self.netns)
         log.info("XDP maps reused from %s: %d routes, %d groups, %d nexthops", self.prog.pin_dir,
@@ -184,6 +202,42 @@ class XdpMirror:
                     errors[i] = exc.errno or errno.EIO
         return Results(ops, errors)
 
+    def apply_sav(self, ops: Sequence[SavOp]) -> Results:
+        """Source address validation operations into the maps, in order; one result each. Writes
+        only what differs from what the maps hold."""
+        errors: dict[int, int] = {}
+        for i, op in enumerate(ops):
+            try:
+                if type(op) is SavEnable:
+                    if op.on == (op.ifindex in self.sav_on):
+                        continue
+                    owner = self.prog.sav_slot_owner(op.ifindex)
+                    if op.on and owner not in (0, op.ifindex):
+                        errors[i] = errno.EADDRINUSE
+                        log.error("SAV on ifindex %d refused: its slot is taken by ifindex %d", op.ifindex, owner)
+                        continue
+                    self.prog.sav_enable(op.ifindex, op.on)
+                    (self.sav_on.add if op.on else self.sav_on.discard)(op.ifindex)
+                elif type(op) is SavAllow:
+                    have = self.sav_allowed.setdefault(op.ifindex, set())
+                    if op.prefix in have:
+                        continue
+                    self.prog.sav_allow(op.ifindex, op.prefix)
+                    have.add(op.prefix)
+                elif type(op) is SavRevoke:
+                    have = self.sav_allowed.get(op.ifindex, set())
+                    if op.prefix not in have:
+                        continue
+                    self.prog.sav_revoke(op.ifindex, op.prefix)
+                    have.discard(op.prefix)
+                else:
+                    errors[i] = errno.EINVAL
+                    continue
+                self.writes += 1
+            except OSError as exc:
+                errors[i] = exc.errno or errno.EIO
+        return Results(ops, errors)  # type: ignore[arg-type]
+
     def touch(self, prefixes: Iterable) -> None:
         """These prefixes changed in the table outside an operation: compare them at the next sync."""
         self._dirty.update(prefixes)
@@ -229,7 +283,7 @@ class XdpMirror:
                 if p in self.routes:
                     gone.append(p)
             elif routes_get(p) != gid:
-                if gid in self.groups:
+                if gid in self.groups or gid == BLACKHOLE_GID:
                     new.append((p, gid))
                 else:
                     self._waiting.add(p)  # its group has no members in the maps yet
@@ -281,7 +335,7 @@ class XdpMirror:
             writes += 1
         for p in self.local - self.addresses:
             gid = fib.installed.get(p)
-            if gid is not None and gid in self.groups:
+            if gid is not None and (gid in self.groups or gid == BLACKHOLE_GID):
                 self.prog.set_route(p, gid)
                 self.routes[p] = gid
             else:
@@ -375,6 +429,9 @@ class XdpMirror:
             "routes": len(self.routes), "groups": len(self.groups), "nexthops": len(self.nexthops),
             "nexthops_valid": sum(1 for h in self.nexthops.values() if h.valid), "map_writes": self.writes,
             "local_addresses": len(self.local),
+            "blackholes": sum(1 for g in self.routes.values() if g == BLACKHOLE_GID),
+            "sav": {str(i): {"on": i in self.sav_on, "allowed": len(self.sav_allowed.get(i, ()))}
+                    for i in sorted(self.sav_on | set(self.sav_allowed))},
             "neighbour_events": self.neighbour_events, "reused_pinned_maps": self.prog.reused,
             "pin_dir": str(self.prog.pin_dir) if self.prog.pin_dir else None,
             "attached": [{"ifindex": i, "mode": "native" if f & 4 else "generic"} for _ns, i, f in self.prog.attached],
@@ -387,7 +444,8 @@ def xdp_diff(maps: dict, routes: list[KernelRoute], nexthops: dict[int, KernelNe
     """XDP maps (``XdpProgram.dump()``) versus the kernel FIB (our routes and the nexthop objects by
     id): each kernel route of ours must be in the trie with the same group, the group with the same
     members, and each member must have a nexthop entry on the kernel's egress interface."""
-    kernel = {r.prefix: r.nhid for r in routes if r.metric == metric and r.nhid}
+    kernel = {r.prefix: BLACKHOLE_GID if r.blackhole else r.nhid for r in routes
+              if r.metric == metric and (r.nhid or r.blackhole)}
     xroutes = {p: g for p, g in maps["routes"].items() if g != LOCAL_GROUP}  # the router's own: not routes
     xgroups, xnhs = maps["groups"], maps["nexthops"]
     missing, different, bad_hops = [], [], set()
@@ -395,6 +453,10 @@ def xdp_diff(maps: dict, routes: list[KernelRoute], nexthops: dict[int, KernelNe
         gid = xroutes.get(p)
         if gid is None:
             missing.append(p)
+            continue
+        if nhid == BLACKHOLE_GID or gid == BLACKHOLE_GID:  # a drop entry on both sides, or different
+            if gid != nhid:
+                different.append({"prefix": str(p), "kernel_group": nhid, "xdp_group": gid})
             continue
         k = nexthops.get(nhid)
         kmembers = tuple(m for m, _w in k.group) if k is not None and k.group else (nhid,)

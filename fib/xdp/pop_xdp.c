@@ -11,6 +11,18 @@
  * writes each of the router's own addresses as a host entry with group LOCAL_GROUP (0; nexthop and
  * group ids are never 0), so a customer route covering one of them cannot pull it off the box.
  *
+ * RTBH (RFC 7999): a blackhole FIB entry is a trie entry whose value is BLACKHOLE_GROUP (no group has
+ * that id): the packet is dropped here and counted as dropped_blackhole, before the TTL check (the
+ * kernel's blackhole route also drops before forwarding would expire it).
+ *
+ * Source address validation (BCP 38, RFC 3704 feasible path): on an interface whose sav_on slot holds
+ * its own ifindex, a packet's source must match the interface's allowed prefixes (sav4/sav6: LPM
+ * tries keyed by ifindex then address, prefixlen = 32 + prefix length, so one trie serves every
+ * interface) or it is dropped and counted as dropped_spoofed. Checked first, for every IP packet on
+ * the interface (fragments and options too), except what the control plane must keep receiving:
+ * packets to the router's own addresses (LOCAL_GROUP; looked up only for packets that fail the
+ * check), multicast/broadcast destinations and IPv6 link-local sources (neighbour discovery).
+ *
  * Counters are per CPU and per ingress interface: row (ingress_ifindex mod IF_SLOTS) of the stats
  * array, one column per outcome. An array row costs nothing per packet (the lookup is inlined), a
  * hash keyed by ifindex would; the loader checks that the interfaces it attaches to use distinct
@@ -31,15 +43,18 @@
 #define ETH_P_MPLS_UC_ 0x8847
 #define IF_SLOTS 1024
 #define LOCAL_GROUP 0
+#define BLACKHOLE_GROUP 0xffffffff
 
 enum stat {
 	ST_FORWARDED, ST_MPLS_PUSHED, ST_PASS_NO_ROUTE, ST_PASS_TTL, ST_PASS_OPTIONS, ST_PASS_FRAGMENT,
 	ST_PASS_NOT_IP, ST_PASS_NEIGHBOUR, ST_PASS_NO_GROUP, ST_DROP_MALFORMED, ST_DROP_REDIRECT,
-	ST_PASS_LOCAL, ST_MAX
+	ST_PASS_LOCAL, ST_DROP_BLACKHOLE, ST_DROP_SPOOFED, ST_MAX
 };
 
 struct lpm4_key { __u32 prefixlen; __u32 addr; };
 struct lpm6_key { __u32 prefixlen; __u8 addr[16]; };
+struct sav4_key { __u32 prefixlen; __u32 ifindex; __u32 addr; };
+struct sav6_key { __u32 prefixlen; __u32 ifindex; __u8 addr[16]; };
 struct group { __u32 count; __u32 members[MAX_MEMBERS]; };
 struct nexthop {
 	__u32 ifindex;
@@ -65,6 +80,15 @@ struct { __uint(type, BPF_MAP_TYPE_DEVMAP_HASH); __type(key, __u32); __type(valu
 	 __uint(max_entries, 1024); } tx_ports SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, __u64);
 	 __uint(max_entries, IF_SLOTS * ST_MAX); } stats SEC(".maps");
+/* Source address validation: allowed source prefixes per interface, and which interfaces check. */
+struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __type(key, struct sav4_key); __type(value, __u32);
+	 __uint(max_entries, 1000000); __uint(map_flags, BPF_F_NO_PREALLOC); } sav4 SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __type(key, struct sav6_key); __type(value, __u32);
+	 __uint(max_entries, 500000); __uint(map_flags, BPF_F_NO_PREALLOC); } sav6 SEC(".maps");
+/* Slot (ifindex mod IF_SLOTS) -> that ifindex when SAV is on for it (0: off; two interfaces sharing a
+ * slot cannot both be on, the loader refuses it). An array: no hash per packet on other interfaces. */
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32);
+	 __uint(max_entries, IF_SLOTS); } sav_on SEC(".maps");
 
 static __always_inline int count(struct xdp_md *ctx, __u32 s, int action)
 {
@@ -73,6 +97,47 @@ static __always_inline int count(struct xdp_md *ctx, __u32 s, int action)
 	if (v)
 		*v += 1;
 	return action;
+}
+
+static __always_inline int sav_on_here(struct xdp_md *ctx)
+{
+	__u32 slot = ctx->ingress_ifindex & (IF_SLOTS - 1);
+	__u32 *on = bpf_map_lookup_elem(&sav_on, &slot);
+	return on && *on == ctx->ingress_ifindex;
+}
+
+/* 1: drop as spoofed. Only packets that fail the allowed set pay for the destination lookup. */
+static __always_inline int spoofed4(struct xdp_md *ctx, __u32 saddr, __u32 daddr)
+{
+	if (!sav_on_here(ctx))
+		return 0;
+	__u8 d0 = ((__u8 *)&daddr)[0];
+	if (d0 >= 224)  /* multicast, broadcast, class E */
+		return 0;
+	struct sav4_key sk = { .prefixlen = 64, .ifindex = ctx->ingress_ifindex, .addr = saddr };
+	if (bpf_map_lookup_elem(&sav4, &sk))
+		return 0;
+	struct lpm4_key k = { .prefixlen = 32, .addr = daddr };
+	__u32 *gid = bpf_map_lookup_elem(&lpm4, &k);
+	return !(gid && *gid == LOCAL_GROUP);
+}
+
+static __always_inline int spoofed6(struct xdp_md *ctx, struct ipv6hdr *ip6)
+{
+	if (!sav_on_here(ctx))
+		return 0;
+	if (ip6->daddr.in6_u.u6_addr8[0] == 0xff)  /* multicast */
+		return 0;
+	if (ip6->saddr.in6_u.u6_addr8[0] == 0xfe && (ip6->saddr.in6_u.u6_addr8[1] & 0xc0) == 0x80)
+		return 0;  /* link-local source: neighbour discovery and friends */
+	struct sav6_key sk = { .prefixlen = 32 + 128, .ifindex = ctx->ingress_ifindex };
+	__builtin_memcpy(sk.addr, &ip6->saddr, 16);
+	if (bpf_map_lookup_elem(&sav6, &sk))
+		return 0;
+	struct lpm6_key k = { .prefixlen = 128 };
+	__builtin_memcpy(k.addr, &ip6->daddr, 16);
+	__u32 *gid = bpf_map_lookup_elem(&lpm6, &k);
+	return !(gid && *gid == LOCAL_GROUP);
 }
 
 static __always_inline __u16 csum_fold(__u32 c)
@@ -169,6 +234,8 @@ static __always_inline int forward(struct xdp_md *ctx)
 		struct iphdr *ip = data + l2len;
 		if ((void *)(ip + 1) > end)
 			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
+		if (spoofed4(ctx, ip->saddr, ip->daddr))
+			return count(ctx, ST_DROP_SPOOFED, XDP_DROP);
 		if (ip->ihl != 5)
 			return count(ctx, ST_PASS_OPTIONS, XDP_PASS);
 		if (ip->frag_off & bpf_htons(0x3fff))
@@ -179,6 +246,8 @@ static __always_inline int forward(struct xdp_md *ctx)
 			return count(ctx, ST_PASS_NO_ROUTE, XDP_PASS);
 		if (*gid == LOCAL_GROUP)
 			return count(ctx, ST_PASS_LOCAL, XDP_PASS);
+		if (*gid == BLACKHOLE_GROUP)
+			return count(ctx, ST_DROP_BLACKHOLE, XDP_DROP);
 		if (ip->ttl <= 1)
 			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		__u32 hash = ip->saddr ^ ip->daddr ^ ip->protocol;
@@ -203,6 +272,8 @@ static __always_inline int forward(struct xdp_md *ctx)
 		struct ipv6hdr *ip6 = data + l2len;
 		if ((void *)(ip6 + 1) > end)
 			return count(ctx, ST_DROP_MALFORMED, XDP_DROP);
+		if (spoofed6(ctx, ip6))
+			return count(ctx, ST_DROP_SPOOFED, XDP_DROP);
 		struct lpm6_key k = { .prefixlen = 128 };
 		__builtin_memcpy(k.addr, &ip6->daddr, 16);
 		__u32 *gid = bpf_map_lookup_elem(&lpm6, &k);
@@ -210,6 +281,8 @@ static __always_inline int forward(struct xdp_md *ctx)
 			return count(ctx, ST_PASS_NO_ROUTE, XDP_PASS);
 		if (*gid == LOCAL_GROUP)
 			return count(ctx, ST_PASS_LOCAL, XDP_PASS);
+		if (*gid == BLACKHOLE_GROUP)
+			return count(ctx, ST_DROP_BLACKHOLE, XDP_DROP);
 		if (ip6->hop_limit <= 1)
 			return count(ctx, ST_PASS_TTL, XDP_PASS);
 		__u32 hash = ip6->saddr.in6_u.u6_addr32[3] ^ ip6->daddr.in6_u.u6_addr32[3] ^ ip6->flow_lbl[2];

@@ -31,13 +31,13 @@ ACME_AS, OTHER_AS = 64512, 64999
 
 
 def cfg(mode: str | None = "reject-invalid", prefixes: list[str] | None = None, caches: bool = True,
-        bogons: list[str] | None = None, max_v4: int = 24) -> Any:
+        bogons: list[str] | None = None, max_v4: int = 24, rtbh: bool = False) -> Any:
     return parse_config({
         "router": {"asn": 65000, "router_id": "192.0.2.1", "max_prefix_length_v4": max_v4,
                    **({"bogons": bogons} if bogons is not None else {})},
         "rpki": {"caches": [{"address": "127.0.0.1", "port": 8282}] if caches else []},
         "customers": [{"name": "acme", "asn": ACME_AS, "rpki": mode,
-                       "import": {"prefixes": prefixes or ["198.51.100.0/22 le 24"]},
+                       "import": {"prefixes": prefixes or ["198.51.100.0/22 le 24"], "rtbh": rtbh},
                        "peers": [{"address": "10.0.1.2", "local_address": "10.0.1.1"}]}],
     })
 
@@ -132,7 +132,7 @@ def test_as_set_last_has_no_origin_and_is_invalid_when_covered() -> None:
 
 
 def test_blackhole_skips_max_length() -> None:
-    core = make_core(cfg(prefixes=["198.51.100.0/22 le 32"], max_v4=32))
+    core = make_core(cfg(prefixes=["198.51.100.0/22 le 32"], max_v4=32, rtbh=True))
     change(core, [], vrps(("198.51.100.0/22", 24, ACME_AS)))
     drain(core)
     announce(core, attrs(ACME_AS, blackhole=True), "198.51.100.7/32")
@@ -258,15 +258,20 @@ def reference_state(vs: list[Vrp], prefix: ipaddress.IPv4Network, origin: int | 
 
 
 def reference_decision(rules: list[str], mode: str, vs: list[Vrp], prefix: ipaddress.IPv4Network,
-                       as_path: tuple[int, ...], as_set_last: bool, blackhole: bool) -> tuple[str, Validity | None]:
-    """The policy's rule order (routing/policy.py docstring), then the RPKI mode."""
+                       as_path: tuple[int, ...], as_set_last: bool, blackhole: bool,
+                       rtbh: bool = False) -> tuple[str, Validity | None]:
+    """The policy's rule order (routing/policy.py docstring), then the RPKI mode. A blackhole request
+    (RFC 7999) needs ``import.rtbh`` and lies inside a rule's prefix at any length up to /32."""
     state = None if mode == "off" else reference_state(vs, prefix, None if as_set_last else as_path[-1], blackhole)
-    if prefix.prefixlen > 24:
+    if blackhole and not rtbh:
+        return "rtbh_not_allowed", state
+    if prefix.prefixlen > (32 if blackhole else 24):
         return "too_specific", state
     in_list = False
     for r in rules:
         net, _, ge, _, le = r.split()
-        if prefix.subnet_of(ipaddress.ip_network(net)) and int(ge) <= prefix.prefixlen <= int(le):
+        inside = prefix.subnet_of(ipaddress.ip_network(net))
+        if inside and (blackhole or int(ge) <= prefix.prefixlen <= int(le)):
             in_list = True
     if not in_list:
         return "not_in_prefix_list", state
@@ -282,21 +287,21 @@ def reference_decision(rules: list[str], mode: str, vs: list[Vrp], prefix: ipadd
            lambda r: st.sampled_from([r, [*r, BROAD]]) if r else st.just([BROAD])), vs=st.lists(vrp_st(), max_size=8),
        mode=st.sampled_from(["reject-invalid", "tag-only", "off"]), prefix=prefix_st(18, 26),
        as_path=st.lists(ASNS, min_size=1, max_size=3).map(lambda x: (ACME_AS, *x)) | st.just((OTHER_AS,)),
-       as_set_last=st.booleans(), blackhole=st.booleans())
+       as_set_last=st.booleans(), blackhole=st.booleans(), rtbh=st.booleans())
 def test_decision_matches_rfc6811_reference(rules: list[str], vs: list[Vrp], mode: str,
                                             prefix: ipaddress.IPv4Network, as_path: tuple[int, ...],
-                                            as_set_last: bool, blackhole: bool) -> None:
-    want = reference_decision(rules, mode, vs, prefix, as_path, as_set_last, blackhole)
+                                            as_set_last: bool, blackhole: bool, rtbh: bool) -> None:
+    want = reference_decision(rules, mode, vs, prefix, as_path, as_set_last, blackhole, rtbh)
     a = attrs(*as_path, blackhole=blackhole, as_set_last=as_set_last)
     # 1. announced while the VRPs are in effect
-    core = make_core(cfg(mode, rules, bogons=[]))
+    core = make_core(cfg(mode, rules, bogons=[], rtbh=rtbh))
     change(core, [], vs)
     drain(core)
     announce(core, a, str(prefix))
     assert stored(core, str(prefix)) == want
     assert (prefix in core.rib.loc.prefixes()) == (want[0] == "accepted")
     # 2. announced before, the VRPs arrive as a change (re-validation job, from an opposite set)
-    core = make_core(cfg(mode, rules, bogons=[]))
+    core = make_core(cfg(mode, rules, bogons=[], rtbh=rtbh))
     before = [v._replace(asn=OTHER_AS if v.asn == ACME_AS else ACME_AS) for v in vs]
     change(core, [], before)
     drain(core)
