@@ -59,6 +59,8 @@ from typing import Any
 
 from common.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
 from common.model import Path as RoutePath
+from routing.backbone import EXPORT_TIMER, FLUSH_AT, FLUSH_DELAY_S, BackboneExport
+from routing.backbone import PURPOSE as EXPORT_PURPOSE
 from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy, Rejection
 from routing.reload import original_path
@@ -298,6 +300,9 @@ class PeerStatus:
     notified: bool = False
     #: Routes kept as stale because we are this peer's graceful-restart helper.
     gr_helping: bool = False
+    #: An iBGP session to the backbone (``backbone.peers``): sent our customers' routes, its own
+    #: routes installed only with ``backbone.install`` (routing/backbone.py).
+    backbone: bool = False
 
 
 @dataclass(slots=True)
@@ -314,7 +319,8 @@ class RoutingCore:
     """
 
     def __init__(self, rib: Rib, peers: dict[IPAddress, PeerStatus], *, stale_timeout_s: float,
-                 metrics: Any = None, now: float = 0.0, startup_hold_s: float = 0.0) -> None:
+                 metrics: Any = None, now: float = 0.0, startup_hold_s: float = 0.0,
+                 backbone_install: bool = False) -> None:
         self.rib = rib
         self.peers = peers
         self.stale_timeout_s = stale_timeout_s
@@ -335,6 +341,7 @@ class RoutingCore:
             ps.since = now
             if ps.bfd_strict:
                 rib.set_eligible(ps.address, False)
+        self._init_backbone(backbone_install)
 
     def start(self, now: float, adopted_routes: int = 0) -> list[Action]:
         """Actions at start-up: routes adopted from the kernel wait for every peer's End-of-RIB, for
@@ -377,7 +384,7 @@ class RoutingCore:
 
     def work(self, budget: int = JOB_STEP) -> list[Action]:
         """Run up to ``budget`` prefixes of pending jobs."""
-        return self._hold(self._work(budget))
+        return self._hold(self._work(budget)) + self._export(None)
 
     def _work(self, budget: int) -> list[Action]:
         diffs: list[FibDiff] = []
@@ -563,7 +570,12 @@ class RoutingCore:
 
     # --- events ----------------------------------------------------------------------------------------
     def on_event(self, ev: object, now: float) -> list[Action]:
-        return self._hold(self._on_event(ev, now))
+        if isinstance(ev, TimerFired) and ev.name == EXPORT_TIMER:
+            self._export_armed = False
+            return self._export_flush()
+        if isinstance(ev, CommandDone) and ev.purpose == EXPORT_PURPOSE and not ev.ok:
+            self._export_failed(ev.peer)
+        return self._hold(self._on_event(ev, now)) + self._export(now)
 
     def _on_event(self, ev: object, now: float) -> list[Action]:
         if isinstance(ev, SpeakerDied):
@@ -626,6 +638,8 @@ class RoutingCore:
         if new is not was:
             ps.since = now
         ps.state = new
+        if ps.backbone:
+            self._backbone_session(ps, was, effect)
         m = self.metrics
         if effect is Effect.ESTABLISHED:
             ps.established_count += 1
@@ -834,3 +848,103 @@ class RoutingCore:
                 return
             self._count_rejections(ps, adj.rejected_total, before)
             yield chunk
+
+    # --- export to the backbone (routing/backbone.py says how it stays right) ---------------------------
+    def _init_backbone(self, install: bool) -> None:
+        bb = {a: a.version for a, ps in self.peers.items() if ps.backbone}
+        #: The backbone sessions' Adj-RIB-Out (None: no backbone configured, no best-path stream).
+        self.backbone: BackboneExport | None = BackboneExport(bb) if bb else None
+        self.backbone_install = install
+        self._export_armed = False
+        self._export_now = 0.0
+        if self.backbone is not None:
+            self.rib.loc.best_changes = []
+        if not install:
+            for a in bb:
+                self.rib.set_eligible(a, False)  # kept in their Adj-RIB-In, never in the Loc-RIB
+
+    def _best(self, prefix: IPNetwork) -> RoutePath | None:
+        sel = self.rib.loc.selection(prefix)
+        return sel.best if sel is not None else None
+
+    def _export(self, now: float | None) -> list[Action]:
+        """Take the Loc-RIB's best-path changes: flush at once when many are pending, else arm the
+        short export timer so that changes arriving one per UPDATE still share commands."""
+        bb = self.backbone
+        if bb is None:
+            return []
+        changes = self.rib.loc.best_changes
+        if changes:
+            bb.dirty.update(c[0] for c in changes)
+            changes.clear()
+        if now is not None:
+            self._export_now = now
+        if not bb.dirty:
+            return []
+        if len(bb.dirty) >= FLUSH_AT:
+            return self._export_flush()
+        if self._export_armed:
+            return []
+        self._export_armed = True
+        return [ArmTimer(EXPORT_TIMER, self._export_now + FLUSH_DELAY_S)]
+
+    def _export_flush(self) -> list[Action]:
+        bb = self.backbone
+        if bb is None or not bb.dirty:
+            return []
+        dirty, bb.dirty = bb.dirty, set()
+        out: list[Action] = []
+        for addr in bb.peers:
+            ps = self.peers.get(addr)
+            if ps is None or ps.state is not PeerState.ESTABLISHED:
+                continue  # the replay on its next Up reads the Loc-RIB as it is then
+            out += [SendCommand(addr, line, EXPORT_PURPOSE) for line in bb.reconcile(addr, dirty, self._best)]
+        return out
+
+    def _backbone_session(self, ps: PeerStatus, was: PeerState, effect: Effect) -> None:
+        bb = self.backbone
+        if bb is None or ps.address not in bb.peers:
+            return
+        if effect is Effect.ESTABLISHED:
+            bb.session_reset(ps.address)
+            self._jobs.append(self._replay_job(ps.address, set()))
+        elif was is PeerState.ESTABLISHED and ps.state is not PeerState.ESTABLISHED:
+            n = bb.session_reset(ps.address)
+            log.info("backbone peer %s left Established: its Adj-RIB-Out (%d routes) is replayed when it is back",
+                     ps.address, n)
+
+    def _export_failed(self, addr: IPAddress | None) -> None:
+        """ExaBGP refused or did not ack an export command: what the session holds is unknown, so
+        forget the Adj-RIB-Out and replay it (withdrawing what is no longer exported)."""
+        bb = self.backbone
+        ps = self.peers.get(addr) if addr is not None else None
+        if bb is None or ps is None or addr not in bb.peers or ps.state is not PeerState.ESTABLISHED:
+            return
+        forgotten = set(bb.sent.get(addr, {}))
+        bb.session_reset(addr)
+        log.warning("backbone peer %s: an export command failed: replaying its %d routes", addr, len(forgotten))
+        self._jobs.append(self._replay_job(addr, forgotten))
+
+    def _replay_job(self, addr: IPAddress, forgotten: set[IPNetwork],
+                    step: int = JOB_STEP) -> Iterator[list[FibDiff]]:
+        """Announce every exportable best path to ``addr`` in slices, then withdraw ``forgotten``
+        prefixes that are no longer exported (the Loc-RIB as it is when each slice runs)."""
+        bb = self.backbone
+        assert bb is not None
+        prefixes = [p for p in self.rib.loc.prefixes() if p.version == bb.peers[addr]]
+        log.info("backbone peer %s: replaying the Adj-RIB-Out from %d Loc-RIB prefixes", addr, len(prefixes))
+        for i in range(0, len(prefixes), step):
+            ps = self.peers.get(addr)
+            if ps is None or ps.state is not PeerState.ESTABLISHED:
+                return  # gone again: the next Up starts over
+            part = prefixes[i:i + step]
+            self._notices += [SendCommand(addr, line, EXPORT_PURPOSE) for line in bb.reconcile(addr, part, self._best)]
+            chunk = _Slice()
+            chunk.cost = len(part)
+            yield chunk
+        gone = [p for p in forgotten if p not in bb.sent[addr]]
+        if gone:
+            # Not in the Adj-RIB-Out (cleared): a withdrawal for each, the only way to be sure.
+            self._notices += [SendCommand(addr, msg.withdraw_attributes(addr, gone[i:i + 400]), EXPORT_PURPOSE)
+                              for i in range(0, len(gone), 400)]
+        yield _Slice()
