@@ -56,6 +56,7 @@ the route reflector's copy is back as soon as the session is.
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -169,12 +170,32 @@ class BackboneExport:
     sent: dict[IPAddress, dict[IPNetwork, BackboneRoute]] = field(default_factory=dict)
     #: Prefixes whose best path changed since the last flush.
     dirty: set[IPNetwork] = field(default_factory=set)
+    #: Per backbone session: the prefixes of each command not yet acknowledged, in sending order
+    #: (one command in flight per ExaBGP process, so acks come back in this order).
+    inflight: dict[IPAddress, deque[list[IPNetwork]]] = field(default_factory=dict)
     announced: int = 0
     withdrawn: int = 0
 
     def __post_init__(self) -> None:
         for p in self.peers:
             self.sent.setdefault(p, {})
+            self.inflight.setdefault(p, deque())
+
+    def command_done(self, peer: IPAddress, ok: bool) -> list[IPNetwork]:
+        """The oldest command to ``peer`` was answered; its prefixes if it failed (else [])."""
+        q = self.inflight.get(peer)
+        if not q:
+            return []
+        prefixes = q.popleft()
+        return [] if ok else prefixes
+
+    def withdraw_lines(self, peer: IPAddress, prefixes: list[IPNetwork]) -> list[str]:
+        """Withdrawals of prefixes not in the Adj-RIB-Out (a replay after a failed command)."""
+        lines = []
+        for chunk in _chunks(prefixes):
+            self.inflight[peer].append(chunk)
+            lines.append(msg.withdraw_attributes(peer, chunk))
+        return lines
 
     def session_reset(self, peer: IPAddress) -> int:
         """The session left Established: the other end forgot what it was sent, and so do we."""
@@ -204,12 +225,11 @@ class BackboneExport:
             else:
                 sent[prefix] = want
                 announce.setdefault(want, []).append(prefix)
-        lines: list[str] = []
-        for chunk in _chunks(withdraw):
-            lines.append(msg.withdraw_attributes(peer, chunk))
+        lines: list[str] = self.withdraw_lines(peer, withdraw)
         for route, ps in announce.items():
             text = route.text()
             for chunk in _chunks(ps):
+                self.inflight[peer].append(chunk)
                 lines.append(msg.announce_attributes(peer, text, chunk))
         self.announced += sum(len(v) for v in announce.values())
         self.withdrawn += len(withdraw)

@@ -573,8 +573,8 @@ class RoutingCore:
         if isinstance(ev, TimerFired) and ev.name == EXPORT_TIMER:
             self._export_armed = False
             return self._export_flush()
-        if isinstance(ev, CommandDone) and ev.purpose == EXPORT_PURPOSE and not ev.ok:
-            self._export_failed(ev.peer)
+        if isinstance(ev, CommandDone) and ev.purpose == EXPORT_PURPOSE:
+            self._export_done(ev.peer, ev.ok)
         return self._hold(self._on_event(ev, now)) + self._export(now)
 
     def _on_event(self, ev: object, now: float) -> list[Action]:
@@ -913,14 +913,18 @@ class RoutingCore:
             log.info("backbone peer %s left Established: its Adj-RIB-Out (%d routes) is replayed when it is back",
                      ps.address, n)
 
-    def _export_failed(self, addr: IPAddress | None) -> None:
-        """ExaBGP refused or did not ack an export command: what the session holds is unknown, so
-        forget the Adj-RIB-Out and replay it (withdrawing what is no longer exported)."""
+    def _export_done(self, addr: IPAddress | None, ok: bool) -> None:
+        """An export command was answered. Refused or never acknowledged: what the session holds is
+        unknown, so forget the Adj-RIB-Out and replay it, withdrawing what it held or the failed
+        command carried that is no longer exported."""
         bb = self.backbone
-        ps = self.peers.get(addr) if addr is not None else None
-        if bb is None or ps is None or addr not in bb.peers or ps.state is not PeerState.ESTABLISHED:
+        if bb is None or addr is None or addr not in bb.peers:
             return
-        forgotten = set(bb.sent.get(addr, {}))
+        failed = bb.command_done(addr, ok)
+        ps = self.peers.get(addr)
+        if ok or ps is None or ps.state is not PeerState.ESTABLISHED:
+            return
+        forgotten = set(bb.sent.get(addr, {})) | set(failed)
         bb.session_reset(addr)
         log.warning("backbone peer %s: an export command failed: replaying its %d routes", addr, len(forgotten))
         self._jobs.append(self._replay_job(addr, forgotten))
@@ -945,6 +949,5 @@ class RoutingCore:
         gone = [p for p in forgotten if p not in bb.sent[addr]]
         if gone:
             # Not in the Adj-RIB-Out (cleared): a withdrawal for each, the only way to be sure.
-            self._notices += [SendCommand(addr, msg.withdraw_attributes(addr, gone[i:i + 400]), EXPORT_PURPOSE)
-                              for i in range(0, len(gone), 400)]
+            self._notices += [SendCommand(addr, line, EXPORT_PURPOSE) for line in bb.withdraw_lines(addr, gone)]
         yield _Slice()
