@@ -105,10 +105,14 @@ def render(kind: str, data: Any, args: argparse.Namespace) -> None:
                [[r["prefix"], r["peer"], r["customer"], " ".join(map(str, r["as_path"])), r["reason"],
                  r["detail"]] for r in data])
     elif kind == "routes":
-        _table("Loc-RIB", ["", "prefix", "next hop", "peer", "customer", "as-path", "lp", "med", "best-path reason"],
-               [[("*>" if r["best"] else ("*=" if r["multipath"] else " *")), r["prefix"], r["nexthop"], r["peer"],
+        _table("Loc-RIB", ["", "prefix", "next hop", "peer", "customer", "as-path", "lp", "med", "communities",
+                           "best-path reason"],
+               [[("*>" if r["best"] else ("*=" if r["multipath"] else " *")), r["prefix"],
+                 "blackhole" if r.get("rtbh") else r["nexthop"], r["peer"],
                  r["customer"], " ".join(map(str, r["as_path"])), str(r["local_pref"]),
-                 "" if r["med"] is None else str(r["med"]), r["reason"]] for r in data])
+                 "" if r["med"] is None else str(r["med"]),
+                 " ".join(r.get("communities", []) + r.get("large_communities", []) + r.get("ext_communities", [])),
+                 r["reason"]] for r in data])
     elif kind == "xdp":
         rows = [[k, str(v)] for k, v in data.items() if k not in ("counters", "attached", "counters_by_interface")]
         rows += [[f"attached ifindex {a['ifindex']}", a["mode"]] for a in data.get("attached", [])]

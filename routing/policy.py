@@ -12,7 +12,25 @@ checks run in a fixed order so that the reason an operator sees is the most fund
 4. ``not_in_prefix_list`` — no rule of the customer's ``import.prefixes`` matches (``ge``/``le``);
 5. ``first_as_mismatch`` — AS_PATH does not start with the customer's ASN (RFC 4271 §6.3);
 6. ``own_as_in_path`` — our ASN appears in the AS_PATH (a loop);
-7. ``invalid_nexthop`` — the next hop is not a usable unicast address of the prefix's family.
+7. ``community_rejected`` — the path carries a community of ``import.reject_communities``;
+8. ``invalid_nexthop`` — the next hop is not a usable unicast address of the prefix's family.
+
+A path carrying ``BLACKHOLE`` (65535:666, RFC 7999) is a remotely triggered blackhole request and
+takes its own rules instead of 3., 4. and 8.: ``rtbh_not_allowed`` unless the customer has
+``import.rtbh``; ``not_in_prefix_list`` unless it lies inside one of the customer's rule prefixes
+(at any length: a /32 inside ``198.51.100.0/22 le 24``); ``too_specific`` beyond
+``router.rtbh_max_length_v4``/``_v6``. The next hop is not checked (we drop, we never forward to
+it). An accepted one has :attr:`Path.rtbh` set; the RIB turns it into a blackhole FIB entry.
+
+Action communities (the customer steers its own traffic; README "Communities" is the public page)
+live in our ASN's namespace: standard ``ASN:70|80|90`` (2-byte ASNs only) or large ``ASN:1:LP`` set
+LOCAL_PREF to that value if it is *lower* than the customer's (a customer marks its backup link, so
+the failover groups get the right primary); standard ``ASN:101..103`` or large ``ASN:2:N`` (N 1..3)
+prepend the customer's AS that many times towards the backbone (:attr:`Path.prepend`). A
+customer's communities in our namespace are never passed on (:meth:`ImportPolicy.communities_out`
+scrubs them, then adds the informational ones of the router, the customer and the session), so a
+customer cannot forge the tags other routers of the network act on. The stored path keeps the
+attributes exactly as received: a reload re-runs the new policy on what the customer sent.
 
 ``max_prefixes`` is a session limit, not a per-path rule: the RIB enforces it
 (:class:`routing.rib.AdjRibIn`) and the daemon tears the session down with Cease subcode 1.
@@ -31,8 +49,8 @@ import ipaddress
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from common.model import IPAddress, IPNetwork, Path, intern_attrs
-from routing.config import CustomerConfig, PrefixRule, RouterConfig
+from common.model import BLACKHOLE, Attributes, IPAddress, IPNetwork, Path, intern_attrs
+from routing.config import CustomerConfig, PrefixRule, RouterConfig, parse_community
 
 
 class RejectReason(StrEnum):
@@ -44,6 +62,8 @@ class RejectReason(StrEnum):
     OWN_AS_IN_PATH = "own_as_in_path"
     INVALID_NEXTHOP = "invalid_nexthop"
     MAX_PREFIXES = "max_prefixes"
+    COMMUNITY_REJECTED = "community_rejected"
+    RTBH_NOT_ALLOWED = "rtbh_not_allowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +115,13 @@ class ImportPolicy:
             (_key(r.prefix), r.ge, r.le) for r in customer.import_.prefixes
         ]
         self.rules: tuple[PrefixRule, ...] = tuple(customer.import_.prefixes)
+        self.rtbh = customer.import_.rtbh
+        self.rtbh_max_len = {4: router.rtbh_max_length_v4, 6: router.rtbh_max_length_v6}
+        self._reject_std, self._reject_large = _patterns(customer.import_.reject_communities)
+        self._actions = ActionCommunities(router.asn)
+        std, large = _split(list(router.communities) + list(customer.communities))
+        self._info = (std, large)
+        self._info_peer = {p.address: _split(p.communities) for p in customer.peers if p.communities}
 
     def check_prefix(self, prefix: IPNetwork) -> Rejection | None:
         k = _key(prefix)
@@ -124,22 +151,54 @@ class ImportPolicy:
                 return True
         return False
 
+    def check_rtbh_prefix(self, prefix: IPNetwork) -> Rejection | None:
+        """The prefix rules of a blackhole request (module docstring)."""
+        k = _key(prefix)
+        if not self.rtbh:
+            return Rejection(RejectReason.RTBH_NOT_ALLOWED, "import.rtbh is off for this customer")
+        if k[2] == 0:
+            return Rejection(RejectReason.DEFAULT_ROUTE)
+        if self._is_bogon(k):
+            return Rejection(RejectReason.BOGON, "blackhole request in bogon space")
+        if k[2] > self.rtbh_max_len[k[0]]:
+            return Rejection(RejectReason.TOO_SPECIFIC, f"blackhole longer than /{self.rtbh_max_len[k[0]]}")
+        if not any(_covers(rk, k) for rk, _ge, _le in self._rules):
+            return Rejection(RejectReason.NOT_IN_PREFIX_LIST, "blackhole request outside the customer's prefixes")
+        return None
+
     def apply(self, path: Path) -> Path | Rejection:
-        rej = self.check_prefix(path.prefix)
+        attrs = path.attrs
+        blackhole = BLACKHOLE in attrs.communities
+        rej = self.check_rtbh_prefix(path.prefix) if blackhole else self.check_prefix(path.prefix)
         if rej is not None:
             return rej
-        as_path = path.attrs.as_path
+        as_path = attrs.as_path
         if not as_path or as_path[0] != self.customer_asn:
             first = as_path[0] if as_path else "empty"
             return Rejection(RejectReason.FIRST_AS_MISMATCH, f"first AS {first}, expected {self.customer_asn}")
         if self.local_asn in as_path:
             return Rejection(RejectReason.OWN_AS_IN_PATH, f"AS_PATH contains {self.local_asn}")
-        if not _usable_nexthop(path.nexthop, path.prefix.version):
+        if self._reject_std or self._reject_large:
+            hit = _matching(attrs, self._reject_std, self._reject_large)
+            if hit is not None:
+                return Rejection(RejectReason.COMMUNITY_REJECTED, hit)
+        if not blackhole and not _usable_nexthop(path.nexthop, path.prefix.version):
             return Rejection(RejectReason.INVALID_NEXTHOP, str(path.nexthop))
-        if self.labels and not path.attrs.labels:
-            attrs = intern_attrs(replace(path.attrs, labels=self.labels))
-            return replace(path, local_pref=self.local_pref, attrs=attrs)
-        return replace(path, local_pref=self.local_pref)
+        local_pref, prepend = self.local_pref, 0
+        if attrs.communities or attrs.large_communities:
+            local_pref, prepend = self._actions.apply(attrs, self.local_pref)
+        if self.labels and not attrs.labels and not blackhole:
+            attrs = intern_attrs(replace(attrs, labels=self.labels))
+        return replace(path, local_pref=local_pref, attrs=attrs, rtbh=blackhole, prepend=prepend)
+
+    def communities_out(self, path: Path) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+        """The standard and large communities an accepted path carries onwards (shown by ``show routes``,
+        sent to the backbone): the received ones minus our namespace, plus our informational ones."""
+        std, large = self._info
+        extra = self._info_peer.get(path.peer.address)
+        if extra is not None:
+            std, large = std + extra[0], large + extra[1]
+        return _communities_out(path.attrs, self.local_asn, std, large)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -148,6 +207,111 @@ def _usable_nexthop(nh: IPAddress, version: int) -> bool:
     if nh.version != version:
         return False
     return not (nh.is_unspecified or nh.is_multicast or nh.is_loopback or nh.is_link_local)
+
+
+class ActionCommunities:
+    """The action communities of our ASN (module docstring); a fixed scheme, documented in the README,
+    because customers configure their routers from our public community page."""
+
+    LOCAL_PREF_STD = (70, 80, 90)
+    PREPEND_STD = {101: 1, 102: 2, 103: 3}
+    LARGE_LOCAL_PREF = 1
+    LARGE_PREPEND = 2
+
+    def __init__(self, asn: int) -> None:
+        self.asn = asn
+        self.std_ok = asn <= 65535
+
+    def apply(self, attrs: Attributes, local_pref: int) -> tuple[int, int]:
+        """(LOCAL_PREF, prepend count) the path's communities ask for; cached per attribute set."""
+        return _actions(attrs, self.asn, local_pref)
+
+
+@functools.lru_cache(maxsize=65536)
+def _actions(attrs: Attributes, asn: int, local_pref: int) -> tuple[int, int]:
+    """Cached: a table has a few thousand distinct attribute sets across a million prefixes."""
+    lp, prepend = local_pref, 0
+    if asn <= 65535:
+        for hi, lo in attrs.communities:
+            if hi != asn:
+                continue
+            if lo in ActionCommunities.LOCAL_PREF_STD:
+                lp = min(lp, lo)
+            elif lo in ActionCommunities.PREPEND_STD:
+                prepend = max(prepend, ActionCommunities.PREPEND_STD[lo])
+    for ga, f1, f2 in attrs.large_communities:
+        if ga != asn:
+            continue
+        if f1 == ActionCommunities.LARGE_LOCAL_PREF:
+            lp = min(lp, f2)
+        elif f1 == ActionCommunities.LARGE_PREPEND and 1 <= f2 <= 3:
+            prepend = max(prepend, f2)
+    return lp, prepend
+
+
+@functools.lru_cache(maxsize=65536)
+def _communities_out(attrs: Attributes, asn: int, std_info: tuple[tuple[int, int], ...],
+                     large_info: tuple[tuple[int, int, int], ...],
+                     ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+    std = [c for c in attrs.communities if not (asn <= 65535 and c[0] == asn)]
+    large = [c for c in attrs.large_communities if c[0] != asn]
+    std += [c for c in std_info if c not in std]
+    large += [c for c in large_info if c not in large]
+    return tuple(std), tuple(large)
+
+
+_Pattern = tuple[int | None, ...]
+
+
+def _patterns(texts: list[str]) -> tuple[tuple[_Pattern, ...], tuple[_Pattern, ...]]:
+    """``A:B`` / ``A:B:C`` with ``*`` for any part, split into standard and large patterns."""
+    std: list[_Pattern] = []
+    large: list[_Pattern] = []
+    for t in texts:
+        parts = tuple(None if x == "*" else int(x) for x in t.split(":"))
+        (std if len(parts) == 2 else large).append(parts)
+    return tuple(std), tuple(large)
+
+
+def _split(texts: list[str]) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+    std: list[tuple[int, int]] = []
+    large: list[tuple[int, int, int]] = []
+    for t in texts:
+        v = parse_community(t)
+        if len(v) == 2:
+            std.append(v)  # type: ignore[arg-type]
+        else:
+            large.append(v)  # type: ignore[arg-type]
+    return tuple(std), tuple(large)
+
+
+def _match(pattern: _Pattern, value: tuple[int, ...]) -> bool:
+    return all(p is None or p == v for p, v in zip(pattern, value, strict=True))
+
+
+@functools.lru_cache(maxsize=65536)
+def _matching(attrs: Attributes, std: tuple[_Pattern, ...], large: tuple[_Pattern, ...]) -> str | None:
+    """The first community of ``attrs`` that a pattern matches, as text; None if none does."""
+    for c in attrs.communities:
+        if any(_match(p, c) for p in std):
+            return f"{c[0]}:{c[1]}"
+    for c in attrs.large_communities:
+        if any(_match(p, c) for p in large):
+            return f"{c[0]}:{c[1]}:{c[2]}"
+    return None
+
+
+def format_ext_community(value: int) -> str:
+    """RFC 4360 text for the common types (route target, route origin), else the 8 bytes in hex."""
+    typ, sub = (value >> 56) & 0xFF, (value >> 48) & 0xFF
+    names = {0x02: "rt", 0x03: "soo"}
+    if typ in (0x00, 0x40) and sub in names:  # 2-byte AS : 4-byte value
+        return f"{names[sub]}:{(value >> 32) & 0xFFFF}:{value & 0xFFFFFFFF}"
+    if typ in (0x01, 0x41) and sub in names:  # IPv4 : 2-byte value
+        return f"{names[sub]}:{ipaddress.IPv4Address((value >> 16) & 0xFFFFFFFF)}:{value & 0xFFFF}"
+    if typ in (0x02, 0x42) and sub in names:  # 4-byte AS : 2-byte value
+        return f"{names[sub]}:{(value >> 16) & 0xFFFFFFFF}:{value & 0xFFFF}"
+    return f"0x{value:016x}"
 
 
 def _fmt(k: _Key) -> str:

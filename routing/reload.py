@@ -134,7 +134,8 @@ def policy_fingerprint(config: Config, customer: CustomerConfig) -> tuple:
     """Everything :class:`~routing.policy.ImportPolicy` reads: equal fingerprints, equal verdicts."""
     r, i = config.router, customer.import_
     return (r.asn, tuple(r.bogons), r.max_prefix_length_v4, r.max_prefix_length_v6, customer.name,
-            customer.asn, tuple(str(x) for x in i.prefixes), i.local_pref, tuple(i.set_mpls_label))
+            customer.asn, tuple(str(x) for x in i.prefixes), i.local_pref, tuple(i.set_mpls_label),
+            i.rtbh, tuple(i.reject_communities), r.rtbh_max_length_v4, r.rtbh_max_length_v6)
 
 
 def original_path(stored: Path, old_policy: ImportPolicy, peer: Peer) -> Path:

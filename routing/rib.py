@@ -170,6 +170,9 @@ def _intern(t: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
 
 
 def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry:
+    if s.best.rtbh:
+        # A blackhole request (RFC 7999) that won: drop here; no next hops, no backup.
+        return FibEntry(s.best.prefix, (), blackhole=True)
     primary = _intern(tuple(p.nexthop for p in s.multipath))
     backup: tuple[IPAddress, ...] = ()
     backup_labels: tuple[int, ...] = ()

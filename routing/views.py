@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.model import IPAddress, afi
+from common.model import IPAddress, Path, afi
 from routing.config import Config
 from routing.core import RoutingCore
+from routing.policy import format_ext_community
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class Views:
                         "prefix": str(prefix), "peer": str(addr), "customer": path.peer.customer,
                         "nexthop": str(path.nexthop), "as_path": list(path.attrs.as_path),
                         "reason": rej.reason.value, "detail": rej.detail,
+                        **_received_communities(path),
                     })
             return sorted(out, key=lambda r: (r["peer"], r["prefix"]))
         out = []
@@ -137,12 +139,21 @@ class Views:
                 continue
             for p in sorted(rib.loc.paths(prefix), key=lambda p: (p is not sel.best, str(p.peer.address))):
                 best = p is sel.best
+                a = rib.adj.get(p.peer.address)
+                communities_out = getattr(a.policy, "communities_out", None) if a is not None else None
+                std, large = communities_out(p) if communities_out else (p.attrs.communities, p.attrs.large_communities)
                 out.append({
                     "prefix": str(prefix), "afi": afi(prefix), "peer": str(p.peer.address),
                     "customer": p.peer.customer, "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path),
                     "origin": p.attrs.origin.name.lower(), "med": p.attrs.med, "local_pref": p.local_pref,
                     "best": best, "multipath": p in sel.multipath, "labels": list(p.attrs.labels),
                     "reason": sel.reason.value if best else "",
+                    # What the path carries onwards: received minus our namespace, plus informational.
+                    "communities": [f"{x}:{y}" for x, y in std],
+                    "large_communities": [f"{x}:{y}:{z}" for x, y, z in large],
+                    "ext_communities": [format_ext_community(v) for v in p.attrs.ext_communities],
+                    "rtbh": p.rtbh, "prepend": p.prepend,
+                    **_received_communities(p),
                 })
         out += self._backbone_rows()
         return sorted(out, key=lambda r: (r["afi"], r["prefix"], not r["best"]))
@@ -327,6 +338,14 @@ class Views:
             return None
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: xdp_diff(xdp.prog.dump(), routes, by_id, self.fib.metric))
+
+
+def _received_communities(p: Path) -> dict[str, list[str]]:
+    """The communities exactly as the customer sent them (action communities included)."""
+    a = p.attrs
+    return {"received_communities": [f"{x}:{y}" for x, y in a.communities]
+            + [f"{x}:{y}:{z}" for x, y, z in a.large_communities]
+            + [format_ext_community(v) for v in a.ext_communities]}
 
 
 def proc_times(pid: int) -> tuple[float | None, float | None]:

@@ -177,9 +177,13 @@ def _attributes(a: object) -> Attributes:
     lp = a.get("local-preference")
     comms = a.get("community") or []
     large = a.get("large-community") or []
+    ext = a.get("extended-community") or []
     try:
         communities = tuple((_int(c[0], 0, 65535), _int(c[1], 0, 65535)) for c in comms)
         large_communities = tuple((_int(c[0]), _int(c[1]), _int(c[2])) for c in large)
+        # ExaBGP gives each extended community as {"value": int, "string": "target:..."}; the value is
+        # the 8 bytes, type byte first (RFC 4360 §2).
+        ext_communities = tuple(_int(e["value"] if isinstance(e, dict) else e, 0, 2**64 - 1) for e in ext)
     except (TypeError, IndexError, KeyError):
         raise MalformedMessage("bad community") from None
     return intern_attrs(Attributes(
@@ -189,6 +193,7 @@ def _attributes(a: object) -> Attributes:
         local_pref=None if lp is None else _int(lp),
         communities=communities,
         large_communities=large_communities,
+        ext_communities=ext_communities,
     ))
 
 
