@@ -19,8 +19,9 @@ the current best path) with what that session has been sent (its Adj-RIB-Out, :a
 - the best path came from a customer (eBGP) and carries no NO_ADVERTISE: announce it with next hop
   self, its ORIGIN, MED, LOCAL_PREF (ours after import policy: the backbone sees the customer's
   action communities' effect), AS_PATH with the customer's AS prepended ``path.prepend`` more times,
-  and all its communities (standard, large, extended; the import policy already added our
-  informational ones and scrubbed what customers may not set). NO_EXPORT is kept and sent: iBGP is
+  and all its communities (standard, large, extended) as the customer's import policy carries them
+  onwards (``ImportPolicy.communities_out``: what the customer sent minus our namespace, plus our
+  informational communities of the router, the customer and the session). NO_EXPORT is kept and sent: iBGP is
   inside the AS (RFC 1997). An RTBH path is sent with BLACKHOLE and NO_EXPORT (RFC 7999 §3.2), so
   the whole network can drop the attack and no one passes it on outside;
 - the best path came from the backbone (iBGP; only possible with ``install: true``), or there is
@@ -136,19 +137,27 @@ class BackboneRoute:
                 "ext_communities": [f"0x{v:016x}" for v in self.ext_communities]}
 
 
-def backbone_route(path: Path | None) -> BackboneRoute | None:
-    """The export filter towards the backbone (module docstring): the route to send, or None."""
+#: A path's standard and large communities as carried onwards (``ImportPolicy.communities_out``).
+CommunitiesOut = Callable[[Path], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]]
+
+
+def backbone_route(path: Path | None, communities_out: CommunitiesOut | None = None) -> BackboneRoute | None:
+    """The export filter towards the backbone (module docstring): the route to send, or None.
+
+    ``communities_out`` is the customer's import policy's view of what the path carries onwards
+    (received communities minus our namespace, plus the informational ones); without it, the
+    communities as stored.
+    """
     if path is None or path.peer.ibgp:
         return None  # nothing, or learned over iBGP: never re-exported to iBGP
     a = path.attrs
-    comms = a.communities
-    if NO_ADVERTISE in comms:
+    std, large = communities_out(path) if communities_out is not None else (a.communities, a.large_communities)
+    if NO_ADVERTISE in std:
         return None
     if path.rtbh:
-        comms = comms + tuple(c for c in (BLACKHOLE, NO_EXPORT) if c not in comms)
+        std = std + tuple(c for c in (BLACKHOLE, NO_EXPORT) if c not in std)
     as_path = (path.peer.asn,) * path.prepend + a.as_path
-    return BackboneRoute(a.origin.name.lower(), as_path, a.med, path.local_pref, comms, a.large_communities,
-                         a.ext_communities)
+    return BackboneRoute(a.origin.name.lower(), as_path, a.med, path.local_pref, std, large, a.ext_communities)
 
 
 def _chunks(items: list[IPNetwork], n: int = NLRI_PER_COMMAND) -> Iterable[list[IPNetwork]]:
@@ -205,7 +214,8 @@ class BackboneExport:
         return n
 
     def reconcile(self, peer: IPAddress, prefixes: Iterable[IPNetwork],
-                  lookup: Callable[[IPNetwork], Path | None]) -> list[str]:
+                  lookup: Callable[[IPNetwork], Path | None],
+                  communities_out: CommunitiesOut | None = None) -> list[str]:
         """Commands that make ``peer``'s Adj-RIB-Out right for ``prefixes``; ``lookup(prefix)`` gives
         the current best path (or None)."""
         version = self.peers[peer]
@@ -215,7 +225,7 @@ class BackboneExport:
         for prefix in prefixes:
             if prefix.version != version:
                 continue
-            want = backbone_route(lookup(prefix))
+            want = backbone_route(lookup(prefix), communities_out)
             have = sent.get(prefix)
             if want == have:
                 continue

@@ -867,6 +867,11 @@ class RoutingCore:
         sel = self.rib.loc.selection(prefix)
         return sel.best if sel is not None else None
 
+    def _communities_out(self, path: RoutePath) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+        a = self.rib.adj.get(path.peer.address)
+        out = getattr(a.policy, "communities_out", None) if a is not None else None
+        return out(path) if out is not None else (path.attrs.communities, path.attrs.large_communities)
+
     def _export(self, now: float | None) -> list[Action]:
         """Take the Loc-RIB's best-path changes: flush at once when many are pending, else arm the
         short export timer so that changes arriving one per UPDATE still share commands."""
@@ -898,7 +903,8 @@ class RoutingCore:
             ps = self.peers.get(addr)
             if ps is None or ps.state is not PeerState.ESTABLISHED:
                 continue  # the replay on its next Up reads the Loc-RIB as it is then
-            out += [SendCommand(addr, line, EXPORT_PURPOSE) for line in bb.reconcile(addr, dirty, self._best)]
+            lines = bb.reconcile(addr, dirty, self._best, self._communities_out)
+            out += [SendCommand(addr, line, EXPORT_PURPOSE) for line in lines]
         return out
 
     def _backbone_session(self, ps: PeerStatus, was: PeerState, effect: Effect) -> None:
@@ -942,7 +948,8 @@ class RoutingCore:
             if ps is None or ps.state is not PeerState.ESTABLISHED:
                 return  # gone again: the next Up starts over
             part = prefixes[i:i + step]
-            self._notices += [SendCommand(addr, line, EXPORT_PURPOSE) for line in bb.reconcile(addr, part, self._best)]
+            lines = bb.reconcile(addr, part, self._best, self._communities_out)
+            self._notices += [SendCommand(addr, line, EXPORT_PURPOSE) for line in lines]
             chunk = _Slice()
             chunk.cost = len(part)
             yield chunk

@@ -170,7 +170,11 @@ class Views:
                     "prefix": str(prefix), "afi": afi(prefix), "peer": str(addr), "customer": ps.customer,
                     "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path), "origin": p.attrs.origin.name.lower(),
                     "med": p.attrs.med, "local_pref": p.local_pref, "best": False, "multipath": False,
-                    "labels": list(p.attrs.labels), "reason": "not_installed"})
+                    "labels": list(p.attrs.labels), "reason": "not_installed",
+                    "communities": [f"{x}:{y}" for x, y in p.attrs.communities],
+                    "large_communities": [f"{x}:{y}:{z}" for x, y, z in p.attrs.large_communities],
+                    "ext_communities": [format_ext_community(v) for v in p.attrs.ext_communities],
+                    "rtbh": False, "prepend": 0, **_received_communities(p)})
         return rows
 
     def exported_view(self, peer: IPAddress) -> list[dict]:

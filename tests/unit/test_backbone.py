@@ -317,3 +317,31 @@ def test_a_failed_export_command_replays_and_withdraws_what_is_no_longer_exporte
     lines = commands(drain(core))
     assert any("announce" in ln and ln.endswith("198.51.100.0/24") for ln in lines)
     assert "neighbor 10.9.0.1 withdraw attributes next-hop self nlri 203.0.113.0/24" in lines
+
+
+def test_backbone_is_sent_the_communities_the_import_policy_carries_onwards() -> None:
+    """Our informational communities are added and a customer's forged ones in our namespace scrubbed
+    (the import policy's ``communities_out``), RTBH paths get BLACKHOLE + NO_EXPORT."""
+    doc = {**CONFIG, "router": {**CONFIG["router"], "communities": ["65000:1000"]},
+           "customers": [dict(CONFIG["customers"][0], communities=["65000:2001"],
+                              **{"import": dict(CONFIG["customers"][0]["import"], rtbh=True)}),
+                         CONFIG["customers"][1]],
+           "backbone": {"peers": [{"address": "10.9.0.1", "local_address": "10.9.0.2"}]}}
+    c = parse_config(doc)
+    rib = Rib()
+    acme = c.customers[0]
+    rib.add_peer(A, ImportPolicy(c.router, acme), None)
+    rib.add_peer(RR, BackboneImportPolicy(c.router), None)  # type: ignore[arg-type]
+    peers = {A: PeerStatus(A, A, "acme", "ipv4", Peer(A, "acme", 64512, 65000)),
+             RR: PeerStatus(RR, RR, "backbone", "ipv4", Peer(RR, "backbone", 65000, 65000), backbone=True)}
+    core = RoutingCore(rib, peers, stale_timeout_s=120.0)
+    up(core, A)
+    up(core, RR)
+    drain(core)
+    sent = intern_attrs(Attributes(origin=Origin.IGP, as_path=(64512,), communities=((64512, 7), (65000, 9999))))
+    lines = flush(core, update(core, A, "198.51.100.0/24", attrs=sent))
+    assert len(lines) == 1 and "community [ 64512:7 65000:1000 65000:2001 ]" in lines[0], lines
+    bh = intern_attrs(Attributes(origin=Origin.IGP, as_path=(64512,), communities=(BLACKHOLE,)))
+    lines = flush(core, update(core, A, "198.51.100.7/32", attrs=bh))
+    assert len(lines) == 1 and "65535:666" in lines[0] and "65535:65281" in lines[0], lines
+    assert core.rib.adj[A].accepted[net("198.51.100.7/32")].rtbh
