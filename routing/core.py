@@ -43,6 +43,13 @@ peer already stored tears that one session down. When the last job of a reconfig
 :class:`ReconfigureApplied` tells the shell, with what moved. Events that arrive for a removed peer
 (ExaBGP's "down" once it drops the neighbour) are dropped without counting them as unknown.
 
+Backbone peers (:attr:`PeerStatus.backbone`, iBGP to the route reflectors) are peers like any
+other, with their paths gated out of the Loc-RIB unless ``backbone.install``; the core also owns
+their Adj-RIB-Out (:class:`routing.backbone.BackboneExport`): after every step it takes the
+Loc-RIB's best-path change stream, and flushes it as export commands when enough is pending or the
+short export timer fires; a backbone session's Up queues a sliced replay job (``routing/backbone.py``
+says why that keeps export right across an ExaBGP restart).
+
 What is deliberately *not* here: moving traffic when BFD says a neighbour died. That is the
 failover lane (``routing/failover.py``), which rewrites the nexthop groups before this core hears
 of the event; the core then reconciles the RIB (:class:`BfdDown`) and closes the BGP session.
