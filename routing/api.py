@@ -22,7 +22,9 @@ Endpoints (all JSON)::
 
     GET  /status                      daemon summary
     GET  /peers                       BGP sessions
-    GET  /routes[?rejected=1]         Loc-RIB paths with best-path reason, or rejected announcements
+    GET  /routes[?rejected=1]         Loc-RIB paths with best-path reason, or rejected announcements;
+                                      ?exported=PEER: what that session is sent (customer: its
+                                      export policy; backbone: the Adj-RIB-Out)
     GET  /fib[?failed=1]              kernel routes of ours, or routes the kernel refused
     GET  /bfd                         BFD sessions: states, diags, negotiated timers, flaps
     GET  /xdp                         XDP fast path: program, attached interfaces, map sync, counters
@@ -111,6 +113,15 @@ def build_app(d: Views, on: Dispatch | None = None) -> web.Application:
         return _json(await on.local(d.peers_view))
 
     async def routes(request: web.Request) -> web.Response:
+        exported = request.query.get("exported")
+        if exported is not None:
+            try:
+                addr = ipaddress.ip_address(exported)
+            except ValueError:
+                return _json({"error": "exported: not an IP address"}, 400)
+            if addr not in d.peers:
+                return _json({"error": f"{addr} is not a configured peer"}, 404)
+            return _json(await on.owner(d.exported_view, addr))
         return _json(await on.owner(d.routes_view, _flag(request, "rejected")))
 
     async def fib(request: web.Request) -> web.Response:

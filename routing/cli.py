@@ -95,6 +95,11 @@ def render(kind: str, data: Any, args: argparse.Namespace) -> None:
                [[p["peer"], p["customer"], str(p["asn"]), p["state"], f"{p['since_s']:.0f}s", p["router_id"],
                  str(p["received"]), str(p["accepted"]), str(p["rejected"]), str(p["max_prefixes"] or "-"),
                  p["last_down_reason"]] for p in data])
+    elif kind == "routes" and getattr(args, "exported", None):
+        _table(f"Sent to {args.exported}", ["prefix", "next hop", "origin", "as-path", "lp", "med", "communities"],
+               [[r["prefix"], r["nexthop"], r["origin"], " ".join(map(str, r["as_path"])),
+                 "" if r["local_pref"] is None else str(r["local_pref"]), "" if r["med"] is None else str(r["med"]),
+                 " ".join(r["communities"] + r["large_communities"] + r["ext_communities"])] for r in data])
     elif kind == "routes" and args.rejected:
         _table("Rejected announcements", ["prefix", "peer", "customer", "as-path", "rpki", "reason", "detail"],
                [[r["prefix"], r["peer"], r["customer"], " ".join(map(str, r["as_path"])), r.get("rpki") or "-",
@@ -206,7 +211,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     path = {"peers": "/peers", "routes": "/routes", "fib": "/fib", "status": "/status", "bfd": "/bfd",
             "xdp": "/xdp", "rpki": "/rpki"}[args.what]
-    if args.what == "routes" and args.rejected:
+    if args.what == "routes" and args.exported:
+        path += f"?exported={args.exported}"
+    elif args.what == "routes" and args.rejected:
         path += "?rejected=1"
     if args.what == "fib" and args.failed:
         path += "?failed=1"
@@ -371,6 +378,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["peers", "routes", "fib", "bfd", "xdp", "rpki", "status"])
     s.add_argument("--json", action="store_true")
     s.add_argument("--rejected", action="store_true", help="routes: rejected announcements with their reason")
+    s.add_argument("--exported", metavar="PEER",
+                   help="routes: what session PEER is sent (customer: export policy; backbone: Adj-RIB-Out)")
     s.add_argument("--failed", action="store_true", help="fib: routes the kernel refused")
     s.add_argument("-c", "--config", help="read the API socket path from this config")
     s.add_argument("--socket", help=f"API socket (default {DEFAULT_SOCKET})")

@@ -50,6 +50,13 @@ peer already stored tears that one session down. When the last job of a reconfig
 :class:`ReconfigureApplied` tells the shell, with what moved. Events that arrive for a removed peer
 (ExaBGP's "down" once it drops the neighbour) are dropped without counting them as unknown.
 
+Backbone peers (:attr:`PeerStatus.backbone`, iBGP to the route reflectors) are peers like any
+other, with their paths gated out of the Loc-RIB unless ``backbone.install``; the core also owns
+their Adj-RIB-Out (:class:`routing.backbone.BackboneExport`): after every step it takes the
+Loc-RIB's best-path change stream, and flushes it as export commands when enough is pending or the
+short export timer fires; a backbone session's Up queues a sliced replay job (``routing/backbone.py``
+says why that keeps export right across an ExaBGP restart).
+
 What is deliberately *not* here: moving traffic when BFD says a neighbour died. That is the
 failover lane (``routing/failover.py``), which rewrites the nexthop groups before this core hears
 of the event; the core then reconciles the RIB (:class:`BfdDown`) and closes the BGP session.
@@ -66,6 +73,8 @@ from typing import Any
 
 from common.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
 from common.model import Path as RoutePath
+from routing.backbone import EXPORT_TIMER, FLUSH_AT, FLUSH_DELAY_S, BackboneExport
+from routing.backbone import PURPOSE as EXPORT_PURPOSE
 from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy, Rejection
 from routing.reload import original_path
@@ -322,6 +331,9 @@ class PeerStatus:
     notified: bool = False
     #: Routes kept as stale because we are this peer's graceful-restart helper.
     gr_helping: bool = False
+    #: An iBGP session to the backbone (``backbone.peers``): sent our customers' routes, its own
+    #: routes installed only with ``backbone.install`` (routing/backbone.py).
+    backbone: bool = False
 
 
 @dataclass(slots=True)
@@ -338,7 +350,8 @@ class RoutingCore:
     """
 
     def __init__(self, rib: Rib, peers: dict[IPAddress, PeerStatus], *, stale_timeout_s: float,
-                 metrics: Any = None, now: float = 0.0, startup_hold_s: float = 0.0) -> None:
+                 metrics: Any = None, now: float = 0.0, startup_hold_s: float = 0.0,
+                 backbone_install: bool = False) -> None:
         self.rib = rib
         self.peers = peers
         self.stale_timeout_s = stale_timeout_s
@@ -363,6 +376,7 @@ class RoutingCore:
             ps.since = now
             if ps.bfd_strict:
                 rib.set_eligible(ps.address, False)
+        self._init_backbone(backbone_install)
 
     def start(self, now: float, adopted_routes: int = 0) -> list[Action]:
         """Actions at start-up: routes adopted from the kernel wait for every peer's End-of-RIB, for
@@ -405,7 +419,7 @@ class RoutingCore:
 
     def work(self, budget: int = JOB_STEP) -> list[Action]:
         """Run up to ``budget`` prefixes of pending jobs."""
-        return self._hold(self._work(budget)) + self._accepted_changes()
+        return self._hold(self._work(budget)) + self._accepted_changes() + self._export(None)
 
     def _work(self, budget: int) -> list[Action]:
         diffs: list[FibDiff] = []
@@ -591,7 +605,12 @@ class RoutingCore:
 
     # --- events ----------------------------------------------------------------------------------------
     def on_event(self, ev: object, now: float) -> list[Action]:
-        return self._hold(self._on_event(ev, now)) + self._accepted_changes()
+        if isinstance(ev, TimerFired) and ev.name == EXPORT_TIMER:
+            self._export_armed = False
+            return self._export_flush()
+        if isinstance(ev, CommandDone) and ev.purpose == EXPORT_PURPOSE:
+            self._export_done(ev.peer, ev.ok)
+        return self._hold(self._on_event(ev, now)) + self._accepted_changes() + self._export(now)
 
     def _watch(self, peers: frozenset[IPAddress]) -> None:
         for addr, a in self.rib.adj.items():
@@ -682,6 +701,8 @@ class RoutingCore:
         if new is not was:
             ps.since = now
         ps.state = new
+        if ps.backbone:
+            self._backbone_session(ps, was, effect)
         m = self.metrics
         if effect is Effect.ESTABLISHED:
             ps.established_count += 1
@@ -890,3 +911,113 @@ class RoutingCore:
                 return
             self._count_rejections(ps, adj.rejected_total, before)
             yield chunk
+
+    # --- export to the backbone (routing/backbone.py says how it stays right) ---------------------------
+    def _init_backbone(self, install: bool) -> None:
+        bb = {a: a.version for a, ps in self.peers.items() if ps.backbone}
+        #: The backbone sessions' Adj-RIB-Out (None: no backbone configured, no best-path stream).
+        self.backbone: BackboneExport | None = BackboneExport(bb) if bb else None
+        self.backbone_install = install
+        self._export_armed = False
+        self._export_now = 0.0
+        if self.backbone is not None:
+            self.rib.loc.best_changes = []
+        if not install:
+            for a in bb:
+                self.rib.set_eligible(a, False)  # kept in their Adj-RIB-In, never in the Loc-RIB
+
+    def _best(self, prefix: IPNetwork) -> RoutePath | None:
+        sel = self.rib.loc.selection(prefix)
+        return sel.best if sel is not None else None
+
+    def _communities_out(self, path: RoutePath) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+        a = self.rib.adj.get(path.peer.address)
+        out = getattr(a.policy, "communities_out", None) if a is not None else None
+        return out(path) if out is not None else (path.attrs.communities, path.attrs.large_communities)
+
+    def _export(self, now: float | None) -> list[Action]:
+        """Take the Loc-RIB's best-path changes: flush at once when many are pending, else arm the
+        short export timer so that changes arriving one per UPDATE still share commands."""
+        bb = self.backbone
+        if bb is None:
+            return []
+        changes = self.rib.loc.best_changes
+        if changes:
+            bb.dirty.update(c[0] for c in changes)
+            changes.clear()
+        if now is not None:
+            self._export_now = now
+        if not bb.dirty:
+            return []
+        if len(bb.dirty) >= FLUSH_AT:
+            return self._export_flush()
+        if self._export_armed:
+            return []
+        self._export_armed = True
+        return [ArmTimer(EXPORT_TIMER, self._export_now + FLUSH_DELAY_S)]
+
+    def _export_flush(self) -> list[Action]:
+        bb = self.backbone
+        if bb is None or not bb.dirty:
+            return []
+        dirty, bb.dirty = bb.dirty, set()
+        out: list[Action] = []
+        for addr in bb.peers:
+            ps = self.peers.get(addr)
+            if ps is None or ps.state is not PeerState.ESTABLISHED:
+                continue  # the replay on its next Up reads the Loc-RIB as it is then
+            lines = bb.reconcile(addr, dirty, self._best, self._communities_out)
+            out += [SendCommand(addr, line, EXPORT_PURPOSE) for line in lines]
+        return out
+
+    def _backbone_session(self, ps: PeerStatus, was: PeerState, effect: Effect) -> None:
+        bb = self.backbone
+        if bb is None or ps.address not in bb.peers:
+            return
+        if effect is Effect.ESTABLISHED:
+            bb.session_reset(ps.address)
+            self._jobs.append(self._replay_job(ps.address, set()))
+        elif was is PeerState.ESTABLISHED and ps.state is not PeerState.ESTABLISHED:
+            n = bb.session_reset(ps.address)
+            log.info("backbone peer %s left Established: its Adj-RIB-Out (%d routes) is replayed when it is back",
+                     ps.address, n)
+
+    def _export_done(self, addr: IPAddress | None, ok: bool) -> None:
+        """An export command was answered. Refused or never acknowledged: what the session holds is
+        unknown, so forget the Adj-RIB-Out and replay it, withdrawing what it held or the failed
+        command carried that is no longer exported."""
+        bb = self.backbone
+        if bb is None or addr is None or addr not in bb.peers:
+            return
+        failed = bb.command_done(addr, ok)
+        ps = self.peers.get(addr)
+        if ok or ps is None or ps.state is not PeerState.ESTABLISHED:
+            return
+        forgotten = set(bb.sent.get(addr, {})) | set(failed)
+        bb.session_reset(addr)
+        log.warning("backbone peer %s: an export command failed: replaying its %d routes", addr, len(forgotten))
+        self._jobs.append(self._replay_job(addr, forgotten))
+
+    def _replay_job(self, addr: IPAddress, forgotten: set[IPNetwork],
+                    step: int = JOB_STEP) -> Iterator[list[FibDiff]]:
+        """Announce every exportable best path to ``addr`` in slices, then withdraw ``forgotten``
+        prefixes that are no longer exported (the Loc-RIB as it is when each slice runs)."""
+        bb = self.backbone
+        assert bb is not None
+        prefixes = [p for p in self.rib.loc.prefixes() if p.version == bb.peers[addr]]
+        log.info("backbone peer %s: replaying the Adj-RIB-Out from %d Loc-RIB prefixes", addr, len(prefixes))
+        for i in range(0, len(prefixes), step):
+            ps = self.peers.get(addr)
+            if ps is None or ps.state is not PeerState.ESTABLISHED:
+                return  # gone again: the next Up starts over
+            part = prefixes[i:i + step]
+            lines = bb.reconcile(addr, part, self._best, self._communities_out)
+            self._notices += [SendCommand(addr, line, EXPORT_PURPOSE) for line in lines]
+            chunk = _Slice()
+            chunk.cost = len(part)
+            yield chunk
+        gone = [p for p in forgotten if p not in bb.sent[addr]]
+        if gone:
+            # Not in the Adj-RIB-Out (cleared): a withdrawal for each, the only way to be sure.
+            self._notices += [SendCommand(addr, line, EXPORT_PURPOSE) for line in bb.withdraw_lines(addr, gone)]
+        yield _Slice()

@@ -49,6 +49,7 @@ from typing import Any
 from common import cpus
 from common.model import IPAddress, Peer, parse_address, parse_prefix
 from fib.kernel import KernelFib, set_compat_mode
+from routing.backbone import BACKBONE_LABEL, BackboneImportPolicy
 from routing.bfd_link import BfdController
 from routing.config import Config, ConfigError, CustomerConfig, PeerConfig, config_from_text, load_config
 from routing.core import (
@@ -107,6 +108,13 @@ def peer_status(config: Config, customer: CustomerConfig, pc: PeerConfig, speake
     )
 
 
+def backbone_status(config: Config, pc: PeerConfig, speaker: int = 0) -> PeerStatus:
+    """The core's record of one backbone (iBGP) session: peer AS = local AS, so ``Peer.ibgp``."""
+    asn = config.router.asn
+    return PeerStatus(pc.address, pc.local_address, BACKBONE_LABEL, "ipv4" if pc.address.version == 4 else "ipv6",
+                      Peer(pc.address, BACKBONE_LABEL, asn, asn), speaker=speaker, backbone=True)
+
+
 def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan,
                       old_assignment: dict[IPAddress, int] | None = None,
                       new_assignment: dict[IPAddress, int] | None = None) -> Reconfigure:
@@ -133,7 +141,9 @@ def reconfigure_event(token: int, old: Config, new: Config, plan: ReloadPlan,
                                   b.enabled, b.enabled and b.strict,
                                   reevaluate=p.address in plan.reevaluate or str(p.address) in resets))
     removed = tuple(a for a in old_addrs if a not in new_addrs)
-    moves = tuple((a, new_assignment.get(a, 0)) for a in sorted(old_addrs & new_addrs, key=str)
+    # The backbone's sessions move with the pool too (they are in both assignments, not in peers()).
+    kept = (old_addrs & new_addrs) | (old_assignment.keys() & new_assignment.keys() - old_addrs - new_addrs)
+    moves = tuple((a, new_assignment.get(a, 0)) for a in sorted(kept, key=str)
                   if old_assignment.get(a, 0) != new_assignment.get(a, 0))
     return Reconfigure(token, tuple(adds), removed, tuple(updates), moves)
 
@@ -169,9 +179,14 @@ class Daemon:
                          customer.import_.max_prefixes)
             peers[pc.address] = peer_status(config, customer, pc, self.pool.assignment[pc.address])
             self.metrics.bgp_session_up.labels(str(pc.address), customer.name).set(0)
+        for pc in config.backbone.peers:
+            rib.add_peer(pc.address, BackboneImportPolicy(config.router), None)  # type: ignore[arg-type]
+            peers[pc.address] = backbone_status(config, pc, self.pool.assignment[pc.address])
+            self.metrics.bgp_session_up.labels(str(pc.address), BACKBONE_LABEL).set(0)
         self.metrics.configure_peers(config)
         self.core = RoutingCore(rib, peers, stale_timeout_s=config.fib.stale_timeout_s, metrics=self.metrics,
-                                now=clock(), startup_hold_s=config.fib.startup_hold_s)
+                                now=clock(), startup_hold_s=config.fib.startup_hold_s,
+                                backbone_install=config.backbone.install)
         self.lane = FailoverLane(self.fib, self.inbox.post, {a: p.customer for a, p in peers.items() if p.bfd},
                                  clock, self.metrics)
         self.bfd = BfdController(config, run_dir, self.lane.on_bfd, self.metrics, cpus=self.control_cpus,
@@ -502,7 +517,7 @@ class Daemon:
             if not e["established"]:
                 continue
             addr = parse_address(e["peer"])
-            lines = [messages.announce_route(addr, parse_prefix(n)) for n in e["announce"]]
+            lines = [messages.announce_route(addr, parse_prefix(n), e.get("attributes", "")) for n in e["announce"]]
             lines += [messages.withdraw_route(addr, parse_prefix(n)) for n in e["withdraw"]]
             for line in lines:
                 results.append({"command": line, "ok": await self.pool.command(addr, line)})

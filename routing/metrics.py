@@ -270,6 +270,16 @@ class Metrics:
             "(bfd/repair.py), by result (ok, refused: some rewrite was refused; the failover lane redoes it)",
             ["result"], registry=r,
         )
+        self.backbone_exported_routes = Gauge(
+            "pop_router_backbone_exported_routes",
+            "Routes in a backbone session's Adj-RIB-Out: what the route reflector was sent", ["peer"], registry=r,
+        )
+        #: Counted by the routing core (routing/backbone.py), read at scrape time.
+        self.backbone_export_prefixes = ReadCounterFamily(
+            "pop_router_backbone_export_prefixes_total",
+            "Prefixes announced or withdrawn towards the backbone, all sessions (action: announce, withdraw)",
+            ["action"], r,
+        )
         self.bfd_local_repair_seconds = Histogram(
             "pop_router_bfd_local_repair_seconds",
             "BFD detection to groups rewritten by the BFD process's local repair",
@@ -303,6 +313,9 @@ class Metrics:
         wanted: dict[str, tuple[str, int | None]] = {
             str(p.address): (c.name, c.import_.max_prefixes) for c, p in config.peers()
         }
+        wanted.update({str(p.address): ("backbone", None) for p in config.backbone.peers})
+        for p in config.backbone.peers:  # (backbone changes need a restart: nothing to remove)
+            self.backbone_exported_routes.labels(str(p.address))
         bfd_peers = {str(p.address) for c, p in config.peers() if config.peer_bfd(c, p).enabled}
         for peer in self.bgp_session_uptime.peers():
             if peer not in wanted:

@@ -344,8 +344,85 @@ def _fmt(k: _Key) -> str:
 
 
 def export_routes(router: RouterConfig, customer: CustomerConfig, peer_version: int) -> list[IPNetwork]:
-    """What we announce to one customer session: ``router.announce`` of the session's family.
+    """The prefixes one customer session is sent: ``export.prefixes`` (null: ``router.announce``) of
+    the session's family, then the family's default route if ``export.default_route``.
 
-    Announcements carry our ASN (ExaBGP prepends it for eBGP) and next hop self.
+    Every one carries the same attributes (:func:`export_attributes`) and next hop self.
     """
-    return [n for n in router.announce if n.version == peer_version]
+    exp = customer.export
+    chosen = exp.prefixes if exp.prefixes is not None else router.announce
+    out = [n for n in chosen if n.version == peer_version]
+    if exp.default_route:
+        default = ipaddress.ip_network("0.0.0.0/0" if peer_version == 4 else "::/0")
+        if default not in out:
+            out.append(default)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ExportAttributes:
+    """The attributes of everything one customer's sessions are sent (besides next hop self).
+
+    ``as_path`` empty means ExaBGP's own default on eBGP: our AS once. With a prepend it is written
+    out in full (our AS ``1 + prepend`` times), because ExaBGP sends an explicit AS_PATH exactly as
+    given and adds nothing to it (read in ExaBGP 5.0.15 ``Attributes.pack``; notes/exabgp.md).
+    """
+
+    as_path: tuple[int, ...] = ()
+    communities: tuple[tuple[int, int], ...] = ()
+    large_communities: tuple[tuple[int, int, int], ...] = ()
+
+    def text(self) -> str:
+        """ExaBGP's words for them, as a static route and an ``announce route`` both take them."""
+        return attributes_text(as_path=self.as_path if self.as_path else None, communities=self.communities,
+                               large_communities=self.large_communities)
+
+
+def export_attributes(router: RouterConfig, customer: CustomerConfig) -> ExportAttributes:
+    # Imported here: the top of this file is the import policy's (edited in parallel), this half is export's.
+    from routing.config import parse_community
+
+    exp = customer.export
+    std: list[tuple[int, int]] = []
+    large: list[tuple[int, int, int]] = []
+    for text in exp.communities:
+        c = parse_community(text)
+        if len(c) == 2:
+            if c not in std:
+                std.append(c)  # type: ignore[arg-type]
+        elif c not in large:
+            large.append(c)  # type: ignore[arg-type]
+    as_path = (router.asn,) * (1 + exp.prepend) if exp.prepend else ()
+    return ExportAttributes(as_path, tuple(std), tuple(large))
+
+
+def customer_exports(router: RouterConfig, customer: CustomerConfig, peer_version: int) -> dict[IPNetwork, str]:
+    """Prefix -> ExaBGP attribute text of what one customer session is sent: the unit the reload
+    compares (a prefix whose attributes changed is announced again, without a session reset)."""
+    attrs = export_attributes(router, customer).text()
+    return {n: attrs for n in export_routes(router, customer, peer_version)}
+
+
+def attributes_text(*, origin: str | None = None, as_path: tuple[int, ...] | None = None, med: int | None = None,
+                    local_pref: int | None = None, communities: tuple[tuple[int, int], ...] = (),
+                    large_communities: tuple[tuple[int, int, int], ...] = (),
+                    ext_communities: tuple[int, ...] = ()) -> str:
+    """Path attributes in ExaBGP's route syntax (configuration and API share it); empty parts left
+    out. Built from integers only, so the text is always ASCII (a non-ASCII byte would make ExaBGP
+    respawn the API process)."""
+    parts: list[str] = []
+    if origin is not None:
+        parts.append(f"origin {origin}")
+    if as_path is not None:
+        parts.append("as-path [ " + " ".join(str(a) for a in as_path) + " ]")
+    if med is not None:
+        parts.append(f"med {med}")
+    if local_pref is not None:
+        parts.append(f"local-preference {local_pref}")
+    if communities:
+        parts.append("community [ " + " ".join(f"{a}:{b}" for a, b in communities) + " ]")
+    if large_communities:
+        parts.append("large-community [ " + " ".join(f"{a}:{b}:{c}" for a, b, c in large_communities) + " ]")
+    if ext_communities:
+        parts.append("extended-community [ " + " ".join(f"0x{v:016x}" for v in ext_communities) + " ]")
+    return " ".join(parts)

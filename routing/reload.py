@@ -28,14 +28,16 @@ What each change costs (the "nothing reset that need not be" rule; the README ha
 - **BFD**: new/removed sessions; changed tx/rx intervals are applied in place by the BFD process
   with a Poll Sequence (*retimed*, no flap); a changed multiplier, authentication, min TTL or
   interface re-creates the session (*recreated*: the peer sees it go down).
-- **exports** (``router.announce``): announced/withdrawn on established sessions without a reset.
+- **exports** (``router.announce``, ``customers[].export``: prefixes, prepend, communities, default
+  route): announced/withdrawn on established sessions without a reset; a prefix whose attributes
+  changed is announced again (an UPDATE replaces it).
 - ``exabgp.processes``: customers whose ExaBGP process changes (rendezvous hashing moves few of them,
   ``routing/exabgp/pool.py``) are listed as *reset* ("moved from exabgp-0 to exabgp-1"): one process
   drops their sessions and the other opens them; routes stay (stale) until the new End-of-RIB.
   Only the processes whose generated configuration changes are signalled
   (``exabgp_processes_changed``).
 - keys the running process cannot change (``api``, ``metrics``, ``fib``, ``exabgp`` but its
-  ``processes``, ``bfd.realtime_priority``) are listed under ``needs_restart`` and keep their running
+  ``processes``, ``bfd.realtime_priority``, ``backbone``) are listed under ``needs_restart`` and keep their running
   values.
 
 FIB preview: for each prefix whose candidate paths change, the best-path chain
@@ -58,7 +60,7 @@ from common.model import FibEntry, IPAddress, IPNetwork, Path, Peer, intern_attr
 from routing.bestpath import select
 from routing.bfd_link import session_specs
 from routing.config import Config, CustomerConfig, PeerConfig, reveal
-from routing.policy import ImportPolicy, Rejection, export_routes
+from routing.policy import ImportPolicy, Rejection, customer_exports
 from routing.rib import Rib, _entry
 
 #: How many example prefixes each section of a plan lists (the counts are always complete).
@@ -68,7 +70,7 @@ SAMPLE = 5
 PLAN_STEP = 500
 
 #: Top-level keys the running daemon cannot change: they take effect at the next start.
-RESTART_ONLY = ("api", "metrics", "fib", "exabgp")
+RESTART_ONLY = ("api", "metrics", "fib", "exabgp", "backbone")
 
 
 # --- configuration sources ---------------------------------------------------------------------------
@@ -308,11 +310,11 @@ def _exabgp_texts(config: Config) -> dict[str, str]:
     from pathlib import Path as FsPath
 
     from routing.exabgp.conf import render
-    from routing.exabgp.pool import process_count, process_of
+    from routing.exabgp.pool import process_count, process_customers
 
     n = process_count(config)
     return {f"exabgp-{i}": render(config, FsPath("/dev/null"), python="python",
-                                  customers={c.name for c in config.customers if process_of(c.name, n) == i})
+                                  customers=process_customers(config, n, i))
             for i in range(n)}
 
 
@@ -430,16 +432,19 @@ def plan_steps(old: Config, new: Config, rib: Rib | None = None, peers: Mapping[
             continue
         oc, op = old_peers[addr]
         nc, np = new_peers[addr]
-        before = set(export_routes(old.router, oc, addr.version))
-        after = set(export_routes(new.router, nc, addr.version))
+        before = customer_exports(old.router, oc, addr.version)
+        after = customer_exports(new.router, nc, addr.version)
         if before == after:
             continue
         ps = peers.get(addr) if peers is not None else None
         established = ps is not None and getattr(ps.state, "value", ps.state) == "established"
+        # A prefix whose attributes changed (prepend, communities) is announced again: an UPDATE
+        # replaces the route, no withdrawal and no session reset.
         plan.exports.append({
             "peer": str(addr), "customer": nc.name, "established": established,
-            "announce": [str(n) for n in sorted(after - before, key=_net_key)],
-            "withdraw": [str(n) for n in sorted(before - after, key=_net_key)]})
+            "announce": [str(n) for n in sorted((n for n in after if before.get(n) != after[n]), key=_net_key)],
+            "withdraw": [str(n) for n in sorted(before.keys() - after.keys(), key=_net_key)],
+            "attributes": next(iter(after.values()), "")})
     before, after = _exabgp_texts(old), _exabgp_texts(running_config(old, new))
     plan.exabgp_processes_changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     plan.exabgp_config_changed = bool(plan.exabgp_processes_changed)

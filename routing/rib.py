@@ -130,6 +130,10 @@ class LocRib:
         self._paths: dict[IPNetwork, dict[IPAddress, Path]] = {}
         self._sel: dict[IPNetwork, Selection] = {}
         self._entries: dict[IPNetwork, FibEntry] = {}
+        #: Best-path change stream for exporters (BIRD's ``rt_notify(new, old)``): every recompute
+        #: whose best path changed, attributes included, appends ``(prefix, old best, new best)``;
+        #: the consumer drains it. None (the default): not recorded, no cost.
+        self.best_changes: list[tuple[IPNetwork, Path | None, Path | None]] | None = None
 
     def __len__(self) -> int:
         return len(self._sel)
@@ -162,6 +166,8 @@ class LocRib:
         old_e = self._entries.get(prefix)
         paths = self._paths.get(prefix, {})
         new = select(list(paths.values()))
+        if self.best_changes is not None:
+            self._note_best(prefix, new)
         if new is None:
             self._sel.pop(prefix, None)
             self._entries.pop(prefix, None)
@@ -172,6 +178,14 @@ class LocRib:
         if old_e == new_e:
             return None
         return FibDiff(prefix, old_e, new_e)
+
+    def _note_best(self, prefix: IPNetwork, new: Selection | None) -> None:
+        assert self.best_changes is not None
+        old = self._sel.get(prefix)
+        old_best = old.best if old is not None else None
+        new_best = new.best if new is not None else None
+        if old_best != new_best:
+            self.best_changes.append((prefix, old_best, new_best))
 
 
 _NH_TUPLES: dict[tuple[IPAddress, ...], tuple[IPAddress, ...]] = {}

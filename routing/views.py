@@ -72,6 +72,12 @@ class Views:
             for fam, (received, accepted) in a.counts().items():
                 m.bgp_prefixes_received.labels(str(addr), fam).set(received)
                 m.bgp_prefixes_accepted.labels(str(addr), fam).set(accepted)
+        bb = self.core.backbone
+        if bb is not None:
+            for addr, sent in bb.sent.items():
+                m.backbone_exported_routes.labels(str(addr)).set(len(sent))
+            m.backbone_export_prefixes.labels("announce").set(bb.announced)
+            m.backbone_export_prefixes.labels("withdraw").set(bb.withdrawn)
         m.inbox_depth.labels("routing").set(self.inbox.routing_depth)
         if self.rpki is not None:
             self.rpki.refresh_metrics(m, self.rpki_route_counts())
@@ -159,6 +165,7 @@ class Views:
                     "rtbh": p.rtbh, "prepend": p.prepend,
                     **_received_communities(p),
                 })
+        out += self._backbone_rows()
         return sorted(out, key=lambda r: (r["afi"], r["prefix"], not r["best"]))
 
     def rpki_route_counts(self) -> dict[str, int]:
@@ -182,6 +189,44 @@ class Views:
             "in_ranges": last.in_ranges, "changed_state": last.changed_state,
             "became_rejected": last.became_rejected, "became_accepted": last.became_accepted}
         return v
+
+    def _backbone_rows(self) -> list[dict]:
+        """Backbone routes kept out of the Loc-RIB (``backbone.install: false``): listed, never best."""
+        core = self.core
+        rows = []
+        for addr, ps in core.peers.items():
+            if not ps.backbone or core.rib.eligible.get(addr, True):
+                continue
+            for prefix, p in core.rib.adj[addr].accepted.items():
+                rows.append({
+                    "prefix": str(prefix), "afi": afi(prefix), "peer": str(addr), "customer": ps.customer,
+                    "nexthop": str(p.nexthop), "as_path": list(p.attrs.as_path), "origin": p.attrs.origin.name.lower(),
+                    "med": p.attrs.med, "local_pref": p.local_pref, "best": False, "multipath": False,
+                    "labels": list(p.attrs.labels), "reason": "not_installed",
+                    "communities": [f"{x}:{y}" for x, y in p.attrs.communities],
+                    "large_communities": [f"{x}:{y}:{z}" for x, y, z in p.attrs.large_communities],
+                    "ext_communities": [format_ext_community(v) for v in p.attrs.ext_communities],
+                    "rtbh": False, "prepend": 0, **_received_communities(p)})
+        return rows
+
+    def exported_view(self, peer: IPAddress) -> list[dict]:
+        """What one session is sent (KeyError: not a configured peer). A customer session: its export
+        policy (static routes in ExaBGP's configuration, next hop self). A backbone session: its
+        Adj-RIB-Out, what the current session was announced."""
+        from routing.policy import customer_exports, export_attributes
+
+        ps = self.core.peers[peer]
+        if ps.backbone:
+            bb = self.core.backbone
+            return bb.rows(peer) if bb is not None else []
+        customer = next(c for c in self.config.customers if c.name == ps.customer)
+        attrs = export_attributes(self.config.router, customer)
+        as_path = list(attrs.as_path) or [self.config.router.asn]
+        return [{"prefix": str(n), "nexthop": "self", "origin": "igp", "as_path": as_path, "med": None,
+                 "local_pref": None, "communities": [f"{a}:{b}" for a, b in attrs.communities],
+                 "large_communities": [f"{a}:{b}:{c}" for a, b, c in attrs.large_communities],
+                 "ext_communities": []}
+                for n in customer_exports(self.config.router, customer, peer.version)]
 
     def fib_view(self, failed: bool = False) -> list[dict]:
         fib = self.fib

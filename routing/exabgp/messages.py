@@ -364,9 +364,23 @@ def teardown(peer: IPAddress, cease_subcode: int) -> str:
     return _ascii(f"neighbor {peer} teardown {cease_subcode}")
 
 
-def announce_route(peer: IPAddress, prefix: IPNetwork) -> str:
-    """Export one of our prefixes to one session, next hop self (as the generated static routes do)."""
-    return _ascii(f"neighbor {_ip(peer)} announce route {_net_text(prefix)} next-hop self")
+def announce_route(peer: IPAddress, prefix: IPNetwork, attributes: str = "") -> str:
+    """Export one of our prefixes to one session, next hop self (as the generated static routes do),
+    with ``attributes`` in ExaBGP's route syntax (:func:`routing.policy.attributes_text`)."""
+    tail = f" {attributes}" if attributes else ""
+    return _ascii(f"neighbor {_ip(peer)} announce route {_net_text(prefix)} next-hop self{tail}")
+
+
+def announce_attributes(peer: IPAddress, attributes: str, prefixes: list[IPNetwork]) -> str:
+    """Announce many prefixes sharing one attribute set in one command (one ack, packed UPDATEs)."""
+    nlri = " ".join(_net_text(p) for p in prefixes)
+    return _ascii(f"neighbor {_ip(peer)} announce attributes {attributes} next-hop self nlri {nlri}")
+
+
+def withdraw_attributes(peer: IPAddress, prefixes: list[IPNetwork]) -> str:
+    """Withdraw many prefixes in one command."""
+    nlri = " ".join(_net_text(p) for p in prefixes)
+    return _ascii(f"neighbor {_ip(peer)} withdraw attributes next-hop self nlri {nlri}")
 
 
 def withdraw_route(peer: IPAddress, prefix: IPNetwork) -> str:

@@ -23,6 +23,10 @@ configuration and relay socket.
   never moves anyone; changing the count moves only the customers whose highest-scoring index
   changes (about 1/n of them when growing from n-1 to n). The hash is BLAKE2b, not Python's
   ``hash()``, so the assignment is the same in every process and across restarts.
+- **The backbone** (``backbone.peers``, iBGP to the route reflectors) is placed as one more
+  "customer" named :data:`BACKBONE`: its sessions share one process, chosen by the same hash, and
+  the name cannot be a customer's (names start with a letter or digit), so no customer is moved by
+  configuring a backbone.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from routing.config import Config, IPAddress
 AUTO_MIN_SESSIONS = 100
 #: ``auto`` never runs more processes than this.
 AUTO_MAX_PROCESSES = 4
+#: The pool's name for the backbone sessions (never a valid customer name).
+BACKBONE = "_backbone"
 
 
 def auto_processes(cpu_count: int, sessions: int) -> int:
@@ -51,7 +57,7 @@ def process_count(config: Config, cpu_count: int | None = None) -> int:
     setting = config.exabgp.processes
     if setting == "auto":
         cpus = cpu_count if cpu_count is not None else len(os.sched_getaffinity(0))
-        return auto_processes(cpus, len(config.peers()))
+        return auto_processes(cpus, len(config.peers()) + len(config.backbone.peers))
     return int(setting)
 
 
@@ -73,6 +79,19 @@ def assign(customers: Iterable[str], processes: int) -> dict[str, int]:
 
 
 def peer_processes(config: Config, processes: int | None = None) -> dict[IPAddress, int]:
-    """Session address -> process index (every session of a customer on its customer's process)."""
+    """Session address -> process index (every session of a customer on its customer's process, the
+    backbone's on :data:`BACKBONE`'s)."""
     n = process_count(config) if processes is None else processes
-    return {p.address: process_of(c.name, n) for c, p in config.peers()}
+    out = {p.address: process_of(c.name, n) for c, p in config.peers()}
+    if config.backbone.peers:
+        b = process_of(BACKBONE, n)
+        out.update({p.address: b for p in config.backbone.peers})
+    return out
+
+
+def process_customers(config: Config, processes: int, index: int) -> frozenset[str]:
+    """The customer names process ``index`` holds, with :data:`BACKBONE` if it holds the backbone."""
+    names = {c.name for c in config.customers if process_of(c.name, processes) == index}
+    if config.backbone.peers and process_of(BACKBONE, processes) == index:
+        names.add(BACKBONE)
+    return frozenset(names)

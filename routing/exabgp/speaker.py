@@ -48,7 +48,7 @@ from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
 from routing.exabgp import messages
 from routing.exabgp.conf import environment, render
-from routing.exabgp.pool import peer_processes, process_count, process_of
+from routing.exabgp.pool import BACKBONE, peer_processes, process_count, process_customers
 from routing.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,10 @@ class ExabgpSpeaker:
     @property
     def peers(self) -> list[IPAddress]:
         """The session addresses this process holds."""
-        return [p.address for c, p in self.config.peers() if self.customers is None or c.name in self.customers]
+        out = [p.address for c, p in self.config.peers() if self.customers is None or c.name in self.customers]
+        if self.customers is None or BACKBONE in self.customers:
+            out += [p.address for p in self.config.backbone.peers]
+        return out
 
     def reload(self, *, signal_reload: bool = True) -> str:
         """Write the (new) configuration and make the running ExaBGP take it.
@@ -264,7 +267,7 @@ class SpeakerPool:
         self._tg: asyncio.TaskGroup | None = None
 
     def _make(self, config: Config, index: int, count: int) -> ExabgpSpeaker:
-        customers = frozenset(c.name for c in config.customers if process_of(c.name, count) == index)
+        customers = process_customers(config, count, index)
 
         def died(rc: int | None, _ran: float) -> None:
             if self._on_died is not None:
@@ -324,7 +327,7 @@ class SpeakerPool:
         kept: list[ExabgpSpeaker] = []
         added: list[ExabgpSpeaker] = []
         for i in range(count):
-            customers = frozenset(c.name for c in new.customers if process_of(c.name, count) == i)
+            customers = process_customers(new, count, i)
             if i < len(old_speakers):
                 s = old_speakers[i]
                 before = s.render()

@@ -52,6 +52,8 @@ def populated(clock: FakeClock | None = None) -> Metrics:
     m.child_up.labels("exabgp").set(1)
     m.xdp_packets.labels("eth1", "forwarded").set(42)
     m.kernel_blackhole_dropped.labels("eth1").set(3)
+    m.backbone_export_prefixes.labels("announce").set(3)
+    m.backbone_exported_routes.labels("10.0.0.9").set(3)
     m.bfd_session_up.labels("10.0.1.2").set(1)
     m.bfd_transitions.labels("10.0.1.2", "up").inc()
     m.bfd_rx_dropped.labels("auth_failed").inc()
