@@ -12,7 +12,10 @@ namespace. For each node ``up``:
    their hosts without setting it), while a fresh namespace here starts with it off; DAD is off so
    addresses are usable at once, as containerlab's nodes usually are;
 2. creates every link as a veth pair with containerlab's interface names, directly in the two
-   namespaces;
+   namespaces, with TX checksum offload off on both ends as containerlab does (``ethtool -K IF tx
+   off`` on each veth it creates): with it on, a TCP/UDP packet a node sends leaves with its
+   checksum still to be filled in, which the kernel's forwarding path carries along as metadata but
+   an XDP redirect (the PoP's fast path) loses, so the far end would drop it as corrupt;
 3. starts a *holder* process: ``nsenter --net`` into the namespace, ``unshare --mount`` with
    private propagation, then mounts a tmpfs on ``/run`` (so ``/run/frr``, ``/run/bird`` and
    ``/run/pop-router`` are per node) and a bpffs of its own on ``/sys/fs/bpf`` (pinned XDP maps
@@ -50,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.netns import netns
 from labs.topology import Link, Node, Topology, TopologyError, load_topology
 
 STATE_ROOT = Path("/run/pop-router-labs")
@@ -149,6 +153,7 @@ class Lab:
                 mtu = str(link.mtu)
                 _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "mtu", mtu])
             _run(["ip", "-n", self.ns(ep.node), "link", "set", ep.interface, "up"])
+            tx_checksum_off(self.ns(ep.node), ep.interface)
 
     def _start_holder(self, node: Node) -> None:
         # A node's own /run, and its own bpffs (as a container has): XDP maps a node pins never land
@@ -239,6 +244,25 @@ class Lab:
         if node not in self.topo.nodes:
             raise LabError(f"no node {node!r} in {self.topo.path}")
         return subprocess.call([*self.enter(node), *argv], env=self.node_env(self.topo.nodes[node]))
+
+
+def tx_checksum_off(ns: str, ifname: str) -> None:
+    """``ethtool -K IFNAME tx off`` in namespace ``ns`` without needing ethtool: the SIOCETHTOOL ioctl
+    (ETHTOOL_STXCSUM) on a socket created in the namespace."""
+    import array
+    import fcntl
+    import socket
+    import struct
+
+    value = array.array("I", [0x17, 0])  # struct ethtool_value {ETHTOOL_STXCSUM, off}
+    with netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s, 0x8946, struct.pack("16sP", ifname.encode(), value.buffer_info()[0]))  # SIOCETHTOOL
+    except OSError as exc:
+        raise LabError(f"{ns}: cannot turn TX checksum offload off on {ifname}: {exc}") from exc
+    finally:
+        s.close()
 
 
 def _stop(pids: set[int], grace_s: float) -> None:

@@ -45,3 +45,35 @@ def test_two_labs_side_by_side_and_down_after_a_crash() -> None:
         one.down()
         two.down()
     assert two.namespaces() == []
+
+
+def _tx_checksum(ns: str, ifname: str) -> int:
+    """``ethtool -k IFNAME`` tx-checksumming (1 on, 0 off): the SIOCETHTOOL ioctl ETHTOOL_GTXCSUM."""
+    import array
+    import fcntl
+    import socket
+    import struct
+
+    from common.netns import netns
+
+    value = array.array("I", [0x16, 0xFF])
+    with netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s, 0x8946, struct.pack("16sP", ifname.encode(), value.buffer_info()[0]))
+    finally:
+        s.close()
+    return value[1]
+
+
+def test_links_have_tx_checksum_offload_off_as_containerlab_makes_them() -> None:
+    """containerlab runs `ethtool -K IF tx off` on both ends of each veth it creates; with it on, a
+    TCP/UDP packet leaves a node with its checksum unfilled, and an XDP redirect delivers it so."""
+    lab = _lab()
+    try:
+        lab.up(log=lambda *_: None)
+        for link in lab.topo.links:
+            for ep in (link.a, link.b):
+                assert _tx_checksum(lab.ns(ep.node), ep.interface) == 0, (ep.node, ep.interface)
+    finally:
+        lab.down()
