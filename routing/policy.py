@@ -126,6 +126,9 @@ class ImportPolicy:
         self.rules: tuple[PrefixRule, ...] = tuple(customer.import_.prefixes)
         self.rtbh = customer.import_.rtbh
         self.rtbh_max_len = {4: router.rtbh_max_length_v4, 6: router.rtbh_max_length_v6}
+        #: Our own space (``router.announce``): never blackholed on a customer's request, even if a
+        #: prefix list wrongly covers it.
+        self._ours = [_key(n) for n in router.announce]
         self._reject_std, self._reject_large = _patterns(customer.import_.reject_communities)
         self._actions = ActionCommunities(router.asn)
         std, large = _split(list(router.communities) + list(customer.communities))
@@ -181,6 +184,8 @@ class ImportPolicy:
             return Rejection(RejectReason.TOO_SPECIFIC, f"blackhole longer than /{self.rtbh_max_len[k[0]]}")
         if not any(_covers(rk, k) for rk, _ge, _le in self._rules):
             return Rejection(RejectReason.NOT_IN_PREFIX_LIST, "blackhole request outside the customer's prefixes")
+        if any(_overlaps(o, k) for o in self._ours):
+            return Rejection(RejectReason.NOT_IN_PREFIX_LIST, "blackhole request for our own space")
         return None
 
     def apply(self, path: Path) -> Path | Rejection:

@@ -137,6 +137,7 @@ def policy_fingerprint(config: Config, customer: CustomerConfig) -> tuple:
     return (r.asn, tuple(r.bogons), r.max_prefix_length_v4, r.max_prefix_length_v6, customer.name,
             customer.asn, tuple(str(x) for x in i.prefixes), i.local_pref, tuple(i.set_mpls_label),
             i.rtbh, tuple(i.reject_communities), r.rtbh_max_length_v4, r.rtbh_max_length_v6,
+            tuple(r.announce) if i.rtbh else (),
             config.customer_rpki(customer))
 
 

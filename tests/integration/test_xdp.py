@@ -19,6 +19,7 @@ import pytest
 
 from common.netns import netns
 from fib.xdp.loader import OBJECT, Nexthop, XdpProgram
+from labs.runner import tx_checksum_off
 
 from .netns import unique_prefix
 
@@ -29,20 +30,6 @@ IPV6_RECVHOPLIMIT = 51
 
 def sh(cmd: str) -> None:
     subprocess.run(cmd, shell=True, check=True)
-
-
-def tx_checksum_off(ns: str, ifname: str) -> None:
-    """`ethtool -K IF tx off` without ethtool (not installed here): the SIOCETHTOOL ioctl."""
-    import array
-    import fcntl
-
-    ev = array.array("I", [0x17, 0])  # ETHTOOL_STXCSUM, off
-    with netns(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        fcntl.ioctl(s, 0x8946, struct.pack("16sP", ifname.encode(), ev.buffer_info()[0]))  # SIOCETHTOOL
-    finally:
-        s.close()
 
 
 def mac(ns: str, ifname: str) -> bytes:

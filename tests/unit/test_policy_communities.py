@@ -132,6 +132,15 @@ def test_rtbh_request(prefix: str, rtbh: bool, reason: RejectReason | None) -> N
         assert res.reason is reason
 
 
+def test_rtbh_never_for_our_own_space_even_if_a_prefix_list_covers_it() -> None:
+    data = copy.deepcopy(CONFIG)
+    data["customers"][0]["import"].update(rtbh=True, prefixes=["192.0.2.0/24"])  # our announce: a mistake
+    cfg = parse_config(data)
+    res = ImportPolicy(cfg.router, cfg.customers[0]).apply(_path("192.0.2.1/32", (BLACKHOLE,)))
+    assert isinstance(res, Rejection)
+    assert (res.reason, res.detail) == (RejectReason.NOT_IN_PREFIX_LIST, "blackhole request for our own space")
+
+
 def test_rtbh_max_length() -> None:
     pol = _policy(rtbh_max_length_v4=28)
     res = pol.apply(_path("203.0.113.64/32", (BLACKHOLE,)))
