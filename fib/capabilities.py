@@ -61,6 +61,43 @@ def probe_mpls(netns: str | None = None, protocol: int = 200) -> MplsSupport:
     return MplsSupport(routing, iptunnel, "; ".join(notes) or "kernel MPLS available")
 
 
+#: Where the kernel keeps the hard limit of each neighbour table (ARP, ND).
+GC_THRESH3 = {4: Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3"),
+              6: Path("/proc/sys/net/ipv6/neigh/default/gc_thresh3")}
+
+
+def neighbour_table_warnings(peers_by_family: dict[int, int], limits: dict[int, int | None] | None = None,
+                             ) -> list[str]:
+    """Warnings for a neighbour table too small for the configured sessions.
+
+    Every single-hop BGP/BFD peer is a neighbour entry, and ``gc_thresh3`` is a hard limit on the
+    whole table, shared by every network namespace of the host (the sysctl exists only in the initial
+    namespace). Above it the kernel cannot resolve a new neighbour: sends fail with ENOBUFS and
+    sessions die of hold-timer expiry while the peers keep sending keepalives. Measured (issue 12):
+    a lab with 1,000 customer sessions on one host (2,000 entries against the default 1,024) never
+    converged, and every other namespace on the machine lost its neighbours too. Warned above half
+    the limit, because the same table holds every other neighbour of the router.
+    """
+    if limits is None:
+        limits = {}
+        for fam, path in GC_THRESH3.items():
+            try:
+                limits[fam] = int(path.read_text())
+            except (OSError, ValueError):
+                limits[fam] = None
+    out = []
+    for fam, n in sorted(peers_by_family.items()):
+        limit = limits.get(fam)
+        if limit is None or n <= limit // 2:
+            continue
+        key = "ipv4" if fam == 4 else "ipv6"
+        out.append(f"{n} IPv{fam} peers, but the kernel's neighbour table holds at most {limit} entries "
+                   f"(net.{key}.neigh.default.gc_thresh3, shared by every namespace): above it neighbours cannot "
+                   f"be resolved and sessions time out; set gc_thresh3 to at least {4 * n} (gc_thresh2 "
+                   f"{2 * n}, gc_thresh1 {n}) in the initial namespace's sysctl configuration")
+    return out
+
+
 def socket_if_index(name: str) -> int:
     import socket
 

@@ -156,6 +156,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.config}: OK ({len(c.customers)} customers, {len(c.peers())} peers)")
+    from fib.capabilities import neighbour_table_warnings
+
+    for w in neighbour_table_warnings(c.peers_by_family()):
+        print(f"{args.config}: warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -580,6 +580,13 @@ class Config(_Model):
     def peers(self) -> list[tuple[CustomerConfig, PeerConfig]]:
         return [(c, p) for c in self.customers for p in c.peers]
 
+    def peers_by_family(self) -> dict[int, int]:
+        """Sessions per address family (customers and backbone): each is a neighbour entry."""
+        out = {4: 0, 6: 0}
+        for p in [p for _c, p in self.peers()] + list(self.backbone.peers):
+            out[p.address.version] += 1
+        return out
+
     def peer_bfd(self, customer: CustomerConfig, peer: PeerConfig) -> BfdPeerSettings:
         return effective_bfd(self.bfd, customer.bfd, peer.bfd)
 

@@ -244,6 +244,7 @@ class Daemon:
             log.info("net.ipv4.nexthop_compat_mode=0 in this namespace: group changes no longer re-notify "
                      "every route (a failover is one message, not one per route); route dumps show nhid only")
         self._probe_mpls()
+        self._check_neighbour_table()
         adopted = await asyncio.get_running_loop().run_in_executor(None, self.fib.adopt)
         self.views.adopted = adopted
         self.xdp = self.views.xdp = self._start_xdp()
@@ -286,6 +287,12 @@ class Daemon:
         cpus.pin_thread(loop_cpus, "the event loop")
         log.info("CPU placement: FIB writer thread on %s, BFD process on %s, event loop and API on %s",
                  _cpu_list(self.writer_cpus), _cpu_list(self.control_cpus), _cpu_list(loop_cpus))
+
+    def _check_neighbour_table(self) -> None:
+        from fib.capabilities import neighbour_table_warnings
+
+        for w in neighbour_table_warnings(self.config.peers_by_family()):
+            log.warning("%s", w)
 
     def _probe_mpls(self) -> None:
         from fib.capabilities import probe_mpls

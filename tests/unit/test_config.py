@@ -166,3 +166,12 @@ def test_bad_bfd_blocks(bfd: dict, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(d, "pop.yaml")
     assert message in str(e.value), str(e.value)
+
+
+def test_neighbour_table_too_small_for_the_sessions_is_warned_with_the_sysctl() -> None:
+    from fib.capabilities import neighbour_table_warnings
+
+    assert neighbour_table_warnings({4: 512, 6: 10}, {4: 1024, 6: 1024}) == []
+    (w,) = neighbour_table_warnings({4: 1000, 6: 10}, {4: 1024, 6: 1024})
+    assert "1000 IPv4 peers" in w and "net.ipv4.neigh.default.gc_thresh3" in w and "at least 4000" in w
+    assert neighbour_table_warnings({4: 1000}, {4: None}) == []  # unreadable: no guess
