@@ -454,6 +454,23 @@ class PopRouter:
             self.logf = None
 
 
+def scrape(ns: str, names: tuple[str, ...] = ("pop_router_fib_write_seconds_count", "pop_router_fib_write_seconds_sum",
+                                                "pop_router_gc_pause_seconds_count", "pop_router_gc_pause_seconds_sum",
+                                                "pop_router_loop_lag_seconds_count")) -> dict[str, float]:
+    """A few of the daemon's metrics (its endpoint listens inside the pop namespace): how many netlink
+    batches carried the table (the trickle of 4-prefix UPDATEs makes many small ones) and GC pauses."""
+    import urllib.request
+
+    with netns(ns):
+        text = urllib.request.urlopen("http://127.0.0.1:19324/metrics", timeout=30).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def kernel_routes(ns: str, proto: int) -> int:
     with netns(ns):
         rs = RouteSocket()
@@ -545,7 +562,11 @@ def run_pop_table(lab: Lab, n: int, peers: int, interpreter: str, processes: str
             raise RuntimeError(f"pop-router: not converged within {timeout_s} s")
         in_kernel = kernel_routes(lab.pop, POP_PROTO)
         status = pop.api("/status")
-        return {"s": round(t_done - t_up, 2), "in_kernel": in_kernel, "runs_on": runs_on,
+        try:
+            metrics = scrape(lab.pop)
+        except OSError as exc:
+            metrics = {"error": str(exc)}  # type: ignore[dict-item]
+        return {"s": round(t_done - t_up, 2), "in_kernel": in_kernel, "runs_on": runs_on, "metrics": metrics,
                 "peak_total_mb": round(smp.peak_total / 2**20, 1), "procs": smp.by_role(),
                 "relay_max_backlog": status.get("relay_backlog"), "loc_rib_prefixes": status["loc_rib_prefixes"],
                 "cpu_s": round(sum(ps.cpu_s for ps in smp.procs.values()), 1)}
