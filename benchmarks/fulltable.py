@@ -17,18 +17,19 @@ Cases (``--cases``, comma-separated; default ``1m,3peers,sessions``):
   until all of them are in the kernel (pop-router: FIB idle with N routes, then a netlink dump; BIRD:
   the kernel protocol's exported count, then the same dump). pop-router runs with ExaBGP under PyPy
   (``exabgp.interpreter: pypy``) and again under CPython (``--interpreters``). Peak RSS of every
-  process of the PoP is sampled every 0.5 s and read from ``VmHWM`` at the end. At 1M: ~1.5 min for
-  pop-router on PyPy, ~2.5 min on CPython, ~30 s for BIRD, plus ~1 min of setup and route flushes.
+  process of the PoP is sampled every 0.5 s and read from ``VmHWM`` at the end. At 1M (2026-12-01):
+  ~8 min in all (pop-router 165 s on PyPy, 174 s on CPython, BIRD 10 s, plus setup and flushes).
 - ``3peers``: the same table from three sessions (three feeder protocols, three customers); done when
   the FIB holds N routes and every session's N paths are accepted (BIRD: imported by each protocol).
-  ~3 min at 1M.
+  ~17 min at 1M (pop-router 946 s), ~2 min at 100k.
 - ``packed``: ``--packed-prefixes`` (default 100,000) packed /24s, pop-router against ExaBGP alone;
   this is ``benchmarks/ingest.py``'s run, reused, with ExaBGP under the same interpreter. ~30 s.
 - ``sessions``: ``--sessions`` (default 200,1000) customer sessions of 10-50 /24s each (one customer
   each, one BIRD table per session on the feeder side). Timed from the PoP's start until every session
   is Established and the FIB holds every prefix (bounded by ``--converge-timeout``, default 150 s),
   then ``--soak`` seconds (default 60) in which dropped sessions are counted and the CPU of every PoP
-  process is measured (idle: nothing changes). BIRD-as-PoP does the same. ~2-3 min per count and PoP.
+  process is measured (idle: nothing changes). BIRD-as-PoP does the same. ~6 min for 200 and 1,000
+  with ``--soak 30`` (1,000 on pop-router runs into the timeout).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases 1m --prefixes 100000
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases sessions --sessions 200 --soak 30
