@@ -81,8 +81,11 @@ def exabgp_env() -> dict[str, str]:
 
 
 class Bench:
-    def __init__(self, n: int, unique: bool, work: Path) -> None:
+    def __init__(self, n: int, unique: bool, work: Path, interpreter: str = "auto") -> None:
         self.n = n
+        #: ExaBGP's interpreter for both runs (``exabgp.interpreter``): the reference and the pipeline
+        #: must run the same ExaBGP, or the ratio measures PyPy against CPython.
+        self.interpreter = interpreter
         self.unique = unique
         self.work = work
         tag = uuid.uuid4().hex[:6]
@@ -110,6 +113,12 @@ class Bench:
                 os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", ns, check=False)
 
+    def exabgp_binary(self) -> str:
+        pypy = Path(sys.executable).with_name("exabgp-pypy")
+        if self.interpreter == "pypy" or (self.interpreter == "auto" and pypy.exists()):
+            return str(pypy)
+        return str(Path(sys.executable).with_name("exabgp"))
+
     def exabgp_alone(self) -> float:
         (self.work / "sink.py").write_text(SINK)
         result = self.work / "sink.json"
@@ -120,7 +129,7 @@ neighbor 10.0.1.2 {{ router-id 192.0.2.1; local-address 10.0.1.1; local-as 65000
   adj-rib-in false; family {{ ipv4 unicast; }} capability {{ asn4 enable; }}
   api {{ processes [ sink ]; neighbor-changes; receive {{ parsed; update; }} }} }}
 """)
-        exa = subprocess.Popen(["ip", "netns", "exec", self.a, str(Path(sys.executable).with_name("exabgp")),
+        exa = subprocess.Popen(["ip", "netns", "exec", self.a, self.exabgp_binary(),
                                 str(conf)], env=exabgp_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 600
@@ -140,7 +149,7 @@ neighbor 10.0.1.2 {{ router-id 192.0.2.1; local-address 10.0.1.1; local-as 65000
 api: {{socket: {sock}}}
 metrics: {{listen: 127.0.0.1:19324}}
 fib: {{protocol: 200, stale_timeout_s: 600}}
-exabgp: {{run_dir: {self.work}}}
+exabgp: {{run_dir: {self.work}, interpreter: {self.interpreter}}}
 log_level: WARNING
 customers:
   - name: big
@@ -190,9 +199,11 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--unique-attrs", action="store_true")
+    ap.add_argument("--interpreter", default="auto", choices=("auto", "pypy", "cpython"),
+                    help="ExaBGP's interpreter, for both the reference and the pipeline")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pop-ingest-"))
-    b = Bench(args.n, args.unique_attrs, work)
+    b = Bench(args.n, args.unique_attrs, work, args.interpreter)
     rows = []
     try:
         b.setup()

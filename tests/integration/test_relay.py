@@ -99,3 +99,51 @@ def test_relay_exits_when_the_daemon_goes_away(tmp_path: Path) -> None:
     conn.close()
     srv.close()
     assert relay.wait(10) == 0  # ExaBGP respawns it; the new one reconnects
+
+
+def test_relay_keeps_a_large_backlog_compressed_and_in_order(tmp_path: Path) -> None:
+    """Above the threshold the backlog is held zlib-compressed (issue 12: it was 143 MB of a full
+    table's peak); every line still arrives once, intact and in order, the partial block included."""
+    srv, relay, conn = _start(tmp_path)
+    try:
+        lines = [b'{"exabgp": "5.0.0", "type": "update", "counter": %d, "nlri": "%d.%d.0.0/24", "pad": "%s"}\n'
+                 % (i, 64 + i // 65536, (i >> 8) & 255, b"y" * (i % 300)) for i in range(150_000)]
+        payload = b"".join(lines)  # ~35 MB, several times the compression threshold
+        done = threading.Event()
+
+        def write() -> None:
+            assert relay.stdin is not None
+            for i in range(0, len(lines), 1000):
+                relay.stdin.write(b"".join(lines[i:i + 1000]))
+            relay.stdin.flush()
+            done.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        assert done.wait(60), "the relay stopped reading stdin while its socket was blocked"
+        conn.settimeout(30)
+        buf = b""
+        data: list[bytes] = []
+        stats: list[dict] = []
+        got_bytes = 0
+        while got_bytes < len(payload):
+            chunk = conn.recv(1 << 20)
+            assert chunk
+            buf += chunk
+            *whole, buf = buf.split(b"\n")
+            for ln in whole:
+                if ln.startswith(b"# relay pid "):
+                    continue
+                if ln.startswith(b'{"type": "pop-relay-stats"'):
+                    stats.append(json.loads(ln))
+                else:
+                    data.append(ln + b"\n")
+                    got_bytes += len(ln) + 1
+        assert b"".join(data) == payload
+        peak = max(s["max_backlog_bytes"] for s in stats)
+        assert peak > 20_000_000
+        assert max(s["max_stored_bytes"] for s in stats) < peak / 2
+    finally:
+        relay.kill()
+        relay.wait()
+        conn.close()
+        srv.close()
