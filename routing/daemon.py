@@ -16,9 +16,10 @@ One asyncio loop, three lanes (DESIGN.md):
   RTR clients (:class:`routing.rpki_link.RpkiLink`) live here too: a VRP change reaches the core as
   one :class:`routing.rov.RpkiChanged` message, and the core re-validates in slices.
 
-Every step on the loop is short (one UPDATE, one slice, one bounded FIB plan), so the failover lane
-and the API wait at most one step. A loop-lag sampler records how late a 10 ms timer runs
-(``pop_router_loop_lag_seconds``): that is the failover lane's own delay.
+Every step on the loop is short (a run of UPDATEs bounded by :data:`OWNER_STEP_S`, one slice, one
+bounded FIB plan), so the failover lane and the API wait at most one step. A loop-lag sampler
+records how late a 10 ms timer runs (``pop_router_loop_lag_seconds``): that is the failover lane's
+own delay.
 
 Live reconfiguration (``reload``, SIGHUP, ``POST /config/reload``) runs on the control lane:
 :meth:`Daemon.reload` previews it with :func:`routing.reload.plan_reload`, and unless it is a dry run
@@ -90,6 +91,13 @@ log = logging.getLogger(__name__)
 #: Prefixes of a long core job (a flush) per loop step: ~28 µs each measured on a busy 2-vCPU
 #: machine (the reload work), so ~3 ms: the failover lane waits at most that long behind a flush.
 JOB_SLICE = 100
+#: Loop time the owner spends taking queued events before it yields (issue 12). A full table comes
+#: 4 prefixes per UPDATE: one loop iteration per event cost ~12 µs/prefix of loop overhead, so the
+#: owner handles events in runs. The failover lane, the FIB writer and the API run between runs, so
+#: they wait at most this long plus one event (an event over ``core.JOB_STEP`` prefixes becomes a
+#: sliced job instead). Checked with the loop clock, which uvloop keeps in whole milliseconds: a run
+#: lasts 1-2 ms.
+OWNER_STEP_S = 0.002
 #: Routing events queued in front of the core before ExaBGP's stream is left in the relay.
 INBOX_EVENTS = 256
 LAG_SAMPLE_S = 0.01
@@ -375,6 +383,7 @@ class Daemon:
     # --- the routing core's owner ------------------------------------------------------------------
     async def _owner(self) -> None:
         core, inbox = self.core, self.inbox
+        loop_time = asyncio.get_running_loop().time
         while True:
             if core.busy:
                 # A slice of a long job; urgent events (BFD follow-ups, resets) may come between slices,
@@ -384,7 +393,12 @@ class Daemon:
                     self._step(core.on_event, ev, self.clock())
             else:
                 ev = await inbox.get()
+                deadline = loop_time() + OWNER_STEP_S
                 self._step(core.on_event, ev, self.clock())
+                # A run of queued events, bounded by OWNER_STEP_S; a long job started by one of them
+                # (a flush, a packed UPDATE) is sliced above instead, so nothing overtakes it.
+                while not core.busy and loop_time() < deadline and (ev := inbox.get_nowait()) is not None:
+                    self._step(core.on_event, ev, self.clock())
             # Yield after every step: the failover lane, the FIB writer and the API run in between.
             await asyncio.sleep(0)
 

@@ -60,14 +60,19 @@ class Inbox:
     def take_urgent(self) -> object | None:
         return self._urgent.popleft() if self._urgent else None
 
+    def get_nowait(self) -> object | None:
+        """The next event (urgent first) without waiting; None when both lanes are empty."""
+        if self._urgent:
+            return self._urgent.popleft()
+        if self._routing:
+            ev = self._routing.popleft()
+            if len(self._routing) < self.maxsize:
+                self._writable.set()
+            return ev
+        return None
+
     async def get(self) -> object:
-        while True:
-            if self._urgent:
-                return self._urgent.popleft()
-            if self._routing:
-                ev = self._routing.popleft()
-                if len(self._routing) < self.maxsize:
-                    self._writable.set()
-                return ev
+        while (ev := self.get_nowait()) is None:
             self._readable.clear()
             await self._readable.wait()
+        return ev

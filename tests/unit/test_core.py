@@ -426,3 +426,30 @@ def test_a_notification_in_an_earlier_session_does_not_spoil_the_next_one() -> N
     drain(core)
     helped(core)  # a new session: its own graceful end is helped
     assert core.peers[A].gr_helping
+
+
+def test_rejections_are_counted_once_each_without_a_copy_per_update() -> None:
+    from routing.metrics import Metrics
+
+    core = make_core()
+    core.metrics = m = Metrics()
+    up(core, A)
+    adj = core.rib.adj[A]
+
+    def rejected() -> dict[str, float]:
+        return {s.labels["reason"]: s.value for fam in m.registry.collect() for s in fam.samples
+                if s.name == "pop_router_bgp_prefixes_rejected_total" and s.labels["peer"] == str(A)}
+
+    announce(core, A, "203.0.113.0/24", "10.99.0.0/24")  # one accepted, one off the customer's list
+    (reason,) = adj.rejected_total
+    assert rejected() == {reason: 1.0}
+    announce(core, A, "198.51.100.0/24")
+    assert rejected() == {reason: 1.0}
+    # Counted elsewhere (route origin validation counts its own): not counted again here.
+    adj.rejected_total["rpki_invalid"] += 1
+    announce(core, A, "198.51.101.0/24")
+    assert rejected() == {reason: 1.0}
+    announce(core, A, "10.99.1.0/24", "10.99.2.0/24")
+    assert rejected() == {reason: 3.0}
+    updates = m.registry.get_sample_value("pop_router_bgp_updates_received_total", {"peer": str(A)})
+    assert updates == 4.0

@@ -306,3 +306,81 @@ def test_a_group_created_while_a_failover_ran_is_moved_when_its_batch_completes(
     assert stale == {g.id}
     dp._failover(dp.planner.regroup(set(), only=stale), None, 0.0)
     assert [dp.table.nh_key[m][0] for m in g.members] == [GW3]
+
+
+# --- coalescing (issue 12: the FIB trickle) -------------------------------------------------------------
+def _coalescing_dp(routes: int, wait_s: float) -> tuple[Dataplane, FakeKernel]:
+    dp, kernel, _mirror, _metrics = _dp()
+    dp.pace = Pace(max_routes_per_send=10000, coalesce_routes=routes, coalesce_s=wait_s)
+    return dp, kernel
+
+
+async def _until(pred: object, within: float = 5.0) -> float:
+    """Loop time until ``pred()`` holds (polled every loop iteration)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not pred():  # type: ignore[operator]
+        assert loop.time() - t0 < within, "condition not reached in time"
+        await asyncio.sleep(0)
+    return loop.time() - t0
+
+
+async def test_a_lone_change_on_an_idle_router_goes_out_at_once() -> None:
+    dp, kernel = _coalescing_dp(1000, 1.0)
+    task = asyncio.create_task(dp.run())
+    try:
+        await asyncio.sleep(0)
+        for i in range(3):  # idle in between: each one is written alone, none waits for company
+            e = entry(f"198.51.{i}.0/24", GW2)
+            dp.submit_many([(e.prefix, e)])
+            assert await _until(lambda n=i + 1: len(kernel.sent_bulk) == n) < 0.5
+            await asyncio.sleep(1.1)  # longer than coalesce_s: the router is idle again
+    finally:
+        task.cancel()
+    assert len(dp.table.installed) == 3
+
+
+async def test_a_stream_of_small_diffs_is_written_in_few_batches_and_waits_a_bounded_time() -> None:
+    dp, kernel = _coalescing_dp(50, 0.3)
+    task = asyncio.create_task(dp.run())
+    try:
+        await asyncio.sleep(0)
+        n = 0
+
+        def more(k: int) -> None:
+            nonlocal n
+            for _ in range(k):
+                e = entry(f"10.{n >> 8}.{n & 255}.0/24", GW2)
+                dp.submit_many([(e.prefix, e)])  # the owner's diffs, one UPDATE at a time
+                n += 1
+
+        more(1)
+        await _until(lambda: len(kernel.sent_bulk) == 1)  # the first goes at once
+        # The routing lane keeps submitting: 120 more, a few per loop iteration.
+        for _ in range(40):
+            more(3)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(dp.wait_idle(), 5)
+        assert len(dp.table.installed) == 121
+        assert len(kernel.sent_bulk) <= 4  # 1 + batches of >= 50 (not 40 trickles)
+        # The tail of a stream is held back at most coalesce_s.
+        more(2)
+        waited = await _until(lambda: len(dp.table.installed) == 123)
+        assert 0.2 < waited < 1.5
+    finally:
+        task.cancel()
+
+
+async def test_a_large_diff_is_not_held_back() -> None:
+    dp, kernel = _coalescing_dp(50, 5.0)
+    task = asyncio.create_task(dp.run())
+    try:
+        await asyncio.sleep(0)
+        e = entry("198.51.0.0/24", GW2)
+        dp.submit_many([(e.prefix, e)])
+        await _until(lambda: len(kernel.sent_bulk) == 1)
+        # Streaming (just written), but 60 >= coalesce_routes pending: written at once.
+        dp.submit_many((x.prefix, x) for x in (entry(f"10.0.{i}.0/24", GW2) for i in range(60)))
+        assert await _until(lambda: len(dp.table.installed) == 61) < 1.0
+    finally:
+        task.cancel()

@@ -89,3 +89,56 @@ def test_routing_lane_is_bounded_and_urgent_events_overtake(tmp_path: Path) -> N
         assert inbox.max_depth == inbox.maxsize
 
     asyncio.run(main())
+
+
+def test_owner_takes_events_in_runs_bounded_by_its_step_budget(tmp_path: Path) -> None:
+    """Small events are handled many per loop step (issue 12), but a step ends after OWNER_STEP_S, so
+    the failover lane and the API wait at most that plus one event."""
+    import time
+
+    from routing.daemon import OWNER_STEP_S
+
+    async def main() -> None:
+        d = make_daemon(tmp_path)
+        ticks = 0
+        seen: list[tuple[int, float]] = []  # (loop iteration, loop time) per event handled
+        cost_s = 0.0
+
+        def on_event(ev: object, now: float) -> list:
+            seen.append((ticks, loop.time()))
+            t_end = time.perf_counter() + cost_s
+            while time.perf_counter() < t_end:  # an event that costs cost_s of CPU
+                pass
+            return []
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        loop = asyncio.get_running_loop()
+        d.core.on_event = on_event  # type: ignore[method-assign]
+        for i in range(200):
+            await d.inbox.put(("cheap", i))
+        tick_task = asyncio.create_task(ticker())
+        owner = asyncio.create_task(d._owner())
+        try:
+            await wait_for(lambda: len(seen) == 200)
+            assert len({t for t, _ in seen}) <= 20  # runs, not one event per loop iteration
+            seen.clear()
+            cost_s = 0.0005
+            for i in range(40):
+                await d.inbox.put(("costly", i))
+            await wait_for(lambda: len(seen) == 40)
+            runs: dict[int, list[float]] = {}
+            for t, at in seen:
+                runs.setdefault(t, []).append(at)
+            # Each run ends within its budget plus one event (and scheduling slack on a busy machine).
+            assert max(v[-1] - v[0] for v in runs.values()) <= OWNER_STEP_S + cost_s + 0.003
+            assert len(runs) >= 40 * cost_s / (OWNER_STEP_S + cost_s)  # it did yield between runs
+        finally:
+            owner.cancel()
+            tick_task.cancel()
+
+    asyncio.run(main())
