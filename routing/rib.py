@@ -67,15 +67,22 @@ class AdjRibIn:
 
     # The only ways in and out of ``accepted``/``rejected``: they keep the IPv6 counts ``counts`` uses.
     def accept(self, prefix: IPNetwork, path: Path) -> Path | None:
-        """Store an accepted path (dropping a rejection of the prefix); returns the previous one."""
-        v6 = prefix.version == 6
-        self._count_rpki(prefix, path)
-        if self.rejected.pop(prefix, None) is not None and v6:
-            self.v6_rejected -= 1
+        """Store an accepted path (dropping a rejection of the prefix); returns the previous one.
+        Runs once per received prefix: two dict probes when nothing was rejected (issue 12)."""
+        rej = self.rejected.pop(prefix, None) if self.rejected else None
         old = self.accepted.get(prefix)
         self.accepted[prefix] = path
-        if old is None and v6:
-            self.v6_accepted += 1
+        was = old if old is not None else (rej[0] if rej is not None else None)
+        if was is None or was.rpki is not path.rpki:
+            states = self.rpki_states
+            if was is not None:
+                states[was.rpki] -= 1
+            states[path.rpki] += 1
+        if prefix.version == 6:
+            if rej is not None:
+                self.v6_rejected -= 1
+            if old is None:
+                self.v6_accepted += 1
         if old is None and self.changes is not None:
             self.changes.append((prefix, True))
         return old
@@ -327,11 +334,20 @@ class Rib:
         """Apply announcements; raises :class:`LimitExceeded` *after* storing up to the limit."""
         a = self.adj[peer]
         eligible = self.eligible.get(peer, True)
+        loc = self.loc
+        accepted, rejected = a.accepted, a.rejected
         diffs: list[FibDiff] = []
         for path in paths:
             prefix = path.prefix
-            a.stale.discard(prefix)
-            is_new = prefix not in a.accepted and prefix not in a.rejected
+            # Every session's UPDATE brings its own prefix object (~216 B): keep the one the Loc-RIB
+            # already holds, so three sessions' paths (and Adj-RIB-In keys) share one (issue 12).
+            canon = loc.canonical(prefix)
+            if canon is not prefix:
+                path = with_prefix(path, canon)
+                prefix = canon
+            if a.stale:
+                a.stale.discard(prefix)
+            is_new = prefix not in accepted and (not rejected or prefix not in rejected)
             if is_new and a.max_prefixes is not None and a.received >= a.max_prefixes:
                 a.rejected_total[RejectReason.MAX_PREFIXES.value] += 1
                 raise LimitExceeded(peer, a.max_prefixes)
@@ -340,14 +356,14 @@ class Rib:
             if isinstance(res, Rejection):
                 a.rejected_total[res.reason.value] += 1
                 if a.reject(prefix, path, res) is not None:
-                    d = self.loc.remove_path(prefix, peer)
+                    d = loc.remove_path(prefix, peer)
                     if d:
                         diffs.append(d)
                 continue
             a.accept(prefix, res)
             if not eligible:
                 continue
-            d = self.loc.set_path(res)
+            d = loc.set_path(res)
             if d:
                 diffs.append(d)
         return diffs
@@ -413,3 +429,12 @@ def with_rpki(path: Path, state: Validity | None) -> Path:
     values = list(_path_values(path))
     values[_RPKI_FIELD] = state
     return Path(*values)
+
+
+if _PATH_FIELDS != ("prefix", "peer", "nexthop", "attrs", "local_pref", "rpki", "rtbh", "prepend"):
+    raise RuntimeError("with_prefix and ImportPolicy.apply build Path positionally: add the new field there")
+
+
+def with_prefix(p: Path, prefix: IPNetwork) -> Path:
+    """``p`` for an equal prefix object (the one the Loc-RIB shares across sessions)."""
+    return Path(prefix, p.peer, p.nexthop, p.attrs, p.local_pref, p.rpki, p.rtbh, p.prepend)

@@ -235,3 +235,27 @@ def test_loc_rib_one_value_per_prefix_equals_a_dict_of_paths(seq) -> None:
         assert set(loc.prefixes()) == set(ref) and len(loc) == len(ref)
         assert all(q.prefix is loc.canonical(pfx) for q in loc.paths(pfx)[:1])
     assert loc.best_changes == ref_best
+
+
+def test_sessions_share_the_loc_ribs_prefix_object() -> None:
+    """A prefix another session already brought is stored with the Loc-RIB's object (issue 12), in the
+    Adj-RIB-In keys and the paths alike; re-announcements by the same session too."""
+    r = rib()
+    r.announce(A1.address, [path(p=A1)])
+    first = next(iter(r.loc.prefixes()))
+    r.announce(A2.address, [path(p=A2)])
+    r.announce(G.address, [path(p=G)])
+    r.announce(A1.address, [path(p=A1, med=5)])
+    for q in r.loc.paths(first):
+        assert q.prefix is first
+    for peer_ in PEERS:
+        (key,) = r.adj[peer_.address].accepted
+        assert key is first and r.adj[peer_.address].accepted[key].prefix is first
+
+
+def test_policy_returns_the_path_itself_when_nothing_changes() -> None:
+    pol = policy(0)
+    x = path(p=A1)
+    assert pol.apply(x) is x
+    y = pol.apply(path(p=A1, local_pref=50))  # the customer's LOCAL_PREF (100) is set: a new path
+    assert y == replace(path(p=A1), local_pref=100)
