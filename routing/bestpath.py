@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-Each step of the chain takes the surviving candidates and keeps the preferred ones (a tie keeps
-several). The first step that leaves a single path is recorded as the :class:`BestPathReason`
-shown by ``pop-router show routes``. Steps, in order (RFC 4271 §9.1.2.2 unless noted):
+A single path wins at once with reason ``only_path`` (the chain is not run; most prefixes of a full
+table). Otherwise each step of the chain takes the surviving candidates and keeps the preferred ones
+(a tie keeps several). The first step that leaves a single path is recorded as the
+:class:`BestPathReason` shown by ``pop-router show routes``. Steps, in order (RFC 4271 §9.1.2.2 unless noted):
 
 1. ``local_pref``   highest LOCAL_PREF (§9.1.1, degree of preference);
 2. ``as_path``      shortest AS_PATH (a); an AS_SET counts as one (not produced by ExaBGP's parse);
@@ -98,6 +99,9 @@ class Selection:
 def select(paths: Sequence[Path]) -> Selection | None:
     if not paths:
         return None
+    if len(paths) == 1:  # most prefixes of a full table: no chain, no sort (issue 12)
+        only = paths[0]
+        return Selection(only, BestPathReason.ONLY_PATH, (only,))
     cands = list(paths)
     reason = BestPathReason.ONLY_PATH
     tied_for_multipath: list[Path] | None = None

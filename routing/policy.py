@@ -217,7 +217,12 @@ class ImportPolicy:
             local_pref, prepend = self._actions.apply(attrs, self.local_pref)
         if self.labels and not attrs.labels and not blackhole:
             attrs = intern_attrs(replace(attrs, labels=self.labels))
-        return replace(path, local_pref=local_pref, attrs=attrs, rtbh=blackhole, prepend=prepend)
+        if (attrs is path.attrs and local_pref == path.local_pref and blackhole == path.rtbh
+                and prepend == path.prepend):
+            return path  # nothing to change (most paths of a full table): no new Path (issue 12)
+        # The constructor, positionally (``routing.rib`` checks the field order at import): a third of
+        # ``dataclasses.replace``'s cost, once per accepted path.
+        return Path(path.prefix, path.peer, path.nexthop, attrs, local_pref, path.rpki, blackhole, prepend)
 
     def communities_out(self, path: Path) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
         """The standard and large communities an accepted path carries onwards (shown by ``show routes``,

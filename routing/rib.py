@@ -17,17 +17,20 @@ and the caller hands them to the FIB writers.
 - :class:`LocRib` holds, per prefix, the accepted paths of all peers and the current
   :class:`~routing.bestpath.Selection`. A change recomputes that prefix only and emits a diff only
   when the FIB entry (the next-hop set) changed, so attribute-only churn never reaches the kernel.
+  Storage is one value per prefix: a lone path is kept as itself (its selection and FIB entry are
+  built from it when asked, O(1)); from two paths on, one object holds the paths, the selection
+  and the FIB entry (issue 12: a full table is mostly single-path prefixes).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 
 from common.model import BLACKHOLE, FibDiff, FibEntry, IPAddress, IPNetwork, Path, Validity
-from routing.bestpath import Selection, select
+from routing.bestpath import BestPathReason, Selection, select
 from routing.policy import ImportPolicy, Rejection, RejectReason
 from rpki.vrp import Validator
 
@@ -64,15 +67,22 @@ class AdjRibIn:
 
     # The only ways in and out of ``accepted``/``rejected``: they keep the IPv6 counts ``counts`` uses.
     def accept(self, prefix: IPNetwork, path: Path) -> Path | None:
-        """Store an accepted path (dropping a rejection of the prefix); returns the previous one."""
-        v6 = prefix.version == 6
-        self._count_rpki(prefix, path)
-        if self.rejected.pop(prefix, None) is not None and v6:
-            self.v6_rejected -= 1
+        """Store an accepted path (dropping a rejection of the prefix); returns the previous one.
+        Runs once per received prefix: two dict probes when nothing was rejected (issue 12)."""
+        rej = self.rejected.pop(prefix, None) if self.rejected else None
         old = self.accepted.get(prefix)
         self.accepted[prefix] = path
-        if old is None and v6:
-            self.v6_accepted += 1
+        was = old if old is not None else (rej[0] if rej is not None else None)
+        if was is None or was.rpki is not path.rpki:
+            states = self.rpki_states
+            if was is not None:
+                states[was.rpki] -= 1
+            states[path.rpki] += 1
+        if prefix.version == 6:
+            if rej is not None:
+                self.v6_rejected -= 1
+            if old is None:
+                self.v6_accepted += 1
         if old is None and self.changes is not None:
             self.changes.append((prefix, True))
         return old
@@ -125,67 +135,132 @@ class LimitExceeded(Exception):
         self.limit = limit
 
 
+class _Multi:
+    """A prefix with two or more paths: the paths (in arrival order, one per peer), the current
+    selection and the FIB entry it gives (kept: the backup needs a second ``select``)."""
+
+    __slots__ = ("entry", "paths", "sel")
+
+    def __init__(self, paths: tuple[Path, ...], sel: Selection, entry: FibEntry) -> None:
+        self.paths = paths
+        self.sel = sel
+        self.entry = entry
+
+
 class LocRib:
+    """Per prefix, one value in one dict (issue 12: ~560 B/prefix less than three dicts, a dict of
+    paths, a :class:`Selection` and a :class:`FibEntry` each):
+
+    - one path: the :class:`Path` itself. Its selection (``only_path``) and FIB entry (its next hop,
+      no backup) follow from it and are built when asked, in O(1);
+    - two or more: a :class:`_Multi` with the paths as a tuple (one per peer, arrival order), the
+      selection and the FIB entry.
+
+    All paths of a prefix share the prefix object stored with the first one (:meth:`canonical`)."""
+
     def __init__(self) -> None:
-        self._paths: dict[IPNetwork, dict[IPAddress, Path]] = {}
-        self._sel: dict[IPNetwork, Selection] = {}
-        self._entries: dict[IPNetwork, FibEntry] = {}
+        self._routes: dict[IPNetwork, Path | _Multi] = {}
         #: Best-path change stream for exporters (BIRD's ``rt_notify(new, old)``): every recompute
         #: whose best path changed, attributes included, appends ``(prefix, old best, new best)``;
         #: the consumer drains it. None (the default): not recorded, no cost.
         self.best_changes: list[tuple[IPNetwork, Path | None, Path | None]] | None = None
 
     def __len__(self) -> int:
-        return len(self._sel)
+        return len(self._routes)
 
     def selection(self, prefix: IPNetwork) -> Selection | None:
-        return self._sel.get(prefix)
+        r = self._routes.get(prefix)
+        if r is None:
+            return None
+        return r.sel if type(r) is _Multi else _only(r)
 
     def paths(self, prefix: IPNetwork) -> list[Path]:
-        return list(self._paths.get(prefix, {}).values())
+        r = self._routes.get(prefix)
+        if r is None:
+            return []
+        return list(r.paths) if type(r) is _Multi else [r]
 
     def prefixes(self) -> Iterable[IPNetwork]:
-        return self._sel.keys()
+        return self._routes.keys()
 
     def fib_entry(self, prefix: IPNetwork) -> FibEntry | None:
-        return self._entries.get(prefix)
+        r = self._routes.get(prefix)
+        if r is None:
+            return None
+        return r.entry if type(r) is _Multi else _single_entry(r)
+
+    def canonical(self, prefix: IPNetwork) -> IPNetwork:
+        """The prefix object this table keeps for ``prefix`` (``prefix`` itself if none): a path from
+        another session can then share it instead of holding its own copy (~216 B each)."""
+        r = self._routes.get(prefix)
+        if r is None:
+            return prefix
+        return r.paths[0].prefix if type(r) is _Multi else r.prefix
 
     def set_path(self, path: Path) -> FibDiff | None:
-        self._paths.setdefault(path.prefix, {})[path.peer.address] = path
-        return self._recompute(path.prefix)
+        prefix = path.prefix
+        peer = path.peer.address
+        r = self._routes.get(prefix)
+        if r is None:
+            self._routes[prefix] = path
+            if self.best_changes is not None:
+                self.best_changes.append((prefix, None, path))
+            return FibDiff(prefix, None, _single_entry(path))
+        if type(r) is _Multi:
+            paths = r.paths
+            for i, p in enumerate(paths):
+                if p.peer.address == peer:
+                    paths = (*paths[:i], path, *paths[i + 1:])
+                    break
+            else:
+                paths = (*paths, path)
+            return self._recompute(prefix, r.sel.best, r.entry, paths)
+        if r.peer.address == peer:  # the only path, replaced
+            self._routes[prefix] = path
+            if self.best_changes is not None and r != path:
+                self.best_changes.append((prefix, r, path))
+            old_e, new_e = _single_entry(r), _single_entry(path)
+            return None if old_e == new_e else FibDiff(prefix, old_e, new_e)
+        return self._recompute(prefix, r, _single_entry(r), (r, path))
 
     def remove_path(self, prefix: IPNetwork, peer: IPAddress) -> FibDiff | None:
-        by_peer = self._paths.get(prefix)
-        if not by_peer or by_peer.pop(peer, None) is None:
+        r = self._routes.get(prefix)
+        if r is None:
             return None
-        if not by_peer:
-            del self._paths[prefix]
-        return self._recompute(prefix)
+        if type(r) is not _Multi:
+            if r.peer.address != peer:
+                return None
+            del self._routes[prefix]
+            if self.best_changes is not None:
+                self.best_changes.append((prefix, r, None))
+            return FibDiff(prefix, _single_entry(r), None)
+        paths = tuple(p for p in r.paths if p.peer.address != peer)
+        if len(paths) == len(r.paths):
+            return None
+        return self._recompute(prefix, r.sel.best, r.entry, paths)
 
-    def _recompute(self, prefix: IPNetwork) -> FibDiff | None:
-        old_e = self._entries.get(prefix)
-        paths = self._paths.get(prefix, {})
-        new = select(list(paths.values()))
-        if self.best_changes is not None:
-            self._note_best(prefix, new)
-        if new is None:
-            self._sel.pop(prefix, None)
-            self._entries.pop(prefix, None)
-            new_e = None
+    def _recompute(self, prefix: IPNetwork, old_best: Path, old_e: FibEntry,
+                   paths: tuple[Path, ...]) -> FibDiff | None:
+        """Store ``paths`` (one or more) for ``prefix`` and return the diff against ``old_e``."""
+        if len(paths) == 1:
+            only = paths[0]
+            self._routes[prefix] = only
+            new_best, new_e = only, _single_entry(only)
         else:
-            self._sel[prefix] = new
-            new_e = self._entries[prefix] = _entry(new, paths)
+            sel = select(paths)
+            assert sel is not None
+            new_e = _entry_of(sel, paths)
+            self._routes[prefix] = _Multi(paths, sel, new_e)
+            new_best = sel.best
+        if self.best_changes is not None and old_best != new_best:
+            self.best_changes.append((prefix, old_best, new_best))
         if old_e == new_e:
             return None
         return FibDiff(prefix, old_e, new_e)
 
-    def _note_best(self, prefix: IPNetwork, new: Selection | None) -> None:
-        assert self.best_changes is not None
-        old = self._sel.get(prefix)
-        old_best = old.best if old is not None else None
-        new_best = new.best if new is not None else None
-        if old_best != new_best:
-            self.best_changes.append((prefix, old_best, new_best))
+
+def _only(p: Path) -> Selection:
+    return Selection(p, BestPathReason.ONLY_PATH, (p,))
 
 
 _NH_TUPLES: dict[tuple[IPAddress, ...], tuple[IPAddress, ...]] = {}
@@ -196,15 +271,26 @@ def _intern(t: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
     return _NH_TUPLES.setdefault(t, t)
 
 
+def _single_entry(p: Path) -> FibEntry:
+    """The FIB entry of a prefix whose only path is ``p`` (what :func:`_entry` gives for it)."""
+    if p.rtbh:
+        return FibEntry(p.prefix, (), blackhole=True)
+    return FibEntry(p.prefix, _intern((p.nexthop,)), p.attrs.labels)
+
+
 def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry:
+    return _entry_of(s, tuple(paths.values()) if paths else ())
+
+
+def _entry_of(s: Selection, paths: Sequence[Path]) -> FibEntry:
     if s.best.rtbh:
         # A blackhole request (RFC 7999) that won: drop here; no next hops, no backup.
         return FibEntry(s.best.prefix, (), blackhole=True)
     primary = _intern(tuple(p.nexthop for p in s.multipath))
     backup: tuple[IPAddress, ...] = ()
     backup_labels: tuple[int, ...] = ()
-    if paths and len(paths) > len(s.multipath):
-        rest = [p for p in paths.values() if p.nexthop not in primary]
+    if len(paths) > len(s.multipath):
+        rest = [p for p in paths if p.nexthop not in primary]
         alt = select(rest)
         if alt is not None:
             backup = _intern(tuple(p.nexthop for p in alt.multipath))
@@ -248,11 +334,20 @@ class Rib:
         """Apply announcements; raises :class:`LimitExceeded` *after* storing up to the limit."""
         a = self.adj[peer]
         eligible = self.eligible.get(peer, True)
+        loc = self.loc
+        accepted, rejected = a.accepted, a.rejected
         diffs: list[FibDiff] = []
         for path in paths:
             prefix = path.prefix
-            a.stale.discard(prefix)
-            is_new = prefix not in a.accepted and prefix not in a.rejected
+            # Every session's UPDATE brings its own prefix object (~216 B): keep the one the Loc-RIB
+            # already holds, so three sessions' paths (and Adj-RIB-In keys) share one (issue 12).
+            canon = loc.canonical(prefix)
+            if canon is not prefix:
+                path = with_prefix(path, canon)
+                prefix = canon
+            if a.stale:
+                a.stale.discard(prefix)
+            is_new = prefix not in accepted and (not rejected or prefix not in rejected)
             if is_new and a.max_prefixes is not None and a.received >= a.max_prefixes:
                 a.rejected_total[RejectReason.MAX_PREFIXES.value] += 1
                 raise LimitExceeded(peer, a.max_prefixes)
@@ -261,14 +356,14 @@ class Rib:
             if isinstance(res, Rejection):
                 a.rejected_total[res.reason.value] += 1
                 if a.reject(prefix, path, res) is not None:
-                    d = self.loc.remove_path(prefix, peer)
+                    d = loc.remove_path(prefix, peer)
                     if d:
                         diffs.append(d)
                 continue
             a.accept(prefix, res)
             if not eligible:
                 continue
-            d = self.loc.set_path(res)
+            d = loc.set_path(res)
             if d:
                 diffs.append(d)
         return diffs
@@ -334,3 +429,12 @@ def with_rpki(path: Path, state: Validity | None) -> Path:
     values = list(_path_values(path))
     values[_RPKI_FIELD] = state
     return Path(*values)
+
+
+if _PATH_FIELDS != ("prefix", "peer", "nexthop", "attrs", "local_pref", "rpki", "rtbh", "prepend"):
+    raise RuntimeError("with_prefix and ImportPolicy.apply build Path positionally: add the new field there")
+
+
+def with_prefix(p: Path, prefix: IPNetwork) -> Path:
+    """``p`` for an equal prefix object (the one the Loc-RIB shares across sessions)."""
+    return Path(prefix, p.peer, p.nexthop, p.attrs, p.local_pref, p.rpki, p.rtbh, p.prepend)

@@ -27,6 +27,7 @@ ExaBGP kill the API process and drop every unacknowledged command.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, replace
 
@@ -123,9 +124,17 @@ _ORIGIN = {"igp": Origin.IGP, "egp": Origin.EGP, "incomplete": Origin.INCOMPLETE
 _FAMILIES = {"ipv4 unicast", "ipv6 unicast", "ipv4 nlri-mpls", "ipv6 nlri-mpls"}
 
 
+@functools.lru_cache(maxsize=4096)
+def _addr_text(text: str) -> IPAddress:
+    """Cached by text: every UPDATE names its peer and next hops again, a handful of distinct values
+    (issue 12: ``ipaddress`` parsing was 4 % of the loop thread); bounded, and sessions share the
+    objects."""
+    return parse_address(text.split("%")[0])
+
+
 def _addr(v: object) -> IPAddress:
     try:
-        return parse_address(str(v).split("%")[0])
+        return _addr_text(v if type(v) is str else str(v))
     except ValueError:
         raise MalformedMessage(f"bad address {v!r}") from None
 

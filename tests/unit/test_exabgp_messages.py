@@ -150,3 +150,11 @@ def test_commands_refuse_non_ascii() -> None:
         m.raw("neighbor 10.0.1.2 teardown 2\nneighbor 10.0.1.3 teardown 2")
     with pytest.raises(m.BadCommand):
         m.teardown(A("10.0.1.2"), 0)
+
+
+def test_addresses_are_parsed_once_per_text() -> None:
+    """Peer and next-hop addresses are cached by text (issue 12): equal texts give the same object."""
+    from routing.exabgp.messages import _addr
+
+    assert _addr("10.0.1.2") is _addr("10.0.1.2")
+    assert _addr("fe80::1%eth0") == _addr("fe80::1")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.model import FibEntry
+from common.model import FibDiff, FibEntry
 from routing.bestpath import select
 from routing.rib import LimitExceeded, Rib
 
@@ -179,3 +180,82 @@ def test_per_afi_counts_kept_incrementally_equal_a_recount(ops: list[tuple[bool,
     assert a.counts() == want
     r.peer_down(A1.address)
     assert a.counts() == {"ipv4": (0, 0), "ipv6": (0, 0)}
+
+
+_LOC_OPS = st.lists(
+    st.tuples(st.booleans(), st.sampled_from(PEERS), st.sampled_from(PREFIXES[:2]), st.integers(0, 2),
+              st.booleans()),
+    max_size=40,
+)
+
+
+@given(_LOC_OPS)
+def test_loc_rib_one_value_per_prefix_equals_a_dict_of_paths(seq) -> None:
+    """The Loc-RIB keeps a lone path as itself and builds its selection and entry when asked (issue 12);
+    against a plain dict of paths per prefix with ``select`` and ``_entry`` run on every change, the
+    paths (in arrival order), selections, FIB entries, diffs and best-path changes are the same."""
+    from routing.rib import LocRib, _entry
+
+    loc = LocRib()
+    loc.best_changes = []
+    ref: dict = {}
+    ref_entry: dict = {}
+    ref_best: list = []
+    for add, p, prefix, med, rtbh in seq:
+        pfx = N(prefix)
+        old_paths = ref.get(pfx, {})
+        old_sel = select(list(old_paths.values()))
+        if add:
+            x = path(prefix, p=p, med=med)
+            if rtbh:
+                x = replace(x, rtbh=True)
+            d = loc.set_path(x)
+            ref.setdefault(pfx, {})[p.address] = x
+        else:
+            d = loc.remove_path(pfx, p.address)
+            ref.get(pfx, {}).pop(p.address, None)
+            if not ref.get(pfx, True):
+                del ref[pfx]
+        paths = ref.get(pfx, {})
+        sel = select(list(paths.values()))
+        new_e = _entry(sel, paths) if sel is not None else None
+        old_e = ref_entry.get(pfx)
+        if new_e is None:
+            ref_entry.pop(pfx, None)
+        else:
+            ref_entry[pfx] = new_e
+        old_best = old_sel.best if old_sel else None
+        new_best = sel.best if sel else None
+        if old_best != new_best:
+            ref_best.append((pfx, old_best, new_best))
+        assert d == (None if old_e == new_e else FibDiff(pfx, old_e, new_e))
+        assert loc.selection(pfx) == sel
+        assert loc.fib_entry(pfx) == new_e
+        assert loc.paths(pfx) == list(paths.values())
+        assert set(loc.prefixes()) == set(ref) and len(loc) == len(ref)
+        assert all(q.prefix is loc.canonical(pfx) for q in loc.paths(pfx)[:1])
+    assert loc.best_changes == ref_best
+
+
+def test_sessions_share_the_loc_ribs_prefix_object() -> None:
+    """A prefix another session already brought is stored with the Loc-RIB's object (issue 12), in the
+    Adj-RIB-In keys and the paths alike; re-announcements by the same session too."""
+    r = rib()
+    r.announce(A1.address, [path(p=A1)])
+    first = next(iter(r.loc.prefixes()))
+    r.announce(A2.address, [path(p=A2)])
+    r.announce(G.address, [path(p=G)])
+    r.announce(A1.address, [path(p=A1, med=5)])
+    for q in r.loc.paths(first):
+        assert q.prefix is first
+    for peer_ in PEERS:
+        (key,) = r.adj[peer_.address].accepted
+        assert key is first and r.adj[peer_.address].accepted[key].prefix is first
+
+
+def test_policy_returns_the_path_itself_when_nothing_changes() -> None:
+    pol = policy(0)
+    x = path(p=A1)
+    assert pol.apply(x) is x
+    y = pol.apply(path(p=A1, local_pref=50))  # the customer's LOCAL_PREF (100) is set: a new path
+    assert y == replace(path(p=A1), local_pref=100)
