@@ -1,4 +1,5 @@
-"""Test helpers: uniquely named network namespaces that are always removed, and polling."""
+"""Test helpers: uniquely named network namespaces that are always removed, and polling (for a
+state, or for a FIB writer to have written what it was given)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,19 @@ def _addr_key(a: str) -> tuple[int, int, str]:
     except ValueError:
         return (9, 0, a)
     return (ip.version, int(ip), a)
+
+
+async def write_fib(fib: Any, items: list[tuple[str, Any]], timeout_s: float = 30.0) -> None:
+    """Run ``fib`` (a :class:`fib.kernel.KernelFib`) until it has written ``items``
+    (``(prefix, FibEntry | None)``, None deletes) and is idle again."""
+    import asyncio
+
+    from common.model import parse_prefix
+
+    task = asyncio.create_task(fib.run())
+    try:
+        for prefix, e in items:
+            fib.submit(parse_prefix(prefix), e)
+        await asyncio.wait_for(fib.wait_idle(), timeout_s)
+    finally:
+        task.cancel()

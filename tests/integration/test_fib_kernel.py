@@ -13,7 +13,7 @@ from fib.kernel import KernelFib, set_compat_mode
 from fib.netlink import RTM_NEWROUTE, RouteSocket, encode_group, encode_nexthop, encode_route_nhid
 from tests.netlink_reference import encode_route
 
-from .netns import ip_json, resolve_routes
+from .netns import ip_json, resolve_routes, write_fib
 
 N = ipaddress.ip_network
 A = ipaddress.ip_address
@@ -37,13 +37,7 @@ def entry(prefix: str, *nhs: str, backup: tuple[str, ...] = ()) -> FibEntry:
 
 
 async def _apply(fib: KernelFib, entries: list[tuple[str, tuple[str, ...] | None]]) -> None:
-    task = asyncio.create_task(fib.run())
-    try:
-        for prefix, nhs in entries:
-            fib.submit(N(prefix), entry(prefix, *nhs) if nhs else None)
-        await asyncio.wait_for(fib.wait_idle(), 60)
-    finally:
-        task.cancel()
+    await write_fib(fib, [(prefix, entry(prefix, *nhs) if nhs else None) for prefix, nhs in entries], 60)
 
 
 def test_nexthop_and_group_encoders_round_trip_against_ip_json(netns: str) -> None:

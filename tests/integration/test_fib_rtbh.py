@@ -3,14 +3,13 @@ a fresh namespace, read back with `ip -json route`."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 
 from common.model import FibEntry
 from fib.kernel import KernelFib
 from fib.ops import BLACKHOLE_GID
 
-from .netns import ip_json
+from .netns import ip_json, write_fib
 
 N = ipaddress.ip_network
 A = ipaddress.ip_address
@@ -26,16 +25,6 @@ def ours(ns: str, family: str) -> dict[str, tuple[str, str | None, int]]:
     return out
 
 
-async def _apply(fib: KernelFib, items: list[tuple[str, FibEntry | None]]) -> None:
-    task = asyncio.create_task(fib.run())
-    try:
-        for prefix, e in items:
-            fib.submit(N(prefix), e)
-        await asyncio.wait_for(fib.wait_idle(), 30)
-    finally:
-        task.cancel()
-
-
 def bh(prefix: str) -> FibEntry:
     return FibEntry(N(prefix), (), blackhole=True)
 
@@ -47,24 +36,25 @@ def fwd(prefix: str, gw: str, backup: str | None = None) -> FibEntry:
 async def test_blackhole_install_switch_and_delete(netns: str) -> None:
     fib = KernelFib(protocol=PROTO, netns=netns, metric=20)
     v4, v6 = "198.51.100.7/32", "2001:db8:100::7/128"
-    await _apply(fib, [(v4, bh(v4)), (v6, bh(v6)), ("198.51.100.0/24", fwd("198.51.100.0/24", "10.0.0.2", "10.0.0.4"))])
+    wide = "198.51.100.0/24"
+    await write_fib(fib, [(v4, bh(v4)), (v6, bh(v6)), (wide, fwd(wide, "10.0.0.2", "10.0.0.4"))])
     assert not fib.failed
     assert ours(netns, "-4")["198.51.100.7/32"] == ("blackhole", None, 20)
     assert ours(netns, "-6")["2001:db8:100::7/128"][0] == "blackhole"
     assert ours(netns, "-4")["198.51.100.0/24"][0] == "unicast"
     assert fib.installed[N(v4)] == BLACKHOLE_GID and fib.desired(N(v4)) == bh(v4)
     # Blackhole -> normal -> blackhole, in place (replace), both families.
-    await _apply(fib, [(v4, fwd(v4, "10.0.0.3")), (v6, FibEntry(N(v6), (A("2001:db8:1::2"),)))])
+    await write_fib(fib, [(v4, fwd(v4, "10.0.0.3")), (v6, FibEntry(N(v6), (A("2001:db8:1::2"),)))])
     kinds = ours(netns, "-4")[v4], ours(netns, "-6")[v6]
     assert [k[0] for k in kinds] == ["unicast", "unicast"] and all(k[1] for k in kinds)
-    await _apply(fib, [(v4, bh(v4)), (v6, bh(v6))])
+    await write_fib(fib, [(v4, bh(v4)), (v6, bh(v6))])
     assert ours(netns, "-4")[v4][0] == "blackhole" and ours(netns, "-6")[v6][0] == "blackhole"
     # Local repair plans and failover rewrites never involve a blackhole route.
     plans = fib.dataplane.repair_plans([A("10.0.0.2"), A("10.0.0.3")])
     assert plans[A("10.0.0.2")].netlink and not plans[A("10.0.0.3")].netlink  # only the /24's group
     assert fib.fail_gateways_now({A("10.0.0.2")}).rewritten == 1  # the /24's group only
     assert ours(netns, "-4")[v4][0] == "blackhole"
-    await _apply(fib, [(v4, None), (v6, None)])
+    await write_fib(fib, [(v4, None), (v6, None)])
     assert v4 not in ours(netns, "-4") and v6 not in ours(netns, "-6")
     assert not fib.failed and N(v4) not in fib.installed
     fib.close()
@@ -72,18 +62,18 @@ async def test_blackhole_install_switch_and_delete(netns: str) -> None:
 
 async def test_blackhole_routes_are_adopted_after_a_restart_and_swept(netns: str) -> None:
     first = KernelFib(protocol=PROTO, netns=netns)
-    await _apply(first, [("198.51.100.7/32", bh("198.51.100.7/32")), ("198.51.100.8/32", bh("198.51.100.8/32")),
+    await write_fib(first, [("198.51.100.7/32", bh("198.51.100.7/32")), ("198.51.100.8/32", bh("198.51.100.8/32")),
                          ("2001:db8:100::7/128", bh("2001:db8:100::7/128"))])
     first.close()
     second = KernelFib(protocol=PROTO, netns=netns)
     assert second.adopt() == 3
     assert second.installed[N("198.51.100.7/32")] == BLACKHOLE_GID
     ops = second.operations
-    await _apply(second, [("198.51.100.7/32", bh("198.51.100.7/32")),
+    await write_fib(second, [("198.51.100.7/32", bh("198.51.100.7/32")),
                           ("2001:db8:100::7/128", bh("2001:db8:100::7/128"))])
     assert second.operations == ops  # re-announced unchanged: nothing written
     second.sweep_stale()
-    await _apply(second, [])
+    await write_fib(second, [])
     assert set(ours(netns, "-4")) == {"198.51.100.7/32"}
     # A resync finds the kernel equal to the table: nothing to repair.
     assert await second.resync() == 0
@@ -114,7 +104,7 @@ async def test_kernel_path_blackhole_drops_are_counted_per_interface_by_nft(netn
         sh("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh("ip", "netns", "exec", netns, "nft", "add", "table", "ip", "somebody_else")
         fib = KernelFib(protocol=PROTO, netns=netns)
-        await _apply(fib, [("198.51.100.7/32", bh("198.51.100.7/32"))])  # before the start: adopted
+        await write_fib(fib, [("198.51.100.7/32", bh("198.51.100.7/32"))])  # before the start: adopted
         counter = BlackholeCounter(netns)
         assert counter.start(fib.fib_table)
         assert counter.start(fib.fib_table)  # a table left behind is taken over, not duplicated
@@ -127,10 +117,10 @@ async def test_kernel_path_blackhole_drops_are_counted_per_interface_by_nft(netn
         ping("198.51.100.7", 5)
         assert wait_for(lambda: counter.read().get("d0", 0) >= 5, what="5 drops counted on d0")
         # A blackhole added and one overlapping it (collapsed in the set), then the first removed.
-        await _apply(fib, [("198.51.100.8/32", bh("198.51.100.8/32")), ("198.51.100.0/29", bh("198.51.100.0/29"))])
+        await write_fib(fib, [("198.51.100.8/32", bh("198.51.100.8/32")), ("198.51.100.0/29", bh("198.51.100.0/29"))])
         ping("198.51.100.8", 2)
         assert wait_for(lambda: counter.read().get("d0", 0) >= 7, what="7 drops")
-        await _apply(fib, [("198.51.100.0/29", None), ("198.51.100.8/32", fwd("198.51.100.8/32", "10.0.0.2"))])
+        await write_fib(fib, [("198.51.100.0/29", None), ("198.51.100.8/32", fwd("198.51.100.8/32", "10.0.0.2"))])
         assert counter.prefixes == {N("198.51.100.7/32")}
         before = counter.read()["d0"]
         ping("198.51.100.6", 2)  # no longer a blackhole: not counted (no route: the kernel answers)

@@ -24,7 +24,7 @@ from fib.ops import BLACKHOLE_GID, SavAllow, SavEnable, SavRevoke
 from fib.xdp.loader import BLACKHOLE_GROUP, XdpProgram
 from fib.xdp.mirror import XdpMirror
 
-from .netns import ip_json, sh, wait_for
+from .netns import ip_json, sh, wait_for, write_fib
 from .test_xdp import SO_NO_CHECK, mac, topo  # noqa: F401  (the fixture)
 
 N = ipaddress.ip_network
@@ -84,16 +84,6 @@ def writer(topo) -> Iterator[tuple[dict[str, str], XdpProgram, KernelFib, int]]:
         fib.close()
 
 
-async def _write(fib: KernelFib, items: list[tuple[str, FibEntry | None]]) -> None:
-    task = asyncio.create_task(fib.run())
-    try:
-        for p, e in items:
-            fib.submit(N(p), e)
-        await asyncio.wait_for(fib.wait_idle(), 10)
-    finally:
-        task.cancel()
-
-
 def _run(fn, *args):  # type: ignore[no-untyped-def]
     return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
@@ -101,7 +91,7 @@ def _run(fn, *args):  # type: ignore[no-untyped-def]
 async def test_blackhole_entry_drops_and_counts_while_the_neighbour_forwards(writer) -> None:
     ns, x, fib, ra = writer
     gw = (A("10.9.1.2"),)
-    await _write(fib, [("192.0.2.0/24", FibEntry(N("192.0.2.0/24"), gw)),
+    await write_fib(fib, [("192.0.2.0/24", FibEntry(N("192.0.2.0/24"), gw)),
                        ("192.0.2.10/32", FibEntry(N("192.0.2.10/32"), (), blackhole=True))])
     assert x.dump()["routes"][N("192.0.2.10/32")] == BLACKHOLE_GROUP == BLACKHOLE_GID
     assert ip_json(ns["r"], "-4", "route", "show", "192.0.2.10/32")[0]["type"] == "blackhole"
@@ -114,18 +104,18 @@ async def test_blackhole_entry_drops_and_counts_while_the_neighbour_forwards(wri
     assert fib.mirror.view()["blackholes"] == 1
     assert fib.mirror.view()["counters"]["dropped_blackhole"] >= 2
     # Back to a normal route: forwarded again; withdrawn: the entry is gone from the trie.
-    await _write(fib, [("192.0.2.10/32", FibEntry(N("192.0.2.10/32"), gw))])
+    await write_fib(fib, [("192.0.2.10/32", FibEntry(N("192.0.2.10/32"), gw))])
     assert await _run(send, ns, "192.0.2.10")
-    await _write(fib, [("192.0.2.10/32", FibEntry(N("192.0.2.10/32"), (), blackhole=True))])
+    await write_fib(fib, [("192.0.2.10/32", FibEntry(N("192.0.2.10/32"), (), blackhole=True))])
     assert not await _run(send, ns, "192.0.2.10")
-    await _write(fib, [("192.0.2.10/32", None)])
+    await write_fib(fib, [("192.0.2.10/32", None)])
     assert N("192.0.2.10/32") not in x.dump()["routes"]
     assert await _run(send, ns, "192.0.2.10")
 
 
 async def test_sav_drops_spoofed_sources_and_follows_live_updates(writer) -> None:
     ns, x, fib, ra = writer
-    await _write(fib, [("192.0.2.0/24", FibEntry(N("192.0.2.0/24"), (A("10.9.1.2"),))),
+    await write_fib(fib, [("192.0.2.0/24", FibEntry(N("192.0.2.0/24"), (A("10.9.1.2"),))),
                        ("2001:db8:200::/48", FibEntry(N("2001:db8:200::/48"), (A("2001:db8:91::2"),)))])
     res = fib.apply_sav([SavEnable(ra), SavAllow(ra, N("10.9.0.0/24")), SavAllow(ra, N("2001:db8:9::/64"))])
     assert res.clean

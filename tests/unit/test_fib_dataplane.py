@@ -334,7 +334,8 @@ async def test_a_lone_change_on_an_idle_router_goes_out_at_once() -> None:
             e = entry(f"198.51.{i}.0/24", GW2)
             dp.submit_many([(e.prefix, e)])
             assert await _until(lambda n=i + 1: len(kernel.sent_bulk) == n) < 0.5
-            await asyncio.sleep(1.1)  # longer than coalesce_s: the router is idle again
+            # the router is idle again once nothing was written for coalesce_s
+            await _until(lambda: asyncio.get_running_loop().time() - dp._write_end > dp.pace.coalesce_s)
     finally:
         task.cancel()
     assert len(dp.table.installed) == 3
