@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,8 @@ class BfdHarness:
         self.buf = b""
         self.stats: dict = {}
         self.snapshots: list[dict] = []
+        #: Transitions out of Up by the process's attribution (blame), since the last clear.
+        self.blames: Counter[str] = Counter()
 
     def poll(self) -> None:
         while True:
@@ -151,6 +154,8 @@ class BfdHarness:
             if m.get("event") == "stats":
                 self.stats = m
                 self.snapshots.append(m)
+            elif m.get("event") == "state" and m.get("old") == "up":
+                self.blames[m.get("blame", "?")] += 1
 
     def states(self) -> dict[str, str]:
         self.conn.setblocking(True)
@@ -426,6 +431,7 @@ def cpu_bench(work: Path, n: int, interval_ms: int, seconds: float, code: Path,
         s0 = h.stats
         cpu0, bird0, t0 = proc_cpu_s(h.proc.pid), proc_cpu_s(bird_pid), time.monotonic()
         h.snapshots.clear()
+        h.blames.clear()
         spy = None
         if pyspy is not None:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(h.proc.pid),
@@ -453,7 +459,9 @@ def cpu_bench(work: Path, n: int, interval_ms: int, seconds: float, code: Path,
             "bird_cpu_us_per_packet": round(bird, 2), "ratio": round(ours / bird, 2),
             "cpu_share": round((cpu1 - cpu0) / (t1 - t0), 3), "timer_lag_max_ms": round(max(lags), 2),
             "false_downs": total(s1, "flaps") - total(s0, "flaps") + sum(1 for x in s1["sessions"] if x["state"] != "up"),
-            "tx_late": s1["tx_late"] - s0["tx_late"], "loadavg": Path("/proc/loadavg").read_text().split()[0],
+            "tx_late": s1["tx_late"] - s0["tx_late"], "blame": dict(h.blames), "loadavg": Path("/proc/loadavg").read_text().split()[0],
+            "wakeups_per_s": round((s1.get("timer_wakeups", 0) + s1.get("reader_wakeups", 0) - s0.get("timer_wakeups", 0)
+                                    - s0.get("reader_wakeups", 0)) / (t1 - t0)) if "timer_wakeups" in s1 else None,
         }
     finally:
         if h is not None:
@@ -491,12 +499,12 @@ def cpu_main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                   f"{args.cpu_s:.0f} s", flush=True)
             rows.append(cpu_bench(sub, args.sessions, args.interval_ms, args.cpu_s, code, spy))
     print("| code | run | packets/s | ours µs/pkt | BIRD µs/pkt | ratio | our CPU share | max timer lag ms "
-          "| false Downs | tx_late | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| false Downs (blame) | tx_late | wake-ups/s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, x in enumerate(rows):
         print(f"| {x['code']} | {i // len(codes) + 1} | {x['pps']:,} | {x['cpu_us_per_packet']:.1f} | "
               f"{x['bird_cpu_us_per_packet']:.1f} | {x['ratio']:.2f} | {x['cpu_share']:.1%} | {x['timer_lag_max_ms']:.2f} "
-              f"| {x['false_downs']} | {x['tx_late']} | {x['loadavg']} |")
+              f"| {x['false_downs']} {x['blame'] or ''} | {x['tx_late']} | {x['wakeups_per_s'] or '-'} | {x['loadavg']} |")
     result: dict[str, Any] = {"sessions": args.sessions, "interval_ms": args.interval_ms, "seconds": args.cpu_s}
     for code in codes:
         mine = [x for x in rows if x["code"] == str(code)]

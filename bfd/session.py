@@ -31,7 +31,11 @@ Invariants:
   interval after our previous packet of any kind; after a late send the catch-up schedule is
   clamped to at least 75 % of the interval after it;
 - detection time = remote Detect Mult x max(local Required Min RX, remote Desired Min TX), counted
-  from the last valid packet, only in Init and Up (§6.8.4);
+  from the last valid packet's *arrival* (the kernel's timestamp when the transport has it: the
+  RFC's "receipt"), only in Init and Up (§6.8.4). So a packet that waited in the socket — the
+  transport reads in batches, or this process stalled — neither lengthens detection nor, once
+  read, leaves an expired deadline behind: the transport reads every waiting packet before it
+  lets a detection deadline fire;
 - packets are authenticated iff the session has auth configured; the A bit must match (§6.7).
 
 Attribution of Downs (issue 9): every transition out of Up carries a :class:`DownReport` saying
@@ -382,9 +386,10 @@ class BfdSession:
 
     # --- input ------------------------------------------------------------------------------------
     def on_packet(self, p: ControlPacket, raw: bytes, now: float, arrived: float | None = None) -> list[Action]:
-        """``arrived``: when the kernel received it (same clock as ``now``; default ``now``). Receive
-        gaps are measured between arrivals, so a stall of our own process (packets waiting in the
-        socket) does not show as the peer's silence; timers still run from ``now``."""
+        """``arrived``: when the kernel received it (same clock as ``now``; default ``now``; never
+        later than ``now``). Receive gaps and the detection deadline count from arrivals, so a stall
+        of our own process (packets waiting in the socket) does not show as the peer's silence and
+        time spent waiting to be read does not lengthen detection."""
         # A bit against our configuration (§6.8.6).
         if self.auth is None and p.auth is not None:
             return [Dropped(DropReason.AUTH_UNEXPECTED)]
@@ -428,7 +433,7 @@ class BfdSession:
         if self.state in (State.INIT, State.UP):
             # detection_time_us(), inlined
             self._armed_detect_us = self.remote_detect_mult * max(self._rx_for_detect_us, self.remote_desired_tx_us)
-            self.detect_deadline = now + self._armed_detect_us / 1e6
+            self.detect_deadline = arrival + self._armed_detect_us / 1e6
         if p.poll:
             actions: list[Action] = [ch] if ch is not None else []
             actions.append(self._send(now, final=True))

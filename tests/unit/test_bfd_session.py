@@ -440,3 +440,70 @@ def test_receive_gaps_use_arrival_times_so_our_stall_is_not_the_peers_silence() 
         feed_at = t0 + 0.040
         s.on_packet(pkt(State.UP), encode(pkt(State.UP)), feed_at, arrived=t0 + 0.010 * i)
     assert s.state == State.UP and s.rx_gaps.max(t0 + 0.040) <= 0.0101
+
+
+# --- coalesced transmissions (issue 9: CPU per packet) -------------------------------------------------
+@pytest.mark.parametrize("seed", range(20))
+def test_coalesced_early_sends_keep_the_75_percent_bound(seed: int) -> None:
+    """RFC 5880 §6.8.7: with a transport that calls on_timer up to tx_early_s before a packet is due
+    (and at random other times, early and late: stalls), two periodic packets never leave less than
+    75 % of the interval apart, the early window is used, and detection is never early."""
+    import random as rnd
+
+    r = rnd.Random(seed)
+    s = BfdSession(cfg(), 0.0, rng=r.random, tx_early_s=0.001)
+    feed(s, pkt(State.INIT), 0.0)
+    feed(s, pkt(State.UP, final=True), 0.0)
+    assert s.state == State.UP and s.tx_interval_us() == 10 * MS
+    sends: list[float] = []
+    early = 0
+    now, next_rx = 0.0, 0.005
+    while now < 5.0:
+        d = s.next_deadline()
+        assert d is not None
+        # The transport's wake-up: at the deadline, or up to 2 ms before it (beyond the window too),
+        # or late by up to 25 ms (our stall); the peer's packets arrive meanwhile.
+        pick = r.random()
+        t = d - r.uniform(0, 0.002) if pick < 0.6 else d + (r.uniform(0, 0.025) if pick > 0.95 else 0.0)
+        t = max(t, now)
+        while next_rx <= t:
+            feed(s, pkt(State.UP), next_rx)
+            next_rx += 0.010
+        now = t
+        due_before = s.next_tx
+        for a in s.on_timer(now):
+            if isinstance(a, Send) and a.due is not None:
+                sends.append(now)
+                early += now < due_before
+            assert not isinstance(a, StateChanged), "detection fired early or falsely"
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert len(gaps) > 300 and min(gaps) >= 0.0075 - 1e-9
+    assert early > 50  # the window is used
+    assert max(gaps) <= 0.0101 + 0.025  # on time except during the injected stalls
+
+
+def test_early_send_refused_within_75_percent_of_our_previous_packet() -> None:
+    s = up_and_settled()
+    s.tx_early_s = 0.001
+    acts = feed(s, pkt(State.UP, poll=True), 0.5)  # a Final leaves at 0.5
+    assert [a for a in acts if isinstance(a, Send)]
+    s.next_tx = 0.5071
+    assert s.on_timer(0.5065) == []  # inside the window, but only 6.5 ms after the Final
+    assert [a for a in s.on_timer(0.5075) if isinstance(a, Send)]  # 7.5 ms after it: allowed, early
+
+
+def test_jitter_floor_is_raised_by_the_early_window() -> None:
+    s = BfdSession(cfg(), 0.0, rng=lambda: 0.0, tx_early_s=0.001)
+    feed(s, pkt(State.INIT), 0.0)
+    feed(s, pkt(State.UP, final=True), 0.0)
+    assert s._jittered_s() == pytest.approx(0.0085)  # 75 % + 1 ms
+    s.tx_early_s = 0.005  # capped at 10 % of the interval
+    assert s._jittered_s() == pytest.approx(0.0085)
+
+
+def test_catch_up_after_a_late_send_keeps_75_percent() -> None:
+    s = up_and_settled()
+    s.on_timer(s.next_tx)
+    due = s.next_tx
+    s.on_timer(due + 0.006)  # 6 ms late: "due + interval" alone would be ~4 ms after this send
+    assert s.next_tx >= due + 0.006 + 0.0075 - 1e-12
