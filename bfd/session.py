@@ -53,6 +53,8 @@ allocates no dataclass: received packets are named tuples (:mod:`bfd.packet`), :
 named tuple, the transition is found by index in a flat copy of :data:`TRANSITIONS`, and the bytes
 we send are encoded once per change of what we advertise (state, diag, discriminators, intervals,
 P/F) and reused — except with authentication, whose sequence number and digest change per packet.
+A peer that is Up sends the same bytes every time, so a packet byte-identical to the last *steady*
+one (see :meth:`BfdSession.on_repeat`) is not decoded at all: only its arrival is news.
 
 :class:`SessionTable` demultiplexes: a packet with Your Discriminator is matched on it; one without
 is accepted only in Down/AdminDown and matched on (peer address, local address, interface).
@@ -224,6 +226,9 @@ class BfdSession:
         # The bytes of our last packet and what they advertise (reused while that is unchanged).
         self._tx_key: tuple | None = None
         self._tx_bytes = b""
+        #: The last received packet that left everything but the arrival bookkeeping as it was (see
+        #: on_repeat); None whenever that may no longer hold.
+        self._steady_raw: bytes | None = None
 
     # --- derived values ---------------------------------------------------------------------------
     def tx_interval_us(self) -> int:
@@ -248,9 +253,16 @@ class BfdSession:
         return min(self.tx_early_s, MAX_EARLY_FRACTION * interval_s)
 
     def _jittered_s(self) -> float:
-        interval_s = self.tx_interval_us() / 1e6
-        # Raised by the early allowance, so a send up to that early is still >= 75 % after the previous one.
-        lo = 0.75 + self._early_s(interval_s) / interval_s if interval_s else 0.75
+        return self._jitter(self.tx_interval_us() / 1e6)
+
+    def _jitter(self, interval_s: float) -> float:
+        """The interval until the next periodic packet: 75-100 % (75-90 % with detect mult 1) of
+        ``interval_s``, the floor raised by the early allowance so that a send up to that early is
+        still >= 75 % after the previous one."""
+        early = self.tx_early_s
+        if early > MAX_EARLY_FRACTION * interval_s:
+            early = MAX_EARLY_FRACTION * interval_s
+        lo = 0.75 + early / interval_s if interval_s else 0.75
         hi = 0.90 if self.cfg.detect_mult == 1 else 1.0
         return interval_s * (lo + (hi - lo) * self._rng())
 
@@ -332,6 +344,7 @@ class BfdSession:
     def set_timers(self, desired_min_tx_us: int, required_min_rx_us: int) -> None:
         """Operator change of the configured intervals (starts a Poll Sequence)."""
         self._tx_key = None
+        self._steady_raw = None
         self.cfg = replace(self.cfg, desired_min_tx_us=desired_min_tx_us, required_min_rx_us=required_min_rx_us)
         if required_min_rx_us != self.required_min_rx_us:
             if not (required_min_rx_us < self.required_min_rx_us and self.state == State.UP):
@@ -372,6 +385,7 @@ class BfdSession:
                 # §6.8.1: once Down, forget the remote discriminator so the next packet we send asks anew.
                 self.remote_discr = 0
         self.next_tx = now  # tell the peer at once
+        self._steady_raw = None
         return StateChanged(old, new, self.local_diag, now, report)
 
     def admin_down(self, now: float) -> list[Action]:
@@ -405,6 +419,7 @@ class BfdSession:
         state = self.state
         if state == State.ADMIN_DOWN:
             return [Dropped(DropReason.ADMIN_DOWN)]
+        self._steady_raw = None  # set again below if this packet turns out to be a steady one
         self.rx_packets += 1
         arrival = now if arrived is None or arrived > now else arrived
         if state == State.UP and self.last_arrival is not None:
@@ -440,7 +455,33 @@ class BfdSession:
             return actions
         if ch is not None:
             return [ch, *self.on_timer(now)]
+        if state == State.UP and p.state == State.UP and not p.final and p.auth is None and self.auth is None and \
+                self.tx_interval_us() == interval_before:
+            self._steady_raw = raw  # the same bytes again would change nothing but the arrival times
         return []
+
+    def on_repeat(self, raw: bytes, now: float, arrived: float | None = None) -> bool:
+        """Take a packet that is byte-identical to the last steady one, without decoding it; False
+        (nothing done) if it is not, and the caller decodes it and calls :meth:`on_packet`.
+
+        Steady means: we were Up and stayed Up, the packet said Up without P or F, neither side
+        authenticates, and our transmit interval did not move. Every reception check passes again
+        for the same bytes (the stateless ones depend on the bytes alone, the A bit is clear, the
+        transport has matched Your Discriminator, source and TTL), and :meth:`on_packet` would
+        store the same remote values, find the (Up, Up) row, send nothing and re-arm detection with
+        the same detection time; any transition, operator timer change or different packet clears
+        it. So all that is left is the arrival bookkeeping, which is what this does."""
+        if raw != self._steady_raw:
+            return False
+        self.rx_packets += 1
+        arrival = now if arrived is None or arrived > now else arrived
+        last = self.last_arrival
+        if last is not None:
+            self.rx_gaps.add(now, arrival - last)
+        self.last_rx = now
+        self.last_arrival = arrival
+        self.detect_deadline = arrival + self._armed_detect_us / 1e6
+        return True
 
     def on_timer(self, now: float) -> list[Action]:
         """Detection (never early) and the periodic packet (up to ``tx_early_s`` early, see the
@@ -450,17 +491,19 @@ class BfdSession:
             ch = self._change(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, now)
             if ch is not None:
                 actions.append(ch)
-        if not self.remote_min_rx_us:  # not _periodic()
+        remote_min_rx_us = self.remote_min_rx_us
+        if not remote_min_rx_us:  # not _periodic()
             return actions
         due = self.next_tx
+        tx_us = self._tx_in_use_us
+        interval_s = (tx_us if tx_us > remote_min_rx_us else remote_min_rx_us) / 1e6  # tx_interval_us()
         if now < due:
-            interval_us = max(self._tx_in_use_us, self.remote_min_rx_us)
-            if now < due - self._early_s(interval_us / 1e6):
+            if now < due - self._early_s(interval_s):
                 return actions
             # An early (coalesced) send: never less than 75 % of the interval after our previous packet.
-            if self.last_tx is not None and now - self.last_tx < 0.75 * interval_us / 1e6:
+            if self.last_tx is not None and now - self.last_tx < 0.75 * interval_s:
                 return actions
-        interval = self._jittered_s()
+        interval = self._jitter(interval_s)
         actions.append(self._send(now, due=due, interval_s=interval))
         if now < due:
             self.next_tx = now + interval  # early: the next interval counts from this send
@@ -468,7 +511,7 @@ class BfdSession:
             # Keep the average rate when a little late; start afresh when more than an interval late.
             # Either way the next periodic packet leaves at least 75 % of the interval after this one.
             nxt = due + interval if now - due < interval else now + interval
-            floor = now + 0.75 * max(self._tx_in_use_us, self.remote_min_rx_us) / 1e6
+            floor = now + 0.75 * interval_s
             self.next_tx = nxt if nxt >= floor else floor
         return actions
 @dataclass(frozen=True, slots=True)

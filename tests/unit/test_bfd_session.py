@@ -507,3 +507,54 @@ def test_catch_up_after_a_late_send_keeps_75_percent() -> None:
     due = s.next_tx
     s.on_timer(due + 0.006)  # 6 ms late: "due + interval" alone would be ~4 ms after this send
     assert s.next_tx >= due + 0.006 + 0.0075 - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_on_repeat_is_on_packet_for_byte_identical_steady_packets(seed: int) -> None:
+    """The undecoded fast path leaves a session exactly as on_packet would, whatever comes between:
+    Polls, Finals, parameter changes, a Down from the peer, timer changes, silences."""
+    import random as rnd
+
+    r = rnd.Random(seed)
+    slow = BfdSession(cfg(), 0.0, rng=lambda: 0.5)
+    fast = BfdSession(cfg(), 0.0, rng=lambda: 0.5)
+    kinds = [pkt(State.UP)] * 6 + [pkt(State.UP, poll=True), pkt(State.UP, final=True), pkt(State.UP, tx_ms=20),
+                                   pkt(State.DOWN, your=0), pkt(State.INIT), pkt(State.UP, rx_ms=5)]
+    now = 0.0
+    repeats = 0
+    for _ in range(600):
+        now += r.uniform(0.001, 0.012)
+        if r.random() < 0.01:
+            now += 0.05  # a silence longer than the detection time
+        if r.random() < 0.01:
+            tx_us = 10 * MS if r.random() < 0.5 else 20 * MS
+            for s in (slow, fast):
+                s.set_timers(tx_us, 10 * MS)
+        p = r.choice(kinds)
+        raw = encode(p)
+        arrived = now - r.uniform(0, 0.002)
+        a_slow = slow.on_timer(now) + slow.on_packet(p, raw, now, arrived)
+        a_fast = fast.on_timer(now)
+        if fast.on_repeat(raw, now, arrived):
+            repeats += 1
+        else:
+            a_fast += fast.on_packet(p, raw, now, arrived)
+        assert a_slow == a_fast
+        keep = ("state", "remote_discr", "detect_deadline", "next_tx", "rx_packets", "tx_packets", "last_rx",
+                "last_arrival", "poll_active", "remote_min_rx_us", "remote_desired_tx_us", "local_diag")
+        assert {k: getattr(slow, k) for k in keep} == {k: getattr(fast, k) for k in keep}
+        assert slow.rx_gaps.max(now) == fast.rx_gaps.max(now)
+    assert repeats > 50
+
+
+def test_on_repeat_refuses_what_is_not_steady() -> None:
+    s = up_and_settled()
+    up = encode(pkt(State.UP))
+    assert s.on_repeat(up, 0.01) is False  # nothing steady seen yet (the last packet had F)
+    feed(s, pkt(State.UP), 0.02)
+    assert s.on_repeat(up, 0.03) is True and s.rx_packets == 4
+    assert s.on_repeat(encode(pkt(State.UP, tx_ms=20)), 0.04) is False  # different bytes
+    s.admin_down(0.05)
+    assert s.on_repeat(up, 0.06) is False  # any transition clears it
+    authed = BfdSession(cfg(auth=AuthConfig(AuthType.SIMPLE, 1, b"pw")), 0.0)
+    assert authed._steady_raw is None
