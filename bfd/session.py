@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 :class:`BfdSession` never touches a socket or a clock. The transport feeds it
-``on_packet(packet, raw, now)`` and ``on_timer(now)`` and re-arms one timer at ``next_deadline()``;
+``on_packet(packet, raw, now, arrived)`` (or ``on_repeat(raw, now, arrived)`` for a steady packet)
+and ``on_timer(now)`` and re-arms one timer at ``next_deadline()``;
 the session answers with actions: :class:`Send` (bytes to transmit) and :class:`StateChanged`
 (with the time it was detected). Tests drive it with a fake clock.
 
@@ -49,8 +50,8 @@ before Up is not lateness). ``tx_late`` counts sends whose gap since the previou
 sees), per session, measured between actual sends rather than against a jittered schedule.
 
 Cost (issue 9: at 53 sessions x 10 ms this runs ~10,000 times a second). A steady-state packet
-allocates no dataclass: received packets are named tuples (:mod:`bfd.packet`), :class:`Send` is a
-named tuple, the transition is found by index in a flat copy of :data:`TRANSITIONS`, and the bytes
+allocates no frozen dataclass: received packets are plain slotted ones (:mod:`bfd.packet`),
+:class:`Send` is a named tuple, the transition is found by index in a flat copy of :data:`TRANSITIONS`, and the bytes
 we send are encoded once per change of what we advertise (state, diag, discriminators, intervals,
 P/F) and reused — except with authentication, whose sequence number and digest change per packet.
 A peer that is Up sends the same bytes every time, so a packet byte-identical to the last *steady*
@@ -279,8 +280,9 @@ class BfdSession:
         if self.auth is not None:  # sequence number and digest change per packet: no reuse
             data = sign(self._packet(final), self.auth.cfg, self.auth.next_tx_sequence())
         else:
+            # self.cfg (detect mult, discriminator) only changes in set_timers, which clears _tx_key.
             key = (self.state, self.local_diag, self.remote_discr, self.desired_min_tx_us, self.required_min_rx_us,
-                   self.poll_active and not final, final, self.cfg)
+                   self.poll_active and not final, final)
             if key != self._tx_key:
                 self._tx_key = key
                 self._tx_bytes = encode(self._packet(final))
@@ -292,13 +294,16 @@ class BfdSession:
     def _note_tx(self, now: float) -> None:
         """Record the gap since our previous send, if both were sent while Up."""
         up = self.state == State.UP
-        interval_us = max(self._tx_in_use_us, self.remote_min_rx_us)  # tx_interval_us(), inlined
-        if up and self._last_tx_up and self.last_tx is not None:
-            gap = now - self.last_tx
+        tx_us, rx_us = self._tx_in_use_us, self.remote_min_rx_us
+        interval_us = tx_us if tx_us > rx_us else rx_us  # tx_interval_us(), inlined
+        last = self.last_tx
+        if up and self._last_tx_up and last is not None:
+            gap = now - last
             self.tx_gaps.add(now, gap)
             self._recent_tx.append((now, gap))
             # Against the slower of the intervals before and after: a Poll Sequence may change it.
-            if gap > TX_LATE_FACTOR * max(interval_us, self._last_tx_interval_us) / 1e6:
+            before_us = self._last_tx_interval_us
+            if gap > TX_LATE_FACTOR * (interval_us if interval_us > before_us else before_us) / 1e6:
                 self.tx_late += 1
         self.last_tx = now
         self._last_tx_up = up
