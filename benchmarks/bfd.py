@@ -2,6 +2,8 @@
 """BFD benchmark: detection time against FRR bfdd and BIRD, and soak tests with many sessions.
 
     .venv/bin/python benchmarks/bfd.py [--cuts 50] [--soak-s 60] [--skip-detect] [--skip-soak]
+    .venv/bin/python benchmarks/bfd.py --cpu-only [--sessions 53] [--cpu-s 25] [--runs 3]
+                                       [--code /work/main --code .] [--pyspy DIR]
 
 1. Detection (10 ms x 3). Our BFD process (SCHED_FIFO) peers with BIRD and with FRR bfdd, each
    through a bridge in a third namespace. Each cut blocks both bridge ports at once (no interface
@@ -12,6 +14,13 @@
    BIRD that runs only BFD, for --soak-s seconds, while a second BIRD feeds it 100,000 prefixes
    over BGP (twice: at the start and in the middle of the window). Counts Up->Down transitions
    (false Downs: nothing was cut) and CPU per BFD packet of our BFD process and of BIRD.
+3. ``--cpu-only`` (issue 9: CPU per packet). Our BFD process alone, started as the daemon starts it
+   (``python -m bfd.process SOCKET --realtime 10``, driven over its socket by a small harness), holds
+   N sessions at 10 ms x 3 against one BIRD that runs only BFD in another namespace, for --cpu-s
+   seconds once every session is Up. Reports our µs of CPU per packet (tx + rx, from /proc), BIRD's,
+   the ratio, our largest timer lag (rolling maximum from the stats) and false Downs. ``--code DIR``
+   (repeatable) runs the BFD process of another checkout: with two of them the runs alternate
+   within one invocation, so a noisy machine hits both alike; compare medians and ratios.
 
 Prints tables and ends with RESULT {json}. Needs root, FRR and BIRD.
 """
@@ -19,6 +28,7 @@ Prints tables and ends with RESULT {json}. Needs root, FRR and BIRD.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -31,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +68,11 @@ def nsx(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[s
 def proc_cpu_s(pid: int) -> float:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def proc_sys_s(pid: int) -> float:
+    """The kernel part of proc_cpu_s (system calls, and the softirq work charged to them)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12]) / CLK_TCK
 
 
 def read_pcap(path: Path) -> list[tuple[float, str, Any]]:
@@ -108,21 +124,25 @@ def pct(xs: list[float], q: float) -> float:
 class BfdHarness:
     """Plays the daemon's side of the BFD process protocol (a Unix socket of JSON lines)."""
 
-    def __init__(self, ns: str, work: Path, specs: list[dict]) -> None:
+    def __init__(self, ns: str, work: Path, specs: list[dict], code: Path = ROOT) -> None:
         import socket as s
 
         self.path = work / "bfd.sock"
         self.srv = s.socket(s.AF_UNIX, s.SOCK_STREAM)
         self.srv.bind(str(self.path))
         self.srv.listen(1)
+        env = {**os.environ, "PYTHONPATH": str(code)}
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bfd.process", str(self.path),
-                                      "--realtime", "10"], cwd=ROOT, stdout=open(work / "bfd.log", "w"),
+                                      "--realtime", "10"], cwd=code, env=env, stdout=open(work / "bfd.log", "w"),
                                      stderr=subprocess.STDOUT)
         self.conn, _ = self.srv.accept()
         self.conn.sendall(json.dumps({"op": "sessions", "sessions": specs}).encode() + b"\n")
         self.conn.setblocking(False)
         self.buf = b""
         self.stats: dict = {}
+        self.snapshots: list[dict] = []
+        #: Transitions out of Up by the process's attribution (blame), since the last clear.
+        self.blames: Counter[str] = Counter()
 
     def poll(self) -> None:
         while True:
@@ -138,6 +158,9 @@ class BfdHarness:
             m = json.loads(line)
             if m.get("event") == "stats":
                 self.stats = m
+                self.snapshots.append(m)
+            elif m.get("event") == "state" and m.get("old") == "up":
+                self.blames[m.get("blame", "?")] += 1
 
     def states(self) -> dict[str, str]:
         self.conn.setblocking(True)
@@ -148,7 +171,16 @@ class BfdHarness:
         return {s["peer"]: s["state"] for s in self.stats.get("sessions", [])}
 
     def close(self) -> None:
+        # Keep reading while it stops: its last writes (AdminDown events, stats of N sessions) wait
+        # for us, and asyncio's close() flushes them before the process can exit.
         self.proc.terminate()
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                self.poll()
+            time.sleep(0.05)  # poll
+        if self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait()
         self.conn.close()
         self.srv.close()
@@ -366,6 +398,136 @@ customers:
             sh("ip", "netns", "del", ns, check=False)
 
 
+def cpu_bench(work: Path, n: int, interval_ms: int, seconds: float, code: Path,
+              pyspy: Path | None = None) -> dict[str, Any]:
+    """Our BFD process alone against a BIRD that runs only BFD: CPU per packet of each (see above)."""
+    tag = uuid.uuid4().hex[:6]
+    P, B = f"bfdcpu-{tag}-p", f"bfdcpu-{tag}-b"
+    h: BfdHarness | None = None
+    pidf = work / "bird.pid"
+    try:
+        for ns in (P, B):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "v0", "netns", P, "type", "veth", "peer", "name", "v1", "netns", B)
+        pairs = [(f"10.11.{i >> 8}.{(i & 255) + 1}", f"10.12.{i >> 8}.{(i & 255) + 1}") for i in range(n)]
+        (work / "p.batch").write_text("".join(f"addr add {a}/8 dev v0\n" for a, _ in pairs) + "link set v0 up\n")
+        (work / "b.batch").write_text("".join(f"addr add {b}/8 dev v1\n" for _, b in pairs) + "link set v1 up\n")
+        sh("ip", "-n", P, "-batch", str(work / "p.batch"))
+        sh("ip", "-n", B, "-batch", str(work / "b.batch"))
+        neigh = "\n".join(f'  neighbor {a} dev "v1" local {b};' for a, b in pairs)
+        (work / "bird.conf").write_text(
+            f'router id 10.12.0.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
+            f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n')
+        nsx(B, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P", str(pidf))
+        bird_pid = int(pidf.read_text())
+        spec = {"tx_ms": interval_ms, "rx_ms": interval_ms, "mult": 3, "interface": "v0"}
+        h = BfdHarness(P, work, [{"peer": b, "local": a, **spec} for a, b in pairs], code=code)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = h.states()
+            if len(st) == n and all(v == "up" for v in st.values()):
+                break
+            time.sleep(0.2)  # poll
+        else:
+            raise RuntimeError(f"sessions did not all come up: {sorted(h.states().values())}")
+        time.sleep(1.5)  # poll: the Poll Sequences to the fast rate end, and the start-up leaves the lag window
+        h.states()
+        s0 = h.stats
+        cpu0, bird0, t0 = proc_cpu_s(h.proc.pid), proc_cpu_s(bird_pid), time.monotonic()
+        sys0, bird_sys0 = proc_sys_s(h.proc.pid), proc_sys_s(bird_pid)
+        h.snapshots.clear()
+        h.blames.clear()
+        spy = None
+        if pyspy is not None:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(h.proc.pid),
+                                    "-r", "500", "-d", str(int(seconds)), "--nonblocking", "-f", "raw", "-o", str(pyspy)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while time.monotonic() - t0 < seconds:
+            time.sleep(0.5)  # poll: the process sends its stats every second
+            h.poll()
+        cpu1, bird1, t1 = proc_cpu_s(h.proc.pid), proc_cpu_s(bird_pid), time.monotonic()
+        sys1, bird_sys1 = proc_sys_s(h.proc.pid), proc_sys_s(bird_pid)
+        h.states()
+        s1 = h.stats
+        if spy is not None:
+            spy.wait(timeout=seconds + 30)
+
+        def total(st: dict, k: str) -> int:
+            return sum(x[k] for x in st["sessions"])
+
+        packets = total(s1, "tx_packets") + total(s1, "rx_packets") - total(s0, "tx_packets") - total(s0, "rx_packets")
+        lags = [x["timer_lag_ms"] or 0.0 for x in [*h.snapshots, s1]]
+        ours = (cpu1 - cpu0) / packets * 1e6
+        bird = (bird1 - bird0) / packets * 1e6
+        return {
+            "code": str(code), "sessions": n, "interval_ms": interval_ms, "seconds": round(t1 - t0, 1),
+            "packets": packets, "pps": round(packets / (t1 - t0)), "cpu_us_per_packet": round(ours, 2),
+            "bird_cpu_us_per_packet": round(bird, 2), "ratio": round(ours / bird, 2),
+            "sys_us_per_packet": round((sys1 - sys0) / packets * 1e6, 2),
+            "bird_sys_us_per_packet": round((bird_sys1 - bird_sys0) / packets * 1e6, 2),
+            "cpu_share": round((cpu1 - cpu0) / (t1 - t0), 3), "timer_lag_max_ms": round(max(lags), 2),
+            "false_downs": total(s1, "flaps") - total(s0, "flaps") + sum(1 for x in s1["sessions"] if x["state"] != "up"),
+            "tx_late": s1["tx_late"] - s0["tx_late"], "blame": dict(h.blames), "loadavg": Path("/proc/loadavg").read_text().split()[0],
+            "wakeups_per_s": (f"{(s1['timer_wakeups'] - s0['timer_wakeups']) / (t1 - t0):.0f}+"
+                              f"{(s1['reader_wakeups'] - s0['reader_wakeups']) / (t1 - t0):.0f}")
+            if "timer_wakeups" in s1 else None,
+        }
+    finally:
+        if h is not None:
+            h.close()
+        if pidf.exists():
+            with_suppress_kill(int(pidf.read_text()))
+        for ns in (P, B):
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                with_suppress_kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def with_suppress_kill(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Signal a process we started; it may already be gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    """A SIGTERM (timeout, Ctrl-C from a wrapper) unwinds through the finally blocks that remove
+    the namespaces and stop BIRD, instead of leaving them behind."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def cpu_main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    codes = [Path(c).resolve() for c in (args.code or [str(ROOT)])]
+    rows: list[dict[str, Any]] = []
+    for r in range(args.runs):
+        for i, code in enumerate(codes):
+            sub = work / f"cpu{r}-{i}"
+            sub.mkdir()
+            os.chmod(sub, 0o755)
+            spy = Path(args.pyspy) / f"bfd-{i}-{r}.txt" if args.pyspy else None
+            print(f"cpu: run {r + 1}/{args.runs}, {code}: {args.sessions} sessions at {args.interval_ms} ms x 3, "
+                  f"{args.cpu_s:.0f} s", flush=True)
+            rows.append(cpu_bench(sub, args.sessions, args.interval_ms, args.cpu_s, code, spy))
+    print("| code | run | packets/s | ours µs/pkt (kernel) | BIRD µs/pkt (kernel) | ratio | our CPU share | max timer lag ms "
+          "| false Downs (blame) | tx_late | wake-ups/s (timer+reader) | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, x in enumerate(rows):
+        print(f"| {x['code']} | {i // len(codes) + 1} | {x['pps']:,} | {x['cpu_us_per_packet']:.1f} "
+              f"({x['sys_us_per_packet']:.1f}) | {x['bird_cpu_us_per_packet']:.1f} ({x['bird_sys_us_per_packet']:.1f}) | {x['ratio']:.2f} | {x['cpu_share']:.1%} | {x['timer_lag_max_ms']:.2f} "
+              f"| {x['false_downs']} {x['blame'] or ''} | {x['tx_late']} | {x['wakeups_per_s'] or '-'} | {x['loadavg']} |")
+    result: dict[str, Any] = {"sessions": args.sessions, "interval_ms": args.interval_ms, "seconds": args.cpu_s}
+    for code in codes:
+        mine = [x for x in rows if x["code"] == str(code)]
+        result[str(code)] = {
+            "cpu_us_per_packet_median": round(statistics.median(x["cpu_us_per_packet"] for x in mine), 2),
+            "bird_cpu_us_per_packet_median": round(statistics.median(x["bird_cpu_us_per_packet"] for x in mine), 2),
+            "ratio_median": round(statistics.median(x["ratio"] for x in mine), 2),
+            "timer_lag_max_ms": max(x["timer_lag_max_ms"] for x in mine),
+            "false_downs": sum(x["false_downs"] for x in mine), "runs": len(mine),
+        }
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuts", type=int, default=50)
@@ -373,11 +535,23 @@ def main() -> int:
     ap.add_argument("--prefixes", type=int, default=100_000)
     ap.add_argument("--skip-detect", action="store_true")
     ap.add_argument("--skip-soak", action="store_true")
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU-per-packet mode (3. above)")
+    ap.add_argument("--sessions", type=int, default=53)
+    ap.add_argument("--interval-ms", type=int, default=10)
+    ap.add_argument("--cpu-s", type=float, default=25.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--code", action="append", help="checkout whose bfd/ to run (repeatable; default: this one)")
+    ap.add_argument("--pyspy", default=None, help="directory for py-spy raw profiles of our BFD process")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     result: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="pop-bfd-bench-"))
     os.chmod(work, 0o755)
     try:
+        if args.cpu_only:
+            result = cpu_main(args, work)
+            print("RESULT " + json.dumps(result))
+            return 0
         if not args.skip_detect:
             print(f"detection: {args.cuts} cuts at 10 ms x 3 (budget: 30 ms + 2 ms after the last packet)")
             (work / "detect").mkdir()

@@ -32,7 +32,8 @@ over the previous 10 s: a sampler that wakes every 20 ms, and the BFD timer itse
 per session ``max_rx_gap_ms``/``max_tx_gap_ms`` (rolling 10 s), ``worst_rx_gap_ms``/
 ``worst_tx_gap_ms`` (since the session was created), ``tx_late``, ``last_down`` and ``downs`` (the
 last few Down reports, so a poller that misses a flap still attributes it), and for the process
-``loop_lag_ms``/``loop_lag_worst_ms``, ``timer_lag_ms``/``timer_lag_worst_ms``.
+``loop_lag_ms``/``loop_lag_worst_ms``, ``timer_lag_ms``/``timer_lag_worst_ms``, and the
+transport's ``timer_wakeups``/``reader_wakeups`` counters (how well its batching works, issue 9).
 
 If the daemon goes away we exit; it restarts us.
 """
@@ -324,6 +325,7 @@ class BfdProcess:
                 "loop_lag_ms": _ms(self.sampler.lag.max(now)), "loop_lag_worst_ms": _ms(self.sampler.lag.worst),
                 "timer_lag_ms": _ms(self.transport.timer_lag.max(now)),
                 "timer_lag_worst_ms": _ms(self.transport.timer_lag.worst),
+                "timer_wakeups": self.transport.timer_wakeups, "reader_wakeups": self.transport.reader_wakeups,
                 "repair": {"plans": len(self.repair.plans), "triggered": self.repair.triggered,
                            "rejected": self.repair.rejected}}
 

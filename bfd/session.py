@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 :class:`BfdSession` never touches a socket or a clock. The transport feeds it
-``on_packet(packet, raw, now)`` and ``on_timer(now)`` and re-arms one timer at ``next_deadline()``;
+``on_packet(packet, raw, now, arrived)`` (or ``on_repeat(raw, now, arrived)`` for a steady packet)
+and ``on_timer(now)`` and re-arms one timer at ``next_deadline()``;
 the session answers with actions: :class:`Send` (bytes to transmit) and :class:`StateChanged`
 (with the time it was detected). Tests drive it with a fake clock.
 
@@ -24,8 +25,18 @@ Invariants:
 - transmit interval = max(local Desired Min TX, remote Required Min RX) with jitter 75-100 %
   (75-90 % when our detect mult is 1) (§6.8.7); no periodic packets while the remote Required Min
   RX is 0;
+- two periodic packets never leave less than 75 % of the interval apart (§6.8.7), also when the
+  transport coalesces wake-ups: a session created with ``tx_early_s`` = e may send a periodic packet
+  up to e before it is due, so its jitter is drawn from [75 % + e, 100 %] of the interval (e capped
+  at 10 % of it) and an early send is refused outright if it would come less than 75 % of the
+  interval after our previous packet of any kind; after a late send the catch-up schedule is
+  clamped to at least 75 % of the interval after it;
 - detection time = remote Detect Mult x max(local Required Min RX, remote Desired Min TX), counted
-  from the last valid packet, only in Init and Up (§6.8.4);
+  from the last valid packet's *arrival* (the kernel's timestamp when the transport has it: the
+  RFC's "receipt"), only in Init and Up (§6.8.4). So a packet that waited in the socket — the
+  transport reads in batches, or this process stalled — neither lengthens detection nor, once
+  read, leaves an expired deadline behind: the transport reads every waiting packet before it
+  lets a detection deadline fire;
 - packets are authenticated iff the session has auth configured; the A bit must match (§6.7).
 
 Attribution of Downs (issue 9): every transition out of Up carries a :class:`DownReport` saying
@@ -38,6 +49,14 @@ before Up is not lateness). ``tx_late`` counts sends whose gap since the previou
 1.25 x the negotiated interval (jitter keeps legal gaps at 75-100 %, so more is lateness the peer
 sees), per session, measured between actual sends rather than against a jittered schedule.
 
+Cost (issue 9: at 53 sessions x 10 ms this runs ~10,000 times a second). A steady-state packet
+allocates no frozen dataclass: received packets are plain slotted ones (:mod:`bfd.packet`),
+:class:`Send` is a named tuple, the transition is found by index in a flat copy of :data:`TRANSITIONS`, and the bytes
+we send are encoded once per change of what we advertise (state, diag, discriminators, intervals,
+P/F) and reused — except with authentication, whose sequence number and digest change per packet.
+A peer that is Up sends the same bytes every time, so a packet byte-identical to the last *steady*
+one (see :meth:`BfdSession.on_repeat`) is not decoded at all: only its arrival is news.
+
 :class:`SessionTable` demultiplexes: a packet with Your Discriminator is matched on it; one without
 is accepted only in Down/AdminDown and matched on (peer address, local address, interface).
 """
@@ -48,6 +67,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from bfd.auth import AuthConfig, AuthState, sign
 from bfd.gaps import GAP_WINDOW_S, RollingMax
@@ -83,6 +103,13 @@ TRANSITIONS: dict[tuple[State, State], tuple[State, Diag | None]] = {
     (State.UP, State.INIT): (State.UP, None),
     (State.UP, State.UP): (State.UP, None),
 }
+#: TRANSITIONS as a flat tuple indexed by ``4 * local + received`` (the hot path's lookup; None
+#: where the table has no row).
+_TRANSITION_ROWS: tuple[tuple[State, Diag | None] | None, ...] = tuple(
+    TRANSITIONS.get((a, b)) for a in State for b in State)
+_DOWN_STATES = (State.DOWN, State.ADMIN_DOWN)
+#: The most a coalesced periodic send may leave early, as a fraction of the interval.
+MAX_EARLY_FRACTION = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +129,12 @@ class SessionConfig:
             raise ValueError("intervals must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
+    """Bytes to transmit. A named tuple: one is built for every packet we send."""
+
     data: bytes
-    packet: ControlPacket
-    #: For periodic packets: when it was due and the interval, so the transport can count late ones.
+    #: For periodic packets: when it was due and the interval drawn for the next one (None for
+    #: packets sent at once: Final answers, state changes, AdminDown).
     due: float | None = None
     interval_s: float = 0.0
 
@@ -156,8 +184,12 @@ Action = Send | StateChanged | Dropped
 
 
 class BfdSession:
-    def __init__(self, cfg: SessionConfig, now: float, rng: Callable[[], float] | None = None) -> None:
+    def __init__(self, cfg: SessionConfig, now: float, rng: Callable[[], float] | None = None,
+                 tx_early_s: float = 0.0) -> None:
+        """``tx_early_s``: how early the transport may call :meth:`on_timer` for a periodic packet
+        (its wake-up coalescing window; see the module docstring for why the 75 % bound holds)."""
         self.cfg = cfg
+        self.tx_early_s = tx_early_s
         self._rng = rng or random.random
         self.state = State.DOWN
         self.remote_state = State.DOWN
@@ -192,6 +224,12 @@ class BfdSession:
         self.last_down: DownReport | None = None
         self._armed_detect_us = 0  # the detection time of the running detection timer
         self.last_arrival: float | None = None  # kernel arrival time of the last valid packet
+        # The bytes of our last packet and what they advertise (reused while that is unchanged).
+        self._tx_key: tuple | None = None
+        self._tx_bytes = b""
+        #: The last received packet that left everything but the arrival bookkeeping as it was (see
+        #: on_repeat); None whenever that may no longer hold.
+        self._steady_raw: bytes | None = None
 
     # --- derived values ---------------------------------------------------------------------------
     def tx_interval_us(self) -> int:
@@ -201,16 +239,33 @@ class BfdSession:
         return self.remote_detect_mult * max(self._rx_for_detect_us, self.remote_desired_tx_us)
 
     def next_deadline(self) -> float | None:
-        cands = [d for d in (self.next_tx if self._periodic() else None, self.detect_deadline) if d is not None]
-        return min(cands) if cands else None
+        d = self.detect_deadline
+        if self.remote_min_rx_us:  # periodic (see _periodic)
+            t = self.next_tx
+            return t if d is None or t < d else d
+        return d
 
     def _periodic(self) -> bool:
         # §6.8.7: "If bfd.RemoteMinRxInterval is zero, the local system MUST NOT periodically transmit"
         return self.remote_min_rx_us != 0
 
+    def _early_s(self, interval_s: float) -> float:
+        """How early a periodic packet may leave (the transport's window, at most 10 % of the interval)."""
+        return min(self.tx_early_s, MAX_EARLY_FRACTION * interval_s)
+
     def _jittered_s(self) -> float:
-        lo, hi = (0.75, 0.90) if self.cfg.detect_mult == 1 else (0.75, 1.0)
-        return self.tx_interval_us() / 1e6 * (lo + (hi - lo) * self._rng())
+        return self._jitter(self.tx_interval_us() / 1e6)
+
+    def _jitter(self, interval_s: float) -> float:
+        """The interval until the next periodic packet: 75-100 % (75-90 % with detect mult 1) of
+        ``interval_s``, the floor raised by the early allowance so that a send up to that early is
+        still >= 75 % after the previous one."""
+        early = self.tx_early_s
+        if early > MAX_EARLY_FRACTION * interval_s:
+            early = MAX_EARLY_FRACTION * interval_s
+        lo = 0.75 + early / interval_s if interval_s else 0.75
+        hi = 0.90 if self.cfg.detect_mult == 1 else 1.0
+        return interval_s * (lo + (hi - lo) * self._rng())
 
     # --- building packets -------------------------------------------------------------------------
     def _packet(self, final: bool = False) -> ControlPacket:
@@ -222,25 +277,33 @@ class BfdSession:
         )
 
     def _send(self, now: float, final: bool = False, due: float | None = None, interval_s: float = 0.0) -> Send:
-        p = self._packet(final)
-        if self.auth is not None:
-            data = sign(p, self.auth.cfg, self.auth.next_tx_sequence())
+        if self.auth is not None:  # sequence number and digest change per packet: no reuse
+            data = sign(self._packet(final), self.auth.cfg, self.auth.next_tx_sequence())
         else:
-            data = encode(p)
+            # self.cfg (detect mult, discriminator) only changes in set_timers, which clears _tx_key.
+            key = (self.state, self.local_diag, self.remote_discr, self.desired_min_tx_us, self.required_min_rx_us,
+                   self.poll_active and not final, final)
+            if key != self._tx_key:
+                self._tx_key = key
+                self._tx_bytes = encode(self._packet(final))
+            data = self._tx_bytes
         self.tx_packets += 1
         self._note_tx(now)
-        return Send(data, p, due, interval_s)
+        return Send(data, due, interval_s)
 
     def _note_tx(self, now: float) -> None:
         """Record the gap since our previous send, if both were sent while Up."""
         up = self.state == State.UP
-        interval_us = self.tx_interval_us()
-        if up and self._last_tx_up and self.last_tx is not None:
-            gap = now - self.last_tx
+        tx_us, rx_us = self._tx_in_use_us, self.remote_min_rx_us
+        interval_us = tx_us if tx_us > rx_us else rx_us  # tx_interval_us(), inlined
+        last = self.last_tx
+        if up and self._last_tx_up and last is not None:
+            gap = now - last
             self.tx_gaps.add(now, gap)
             self._recent_tx.append((now, gap))
             # Against the slower of the intervals before and after: a Poll Sequence may change it.
-            if gap > TX_LATE_FACTOR * max(interval_us, self._last_tx_interval_us) / 1e6:
+            before_us = self._last_tx_interval_us
+            if gap > TX_LATE_FACTOR * (interval_us if interval_us > before_us else before_us) / 1e6:
                 self.tx_late += 1
         self.last_tx = now
         self._last_tx_up = up
@@ -285,6 +348,8 @@ class BfdSession:
 
     def set_timers(self, desired_min_tx_us: int, required_min_rx_us: int) -> None:
         """Operator change of the configured intervals (starts a Poll Sequence)."""
+        self._tx_key = None
+        self._steady_raw = None
         self.cfg = replace(self.cfg, desired_min_tx_us=desired_min_tx_us, required_min_rx_us=required_min_rx_us)
         if required_min_rx_us != self.required_min_rx_us:
             if not (required_min_rx_us < self.required_min_rx_us and self.state == State.UP):
@@ -325,6 +390,7 @@ class BfdSession:
                 # §6.8.1: once Down, forget the remote discriminator so the next packet we send asks anew.
                 self.remote_discr = 0
         self.next_tx = now  # tell the peer at once
+        self._steady_raw = None
         return StateChanged(old, new, self.local_diag, now, report)
 
     def admin_down(self, now: float) -> list[Action]:
@@ -339,9 +405,10 @@ class BfdSession:
 
     # --- input ------------------------------------------------------------------------------------
     def on_packet(self, p: ControlPacket, raw: bytes, now: float, arrived: float | None = None) -> list[Action]:
-        """``arrived``: when the kernel received it (same clock as ``now``; default ``now``). Receive
-        gaps are measured between arrivals, so a stall of our own process (packets waiting in the
-        socket) does not show as the peer's silence; timers still run from ``now``."""
+        """``arrived``: when the kernel received it (same clock as ``now``; default ``now``; never
+        later than ``now``). Receive gaps and the detection deadline count from arrivals, so a stall
+        of our own process (packets waiting in the socket) does not show as the peer's silence and
+        time spent waiting to be read does not lengthen detection."""
         # A bit against our configuration (§6.8.6).
         if self.auth is None and p.auth is not None:
             return [Dropped(DropReason.AUTH_UNEXPECTED)]
@@ -354,15 +421,17 @@ class BfdSession:
             bad = self.auth.verify(raw, p, p.detect_mult)
             if bad is not None:
                 return [Dropped(bad)]
-        if self.state == State.ADMIN_DOWN:
+        state = self.state
+        if state == State.ADMIN_DOWN:
             return [Dropped(DropReason.ADMIN_DOWN)]
+        self._steady_raw = None  # set again below if this packet turns out to be a steady one
         self.rx_packets += 1
-        arrival = now if arrived is None else min(arrived, now)
-        if self.state == State.UP and self.last_arrival is not None:
+        arrival = now if arrived is None or arrived > now else arrived
+        if state == State.UP and self.last_arrival is not None:
             self.rx_gaps.add(now, arrival - self.last_arrival)
         self.last_rx = now
         self.last_arrival = arrival
-        interval_before = self.tx_interval_us()
+        interval_before = max(self._tx_in_use_us, self.remote_min_rx_us)  # tx_interval_us()
         self.remote_discr = p.my_discriminator
         self.remote_state = p.state
         self.remote_diag = p.diag
@@ -371,43 +440,85 @@ class BfdSession:
         self.remote_detect_mult = p.detect_mult
         if p.final and self.poll_active:
             self._poll_done()
-        if self.tx_interval_us() < interval_before:
+        if max(self._tx_in_use_us, self.remote_min_rx_us) < interval_before:
             # The peer now accepts packets faster (FRR advertises 1 s while not Up, then its real
             # rate): a packet scheduled at the old, slower rate would arrive after the peer's new
             # detection time. Pull the next transmission in.
             self.next_tx = min(self.next_tx, now + self._jittered_s())
-        actions: list[Action] = []
-        try:
-            new, diag = TRANSITIONS[(self.state, p.state)]
-        except KeyError:
-            raise TransitionError(f"no transition for local {self.state.name}, received {p.state.name}") from None
-        ch = self._change(new, diag, now)
-        if ch is not None:
-            actions.append(ch)
+        row = _TRANSITION_ROWS[4 * state + p.state]
+        if row is None:
+            raise TransitionError(f"no transition for local {state.name}, received {p.state.name}")
+        new, diag = row
+        ch = None if new == state and diag is None else self._change(new, diag, now)
         if self.state in (State.INIT, State.UP):
-            self._armed_detect_us = self.detection_time_us()
-            self.detect_deadline = now + self._armed_detect_us / 1e6
+            # detection_time_us(), inlined
+            self._armed_detect_us = self.remote_detect_mult * max(self._rx_for_detect_us, self.remote_desired_tx_us)
+            self.detect_deadline = arrival + self._armed_detect_us / 1e6
         if p.poll:
+            actions: list[Action] = [ch] if ch is not None else []
             actions.append(self._send(now, final=True))
-        elif ch is not None:
-            actions += self.on_timer(now)
-        return actions
+            return actions
+        if ch is not None:
+            return [ch, *self.on_timer(now)]
+        if state == State.UP and p.state == State.UP and not p.final and p.auth is None and self.auth is None and \
+                self.tx_interval_us() == interval_before:
+            self._steady_raw = raw  # the same bytes again would change nothing but the arrival times
+        return []
+
+    def on_repeat(self, raw: bytes, now: float, arrived: float | None = None) -> bool:
+        """Take a packet that is byte-identical to the last steady one, without decoding it; False
+        (nothing done) if it is not, and the caller decodes it and calls :meth:`on_packet`.
+
+        Steady means: we were Up and stayed Up, the packet said Up without P or F, neither side
+        authenticates, and our transmit interval did not move. Every reception check passes again
+        for the same bytes (the stateless ones depend on the bytes alone, the A bit is clear, the
+        transport has matched Your Discriminator, source and TTL), and :meth:`on_packet` would
+        store the same remote values, find the (Up, Up) row, send nothing and re-arm detection with
+        the same detection time; any transition, operator timer change or different packet clears
+        it. So all that is left is the arrival bookkeeping, which is what this does."""
+        if raw != self._steady_raw:
+            return False
+        self.rx_packets += 1
+        arrival = now if arrived is None or arrived > now else arrived
+        last = self.last_arrival
+        if last is not None:
+            self.rx_gaps.add(now, arrival - last)
+        self.last_rx = now
+        self.last_arrival = arrival
+        self.detect_deadline = arrival + self._armed_detect_us / 1e6
+        return True
 
     def on_timer(self, now: float) -> list[Action]:
+        """Detection (never early) and the periodic packet (up to ``tx_early_s`` early, see the
+        module docstring)."""
         actions: list[Action] = []
         if self.detect_deadline is not None and now >= self.detect_deadline:
             ch = self._change(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, now)
             if ch is not None:
                 actions.append(ch)
-        if self._periodic() and now >= self.next_tx:
-            due = self.next_tx
-            interval = self._jittered_s()
-            actions.append(self._send(now, due=due, interval_s=interval))
+        remote_min_rx_us = self.remote_min_rx_us
+        if not remote_min_rx_us:  # not _periodic()
+            return actions
+        due = self.next_tx
+        tx_us = self._tx_in_use_us
+        interval_s = (tx_us if tx_us > remote_min_rx_us else remote_min_rx_us) / 1e6  # tx_interval_us()
+        if now < due:
+            if now < due - self._early_s(interval_s):
+                return actions
+            # An early (coalesced) send: never less than 75 % of the interval after our previous packet.
+            if self.last_tx is not None and now - self.last_tx < 0.75 * interval_s:
+                return actions
+        interval = self._jitter(interval_s)
+        actions.append(self._send(now, due=due, interval_s=interval))
+        if now < due:
+            self.next_tx = now + interval  # early: the next interval counts from this send
+        else:
             # Keep the average rate when a little late; start afresh when more than an interval late.
-            self.next_tx = due + interval if now - due < interval else now + interval
+            # Either way the next periodic packet leaves at least 75 % of the interval after this one.
+            nxt = due + interval if now - due < interval else now + interval
+            floor = now + 0.75 * interval_s
+            self.next_tx = nxt if nxt >= floor else floor
         return actions
-
-
 @dataclass(frozen=True, slots=True)
 class SessionKey:
     peer: str
@@ -436,17 +547,26 @@ class SessionTable:
 
     def lookup(self, p: ControlPacket, key: SessionKey, ttl: int) -> tuple[BfdSession | None, DropReason | None]:
         if p.your_discriminator:
-            entry = self.by_discr.get(p.your_discriminator)
-            if entry is None:
-                return None, DropReason.NO_SESSION
-            k, s, min_ttl = entry
-            if k.peer != key.peer or k.multihop != key.multihop:
-                return None, DropReason.NO_SESSION
+            return self.lookup_discriminator(p.your_discriminator, key.peer, key.multihop, ttl)
         else:
             e = self.by_key.get(key)
             if e is None:
                 return None, DropReason.NO_SESSION
             s, min_ttl = e
+        if ttl < min_ttl:
+            return None, DropReason.TTL
+        return s, None
+
+    def lookup_discriminator(self, your: int, peer: str, multihop: bool,
+                             ttl: int) -> tuple[BfdSession | None, DropReason | None]:
+        """The common case of :meth:`lookup` (Your Discriminator set), without building a key: the
+        transport calls it first, and builds a :class:`SessionKey` only for packets without one."""
+        entry = self.by_discr.get(your)
+        if entry is None:
+            return None, DropReason.NO_SESSION
+        k, s, min_ttl = entry
+        if k.peer != peer or k.multihop != multihop:
+            return None, DropReason.NO_SESSION
         if ttl < min_ttl:
             return None, DropReason.TTL
         return s, None

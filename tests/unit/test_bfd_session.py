@@ -440,3 +440,121 @@ def test_receive_gaps_use_arrival_times_so_our_stall_is_not_the_peers_silence() 
         feed_at = t0 + 0.040
         s.on_packet(pkt(State.UP), encode(pkt(State.UP)), feed_at, arrived=t0 + 0.010 * i)
     assert s.state == State.UP and s.rx_gaps.max(t0 + 0.040) <= 0.0101
+
+
+# --- coalesced transmissions (issue 9: CPU per packet) -------------------------------------------------
+@pytest.mark.parametrize("seed", range(20))
+def test_coalesced_early_sends_keep_the_75_percent_bound(seed: int) -> None:
+    """RFC 5880 §6.8.7: with a transport that calls on_timer up to tx_early_s before a packet is due
+    (and at random other times, early and late: stalls), two periodic packets never leave less than
+    75 % of the interval apart, the early window is used, and detection is never early."""
+    import random as rnd
+
+    r = rnd.Random(seed)
+    s = BfdSession(cfg(), 0.0, rng=r.random, tx_early_s=0.001)
+    feed(s, pkt(State.INIT), 0.0)
+    feed(s, pkt(State.UP, final=True), 0.0)
+    assert s.state == State.UP and s.tx_interval_us() == 10 * MS
+    sends: list[float] = []
+    early = 0
+    now, next_rx = 0.0, 0.005
+    while now < 5.0:
+        d = s.next_deadline()
+        assert d is not None
+        # The transport's wake-up: at the deadline, or up to 2 ms before it (beyond the window too),
+        # or late by up to 25 ms (our stall); the peer's packets arrive meanwhile.
+        pick = r.random()
+        t = d - r.uniform(0, 0.002) if pick < 0.6 else d + (r.uniform(0, 0.025) if pick > 0.95 else 0.0)
+        t = max(t, now)
+        while next_rx <= t:
+            feed(s, pkt(State.UP), next_rx)
+            next_rx += 0.010
+        now = t
+        due_before = s.next_tx
+        for a in s.on_timer(now):
+            if isinstance(a, Send) and a.due is not None:
+                sends.append(now)
+                early += now < due_before
+            assert not isinstance(a, StateChanged), "detection fired early or falsely"
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert len(gaps) > 300 and min(gaps) >= 0.0075 - 1e-9
+    assert early > 50  # the window is used
+    assert max(gaps) <= 0.0101 + 0.025  # on time except during the injected stalls
+
+
+def test_early_send_refused_within_75_percent_of_our_previous_packet() -> None:
+    s = up_and_settled()
+    s.tx_early_s = 0.001
+    acts = feed(s, pkt(State.UP, poll=True), 0.5)  # a Final leaves at 0.5
+    assert [a for a in acts if isinstance(a, Send)]
+    s.next_tx = 0.5071
+    assert s.on_timer(0.5065) == []  # inside the window, but only 6.5 ms after the Final
+    assert [a for a in s.on_timer(0.5075) if isinstance(a, Send)]  # 7.5 ms after it: allowed, early
+
+
+def test_jitter_floor_is_raised_by_the_early_window() -> None:
+    s = BfdSession(cfg(), 0.0, rng=lambda: 0.0, tx_early_s=0.001)
+    feed(s, pkt(State.INIT), 0.0)
+    feed(s, pkt(State.UP, final=True), 0.0)
+    assert s._jittered_s() == pytest.approx(0.0085)  # 75 % + 1 ms
+    s.tx_early_s = 0.005  # capped at 10 % of the interval
+    assert s._jittered_s() == pytest.approx(0.0085)
+
+
+def test_catch_up_after_a_late_send_keeps_75_percent() -> None:
+    s = up_and_settled()
+    s.on_timer(s.next_tx)
+    due = s.next_tx
+    s.on_timer(due + 0.006)  # 6 ms late: "due + interval" alone would be ~4 ms after this send
+    assert s.next_tx >= due + 0.006 + 0.0075 - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_on_repeat_is_on_packet_for_byte_identical_steady_packets(seed: int) -> None:
+    """The undecoded fast path leaves a session exactly as on_packet would, whatever comes between:
+    Polls, Finals, parameter changes, a Down from the peer, timer changes, silences."""
+    import random as rnd
+
+    r = rnd.Random(seed)
+    slow = BfdSession(cfg(), 0.0, rng=lambda: 0.5)
+    fast = BfdSession(cfg(), 0.0, rng=lambda: 0.5)
+    kinds = [pkt(State.UP)] * 6 + [pkt(State.UP, poll=True), pkt(State.UP, final=True), pkt(State.UP, tx_ms=20),
+                                   pkt(State.DOWN, your=0), pkt(State.INIT), pkt(State.UP, rx_ms=5)]
+    now = 0.0
+    repeats = 0
+    for _ in range(600):
+        now += r.uniform(0.001, 0.012)
+        if r.random() < 0.01:
+            now += 0.05  # a silence longer than the detection time
+        if r.random() < 0.01:
+            tx_us = 10 * MS if r.random() < 0.5 else 20 * MS
+            for s in (slow, fast):
+                s.set_timers(tx_us, 10 * MS)
+        p = r.choice(kinds)
+        raw = encode(p)
+        arrived = now - r.uniform(0, 0.002)
+        a_slow = slow.on_timer(now) + slow.on_packet(p, raw, now, arrived)
+        a_fast = fast.on_timer(now)
+        if fast.on_repeat(raw, now, arrived):
+            repeats += 1
+        else:
+            a_fast += fast.on_packet(p, raw, now, arrived)
+        assert a_slow == a_fast
+        keep = ("state", "remote_discr", "detect_deadline", "next_tx", "rx_packets", "tx_packets", "last_rx",
+                "last_arrival", "poll_active", "remote_min_rx_us", "remote_desired_tx_us", "local_diag")
+        assert {k: getattr(slow, k) for k in keep} == {k: getattr(fast, k) for k in keep}
+        assert slow.rx_gaps.max(now) == fast.rx_gaps.max(now)
+    assert repeats > 50
+
+
+def test_on_repeat_refuses_what_is_not_steady() -> None:
+    s = up_and_settled()
+    up = encode(pkt(State.UP))
+    assert s.on_repeat(up, 0.01) is False  # nothing steady seen yet (the last packet had F)
+    feed(s, pkt(State.UP), 0.02)
+    assert s.on_repeat(up, 0.03) is True and s.rx_packets == 4
+    assert s.on_repeat(encode(pkt(State.UP, tx_ms=20)), 0.04) is False  # different bytes
+    s.admin_down(0.05)
+    assert s.on_repeat(up, 0.06) is False  # any transition clears it
+    authed = BfdSession(cfg(auth=AuthConfig(AuthType.SIMPLE, 1, b"pw")), 0.0)
+    assert authed._steady_raw is None
