@@ -231,6 +231,14 @@ class Sampler:
         self.sample()
         return sum(ps.cpu_s for ps in self.procs.values())
 
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far of each role (a window's per-process cost is the difference of two)."""
+        self.sample()
+        out: dict[str, float] = {}
+        for ps in self.procs.values():
+            out[ps.role] = out.get(ps.role, 0.0) + ps.cpu_s
+        return out
+
     def pid_of(self, role: str) -> int | None:
         self.sample()
         return next((p for p, s in self.procs.items() if s.role == role), None)
@@ -397,12 +405,14 @@ class Customer:
     max_prefixes: int
 
 
-def pop_yaml(work: Path, customers: list[Customer], interpreter: str, processes: str) -> str:
+def pop_yaml(work: Path, customers: list[Customer], interpreter: str, processes: str,
+             exabgp_env: dict[str, str] | None = None) -> str:
+    env = f", env: {json.dumps(exabgp_env)}" if exabgp_env else ""
     out = ["router: {asn: 65000, router_id: 192.0.2.1}",
            f"api: {{socket: {work / 'api.sock'}}}",
            "metrics: {listen: 127.0.0.1:19324}",
            "fib: {protocol: 200, stale_timeout_s: 600}",
-           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}}}",
+           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}{env}}}",
            "log_level: WARNING",
            "customers:"]
     for c in customers:
@@ -668,7 +678,8 @@ def neighbour_table_for(entries: int, keep: bool) -> Iterator[None]:
 
 
 def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, processes: str,
-                 timeout_s: float, soak_s: float) -> dict[str, Any]:
+                 timeout_s: float, soak_s: float, soak_poll_s: float = 1.0,
+                 exabgp_env: dict[str, str] | None = None) -> dict[str, Any]:
     total = sum(len(session_prefixes(k)) for k in range(sessions))
     feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions))
     log(f"feeder: {sessions} sessions, {total:,} prefixes; PoP {pop_kind}")
@@ -679,7 +690,7 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
     if pop_kind == "pop-router":
         customers = [Customer(f"c{k}", 4200000000 + k, [f"{session_block(k)[1]} le 24"], session_addr(k),
                               session_local(k), 100) for k in range(sessions)]
-        pop_r = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes))
+        pop_r = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes, exabgp_env))
         root = pop_r.start()
         pop_r.wait_api()
     else:
@@ -721,13 +732,15 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
             # Soak: sessions that drop, and the CPU of every PoP process while nothing changes.
             est0, _, drops0 = state()
             downs_bird = 0
-            cpu0, w0 = smp.cpu_total(), time.monotonic()
+            role0 = smp.cpu_by_role()
+            cpu0, w0 = sum(role0.values()), time.monotonic()
             min_est = est0
             while time.monotonic() < w0 + soak_s:
-                time.sleep(1.0)  # poll: counting drops through the window
+                time.sleep(soak_poll_s)  # poll: counting drops through the window
                 e, _, _ = state()
                 min_est = min(min_est, e)
-            cpu1, w1 = smp.cpu_total(), time.monotonic()
+            role1 = smp.cpu_by_role()
+            cpu1, w1 = sum(role1.values()), time.monotonic()
             est1, fib1, drops1 = state()
             if pop_b is not None:
                 # BIRD: a session that went down and came back shows a recent "since"; count those not up,
@@ -741,6 +754,8 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
                 "soak_s": soak_s, "established_soak_start": est0, "established_soak_end": est1,
                 "min_established_in_soak": min_est, "dropped_in_soak": dropped,
                 "idle_cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
+                "idle_cpu_pct_by_process": {r: round(100 * (role1[r] - role0.get(r, 0.0)) / (w1 - w0), 2)
+                                            for r in sorted(role1)},
                 "procs": smp.by_role(), "fib_end": fib1}
     finally:
         if pop_r is not None:
@@ -783,11 +798,16 @@ def main() -> int:
     ap.add_argument("--sessions", default="200,1000")
     ap.add_argument("--converge-timeout", type=float, default=150.0, help="sessions case: seconds to converge")
     ap.add_argument("--soak", type=float, default=60.0, help="sessions case: seconds watched after convergence")
+    ap.add_argument("--soak-poll", type=float, default=1.0,
+                    help="sessions case: seconds between the soak's session counts (each is an API or birdc call)")
+    ap.add_argument("--exabgp-env", default="",
+                    help="sessions case: extra ExaBGP settings KEY=VALUE,... (pop.yaml exabgp.env), for sweeps")
     ap.add_argument("--table-timeout", type=float, default=900.0)
     ap.add_argument("--no-bird", action="store_true", help="skip BIRD-as-PoP (profiling runs)")
     ap.add_argument("--pyspy", type=Path, default=None, help="record py-spy profiles into this directory")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
+    exabgp_env = dict(kv.split("=", 1) for kv in args.exabgp_env.split(",") if kv)
     interpreters = args.interpreters.split(",")
     n = args.prefixes
     result: dict[str, Any] = {"load_start": loadavg()}
@@ -862,6 +882,8 @@ def main() -> int:
             result.update({"packed_n": args.packed_prefixes, "packed_exabgp_alone_s": round(alone, 2),
                            "packed_pop_s": round(pipe, 2), "packed_ratio": round(pipe / alone, 2)})
         if "sessions" in cases:
+            if exabgp_env:
+                result["exabgp_env"] = exabgp_env
             print("\n### customer sessions (10-50 prefixes each)\n")
             print("| PoP | sessions | prefixes | all Established s | converged s | dropped in soak | soak s | idle CPU % of a core | processes: VmHWM MB |")
             print("|---|---|---|---|---|---|---|---|---|")
@@ -870,7 +892,7 @@ def main() -> int:
                 for kind in kinds:
                     with neighbour_table_for(2 * count, args.keep_neigh_limits), lab_for(work, "sessions", count) as lab:
                         r = run_sessions(lab, count, kind, interpreters[0], args.processes,
-                                         args.converge_timeout, args.soak)
+                                         args.converge_timeout, args.soak, args.soak_poll, exabgp_env)
                     procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
                     print(f"| {kind} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "
                           f"{r['dropped_in_soak']} (min up {r['min_established_in_soak']}) | {r['soak_s']:.0f} | "
@@ -881,6 +903,8 @@ def main() -> int:
                     result[f"{tag}sessions_{count}_dropped"] = r["dropped_in_soak"]
                     result[f"{tag}sessions_{count}_up_at_timeout"] = r["established_at_timeout"]
                     result[f"{tag}idle_cpu_pct_{count}"] = r["idle_cpu_pct"]
+                    result[f"{tag}idle_cpu_pct_{count}_by_process"] = r["idle_cpu_pct_by_process"]
+                    log(f"{kind} {count}: idle CPU by process (% of a core) {r['idle_cpu_pct_by_process']}")
                     result[f"{tag}sessions_{count}_procs"] = r["procs"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
