@@ -375,14 +375,19 @@ def hold_conf(hold_s: int | None) -> str:
     return "" if hold_s is None else f"hold time {hold_s}; keepalive time {max(1, hold_s // 3)}; "
 
 
-def feeder_sessions_conf(sessions: int, hold_s: int | None = None) -> str:
+def feeder_sessions_conf(sessions: int, hold_s: int | None = None, passive: bool = False) -> str:
+    """``passive``: the feeder never connects out. Otherwise its attempts to the PoP's closed port 179
+    (ExaBGP connects out and does not listen) put each protocol in BIRD's error wait (1-5 s), during
+    which it refuses ExaBGP's connection too: the convergence time then varies with that race
+    (7-41 s for 200 sessions, 2026-12-01)."""
     lines = ["router id 10.255.0.2;", "protocol device {}"]
     for k in range(sessions):
         lines.append(f"ipv4 table t{k};")
         routes = " ".join(f"route {p} unreachable;" for p in session_prefixes(k))
         lines.append(f"protocol static s{k} {{ ipv4 {{ table t{k}; }}; {routes} }}")
         lines.append(f"protocol bgp c{k} {{ local {session_addr(k)} as {4200000000 + k}; neighbor {session_local(k)} as 65000; "
-                     f"{FEED_TIMERS} {hold_conf(hold_s)}ipv4 {{ table t{k}; import none; export all; }}; }}")
+                     f"{FEED_TIMERS} {hold_conf(hold_s)}{'passive on; ' if passive else ''}"
+                     f"ipv4 {{ table t{k}; import none; export all; }}; }}")
     return "\n".join(lines) + "\n"
 
 
@@ -685,9 +690,10 @@ def neighbour_table_for(entries: int, keep: bool) -> Iterator[None]:
 
 def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, processes: str,
                  timeout_s: float, soak_s: float, soak_poll_s: float = 1.0,
-                 exabgp_env: dict[str, str] | None = None, hold_s: int | None = None) -> dict[str, Any]:
+                 exabgp_env: dict[str, str] | None = None, hold_s: int | None = None,
+                 feeder_passive: bool = False) -> dict[str, Any]:
     total = sum(len(session_prefixes(k)) for k in range(sessions))
-    feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions, hold_s))
+    feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions, hold_s, feeder_passive))
     log(f"feeder: {sessions} sessions, {total:,} prefixes; PoP {pop_kind}")
     feeder.start()
     pop_r: PopRouter | None = None
@@ -856,6 +862,8 @@ def main() -> int:
                     help="sessions case: seconds between the soak's session counts (each is an API or birdc call)")
     ap.add_argument("--hold-time", type=int, default=None,
                     help="sessions case: hold time of every session, both sides (default: pop-router 90 s, BIRD 240 s)")
+    ap.add_argument("--feeder-passive", action="store_true",
+                    help="sessions case: the feeder BIRD only accepts (no connect race with the PoP)")
     ap.add_argument("--exabgp-env", default="",
                     help="sessions case: extra ExaBGP settings KEY=VALUE,... (pop.yaml exabgp.env), for sweeps")
     ap.add_argument("--table-timeout", type=float, default=900.0)
@@ -942,6 +950,8 @@ def main() -> int:
                 result["exabgp_env"] = exabgp_env
             if args.hold_time:
                 result["hold_time_s"] = args.hold_time
+            if args.feeder_passive:
+                result["feeder_passive"] = True
             print("\n### customer sessions (10-50 prefixes each)\n")
             print("| PoP | sessions | prefixes | all Established s | converged s | dropped in soak | soak s | idle CPU % of a core | processes: VmHWM MB |")
             print("|---|---|---|---|---|---|---|---|---|")
@@ -950,7 +960,8 @@ def main() -> int:
                 for kind in kinds:
                     with neighbour_table_for(2 * count, args.keep_neigh_limits), lab_for(work, "sessions", count) as lab:
                         r = run_sessions(lab, count, kind, interpreters[0], args.processes,
-                                         args.converge_timeout, args.soak, args.soak_poll, exabgp_env, args.hold_time)
+                                         args.converge_timeout, args.soak, args.soak_poll, exabgp_env, args.hold_time,
+                                         args.feeder_passive)
                     procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
                     print(f"| {kind} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "
                           f"{r['dropped_in_soak']} (min up {r['min_established_in_soak']}) | {r['soak_s']:.0f} | "
