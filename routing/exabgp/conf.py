@@ -39,12 +39,14 @@ all; only the reactor's timer work waits for the timeout: sending a keepalive (E
 count whole seconds anyway), seeing that an outgoing connect completed (it polls for input only)
 and accepting a passive peer's connection. Idle, the 10 ms default is 100 passes a second over
 every session: ~25 % of a core with 200 sessions on PyPy, ~37 % on CPython (measured 2026-12-01).
-So the timeout is ``exabgp.reactor_poll_s`` (default 0.25 s: ~5 %; 0.5 s and 1 s measured the same),
-and never more than a tenth of the shortest configured hold time — a keepalive is then at most that
-much late (with hold 3 s and keepalives every second, a gap of at most ~2.3 s, ExaBGP's whole-second
-timers included). What remains idle is the passes woken by the peers' own keepalives (N sessions /
-(hold / 3) per second, each walking all N sessions), which no setting changes. ``exabgp.env`` still
-overrides it.
+So the timeout is ``exabgp.reactor_poll_s``, and never more than a tenth of the shortest configured
+hold time — a keepalive is then at most that much late (with hold 3 s and keepalives every second, a
+gap of at most ~2.3 s, ExaBGP's whole-second timers included). The default, 0.1 s, costs ~8 % of a
+core idle with 200 sessions; 0.25 s cost ~5.5 % but 1,000 sessions took ~1.5x as long to come up
+(21-43 s against 14-29 s): the session set-up steps that wait for the timeout (a connect completing)
+come once per session, and a start-up with many sessions is made of them. What remains idle is the
+passes woken by the peers' own keepalives (N sessions / (hold / 3) per second, each walking all N
+sessions), which no setting changes. ``exabgp.env`` still overrides it.
 """
 
 from __future__ import annotations
