@@ -29,7 +29,12 @@ Cases (``--cases``, comma-separated; default ``1m,3peers,sessions``):
   is Established and the FIB holds every prefix (bounded by ``--converge-timeout``, default 150 s),
   then ``--soak`` seconds (default 60) in which dropped sessions are counted and the CPU of every PoP
   process is measured (idle: nothing changes). BIRD-as-PoP does the same. ~6 min for 200 and 1,000
-  with ``--soak 30`` (1,000 on pop-router runs into the timeout).
+  with ``--soak 30`` (1,000 on pop-router runs into the timeout). Reported per process too
+  (``idle_cpu_pct_N_by_process``), with the PoP's keepalive gaps on the wire during the soak
+  (``keepalive_gaps_s``). The soak should span the keepalive interval (hold / 3; 30 s by default):
+  keepalives arrive in a burst per interval, and each wakes ExaBGP for a pass over every session.
+  ``--soak-poll`` (the soak's API calls cost the daemon ~1 % at 1 s), ``--hold-time``,
+  ``--feeder-passive`` (no connect race with BIRD's error wait) and ``--exabgp-env K=V,...`` (sweeps).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases 1m --prefixes 100000
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases sessions --sessions 200 --soak 30
