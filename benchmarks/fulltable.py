@@ -29,7 +29,12 @@ Cases (``--cases``, comma-separated; default ``1m,3peers,sessions``):
   is Established and the FIB holds every prefix (bounded by ``--converge-timeout``, default 150 s),
   then ``--soak`` seconds (default 60) in which dropped sessions are counted and the CPU of every PoP
   process is measured (idle: nothing changes). BIRD-as-PoP does the same. ~6 min for 200 and 1,000
-  with ``--soak 30`` (1,000 on pop-router runs into the timeout).
+  with ``--soak 30`` (1,000 on pop-router runs into the timeout). Reported per process too
+  (``idle_cpu_pct_N_by_process``), with the PoP's keepalive gaps on the wire during the soak
+  (``keepalive_gaps_s``). The soak should span the keepalive interval (hold / 3; 30 s by default):
+  keepalives arrive in a burst per interval, and each wakes ExaBGP for a pass over every session.
+  ``--soak-poll`` (the soak's API calls cost the daemon ~1 % at 1 s), ``--hold-time``,
+  ``--feeder-passive`` (no connect race with BIRD's error wait) and ``--exabgp-env K=V,...`` (sweeps).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases 1m --prefixes 100000
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases sessions --sessions 200 --soak 30
@@ -231,6 +236,14 @@ class Sampler:
         self.sample()
         return sum(ps.cpu_s for ps in self.procs.values())
 
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far of each role (a window's per-process cost is the difference of two)."""
+        self.sample()
+        out: dict[str, float] = {}
+        for ps in self.procs.values():
+            out[ps.role] = out.get(ps.role, 0.0) + ps.cpu_s
+        return out
+
     def pid_of(self, role: str) -> int | None:
         self.sample()
         return next((p for p, s in self.procs.items() if s.role == role), None)
@@ -362,24 +375,34 @@ def bird_pop_table_conf(peers: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def feeder_sessions_conf(sessions: int) -> str:
+def hold_conf(hold_s: int | None) -> str:
+    """BIRD's hold and keepalive timers for ``--hold-time`` (keepalive hold / 3, as RFC 4271 suggests)."""
+    return "" if hold_s is None else f"hold time {hold_s}; keepalive time {max(1, hold_s // 3)}; "
+
+
+def feeder_sessions_conf(sessions: int, hold_s: int | None = None, passive: bool = False) -> str:
+    """``passive``: the feeder never connects out. Otherwise its attempts to the PoP's closed port 179
+    (ExaBGP connects out and does not listen) put each protocol in BIRD's error wait (1-5 s), during
+    which it refuses ExaBGP's connection too: the convergence time then varies with that race
+    (7-41 s for 200 sessions, 2026-12-01)."""
     lines = ["router id 10.255.0.2;", "protocol device {}"]
     for k in range(sessions):
         lines.append(f"ipv4 table t{k};")
         routes = " ".join(f"route {p} unreachable;" for p in session_prefixes(k))
         lines.append(f"protocol static s{k} {{ ipv4 {{ table t{k}; }}; {routes} }}")
         lines.append(f"protocol bgp c{k} {{ local {session_addr(k)} as {4200000000 + k}; neighbor {session_local(k)} as 65000; "
-                     f"{FEED_TIMERS} ipv4 {{ table t{k}; import none; export all; }}; }}")
+                     f"{FEED_TIMERS} {hold_conf(hold_s)}{'passive on; ' if passive else ''}"
+                     f"ipv4 {{ table t{k}; import none; export all; }}; }}")
     return "\n".join(lines) + "\n"
 
 
-def bird_pop_sessions_conf(sessions: int) -> str:
+def bird_pop_sessions_conf(sessions: int, hold_s: int | None = None) -> str:
     lines = ["router id 10.255.0.1;", "protocol device {}",
              "protocol kernel k4 { ipv4 { import none; export all; }; }"]
     for k in range(sessions):
         _, block = session_block(k)
         lines.append(f"protocol bgp c{k} {{ local {session_local(k)} as 65000; neighbor {session_addr(k)} as {4200000000 + k}; "
-                     f"{FEED_TIMERS} ipv4 {{ import where net ~ [ {block}{{18,24}} ]; export none; }}; }}")
+                     f"{FEED_TIMERS} {hold_conf(hold_s)}ipv4 {{ import where net ~ [ {block}{{18,24}} ]; export none; }}; }}")
     return "\n".join(lines) + "\n"
 
 
@@ -397,12 +420,15 @@ class Customer:
     max_prefixes: int
 
 
-def pop_yaml(work: Path, customers: list[Customer], interpreter: str, processes: str) -> str:
-    out = ["router: {asn: 65000, router_id: 192.0.2.1}",
+def pop_yaml(work: Path, customers: list[Customer], interpreter: str, processes: str,
+             exabgp_env: dict[str, str] | None = None, hold_s: int | None = None) -> str:
+    env = f", env: {json.dumps(exabgp_env)}" if exabgp_env else ""
+    hold = f", hold_time_s: {hold_s}" if hold_s else ""
+    out = [f"router: {{asn: 65000, router_id: 192.0.2.1{hold}}}",
            f"api: {{socket: {work / 'api.sock'}}}",
            "metrics: {listen: 127.0.0.1:19324}",
            "fib: {protocol: 200, stale_timeout_s: 600}",
-           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}}}",
+           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}{env}}}",
            "log_level: WARNING",
            "customers:"]
     for c in customers:
@@ -668,9 +694,11 @@ def neighbour_table_for(entries: int, keep: bool) -> Iterator[None]:
 
 
 def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, processes: str,
-                 timeout_s: float, soak_s: float) -> dict[str, Any]:
+                 timeout_s: float, soak_s: float, soak_poll_s: float = 1.0,
+                 exabgp_env: dict[str, str] | None = None, hold_s: int | None = None,
+                 feeder_passive: bool = False) -> dict[str, Any]:
     total = sum(len(session_prefixes(k)) for k in range(sessions))
-    feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions))
+    feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions, hold_s, feeder_passive))
     log(f"feeder: {sessions} sessions, {total:,} prefixes; PoP {pop_kind}")
     feeder.start()
     pop_r: PopRouter | None = None
@@ -679,11 +707,11 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
     if pop_kind == "pop-router":
         customers = [Customer(f"c{k}", 4200000000 + k, [f"{session_block(k)[1]} le 24"], session_addr(k),
                               session_local(k), 100) for k in range(sessions)]
-        pop_r = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes))
+        pop_r = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes, exabgp_env, hold_s))
         root = pop_r.start()
         pop_r.wait_api()
     else:
-        pop_b = Bird(lab.pop, lab.work, "birdpop", bird_pop_sessions_conf(sessions))
+        pop_b = Bird(lab.pop, lab.work, "birdpop", bird_pop_sessions_conf(sessions, hold_s))
         pop_b.start()
         assert pop_b.pid is not None
         root = pop_b.pid
@@ -721,13 +749,17 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
             # Soak: sessions that drop, and the CPU of every PoP process while nothing changes.
             est0, _, drops0 = state()
             downs_bird = 0
-            cpu0, w0 = smp.cpu_total(), time.monotonic()
+            kas = KeepaliveCapture(lab.pop, lab.work / f"ka-{pop_kind}-{sessions}.txt")
+            role0 = smp.cpu_by_role()
+            cpu0, w0 = sum(role0.values()), time.monotonic()
             min_est = est0
             while time.monotonic() < w0 + soak_s:
-                time.sleep(1.0)  # poll: counting drops through the window
+                time.sleep(soak_poll_s)  # poll: counting drops through the window
                 e, _, _ = state()
                 min_est = min(min_est, e)
-            cpu1, w1 = smp.cpu_total(), time.monotonic()
+            role1 = smp.cpu_by_role()
+            cpu1, w1 = sum(role1.values()), time.monotonic()
+            ka_gaps = kas.stop()
             est1, fib1, drops1 = state()
             if pop_b is not None:
                 # BIRD: a session that went down and came back shows a recent "since"; count those not up,
@@ -741,7 +773,9 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
                 "soak_s": soak_s, "established_soak_start": est0, "established_soak_end": est1,
                 "min_established_in_soak": min_est, "dropped_in_soak": dropped,
                 "idle_cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
-                "procs": smp.by_role(), "fib_end": fib1}
+                "idle_cpu_pct_by_process": {r: round(100 * (role1[r] - role0.get(r, 0.0)) / (w1 - w0), 2)
+                                            for r in sorted(role1)},
+                "procs": smp.by_role(), "fib_end": fib1, "keepalive_gaps_s": ka_gaps}
     finally:
         if pop_r is not None:
             pop_r.stop()
@@ -750,6 +784,52 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
         feeder.stop()
         sh("ip", "-n", lab.pop, "route", "flush", "proto", str(POP_PROTO), check=False)
         sh("ip", "-n", lab.pop, "route", "flush", "proto", "bird", check=False)
+
+
+class KeepaliveCapture:
+    """The PoP's keepalives on the wire during the soak: the longest gap between two a session sent.
+
+    Why: a slower reactor (``exabgp.reactor_poll_s``) must not make keepalives late. tcpdump in the
+    pop namespace captures outgoing TCP segments whose payload is exactly one 19-byte BGP message
+    (a KEEPALIVE; an UPDATE is longer), timestamps per (source, destination).
+    """
+
+    FILTER = "tcp port 179 and (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) == 19"
+
+    def __init__(self, ns: str, out: Path) -> None:
+        self.out = out
+        self.f = open(out, "w")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "v0", "-Q", "out", "-nn", "-tt", "-q",
+                                      "-l", self.FILTER], stdout=self.f, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> dict[str, Any]:
+        """max / 99th percentile of the gaps, the keepalive count and how many sessions sent two or more."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.f.close()
+        last: dict[str, float] = {}
+        gaps: list[float] = []
+        flows_with_gap: set[str] = set()
+        count = 0
+        for line in self.out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 5 or parts[1] != "IP":
+                continue
+            count += 1
+            t, flow = float(parts[0]), parts[2] + ">" + parts[4]
+            if flow in last:
+                gaps.append(t - last[flow])
+                flows_with_gap.add(flow)
+            last[flow] = t
+        gaps.sort()
+        return {"keepalives": count, "sessions_with_2": len(flows_with_gap),
+                "max": round(gaps[-1], 3) if gaps else None,
+                "p99": round(gaps[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
+                "median": round(gaps[len(gaps) // 2], 3) if gaps else None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -783,11 +863,20 @@ def main() -> int:
     ap.add_argument("--sessions", default="200,1000")
     ap.add_argument("--converge-timeout", type=float, default=150.0, help="sessions case: seconds to converge")
     ap.add_argument("--soak", type=float, default=60.0, help="sessions case: seconds watched after convergence")
+    ap.add_argument("--soak-poll", type=float, default=1.0,
+                    help="sessions case: seconds between the soak's session counts (each is an API or birdc call)")
+    ap.add_argument("--hold-time", type=int, default=None,
+                    help="sessions case: hold time of every session, both sides (default: pop-router 90 s, BIRD 240 s)")
+    ap.add_argument("--feeder-passive", action="store_true",
+                    help="sessions case: the feeder BIRD only accepts (no connect race with the PoP)")
+    ap.add_argument("--exabgp-env", default="",
+                    help="sessions case: extra ExaBGP settings KEY=VALUE,... (pop.yaml exabgp.env), for sweeps")
     ap.add_argument("--table-timeout", type=float, default=900.0)
     ap.add_argument("--no-bird", action="store_true", help="skip BIRD-as-PoP (profiling runs)")
     ap.add_argument("--pyspy", type=Path, default=None, help="record py-spy profiles into this directory")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
+    exabgp_env = dict(kv.split("=", 1) for kv in args.exabgp_env.split(",") if kv)
     interpreters = args.interpreters.split(",")
     n = args.prefixes
     result: dict[str, Any] = {"load_start": loadavg()}
@@ -862,6 +951,12 @@ def main() -> int:
             result.update({"packed_n": args.packed_prefixes, "packed_exabgp_alone_s": round(alone, 2),
                            "packed_pop_s": round(pipe, 2), "packed_ratio": round(pipe / alone, 2)})
         if "sessions" in cases:
+            if exabgp_env:
+                result["exabgp_env"] = exabgp_env
+            if args.hold_time:
+                result["hold_time_s"] = args.hold_time
+            if args.feeder_passive:
+                result["feeder_passive"] = True
             print("\n### customer sessions (10-50 prefixes each)\n")
             print("| PoP | sessions | prefixes | all Established s | converged s | dropped in soak | soak s | idle CPU % of a core | processes: VmHWM MB |")
             print("|---|---|---|---|---|---|---|---|---|")
@@ -870,7 +965,8 @@ def main() -> int:
                 for kind in kinds:
                     with neighbour_table_for(2 * count, args.keep_neigh_limits), lab_for(work, "sessions", count) as lab:
                         r = run_sessions(lab, count, kind, interpreters[0], args.processes,
-                                         args.converge_timeout, args.soak)
+                                         args.converge_timeout, args.soak, args.soak_poll, exabgp_env, args.hold_time,
+                                         args.feeder_passive)
                     procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
                     print(f"| {kind} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "
                           f"{r['dropped_in_soak']} (min up {r['min_established_in_soak']}) | {r['soak_s']:.0f} | "
@@ -881,7 +977,10 @@ def main() -> int:
                     result[f"{tag}sessions_{count}_dropped"] = r["dropped_in_soak"]
                     result[f"{tag}sessions_{count}_up_at_timeout"] = r["established_at_timeout"]
                     result[f"{tag}idle_cpu_pct_{count}"] = r["idle_cpu_pct"]
+                    result[f"{tag}idle_cpu_pct_{count}_by_process"] = r["idle_cpu_pct_by_process"]
+                    log(f"{kind} {count}: idle CPU by process (% of a core) {r['idle_cpu_pct_by_process']}")
                     result[f"{tag}sessions_{count}_procs"] = r["procs"]
+                    result[f"{tag}sessions_{count}_keepalive_gaps_s"] = r["keepalive_gaps_s"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["load_end"] = loadavg()

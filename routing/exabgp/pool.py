@@ -2,12 +2,13 @@
 
 Theory of operation
 -------------------
-One ExaBGP process does not scale to many sessions: its reactor walks every peer on each 10 ms pass,
-200 idle sessions cost ~19 % of a core, and with 1,000 sessions in one process they never all reach
-Established (hold timers expire on peers that are sending keepalives; measured, see
-``/work/shared/notes/exabgp.md``). It is also one failure domain: a crash flaps every customer. So
-customers are spread over ``exabgp.processes`` supervised processes, each with its own generated
-configuration and relay socket.
+One ExaBGP process does not scale to many sessions: its reactor walks every peer on each pass — at
+least every ``exabgp.reactor_poll_s`` (ExaBGP's own default: 10 ms, when 200 idle sessions cost
+~25 % of a core; ``routing/exabgp/conf.py``) and on every keepalive received — and with 1,000
+sessions in one process they once never all reached Established (hold timers expired on peers that
+were sending keepalives; measured, see ``/work/shared/notes/exabgp.md``). It is also one failure
+domain: a crash flaps every customer. So customers are spread over ``exabgp.processes`` supervised
+processes, each with its own generated configuration and relay socket.
 
 - **Size** (:func:`process_count`): an integer is taken as given; ``auto`` is
   ``max(1, min(4, cpus - 1))`` — one CPU is left to the daemon's own loop and FIB writer, and more

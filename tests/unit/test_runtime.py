@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import gc
 
-from routing.runtime import _GcTimer, gc_pacer
+import pytest
+
+from routing.runtime import LAG_IDLE_S, LAG_QUIET_SAMPLES, LagPacer, _GcTimer, gc_pacer
 
 
 class _Gauge:
@@ -54,3 +56,24 @@ async def test_pacer_freezes_each_interval_and_counts_only_every_count_interval(
     # It froze (objects freed by reference counting leave the frozen set, so later counts may drop).
     assert m.gc_frozen_objects.values[0] > frozen_before and frozen_after > frozen_before
     assert garbage_free
+
+
+# --- LagPacer: the loop-lag sampler parks while the daemon is idle ------------------------------
+
+def test_parks_only_after_enough_quiet_samples() -> None:
+    p = LagPacer()
+    assert [p.after_sample(0.0, False) for _ in range(LAG_QUIET_SAMPLES)] == [False] * (LAG_QUIET_SAMPLES - 1) + [True]
+    assert p.after_sample(0.0, False)  # still idle: park again after the single sample that ended the park
+
+
+@pytest.mark.parametrize(("lag_s", "worked"), [(0.0, True), (LAG_IDLE_S, False), (0.2, True)])
+def test_work_or_lag_keeps_sampling_and_restarts_the_quiet_count(lag_s: float, worked: bool) -> None:
+    p = LagPacer(quiet_samples=3)
+    assert [p.after_sample(0.0, False) for _ in range(3)] == [False, False, True]
+    assert not p.after_sample(lag_s, worked)
+    assert [p.after_sample(0.0, False) for _ in range(3)] == [False, False, True]
+
+
+def test_an_ingest_never_parks() -> None:
+    p = LagPacer(quiet_samples=2)
+    assert not any(p.after_sample(0.001 * (i % 3), True) for i in range(1000))
