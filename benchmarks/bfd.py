@@ -209,7 +209,7 @@ def detect_bench(work: Path, cuts: int) -> dict[str, Any]:
         sh("ip", "-n", P, "addr", "add", "10.9.2.1/24", "dev", "pf")
         sh("ip", "-n", F, "addr", "add", "10.9.2.2/24", "dev", "f0")
         # BIRD, BFD only.
-        (work / "bird.conf").write_text('router id 10.9.1.2;\nprotocol device {}\nprotocol bfd {\n'
+        (work / "bird.conf").write_text(f'log "{work}/bird.log" all;\n' 'router id 10.9.1.2;\nprotocol device {}\nprotocol bfd {\n'
                                         '  interface "b0" { min rx interval 10 ms; min tx interval 10 ms; multiplier 3; };\n'
                                         '  neighbor 10.9.1.1 dev "b0";\n}\n')
         nsx(B, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P", str(work / "bird.pid"))
@@ -295,12 +295,12 @@ def soak_bench(work: Path, n: int, interval_ms: int, soak_s: float, prefixes: in
         # BIRD #1: BFD only (its CPU per packet is measured); BIRD #2: the BGP feed.
         neigh = "\n".join(f'  neighbor {p_addr} dev "v1" local {b_addr};' for p_addr, b_addr in pairs)
         (work / "bird-bfd.conf").write_text(
-            f'router id 10.10.1.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
+            f'log "{work}/bird-bfd.log" all;\nrouter id 10.10.1.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
             f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n')
         routes = "\n".join(f"  route {20 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24 unreachable;"
                            for i in range(prefixes))
         (work / "bird-bgp.conf").write_text(
-            f"router id 10.10.2.2;\nprotocol device {{}}\nprotocol static s4 {{ ipv4;\n{routes}\n}}\n"
+            f'log "{work}/bird-bgp.log" all;\n' f"router id 10.10.2.2;\nprotocol device {{}}\nprotocol static s4 {{ ipv4;\n{routes}\n}}\n"
             "protocol bgp feed { disabled; local 10.10.2.2 as 64512; neighbor 10.10.2.1 as 65000;\n"
             "  ipv4 { import none; export where source = RTS_STATIC; }; }\n")
         for name in ("bird-bfd", "bird-bgp"):
@@ -417,7 +417,7 @@ def cpu_bench(work: Path, n: int, interval_ms: int, seconds: float, code: Path,
         sh("ip", "-n", B, "-batch", str(work / "b.batch"))
         neigh = "\n".join(f'  neighbor {a} dev "v1" local {b};' for a, b in pairs)
         (work / "bird.conf").write_text(
-            f'router id 10.12.0.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
+            f'log "{work}/bird.log" all;\nrouter id 10.12.0.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
             f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n')
         nsx(B, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P", str(pidf))
         bird_pid = int(pidf.read_text())

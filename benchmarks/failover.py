@@ -461,7 +461,7 @@ def build(tag: str, work: Path) -> dict[str, str]:
     for k in ("all", "default", "c1", "c2", "lo"):
         sh("ip", "netns", "exec", C, "sysctl", "-qw", f"net.ipv4.conf.{k}.rp_filter=0")
     (work / "bird.conf").write_text(
-        'router id 10.1.1.2;\nprotocol device {}\nprotocol bfd {\n'
+        f'log "{work}/bird.log" all;\n' 'router id 10.1.1.2;\nprotocol device {}\nprotocol bfd {\n'
         '  interface "c*" { min rx interval 10 ms; min tx interval 10 ms; multiplier 3; };\n'
         '  neighbor 10.1.1.1 dev "c1";\n  neighbor 10.1.2.1 dev "c2";\n}\n')
     sh("ip", "netns", "exec", C, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P",

@@ -319,7 +319,7 @@ class Bird:
         self.ctl = work / f"{name}.ctl"
         self.conf = work / f"{name}.conf"
         self.pidfile = work / f"{name}.pid"
-        self.conf.write_text(conf)
+        self.conf.write_text(f'log "{work / name}.log" all;\n' + conf)  # a log file, never syslog: without a syslog daemon BIRD writes to the serial console (see labs/failover_lab.py)
         self.pid: int | None = None
 
     def start(self) -> None:

@@ -100,7 +100,8 @@ class Bench:
             sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        (self.work / "bird.conf").write_text(bird_conf(self.n, self.unique))
+        (self.work / "bird.conf").write_text(f'log "{self.work / "bird.log"}" all;\n'
+                                             + bird_conf(self.n, self.unique))  # a log file, never syslog: without a syslog daemon BIRD writes to the serial console (see labs/failover_lab.py)
         sh("ip", "netns", "exec", self.b, "bird", "-c", str(self.work / "bird.conf"), "-s",
            str(self.work / "bird.ctl"), "-P", str(self.work / "bird.pid"))
         self.bird = int((self.work / "bird.pid").read_text())

@@ -15,14 +15,15 @@ Namespaces (``<prefix><role>``, the prefix unique per run, all deleted in :meth:
                                           --p4------------------- G:g0   globex        10.1.4.0/24
                                           --p5------------------- K:k0   soak customers 10.60.0.0/16
 
-- **acme** (BIRD, ``SCHED_FIFO``): BGP + BFD 10 ms x 3 on both links, announces 20.0.0.0/24 on
-  both, the backup with a longer AS_PATH; 20.0.0.1 is on its loopback, where the receiver listens.
-  Cutting the primary blocks B's port towards acme (``bridge link set dev bc state 0``): no
-  interface event anywhere, only missing packets.
-- **globex** (BIRD, ``SCHED_FIFO``): BGP + BFD 10 ms x 3, untouched: any Down of it is false.
+- **acme** (BIRD, ``SCHED_FIFO`` 8, below our BFD process: see ``FailoverLab._bird``): BGP + BFD
+  10 ms x 3 on both links, announces 20.0.0.0/24 on both, the backup with a longer AS_PATH;
+  20.0.0.1 is on its loopback, where the receiver listens. Cutting the primary blocks B's port
+  towards acme (``bridge link set dev bc state 0``): no interface event anywhere, only missing
+  packets.
+- **globex** (BIRD, ``SCHED_FIFO`` 8): BGP + BFD 10 ms x 3, untouched: any Down of it is false.
 - **feeder** (BIRD, normal priority: it is the load): ``prefixes`` /24s from 32.0.0.0 sharing one
   attribute set, its session configured ``disabled`` and enabled when an ingest starts.
-- **soak customers** (optional, one BIRD ``SCHED_FIFO`` for all): N customers, each one session
+- **soak customers** (optional, one BIRD ``SCHED_FIFO`` 8 for all): N customers, each one session
   with BGP + BFD 10 ms x 3 on the same session.
 - The PoP runs ``pop-router run`` (our BFD process ``SCHED_FIFO`` 10, real ExaBGP).
 
@@ -58,6 +59,12 @@ from typing import Any
 
 from common import cpus
 from routing.cli import api_call
+
+#: Our BFD process's SCHED_FIFO priority in this lab, the customers' routers' (below it) and the
+#: traffic sender's (below them).
+BFD_RT_PRIORITY = 10
+PEER_RT_PRIORITY = 8
+SENDER_RT_PRIORITY = 5
 
 ROOT = Path(__file__).resolve().parents[1]
 ACME_PREFIX = "20.0.0.0/24"
@@ -273,13 +280,22 @@ class FailoverLab:
 
     def _bird(self, role: str, name: str, conf: str, realtime: bool) -> None:
         path = self.work / f"{name}.conf"
-        path.write_text(conf)
+        # A log file, never syslog. This machine has no syslog daemon (no /dev/log), so BIRD's syslog()
+        # falls back to /dev/console, here a 16550 serial port: each line is written synchronously at
+        # 115,200 baud inside the kernel, with the CPU held. During a soak's Down storm the soak BIRD's
+        # log lines held the CPU it shares with our BFD process for 80-100 ms at a time (bpftrace:
+        # uart_write / n_tty_write under the waiting real-time tasks), and both sides went silent.
+        path.write_text(f'log "{self.work / name}.log" all;\n' + conf)
         pid = self.work / f"{name}.pid"
         cmd = ["bird", "-c", str(path), "-s", str(self.work / f"{name}.ctl"), "-P", str(pid)]
         if realtime:
             # Customers' routers are other machines: they must not stall, neither behind other work nor
             # behind the PoP's FIB writer thread (its CPU runs long kernel sections, common/cpus.py).
-            cmd = ["chrt", "-f", "10", *cmd]
+            # Nor may they delay our BFD process, which they could not do from another machine: at the
+            # same FIFO priority a BIRD thread that ran kept our BFD process waiting up to 144 ms on the
+            # shared CPU (bpftrace, RESULTS.md "failover", 2026-12-01), and the peer's Downs of us that
+            # followed were counted as ours. So they run just below it, above the traffic sender.
+            cmd = ["chrt", "-f", str(PEER_RT_PRIORITY), *cmd]
             _writer, control = cpus.plan("auto", "auto")
             if control:
                 cmd = ["taskset", "-c", ",".join(map(str, sorted(control))), *cmd]
@@ -389,7 +405,7 @@ metrics: {{listen: 127.0.0.1:19326}}
 exabgp: {{run_dir: {self.work}}}
 log_level: WARNING
 fib: {{protocol: 200}}
-bfd: {{enabled: true, tx_interval_ms: 10, rx_interval_ms: 10, multiplier: 3, realtime_priority: 10}}
+bfd: {{enabled: true, tx_interval_ms: 10, rx_interval_ms: 10, multiplier: 3, realtime_priority: {BFD_RT_PRIORITY}}}
 customers:
   - name: acme
     asn: 64512
@@ -521,8 +537,8 @@ customers:
         recv = subprocess.Popen(["ip", "netns", "exec", self.ns["a"], sys.executable, str(self.work / "recv.py"),
                                  str(out), str(duration_s + 5)])
         time.sleep(0.3)  # poll: the receiver binds before the first packet
-        send = subprocess.Popen(["ip", "netns", "exec", self.ns["s"], "chrt", "-f", "5", sys.executable,
-                                 str(self.work / "send.py"), ACME_ADDR, str(self.pps), str(duration_s)])
+        send = subprocess.Popen(["ip", "netns", "exec", self.ns["s"], "chrt", "-f", str(SENDER_RT_PRIORITY),
+                                 sys.executable, str(self.work / "send.py"), ACME_ADDR, str(self.pps), str(duration_s)])
         return Stream(self, out, [send, recv])
 
     def gap(self, arrivals: list[Arrival], t_cut: float, window_s: float = 10.0) -> GapReport:
