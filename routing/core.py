@@ -838,6 +838,15 @@ class RoutingCore:
         ps.bfd_state = "down"
         ps.gr_helping = False  # the path is gone: no stale routes over it
         ps.bfd_down_at = ev.at
+        if ps.state is not PeerState.ESTABLISHED:
+            # Nothing to tear down. A NOTIFICATION (Cease/10) to a session still opening only restarts
+            # the peer's error wait, and its next attempt re-creates its BFD session, whose first Down
+            # packet reads as a Down of ours again: after a storm, the 50-customer soak showed every
+            # session in that cycle, one round per ~11 s, for minutes (2026-12-01). A dead path fails
+            # the OPEN exchange on its own; strict mode keeps such a session's paths ineligible anyway.
+            if ps.bfd_strict:
+                self._eligible_job(ps.address, False)
+            return []
         ps.teardown_reason = f"BFD down ({ev.diag})"
         if ps.bfd_strict:
             self._eligible_job(ps.address, False)

@@ -134,6 +134,22 @@ def test_bfd_down_flushes_and_tears_down_with_cease_10() -> None:
     assert core.peers[A].bfd_down_at == 3.0
 
 
+def test_bfd_down_while_the_session_is_opening_sends_no_notification() -> None:
+    """A peer re-creating its BFD session while BGP reconnects must not be sent Cease/10 each time
+    (the cycle the soak showed after a storm); the Down is recorded all the same."""
+    core = make_core(bfd=True)
+    core.on_event(msg.StateEvent(A, A, "connected"), 1.0)
+    assert core.peers[A].state is PeerState.CONNECT
+    assert core.on_event(BfdDown(A, "neighbor_signaled_down", 1.2), 1.2) == []
+    ps = core.peers[A]
+    assert ps.bfd_state == "down" and ps.bfd_down_at == 1.2 and ps.teardown_reason == ""
+    # Once Established, a BFD Down tears the session down as before.
+    core.on_event(BfdUp(A), 1.5)
+    up(core, A)
+    acts = core.on_event(BfdDown(A, "control_detection_time_expired", 3.0), 3.0)
+    assert acts == [SendCommand(A, f"neighbor {A} teardown 10", "bfd_down")]
+
+
 def test_strict_bfd_gates_paths_without_losing_them() -> None:
     core = make_core(bfd=True, strict=True)
     up(core, A)
