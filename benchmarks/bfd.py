@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bfd.packet import DecodeError, Diag, State, decode  # noqa: E402
+from labs.bird import logging_to_file  # noqa: E402
 from routing.cli import api_call  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -209,9 +210,9 @@ def detect_bench(work: Path, cuts: int) -> dict[str, Any]:
         sh("ip", "-n", P, "addr", "add", "10.9.2.1/24", "dev", "pf")
         sh("ip", "-n", F, "addr", "add", "10.9.2.2/24", "dev", "f0")
         # BIRD, BFD only.
-        (work / "bird.conf").write_text(f'log "{work}/bird.log" all;\n' 'router id 10.9.1.2;\nprotocol device {}\nprotocol bfd {\n'
+        (work / "bird.conf").write_text(logging_to_file('router id 10.9.1.2;\nprotocol device {}\nprotocol bfd {\n'
                                         '  interface "b0" { min rx interval 10 ms; min tx interval 10 ms; multiplier 3; };\n'
-                                        '  neighbor 10.9.1.1 dev "b0";\n}\n')
+                                        '  neighbor 10.9.1.1 dev "b0";\n}\n', work / "bird.log"))
         nsx(B, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P", str(work / "bird.pid"))
         # FRR bfdd standalone.
         fdir = work / "frr"
@@ -294,15 +295,15 @@ def soak_bench(work: Path, n: int, interval_ms: int, soak_s: float, prefixes: in
                   (f"10.10.1.{i + 1}" if i < 254 else f"10.10.4.{i - 253}")) for i in range(n)]
         # BIRD #1: BFD only (its CPU per packet is measured); BIRD #2: the BGP feed.
         neigh = "\n".join(f'  neighbor {p_addr} dev "v1" local {b_addr};' for p_addr, b_addr in pairs)
-        (work / "bird-bfd.conf").write_text(
-            f'log "{work}/bird-bfd.log" all;\nrouter id 10.10.1.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
-            f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n')
+        (work / "bird-bfd.conf").write_text(logging_to_file(
+            f'router id 10.10.1.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
+            f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n', work / "bird-bfd.log"))
         routes = "\n".join(f"  route {20 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24 unreachable;"
                            for i in range(prefixes))
-        (work / "bird-bgp.conf").write_text(
-            f'log "{work}/bird-bgp.log" all;\n' f"router id 10.10.2.2;\nprotocol device {{}}\nprotocol static s4 {{ ipv4;\n{routes}\n}}\n"
+        (work / "bird-bgp.conf").write_text(logging_to_file(
+            f"router id 10.10.2.2;\nprotocol device {{}}\nprotocol static s4 {{ ipv4;\n{routes}\n}}\n"
             "protocol bgp feed { disabled; local 10.10.2.2 as 64512; neighbor 10.10.2.1 as 65000;\n"
-            "  ipv4 { import none; export where source = RTS_STATIC; }; }\n")
+            "  ipv4 { import none; export where source = RTS_STATIC; }; }\n", work / "bird-bgp.log"))
         for name in ("bird-bfd", "bird-bgp"):
             nsx(B, "bird", "-c", str(work / f"{name}.conf"), "-s", str(work / f"{name}.ctl"), "-P",
                 str(work / f"{name}.pid"))
@@ -416,9 +417,9 @@ def cpu_bench(work: Path, n: int, interval_ms: int, seconds: float, code: Path,
         sh("ip", "-n", P, "-batch", str(work / "p.batch"))
         sh("ip", "-n", B, "-batch", str(work / "b.batch"))
         neigh = "\n".join(f'  neighbor {a} dev "v1" local {b};' for a, b in pairs)
-        (work / "bird.conf").write_text(
-            f'log "{work}/bird.log" all;\nrouter id 10.12.0.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
-            f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n')
+        (work / "bird.conf").write_text(logging_to_file(
+            f'router id 10.12.0.1;\nprotocol device {{}}\nprotocol bfd {{\n  interface "v1" {{ min rx interval '
+            f'{interval_ms} ms; min tx interval {interval_ms} ms; multiplier 3; }};\n{neigh}\n}}\n', work / "bird.log"))
         nsx(B, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P", str(pidf))
         bird_pid = int(pidf.read_text())
         spec = {"tx_ms": interval_ms, "rx_ms": interval_ms, "mult": 3, "interface": "v0"}

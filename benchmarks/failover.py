@@ -66,6 +66,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from labs.bird import logging_to_file  # noqa: E402
 from labs.failover_lab import (  # noqa: E402
     ACME_BACKUP,
     ACME_PRIMARY,
@@ -460,10 +461,10 @@ def build(tag: str, work: Path) -> dict[str, str]:
     sh("ip", "netns", "exec", P, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     for k in ("all", "default", "c1", "c2", "lo"):
         sh("ip", "netns", "exec", C, "sysctl", "-qw", f"net.ipv4.conf.{k}.rp_filter=0")
-    (work / "bird.conf").write_text(
-        f'log "{work}/bird.log" all;\n' 'router id 10.1.1.2;\nprotocol device {}\nprotocol bfd {\n'
+    (work / "bird.conf").write_text(logging_to_file(
+        'router id 10.1.1.2;\nprotocol device {}\nprotocol bfd {\n'
         '  interface "c*" { min rx interval 10 ms; min tx interval 10 ms; multiplier 3; };\n'
-        '  neighbor 10.1.1.1 dev "c1";\n  neighbor 10.1.2.1 dev "c2";\n}\n')
+        '  neighbor 10.1.1.1 dev "c1";\n  neighbor 10.1.2.1 dev "c2";\n}\n', work / "bird.log"))
     sh("ip", "netns", "exec", C, "bird", "-c", str(work / "bird.conf"), "-s", str(work / "bird.ctl"), "-P",
        str(work / "bird.pid"))
     return ns

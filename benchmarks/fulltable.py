@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.netns import netns  # noqa: E402
 from fib.netlink import RouteSocket  # noqa: E402
+from labs.bird import logging_to_file  # noqa: E402
 from routing.cli import api_call  # noqa: E402
 
 POP_PROTO = 200
@@ -319,7 +320,7 @@ class Bird:
         self.ctl = work / f"{name}.ctl"
         self.conf = work / f"{name}.conf"
         self.pidfile = work / f"{name}.pid"
-        self.conf.write_text(f'log "{work / name}.log" all;\n' + conf)  # a log file, never syslog: without a syslog daemon BIRD writes to the serial console (see labs/failover_lab.py)
+        self.conf.write_text(logging_to_file(conf, work / f"{name}.log"))  # never syslog: see labs/bird.py
         self.pid: int | None = None
 
     def start(self) -> None:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.netns import netns  # noqa: E402
 from fib.netlink import RouteSocket  # noqa: E402
+from labs.bird import logging_to_file  # noqa: E402
 from routing.cli import api_call  # noqa: E402
 
 SINK = r'''
@@ -100,8 +101,8 @@ class Bench:
             sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        (self.work / "bird.conf").write_text(f'log "{self.work / "bird.log"}" all;\n'
-                                             + bird_conf(self.n, self.unique))  # a log file, never syslog: without a syslog daemon BIRD writes to the serial console (see labs/failover_lab.py)
+        (self.work / "bird.conf").write_text(  # never syslog: see labs/bird.py
+            logging_to_file(bird_conf(self.n, self.unique), self.work / "bird.log"))
         sh("ip", "netns", "exec", self.b, "bird", "-c", str(self.work / "bird.conf"), "-s",
            str(self.work / "bird.ctl"), "-P", str(self.work / "bird.pid"))
         self.bird = int((self.work / "bird.pid").read_text())

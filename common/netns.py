@@ -44,19 +44,3 @@ def netns(name: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(own)
-
-
-def outside_loop(fn, *args):  # type: ignore[no-untyped-def]
-    """Call ``fn`` in a worker thread if this thread runs an event loop, else directly.
-
-    pyroute2's synchronous IPRoute drives its own event loop and fails inside a running one.
-    """
-    import asyncio
-    import concurrent.futures
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn(*args)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(fn, *args).result()

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from common import cpus
+from labs.bird import logging_to_file
 from routing.cli import api_call
 
 #: Our BFD process's SCHED_FIFO priority in this lab, the customers' routers' (below it) and the
@@ -280,12 +281,7 @@ class FailoverLab:
 
     def _bird(self, role: str, name: str, conf: str, realtime: bool) -> None:
         path = self.work / f"{name}.conf"
-        # A log file, never syslog. This machine has no syslog daemon (no /dev/log), so BIRD's syslog()
-        # falls back to /dev/console, here a 16550 serial port: each line is written synchronously at
-        # 115,200 baud inside the kernel, with the CPU held. During a soak's Down storm the soak BIRD's
-        # log lines held the CPU it shares with our BFD process for 80-100 ms at a time (bpftrace:
-        # uart_write / n_tty_write under the waiting real-time tasks), and both sides went silent.
-        path.write_text(f'log "{self.work / name}.log" all;\n' + conf)
+        path.write_text(logging_to_file(conf, self.work / f"{name}.log"))  # never syslog: see labs/bird.py
         pid = self.work / f"{name}.pid"
         cmd = ["bird", "-c", str(path), "-s", str(self.work / f"{name}.ctl"), "-P", str(pid)]
         if realtime:
