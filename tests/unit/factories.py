@@ -1,12 +1,15 @@
-"""Builders for paths and policies used across unit tests."""
+"""Builders for paths, policies and routing cores used across unit tests."""
 
 from __future__ import annotations
 
 import ipaddress
 
 from common.model import Attributes, Origin, Path, Peer
-from routing.config import parse_config
+from routing.config import Config, parse_config
+from routing.core import PeerStatus, RoutingCore
+from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy
+from routing.rib import Rib
 
 CONFIG = {
     "router": {"asn": 65000, "router_id": "192.0.2.1", "announce": ["192.0.2.0/24", "2001:db8:ffff::/48"]},
@@ -48,3 +51,35 @@ def path(prefix: str = "203.0.113.0/24", *, p: Peer | None = None, nexthop: str 
         Attributes(origin=origin, as_path=as_path if as_path is not None else (p.asn,), med=med),
         local_pref,
     )
+
+
+def customer_sessions(c: Config, rib: Rib, *, limits: bool = True, max_prefixes: int | None = None,
+                      bfd: bool = False, strict: bool = False,
+                      speakers: dict[str, int] | None = None) -> dict[ipaddress.IPv4Address, PeerStatus]:
+    """Add every IPv4 customer session of ``c`` to ``rib`` and return their core statuses. The receive
+    limit is the customer's (``max_prefixes`` overrides it; ``limits=False``: none)."""
+    peers = {}
+    for customer, pc in c.peers():
+        if pc.address.version != 4:
+            continue
+        limit = (customer.import_.max_prefixes if max_prefixes is None else max_prefixes) if limits else None
+        rib.add_peer(pc.address, ImportPolicy(c.router, customer), limit)
+        peers[pc.address] = PeerStatus(pc.address, pc.local_address, customer.name, "ipv4",
+                                       Peer(pc.address, customer.name, customer.asn, 65000),
+                                       bfd=bfd, bfd_strict=strict,
+                                       speaker=(speakers or {}).get(customer.name, 0))
+    return peers
+
+
+def session_up(core: RoutingCore, addr: ipaddress.IPv4Address, now: float = 1.0) -> list:
+    """ExaBGP's connected + up for ``addr``; the core's actions."""
+    return core.on_event(msg.StateEvent(addr, addr, "connected"), now) + \
+        core.on_event(msg.StateEvent(addr, addr, "up"), now)
+
+
+def drain(core: RoutingCore, budget: int = 2000) -> list:
+    """Run the core's jobs to the end; every action they returned."""
+    out = []
+    while core.busy:
+        out += core.work(budget)
+    return out

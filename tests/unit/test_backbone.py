@@ -35,7 +35,7 @@ from routing.core import (
 from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy, Rejection
 from routing.rib import Rib
-from tests.unit.factories import CONFIG, path, peer
+from tests.unit.factories import CONFIG, customer_sessions, drain, path, peer, session_up
 
 RR = ipaddress.ip_address("10.9.0.1")
 RR6 = ipaddress.ip_address("2001:db8:9::1")
@@ -157,22 +157,14 @@ def make_core(install: bool = False) -> RoutingCore:
     c = parse_config({**CONFIG, "backbone": {"peers": [{"address": "10.9.0.1", "local_address": "10.9.0.2"}],
                                              "install": install}})
     rib = Rib()
-    peers = {}
-    for customer, pc in c.peers():
-        if pc.address.version != 4:
-            continue
-        rib.add_peer(pc.address, ImportPolicy(c.router, customer), None)
-        peers[pc.address] = PeerStatus(pc.address, pc.local_address, customer.name, "ipv4",
-                                       Peer(pc.address, customer.name, customer.asn, 65000))
+    peers = customer_sessions(c, rib, limits=False)
     rib.add_peer(RR, BackboneImportPolicy(c.router), None)  # type: ignore[arg-type]
     peers[RR] = PeerStatus(RR, ipaddress.ip_address("10.9.0.2"), "backbone", "ipv4", Peer(RR, "backbone", 65000, 65000),
                            backbone=True)
     return RoutingCore(rib, peers, stale_timeout_s=120.0, backbone_install=install)
 
 
-def up(core: RoutingCore, addr: ipaddress.IPv4Address, now: float = 1.0) -> list:
-    return core.on_event(msg.StateEvent(addr, addr, "connected"), now) + \
-        core.on_event(msg.StateEvent(addr, addr, "up"), now)
+up = session_up
 
 
 def update(core: RoutingCore, addr: ipaddress.IPv4Address, *prefixes: str, withdraw: tuple[str, ...] = (),
@@ -180,13 +172,6 @@ def update(core: RoutingCore, addr: ipaddress.IPv4Address, *prefixes: str, withd
     nh = ipaddress.ip_address(nexthop) if nexthop else addr
     ann = tuple((net(p), nh, ()) for p in prefixes)
     return core.on_event(msg.UpdateEvent(addr, attrs, ann, tuple(net(p) for p in withdraw)), now)
-
-
-def drain(core: RoutingCore, budget: int = 100) -> list:
-    out = []
-    while core.busy:
-        out += core.work(budget)
-    return out
 
 
 def commands(actions: list) -> list[str]:

@@ -32,7 +32,7 @@ from routing.core import (
 from routing.exabgp import messages as msg
 from routing.policy import ImportPolicy
 from routing.rib import Rib
-from tests.unit.factories import config
+from tests.unit.factories import config, customer_sessions, drain, session_up
 
 A = ipaddress.ip_address("10.0.1.2")
 B = ipaddress.ip_address("10.0.2.2")
@@ -42,36 +42,17 @@ ATTRS = intern_attrs(Attributes(origin=Origin.IGP, as_path=(64512,)))
 
 def make_core(*, bfd: bool = False, strict: bool = False, max_prefixes: int | None = None,
               prefixes_le: bool = True, speakers: dict[str, int] | None = None) -> RoutingCore:
-    c = config()
     rib = Rib()
-    peers = {}
-    for customer, pc in c.peers():
-        if pc.address.version != 4:
-            continue
-        limit = customer.import_.max_prefixes if max_prefixes is None else max_prefixes
-        rib.add_peer(pc.address, ImportPolicy(c.router, customer), limit)
-        peers[pc.address] = PeerStatus(pc.address, pc.local_address, customer.name, "ipv4",
-                                       Peer(pc.address, customer.name, customer.asn, 65000),
-                                       bfd=bfd, bfd_strict=strict,
-                                       speaker=(speakers or {}).get(customer.name, 0))
+    peers = customer_sessions(config(), rib, max_prefixes=max_prefixes, bfd=bfd, strict=strict, speakers=speakers)
     return RoutingCore(rib, peers, stale_timeout_s=120.0)
 
 
-def up(core: RoutingCore, peer: ipaddress.IPv4Address, now: float = 1.0) -> None:
-    core.on_event(msg.StateEvent(peer, peer, "connected"), now)
-    core.on_event(msg.StateEvent(peer, peer, "up"), now)
+up = session_up
 
 
 def announce(core: RoutingCore, peer: ipaddress.IPv4Address, *prefixes: str, now: float = 2.0) -> list:
     ann = tuple((ipaddress.ip_network(p), peer, ()) for p in prefixes)
     return core.on_event(msg.UpdateEvent(peer, ATTRS, ann, ()), now)
-
-
-def drain(core: RoutingCore, budget: int = 2000) -> list:
-    out = []
-    while core.busy:
-        out += core.work(budget)
-    return out
 
 
 def fib_prefixes(actions: list) -> dict:
