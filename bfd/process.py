@@ -194,6 +194,7 @@ class BfdProcess:
         self._last_snapshot = 0.0
         self.sampler = LoopLagSampler(self.transport.loop)
         self.downs: dict[SessionKey, deque[dict[str, Any]]] = {}
+        self._log_q: list[tuple[int, str, tuple[object, ...]]] = []
         loop = self.transport.loop
         self.repair = LocalRepair(lambda r: loop.call_soon_threadsafe(self._repair_done, r), open_socket=open_socket)
 
@@ -229,13 +230,14 @@ class BfdProcess:
             extra = self.down_doc(ch.report, ch.at)
             doc.update(extra)
             self.downs.setdefault(key, deque(maxlen=DOWNS_KEPT)).append({"at": ch.at, "diag": doc["diag"], **extra})
-            log.warning("%s: %s -> %s (%s) blame=%s rx_gap=%sms max_rx_gap=%sms max_tx_gap=%sms peer_detect=%sms "
-                        "remote_diag=%s loop_lag=%sms timer_lag=%sms host_steal=%sms", key.peer, ch.old.name,
-                        ch.new.name, ch.diag.name, extra["blame"], extra["rx_gap_ms"], extra["max_rx_gap_ms"],
-                        extra["max_tx_gap_ms"], extra["peer_detect_time_ms"], extra["remote_diag"],
-                        extra["loop_lag_ms"], extra["timer_lag_ms"], extra["host_steal_ms"])
+            self._log_later(
+                logging.WARNING, "%s: %s -> %s (%s) blame=%s rx_gap=%sms max_rx_gap=%sms max_tx_gap=%sms "
+                "peer_detect=%sms remote_diag=%s loop_lag=%sms timer_lag=%sms host_steal=%sms", key.peer,
+                ch.old.name, ch.new.name, ch.diag.name, extra["blame"], extra["rx_gap_ms"], extra["max_rx_gap_ms"],
+                extra["max_tx_gap_ms"], extra["peer_detect_time_ms"], extra["remote_diag"],
+                extra["loop_lag_ms"], extra["timer_lag_ms"], extra["host_steal_ms"])
         else:
-            log.info("%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
+            self._log_later(logging.INFO, "%s: %s -> %s (%s)", key.peer, ch.old.name, ch.new.name, ch.diag.name)
         self._send(doc)
         # A fresh snapshot right after a transition, so `show bfd` never lags a state change.
         # At most one such snapshot per STATS_MIN_GAP_S: a storm of transitions (every session at
@@ -244,6 +246,19 @@ class BfdProcess:
             self._stats_pending = True
             loop = self.transport.loop
             loop.call_at(max(loop.time(), self._last_snapshot + STATS_MIN_GAP_S), self._send_stats_now)
+
+    def _log_later(self, level: int, msg: str, *args: object) -> None:
+        """Log once the loop's current pass is over. A transition arrives in the middle of one (a
+        read batch or a timer pass), and formatting and writing a line costs ~50 µs: in a storm of
+        50 transitions in one batch that was milliseconds of every other session's sends waiting."""
+        self._log_q.append((level, msg, args))
+        if len(self._log_q) == 1:
+            self.transport.loop.call_soon(self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        q, self._log_q = self._log_q, []
+        for level, msg, args in q:
+            log.log(level, msg, *args)
 
     def _repair_done(self, r: RepairResult) -> None:
         ms = (r.done_at - r.detected_at) * 1000

@@ -43,8 +43,9 @@ Attribution of Downs (issue 9): every transition out of Up carries a :class:`Dow
 whose silence caused it. Our detection (diag 1) reports the receive gap that expired (last valid
 packet -> detection) and the largest receive gap of the previous :data:`~bfd.gaps.GAP_WINDOW_S`
 seconds; the peer's signal (diag 3) reports the largest gap in what *we* sent during the peer's
-detection window (``our detect mult x our tx interval``), the gap still open included: if that
-reaches the peer's detection time, we were late. Gaps count only while Up (the 1 s slow rate
+detection window (``our detect mult x our tx interval``), the gap still open included, counted up to
+the kernel arrival of the peer's Down (by then it had decided; our backlog after that cannot be the
+cause): if that reaches the peer's detection time, we were late. Gaps count only while Up (the 1 s slow rate
 before Up is not lateness). ``tx_late`` counts sends whose gap since the previous one exceeds
 1.25 x the negotiated interval (jitter keeps legal gaps at 75-100 %, so more is lateness the peer
 sees), per session, measured between actual sends rather than against a jittered schedule.
@@ -150,7 +151,8 @@ class DownReport:
     rx_gap_s: float | None
     #: Largest gap between packets received in the previous GAP_WINDOW_S seconds (this one excluded).
     max_rx_gap_s: float
-    #: Largest gap between packets we sent within the peer's detection window, the open gap included.
+    #: Largest gap between packets we sent within the peer's detection window, the open gap included,
+    #: up to the arrival of the packet that told us (a peer's signal) or now (our detection).
     max_tx_gap_s: float
     #: Our detection time, and the peer's detection time of us (our detect mult x our tx interval).
     detect_time_s: float
@@ -313,13 +315,22 @@ class BfdSession:
         """How long the peer waits for our packets: our detect mult x the interval we send at."""
         return self.cfg.detect_mult * self.tx_interval_us()
 
-    def _max_tx_gap_in(self, now: float, window_s: float) -> float:
-        gaps = [g for t, g in self._recent_tx if t >= now - window_s]
-        if self.last_tx is not None and self._last_tx_up:
-            gaps.append(now - self.last_tx)
-        return max(gaps, default=0.0)
+    def _max_tx_gap_in(self, until: float, window_s: float) -> float:
+        """Largest gap in what we sent over the ``window_s`` before ``until``, gaps still open at
+        ``until`` (or closed after it) counted up to ``until`` only."""
+        best = 0.0
+        for t, g in self._recent_tx:
+            if t < until - window_s:
+                continue
+            if t > until:
+                g -= t - until
+            if g > best:
+                best = g
+        if self.last_tx is not None and self._last_tx_up and until - self.last_tx > best:
+            best = until - self.last_tx
+        return best
 
-    def _down_report(self, diag: Diag, now: float) -> DownReport:
+    def _down_report(self, diag: Diag, now: float, evidence_at: float | None = None) -> DownReport:
         if diag == Diag.CONTROL_DETECTION_TIME_EXPIRED:
             cause = "detection"
         elif diag in (Diag.ADMINISTRATIVELY_DOWN,):
@@ -329,9 +340,14 @@ class BfdSession:
         # The interval the peer has been expecting is the one of our last send: the packet that
         # brought this Down may already advertise the peer's slow Down-state rate.
         peer_detect_s = self.cfg.detect_mult * (self._last_tx_interval_us or self.tx_interval_us()) / 1e6
+        # The peer had decided by the time its Down reached our kernel (``evidence_at``, the packet's
+        # arrival): what we sent, or failed to send, while it sat in our socket cannot have caused it.
+        # Counting up to when we read it blamed us for our own backlog: in a 50-session storm the
+        # last packets of one read batch waited ~25 ms behind the first ones' transitions (2026-12-01).
+        tx_until = now if evidence_at is None or evidence_at > now else evidence_at
         return DownReport(
             cause=cause, rx_gap_s=None if self.last_arrival is None else now - self.last_arrival,
-            max_rx_gap_s=self.rx_gaps.max(now), max_tx_gap_s=self._max_tx_gap_in(now, peer_detect_s),
+            max_rx_gap_s=self.rx_gaps.max(now), max_tx_gap_s=self._max_tx_gap_in(tx_until, peer_detect_s),
             detect_time_s=(self._armed_detect_us or self.detection_time_us()) / 1e6, peer_detect_time_s=peer_detect_s,
             remote_diag=self.remote_diag, tx_late=self.tx_late,
         )
@@ -364,14 +380,15 @@ class BfdSession:
         self._rx_for_detect_us = self.required_min_rx_us
 
     # --- state changes ----------------------------------------------------------------------------
-    def _change(self, new: State, diag: Diag | None, now: float) -> StateChanged | None:
+    def _change(self, new: State, diag: Diag | None, now: float,
+                evidence_at: float | None = None) -> StateChanged | None:
         old = self.state
         if diag is not None:
             self.local_diag = diag
         if new == old:
             return None
         # Measured before the transition resets the timers and the tx interval.
-        report = self._down_report(self.local_diag, now) if old == State.UP else None
+        report = self._down_report(self.local_diag, now, evidence_at) if old == State.UP else None
         if report is not None:
             self.last_down = report
         self.state = new
@@ -449,7 +466,7 @@ class BfdSession:
         if row is None:
             raise TransitionError(f"no transition for local {state.name}, received {p.state.name}")
         new, diag = row
-        ch = None if new == state and diag is None else self._change(new, diag, now)
+        ch = None if new == state and diag is None else self._change(new, diag, now, arrival)
         if self.state in (State.INIT, State.UP):
             # detection_time_us(), inlined
             self._armed_detect_us = self.remote_detect_mult * max(self._rx_for_detect_us, self.remote_desired_tx_us)

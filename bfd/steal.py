@@ -61,10 +61,11 @@ class StealClock:
         self.sample(now)
         if len(self.samples) < 2:
             return None
+        # From the newest back: a storm asks this once per Down, and the deque holds KEEP_S of samples.
         base = self.samples[0][1]
-        for t, v in self.samples:
-            if t > since:
+        for t, v in reversed(self.samples):
+            if t <= since:
+                base = v
                 break
-            base = v
         last = self.samples[-1][1]
         return max((last.get(c, 0) - n for c, n in base.items()), default=0) * _TICK_S

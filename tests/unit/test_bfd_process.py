@@ -141,3 +141,25 @@ def test_a_down_inside_host_steal_is_blamed_on_the_host() -> None:
     assert blame(report("peer_signaled", 0.031), host_steal_s=0.0) == "us"
     assert blame(report("peer_signaled", 0.031), host_steal_s=0.02) == "host"
     assert blame(report("admin", 0.0), host_steal_s=1.0) == "admin"
+
+
+async def test_transition_log_lines_wait_for_the_end_of_the_pass(caplog: pytest.LogCaptureFixture) -> None:
+    # The daemon hears of the transition at once; the log line (the costly part) is written when the
+    # loop's current pass is over, in the order the transitions came, with the attribution.
+    w = _Writer()
+    proc = BfdProcess(w)  # type: ignore[arg-type]
+    try:
+        caplog.set_level("INFO", logger="bfd")
+        for i in range(3):
+            key = SessionKey(f"10.0.0.{i + 2}", "10.0.0.1", "", False)
+            proc._on_state(key, None, StateChanged(  # type: ignore[arg-type]
+                State.UP, State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN, 1.0, report("peer_signaled", 0.031)))
+        assert [x["peer"] for x in w.lines if x.get("event") == "state"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        assert not [r for r in caplog.records if "->" in r.getMessage()]
+        await asyncio.sleep(0)
+        lines = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
+        assert [x.split(":")[0] for x in lines] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        assert all("UP -> DOWN" in x and "blame=us" in x for x in lines)
+    finally:
+        proc.sampler.close()
+        proc.transport.close()

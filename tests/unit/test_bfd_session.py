@@ -558,3 +558,43 @@ def test_on_repeat_refuses_what_is_not_steady() -> None:
     assert s.on_repeat(up, 0.06) is False  # any transition clears it
     authed = BfdSession(cfg(auth=AuthConfig(AuthType.SIMPLE, 1, b"pw")), 0.0)
     assert authed._steady_raw is None
+
+
+def test_peer_signal_counts_our_gap_up_to_its_arrival_not_to_when_we_read_it() -> None:
+    # A storm: the peer's Down reached our kernel 25 ms after our last send, and we read it 15 ms
+    # later (behind other sessions' transitions). It decided before arriving, so the 15 ms of our
+    # backlog cannot be why: 25 ms against its 30 ms is not ours. The same packet read at once after
+    # a 40 ms silence of ours is.
+    s = up_and_settled()
+    run_until(s, 1.0, 0.010, 0.0)
+    last = s.last_tx
+    assert last is not None
+    down = ControlPacket(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, 3, 99, 1, 1_000_000, 10 * MS)
+    acts = s.on_packet(down, encode(down), last + 0.040, arrived=last + 0.025)
+    r = next(a for a in acts if isinstance(a, StateChanged)).report
+    assert r is not None and r.cause == "peer_signaled"
+    assert r.max_tx_gap_s == pytest.approx(0.025, abs=1e-6) and not r.we_were_late()
+    s2 = up_and_settled()
+    run_until(s2, 1.0, 0.010, 0.0)
+    last2 = s2.last_tx
+    assert last2 is not None
+    acts = s2.on_packet(down, encode(down), last2 + 0.040, arrived=last2 + 0.040)
+    r2 = next(a for a in acts if isinstance(a, StateChanged)).report
+    assert r2 is not None and r2.max_tx_gap_s == pytest.approx(0.040, abs=1e-6) and r2.we_were_late()
+
+
+def test_a_send_after_the_peers_down_arrived_only_counts_up_to_the_arrival() -> None:
+    s = up_and_settled()
+    now, _ = run_until(s, 1.0, 0.010, 0.0)
+    last = s.last_tx
+    assert last is not None
+    # We stall 45 ms and send (the gap closes at last + 45 ms); the peer's Down had arrived at
+    # last + 20 ms but is read only now: what counts is 20 ms of that gap.
+    now = last + 0.045
+    feed(s, pkt(State.UP), now)  # the peer's earlier packets, read now: still Up
+    sends = [a for a in s.on_timer(now) if isinstance(a, Send)]
+    assert sends
+    down = ControlPacket(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, 3, 99, 1, 1_000_000, 10 * MS)
+    r = next(a for a in s.on_packet(down, encode(down), now + 0.001, arrived=last + 0.020)
+             if isinstance(a, StateChanged)).report
+    assert r is not None and r.max_tx_gap_s == pytest.approx(0.020, abs=1e-6) and not r.we_were_late()
