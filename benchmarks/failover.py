@@ -231,6 +231,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         to = ingest_timeout(args.prefixes)
         peers = set(lab.bfd_peers())
         ingests = []
+        before = lab.downs_by_blame()
         with DownWatcher(lab) as watch, ApiProbe(lab.sock, interval_s=0.1) as probe:
             for i in range(args.soak_ingests):
                 lab.feeder("enable")
@@ -242,9 +243,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"  soak ingest {i + 1}/{args.soak_ingests}: {t_done - t_est:.1f}s, "
                     f"{len(watch.downs(peers))} Downs so far")
         downs = watch.downs(peers)
+        after = lab.downs_by_blame()
+        by_metric = {k: after[k] - before.get(k, 0) for k in after if after[k] > before.get(k, 0)}
         lat = probe.latencies_ms()
         return {
             "sessions": len(peers), "ingests_s": ingests, "false_downs": max(len(downs), watch.flaps(peers)),
+            # Every Down the daemon counted (its metric), by blame; the per-Down lists come from /bfd polls.
+            "downs_by_blame_metric": by_metric,
+            "blame_us_by_read_time": sum(1 for d in downs if d.ours_by_read_time()),
             "blame_us": sum(1 for d in downs if d.blame == "us"),
             "blame_peer_or_path": sum(1 for d in downs if d.blame == "peer_or_path"),
             "blame_host": sum(1 for d in downs if d.blame == "host"),
@@ -329,10 +335,12 @@ def print_tables(cases: dict[str, dict[str, Any]], sk: dict[str, Any] | None) ->
             print(f"  nocut: false Down {line}")
     if sk:
         print()
-        print("| soak | sessions | ingests s | false Downs | blamed on us | peer or path | API p99 ms | seconds |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| soak | sessions | ingests s | false Downs | blamed on us | peer or path | host | us by read time | "
+              "all Downs by blame (metric) | API p99 ms | seconds |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         print(f"| soak | {sk['sessions']} | {sk['ingests_s']} | {sk['false_downs']} | {sk['blame_us']} | "
-              f"{sk['blame_peer_or_path']} | {sk['api_p99_ms']} | {sk['seconds']} |")
+              f"{sk['blame_peer_or_path']} | {sk['blame_host']} | {sk['blame_us_by_read_time']} | "
+              f"{sk['downs_by_blame_metric']} | {sk['api_p99_ms']} | {sk['seconds']} |")
         for line in sk["downs"][:40]:
             print(f"  soak: false Down {line}")
 
@@ -391,6 +399,8 @@ def main() -> int:
         result.update({"soak_sessions": sk["sessions"], "soak_ingests_s": sk["ingests_s"],
                        "soak_false_downs": sk["false_downs"], "soak_false_downs_blamed_on_us": sk["blame_us"],
                        "soak_false_downs_blamed_on_host": sk["blame_host"],
+                       "soak_downs_by_blame_metric": sk["downs_by_blame_metric"],
+                       "soak_blamed_on_us_by_read_time": sk["blame_us_by_read_time"],
                        "soak_api_p99_ms": sk["api_p99_ms"]})
     print("RESULT " + json.dumps(result))
     return 0

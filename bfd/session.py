@@ -160,6 +160,9 @@ class DownReport:
     remote_diag: Diag
     #: This session's late sends so far (see TX_LATE_FACTOR).
     tx_late: int
+    #: ``max_tx_gap_s`` counted up to when we read the peer's Down rather than its arrival: the rule
+    #: before 2026-12-01, kept so that a benchmark can say what that rule would have blamed on us.
+    max_tx_gap_read_s: float | None = None
 
     def we_were_late(self) -> bool:
         """The peer's Down is ours: we left a gap as long as its detection time."""
@@ -350,6 +353,7 @@ class BfdSession:
             max_rx_gap_s=self.rx_gaps.max(now), max_tx_gap_s=self._max_tx_gap_in(tx_until, peer_detect_s),
             detect_time_s=(self._armed_detect_us or self.detection_time_us()) / 1e6, peer_detect_time_s=peer_detect_s,
             remote_diag=self.remote_diag, tx_late=self.tx_late,
+            max_tx_gap_read_s=self._max_tx_gap_in(now, peer_detect_s) if tx_until < now else None,
         )
 
     # --- timer changes and poll sequences (§6.8.3) ------------------------------------------------

@@ -454,6 +454,18 @@ customers:
     def peers(self) -> dict[str, dict]:
         return {p["peer"]: p for p in self.api("/peers")}
 
+    def downs_by_blame(self) -> dict[str, int]:
+        """``pop_router_bfd_downs_total`` summed by blame, scraped inside the PoP's namespace: the
+        daemon counts every Down event, where ``/bfd`` keeps only each session's last few."""
+        code = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:19326/metrics').read().decode())"
+        out: dict[str, int] = {}
+        for line in self.nsx("p", sys.executable, "-c", code).stdout.splitlines():
+            if line.startswith("pop_router_bfd_downs_total{"):
+                labels, value = line.rsplit(" ", 1)
+                blame = labels.split('blame="', 1)[1].split('"', 1)[0]
+                out[blame] = out.get(blame, 0) + int(float(value))
+        return out
+
     def bfd(self) -> dict[str, dict]:
         return {s["peer"]: s for s in self.api("/bfd")}
 
@@ -569,12 +581,23 @@ class DownRecord:
     remote_diag: str
     loop_lag_ms: float | None
     host_steal_ms: float | None = None
+    max_tx_gap_read_ms: float | None = None
+
+    def ours_by_read_time(self) -> bool:
+        """Blamed on us by the rule before 2026-12-01 (our send gap counted up to when we read the
+        peer's Down, not to its arrival), for comparisons with earlier runs."""
+        if self.blame == "us":
+            return True
+        return (self.blame == "peer_or_path" and self.diag == "neighbor_signaled_session_down"
+                and None not in (self.max_tx_gap_read_ms, self.peer_detect_time_ms)
+                and self.max_tx_gap_read_ms >= self.peer_detect_time_ms)  # type: ignore[operator]
 
     def line(self) -> str:
         return (f"{self.peer} {self.diag} blame={self.blame} rx_gap={self.rx_gap_ms} ms "
                 f"max_rx_gap={self.max_rx_gap_ms} ms max_tx_gap={self.max_tx_gap_ms} ms "
                 f"(peer detects at {self.peer_detect_time_ms} ms, its diag {self.remote_diag}) "
-                f"loop_lag={self.loop_lag_ms} ms host_steal={self.host_steal_ms} ms")
+                f"loop_lag={self.loop_lag_ms} ms host_steal={self.host_steal_ms} ms "
+                f"max_tx_gap_read={self.max_tx_gap_read_ms} ms")
 
 
 class DownWatcher:
@@ -600,7 +623,8 @@ class DownWatcher:
                     self.records.setdefault((peer, d["at"]), DownRecord(
                         peer, d["at"], d.get("diag", ""), d.get("blame", "?"), d.get("rx_gap_ms"),
                         d.get("max_rx_gap_ms"), d.get("max_tx_gap_ms"), d.get("peer_detect_time_ms"),
-                        d.get("remote_diag", ""), d.get("loop_lag_ms"), d.get("host_steal_ms")))
+                        d.get("remote_diag", ""), d.get("loop_lag_ms"), d.get("host_steal_ms"),
+                        d.get("max_tx_gap_read_ms")))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -574,6 +574,7 @@ def test_peer_signal_counts_our_gap_up_to_its_arrival_not_to_when_we_read_it() -
     r = next(a for a in acts if isinstance(a, StateChanged)).report
     assert r is not None and r.cause == "peer_signaled"
     assert r.max_tx_gap_s == pytest.approx(0.025, abs=1e-6) and not r.we_were_late()
+    assert r.max_tx_gap_read_s == pytest.approx(0.040, abs=1e-6)  # the old rule's figure, for comparisons
     s2 = up_and_settled()
     run_until(s2, 1.0, 0.010, 0.0)
     last2 = s2.last_tx
@@ -581,6 +582,7 @@ def test_peer_signal_counts_our_gap_up_to_its_arrival_not_to_when_we_read_it() -
     acts = s2.on_packet(down, encode(down), last2 + 0.040, arrived=last2 + 0.040)
     r2 = next(a for a in acts if isinstance(a, StateChanged)).report
     assert r2 is not None and r2.max_tx_gap_s == pytest.approx(0.040, abs=1e-6) and r2.we_were_late()
+    assert r2.max_tx_gap_read_s is None  # read as it arrived: one figure
 
 
 def test_a_send_after_the_peers_down_arrived_only_counts_up_to_the_arrival() -> None:
