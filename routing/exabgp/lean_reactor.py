@@ -1,0 +1,441 @@
+"""Start ExaBGP 5.0 with a lean reactor pass: a pass visits only the sessions that have something to do.
+
+Theory of operation
+-------------------
+**Why.** ExaBGP 5's reactor (``exabgp/reactor/loop.py``, ``Reactor.run``) starts every pass with
+``peers = self.active_peers()`` and gives *every* session a turn (``Peer.run``: a generator resumed,
+a ``poll(0)`` on its socket, its timers), then sleeps in ``poll()`` on all sockets and the API pipes.
+It wakes at least every ``exabgp.reactor.speed`` / 100 s and on every message a peer sends, so idle it
+costs N sessions x (1 / timeout + N / (hold / 3)) turns a second: 8 % of a core with 200 sessions at
+hold 90 s, and the keepalive-driven part grows with N\u00b2 (``benchmarks/RESULTS.md``, "idle CPU").
+The sockets ``poll()`` reported ready are thrown away by the next pass's ``active_peers()``.
+
+**What a pass visits.** :class:`PassPlanner` decides, at the start of each pass, between a *full
+sweep* (every session ``active_peers()`` returns: ExaBGP's own behaviour) and a *lean pass*, which
+visits a session only when
+
+(a) it is not ESTABLISHED (connecting, opening, backing off: every pass, exactly as today), or it is
+    being torn down, stopped or re-established (``Peer._teardown``);
+(b) its socket was reported readable by the last ``poll()`` (``Reactor._wait_for_io``, fd -> session
+    through ``Peer.socket()``; an fd we cannot place makes the pass a full sweep);
+(c) its last ``Peer.run()`` returned something other than ``ACTION.LATER`` (it has more to do now);
+(d) it has queued work: outgoing RIB changes (``rib.outgoing.pending()``), operational, route-refresh
+    or End-of-RIB messages queued by the API, or a reload pending (``Peer._neighbor``); and a session
+    that had any of (a), (c) or (d) gets one more turn on the next pass, because ExaBGP's session
+    generator keeps some work in locals the reactor cannot see (the End-of-RIB it sends on the turn
+    after its initial routes are out, a route-refresh still being written).
+
+A full sweep happens on the first pass after each ``sweep_s``-aligned boundary of ``time.time()``
+(and never more than ``sweep_s`` apart), on the first pass, and on the pass after anything that may
+have changed sessions behind the planner's back: an API command processed (``api.process``), work
+the asynchronous scheduler ran (announcements are applied there), a signal (``reload``,
+``restart``, ``shutdown``, ``_pending_adjribout``), a connection accepted (``handle_connection``),
+or ``poll()`` reporting an error or hang-up (ExaBGP's ``_prevent_spin``). When in doubt, sweep.
+
+**Why keepalives and hold timers stay right.** ExaBGP's timers count whole seconds of
+``time.time()`` (``bgp/timer.py``: ``int(time.time())``): a keepalive or a hold-timer expiry can only
+fall due when the wall-clock second changes. With ``sweep_s`` = 1 s the sweep comes on the first
+pass of each new second, which is the very pass on which ExaBGP's own reactor would have sent that
+keepalive (at most one reactor timeout after the second starts). A smaller ``sweep_s`` only sweeps
+more often; a larger one would make keepalives late, so 1 s is the cap (pop-router's
+``exabgp.lean_sweep_s``, at most a third of the shortest hold time it allows, 3 s). Messages from a
+peer (b), commands (full sweep) and sessions being set up (a) never wait for a sweep.
+
+**How it runs.** The daemon starts ``<ExaBGP's interpreter> /abs/path/lean_reactor.py <exabgp
+args>``: the interpreter is the one from the ExaBGP console script's ``#!`` line (PyPy's venv holds
+only ExaBGP and the standard library, not pop-router), so this file imports nothing but the standard
+library and ExaBGP, and runs as a script. A script's directory is put first on ``sys.path``; it is
+removed before ExaBGP is imported, so this package's modules (``conf``, ``messages``...) can never
+shadow anything. A ``PYTHONPATH`` directory or ``sitecustomize`` would also reach the relay process
+ExaBGP spawns (it inherits the environment), and a ``.pth`` file would mean writing into the venv.
+After patching, ExaBGP's own entry point (``exabgp.application.main.main``, what the ``exabgp``
+console script calls) runs with the same arguments and environment.
+
+**Guards.** The patch needs ExaBGP 5.0.x internals: the version, the methods it wraps, and the lines
+of ``Reactor.run`` and ``Peer`` it relies on (checked in their source). If any is missing, nothing is
+patched, one line saying why goes to stderr (the daemon logs it) and ExaBGP runs unpatched. If the
+planner ever fails while running, it says so once and every later pass is a full sweep.
+
+**Settings and report** (environment, set by ``routing/exabgp/speaker.py``): ``POP_ROUTER_LEAN_SWEEP_S``
+(default 1, range 0.01-1); ``POP_ROUTER_LEAN_STATS``: a file where the launcher writes, at start and
+then at most every ``STATS_PERIOD_S`` during a full sweep, a JSON document (active or not and why,
+passes and turns by kind, why full sweeps happened), read by ``pop-router show status``.
+
+Runs under Python 3.9 (Debian 12's PyPy): no syntax or library newer than that.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+ENV_SWEEP_S = "POP_ROUTER_LEAN_SWEEP_S"
+ENV_STATS = "POP_ROUTER_LEAN_STATS"
+DEFAULT_SWEEP_S = 1.0
+MIN_SWEEP_S = 0.01
+#: ExaBGP's timers count whole seconds: a 1 s sweep aligned on them sends keepalives on time.
+MAX_SWEEP_S = 1.0
+#: How often (at most) the report file is rewritten.
+STATS_PERIOD_S = 2.0
+SUPPORTED_VERSIONS = ("5.0.",)
+LOG_PREFIX = "pop-router lean reactor"
+
+#: Attribute names this module stores on ExaBGP's objects.
+_STATE = "_pop_lean"
+_LAST_ACTION = "_pop_lean_action"
+_KEY = "_pop_lean_key"
+
+#: Methods the patch wraps or calls, by ``(module, class)``.
+REQUIRED_METHODS = {
+    ("exabgp.reactor.loop", "Reactor"): (
+        "__init__", "run", "active_peers", "_wait_for_io", "_prevent_spin", "_pending_adjribout", "reload",
+        "restart", "shutdown", "handle_connection"),
+    ("exabgp.reactor.peer", "Peer"): ("__init__", "run", "socket", "_main"),
+    ("exabgp.reactor.asynchronous", "ASYNC"): ("run", "ready"),
+    ("exabgp.reactor.api", "API"): ("process",),
+    ("exabgp.rib.outgoing", "OutgoingRIB"): ("pending",),
+}
+#: Source lines the patch relies on: how a pass starts, runs a session, reads commands and waits.
+REQUIRED_SOURCE = {
+    ("exabgp.reactor.loop", "Reactor", "run"): (
+        "peers = self.active_peers()", "action = peer.run()", "elif action == ACTION.LATER:",
+        "self.api.process(self, service, command)", "self.asynchronous.run()",
+        "for io in self._wait_for_io(sleep):", "if self._pending_adjribout():"),
+    ("exabgp.reactor.peer", "Peer", "__init__"): ("self._teardown = None", "self._neighbor = None"),
+    ("exabgp.reactor.peer", "Peer", "_main"): (
+        "if self._neighbor:", "self.neighbor.messages", "self.neighbor.refresh", "self.neighbor.eor",
+        "elif send_eor:", "yield ACTION.LATER"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The decision (pure: time, sessions and facts in, the sessions to visit out)
+# --------------------------------------------------------------------------------------------------
+
+class PassPlanner:
+    """Which sessions a reactor pass visits; one per reactor. Nothing here touches ExaBGP or a clock.
+
+    Each pass: :meth:`plan` with the sessions ``active_peers()`` returned. Between passes the adapter
+    reports what happened: :meth:`socket_ready` for every fd ``poll()`` said is readable (API pipes
+    excluded), :meth:`request_full` for every event after which a full sweep is due.
+    """
+
+    def __init__(self, sweep_s: float) -> None:
+        self.sweep_s = sweep_s
+        self._full_why: str | None = "start"
+        self._last_full: float | None = None
+        self._ready: list[int] = []
+        self._followup: set[Hashable] = set()
+        self.passes = {"full": 0, "lean": 0}
+        self.turns = {"full": 0, "lean": 0}
+        self.full_reasons: dict[str, int] = {}
+        self.last_was_full = False
+
+    def request_full(self, why: str) -> None:
+        """Make the next pass a full sweep (the first reason given is the one counted)."""
+        if self._full_why is None:
+            self._full_why = why
+
+    def socket_ready(self, fd: int) -> None:
+        self._ready.append(fd)
+
+    def sweep_due(self, now: float) -> bool:
+        """A new ``sweep_s``-aligned slot of wall-clock time began since the last full sweep (or the
+        clock went back, or ``sweep_s`` passed)."""
+        last = self._last_full
+        if last is None or now < last or now - last >= self.sweep_s:
+            return True
+        return math.floor(now / self.sweep_s) != math.floor(last / self.sweep_s)
+
+    def plan(self, now: float, active: set[Hashable], owner: Callable[[int], Hashable | None],
+             needs_turn: Callable[[Hashable], bool]) -> set[Hashable]:
+        """The sessions this pass visits, out of ``active`` (``active`` itself on a full sweep).
+
+        ``owner(fd)``: the session whose socket ``fd`` is, None if it cannot be told (a full sweep
+        then). ``needs_turn(key)``: (a), (c) or (d) of the module docstring holds for the session.
+        """
+        why = self._full_why
+        if why is None and self.sweep_due(now):
+            why = "sweep"
+        ready, self._ready = self._ready, []
+        chosen: set[Hashable] = set()
+        if why is None:
+            for fd in ready:
+                key = owner(fd)
+                if key is None:
+                    why = "unknown socket"
+                    break
+                chosen.add(key)
+        busy = {key for key in active if needs_turn(key)}
+        followup, self._followup = self._followup, busy
+        self.last_was_full = why is not None
+        if why is not None:
+            self._full_why = None
+            self._last_full = now
+            self.full_reasons[why] = self.full_reasons.get(why, 0) + 1
+            self.passes["full"] += 1
+            self.turns["full"] += len(active)
+            return active
+        chosen = (chosen | busy | followup) & active
+        self.passes["lean"] += 1
+        self.turns["lean"] += len(chosen)
+        return chosen
+
+    def report(self) -> dict[str, Any]:
+        return {"sweep_s": self.sweep_s, "passes": dict(self.passes), "turns": dict(self.turns),
+                "full_reasons": dict(self.full_reasons)}
+
+
+def sweep_from_env(environ: dict[str, str] | os._Environ[str]) -> tuple[float, str | None]:
+    """(sweep_s, a complaint or None): ``POP_ROUTER_LEAN_SWEEP_S`` if it is a number in range."""
+    text = environ.get(ENV_SWEEP_S)
+    if text is None:
+        return DEFAULT_SWEEP_S, None
+    try:
+        value = float(text)
+    except ValueError:
+        return DEFAULT_SWEEP_S, f"{ENV_SWEEP_S}={text!r} is not a number; using {DEFAULT_SWEEP_S:g} s"
+    if not MIN_SWEEP_S <= value <= MAX_SWEEP_S:
+        return DEFAULT_SWEEP_S, (f"{ENV_SWEEP_S}={text!r} is outside {MIN_SWEEP_S:g}-{MAX_SWEEP_S:g} s; "
+                                 f"using {DEFAULT_SWEEP_S:g} s")
+    return value, None
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter: ExaBGP's objects -> the planner's questions
+# --------------------------------------------------------------------------------------------------
+
+def needs_turn(peer: Any, established: Any, later: int) -> bool:
+    """(a), (c) or (d) of the module docstring, read from an ExaBGP ``Peer``."""
+    if peer.fsm != established or peer._teardown is not None or peer._neighbor is not None:
+        return True
+    if peer.__dict__.get(_LAST_ACTION) != later:
+        return True
+    neighbor = peer.neighbor
+    if neighbor.messages or neighbor.refresh or neighbor.eor:
+        return True
+    rib = neighbor.rib
+    return rib is not None and rib.outgoing.pending()
+
+
+class LeanPass:
+    """One reactor's planner, the facts it is fed, and its report file."""
+
+    def __init__(self, reactor: Any, sweep_s: float, stats_path: str | None, established: Any, later: int,
+                 version: str) -> None:
+        self.reactor = reactor
+        self.planner = PassPlanner(sweep_s)
+        self.stats_path = stats_path
+        self.established = established
+        self.later = later
+        self.version = version
+        #: fd -> the Peer that last registered it with the reactor's poller (on ACTION.LATER).
+        self.fd_owner: dict[int, Any] = {}
+        self.failed: str | None = None
+        self._stats_at = 0.0
+
+    def plan(self, active: set[Hashable]) -> set[Hashable]:
+        if self.failed is not None:
+            return active
+        try:
+            now = time.time()
+            chosen = self.planner.plan(now, active, self.owner, self.needs_turn)
+            if self.planner.last_was_full and now - self._stats_at >= STATS_PERIOD_S:
+                self._stats_at = now
+                self.write_stats()
+            return chosen
+        except Exception as exc:  # never take the reactor down: fall back to ExaBGP's behaviour
+            self.failed = f"{type(exc).__name__}: {exc}"
+            say(f"planner failed ({self.failed}); every pass is a full sweep from now on")
+            self.write_stats()
+            return active
+
+    def needs_turn(self, key: Hashable) -> bool:
+        peer = self.reactor._peers[key]
+        peer.__dict__[_KEY] = key  # for owner(): a Peer does not know its key in Reactor._peers
+        return needs_turn(peer, self.established, self.later)
+
+    def owner(self, fd: int) -> Hashable | None:
+        peer = self.fd_owner.get(fd)
+        if peer is None or peer.socket() != fd:
+            return None
+        return peer.__dict__.get(_KEY)
+
+    def write_stats(self) -> None:
+        doc = {"active": self.failed is None, "exabgp": self.version, "pid": os.getpid(), "at": time.time(),
+               **self.planner.report()}
+        if self.failed is not None:
+            doc["reason"] = f"planner failed: {self.failed}"
+        write_stats(self.stats_path, doc)
+
+
+def write_stats(path: str | None, doc: dict[str, Any]) -> None:
+    """Replace the report file atomically (a reader never sees half of it); errors are not ours to raise."""
+    if not path:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        say(f"cannot write {path}: {exc.strerror}")
+
+
+def say(line: str) -> None:
+    print(f"{LOG_PREFIX}: {line}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The patch
+# --------------------------------------------------------------------------------------------------
+
+def unsupported() -> str | None:
+    """Why this ExaBGP cannot be patched, or None when every internal the patch needs is there."""
+    import importlib
+
+    try:
+        version = importlib.import_module("exabgp.version").version
+    except (ImportError, AttributeError) as exc:
+        return f"cannot read ExaBGP's version ({exc})"
+    if not version.startswith(SUPPORTED_VERSIONS):
+        return f"ExaBGP {version} is not {'/'.join(v + 'x' for v in SUPPORTED_VERSIONS)}"
+    try:
+        for (module, cls), names in REQUIRED_METHODS.items():
+            obj = getattr(importlib.import_module(module), cls)
+            missing = [n for n in names if not callable(getattr(obj, n, None))]
+            if missing:
+                return f"ExaBGP {version}: {cls} has no {', '.join(missing)}"
+        for (module, cls, method), lines in REQUIRED_SOURCE.items():
+            source = inspect.getsource(getattr(getattr(importlib.import_module(module), cls), method))
+            absent = [line for line in lines if line not in source]
+            if absent:
+                return f"ExaBGP {version}: {cls}.{method} no longer has {absent[0]!r}"
+        peer_module = importlib.import_module("exabgp.reactor.peer")
+        if not hasattr(peer_module.ACTION, "LATER") or not hasattr(peer_module.FSM, "ESTABLISHED"):
+            return f"ExaBGP {version}: no ACTION.LATER or FSM.ESTABLISHED"
+    except (ImportError, AttributeError, OSError, TypeError) as exc:
+        return f"ExaBGP {version}: cannot inspect its reactor ({type(exc).__name__}: {exc})"
+    return None
+
+
+def install(sweep_s: float, stats_path: str | None) -> str:
+    """Patch ExaBGP's reactor (call :func:`unsupported` first); returns ExaBGP's version."""
+    from exabgp.reactor import peer as peer_module
+    from exabgp.reactor.loop import Reactor
+    from exabgp.version import version
+
+    later, established = peer_module.ACTION.LATER, peer_module.FSM.ESTABLISHED
+    run_code = Reactor.run.__code__
+    originals = {name: getattr(Reactor, name) for name in REQUIRED_METHODS[("exabgp.reactor.loop", "Reactor")]}
+    peer_run = peer_module.Peer.run
+
+    def state_of(reactor: Any) -> LeanPass | None:
+        return reactor.__dict__.get(_STATE)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        originals["__init__"](self, *args, **kwargs)
+        lean = LeanPass(self, sweep_s, stats_path, established, later, version)
+        self.__dict__[_STATE] = lean
+        # Per instance: the API handler and the scheduler belong to this reactor only.
+        api_process, async_run, scheduler = self.api.process, self.asynchronous.run, self.asynchronous
+
+        def process(*a: Any, **kw: Any) -> Any:
+            lean.planner.request_full("api command")
+            return api_process(*a, **kw)
+
+        def run_scheduled(*a: Any, **kw: Any) -> Any:
+            if not scheduler.ready():
+                lean.planner.request_full("scheduled work")
+            return async_run(*a, **kw)
+
+        self.api.process = process
+        self.asynchronous.run = run_scheduled
+        lean.write_stats()
+
+    def active_peers(self: Any) -> Any:
+        peers = originals["active_peers"](self)
+        lean = state_of(self)
+        # Only the pass of Reactor.run is planned; any other caller gets every session.
+        if lean is None or sys._getframe(1).f_code is not run_code:
+            return peers
+        return lean.plan(peers)
+
+    def wait_for_io(self: Any, sleeptime: Any) -> Any:
+        lean = state_of(self)
+        api_fds = self.processes.fds if self.processes is not None else ()
+        for fd in originals["_wait_for_io"](self, sleeptime):
+            if lean is not None and fd not in api_fds:
+                lean.planner.socket_ready(fd)
+            yield fd
+
+    def full_after(name: str, why: str) -> Callable[..., Any]:
+        original = originals[name]
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lean = state_of(self)
+            if lean is not None:
+                lean.planner.request_full(why)
+            return original(self, *args, **kwargs)
+
+        wrapper.__name__ = name
+        wrapper.__doc__ = original.__doc__
+        return wrapper
+
+    def run_peer(self: Any) -> Any:
+        action = peer_run(self)
+        self.__dict__[_LAST_ACTION] = action
+        if action == later:
+            # Reactor.run registers this socket with its poller now: remember whose it is.
+            lean = state_of(self.reactor)
+            fd = self.socket()
+            if lean is not None and fd != -1:
+                lean.fd_owner[fd] = self
+        return action
+
+    Reactor.__init__ = init
+    Reactor.active_peers = active_peers
+    Reactor._wait_for_io = wait_for_io
+    for name, why in (("_prevent_spin", "poll error"), ("_pending_adjribout", "signal"), ("reload", "reload"),
+                      ("restart", "restart"), ("shutdown", "shutdown"), ("handle_connection", "accept")):
+        setattr(Reactor, name, full_after(name, why))
+    peer_module.Peer.run = run_peer
+    return version
+
+
+def main() -> int:
+    """Patch (when this ExaBGP allows it), then run ExaBGP's own entry point with our arguments."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+        del sys.path[0]  # our package's modules must not shadow anything ExaBGP imports
+    stats_path = os.environ.get(ENV_STATS) or None
+    sweep_s, complaint = sweep_from_env(os.environ)
+    if complaint:
+        say(complaint)
+    problem = unsupported()
+    if problem is None:
+        try:
+            version = install(sweep_s, stats_path)
+        except Exception as exc:  # half-applied is impossible to reason about: say so and stop here
+            say(f"patching failed ({type(exc).__name__}: {exc})")
+            raise
+        say(f"active (ExaBGP {version}, full sweep every {sweep_s:g} s)")
+        write_stats(stats_path, {"active": True, "exabgp": version, "pid": os.getpid(), "at": time.time(),
+                                 **PassPlanner(sweep_s).report()})
+    else:
+        say(f"not applied, running ExaBGP unpatched: {problem}")
+        write_stats(stats_path, {"active": False, "reason": problem, "pid": os.getpid(), "at": time.time()})
+    from exabgp.application.main import main as exabgp_main
+
+    sys.argv = ["exabgp", *sys.argv[1:]]
+    return exabgp_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
