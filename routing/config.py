@@ -334,6 +334,15 @@ class ExabgpConfig(_Model):
     #: come up (benchmarks/RESULTS.md, "idle CPU"). Capped at a tenth of the shortest configured hold
     #: time, so keepalives stay on time (``routing/exabgp/conf.py``).
     reactor_poll_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
+    #: Start ExaBGP through ``routing/exabgp/lean_reactor.py``: a reactor pass then visits only the
+    #: sessions with something to do (not Established, a message in, work queued) instead of all of
+    #: them, with a full sweep every ``lean_sweep_s`` for the timers. Needs ExaBGP 5.0.x started from
+    #: its Python console script; otherwise ExaBGP runs unpatched and ``show status`` says why.
+    lean_reactor: bool = True
+    #: With ``lean_reactor``: every session gets a turn at least this often, on boundaries of the
+    #: wall-clock second. ExaBGP's keepalive and hold timers count whole seconds, so 1 s sends each
+    #: keepalive on the same pass as ExaBGP's own reactor; more would make keepalives late.
+    lean_sweep_s: Annotated[float, Field(ge=0.01, le=1.0)] = 1.0
     #: Extra ExaBGP environment settings (``exabgp.a.b: value``), applied last.
     env: dict[str, str] = {}
     #: How many ExaBGP processes share the sessions (a customer's sessions stay in one); ``auto``:

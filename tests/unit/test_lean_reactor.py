@@ -23,10 +23,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from routing.config import ConfigError, config_from_text, parse_config
 from routing.exabgp import lean_reactor
+from routing.exabgp.conf import lean_environment
 from routing.exabgp.lean_reactor import PassPlanner, needs_turn, sweep_from_env
+from routing.exabgp.speaker import LEAN_LAUNCHER, ExabgpSpeaker, script_python
+from routing.inbox import Inbox
 
-LAUNCHER = Path(lean_reactor.__file__)
 SESSIONS = {"a", "b", "c"}
 FDS = {10: "a", 11: "b", 12: "c"}
 
@@ -222,6 +225,71 @@ def test_sweep_from_env(env: dict[str, str], want: float, complains: bool) -> No
     assert value == want and (complaint is not None) == complains
 
 
+MINIMAL = "router: {asn: 65000, router_id: 192.0.2.1}\n"
+
+
+def test_config_defaults_and_environment(tmp_path: Path) -> None:
+    c = parse_config({"router": {"asn": 65000, "router_id": "192.0.2.1"}})
+    assert c.exabgp.lean_reactor is True and c.exabgp.lean_sweep_s == 1.0
+    assert lean_environment(c, tmp_path / "x.json") == {"POP_ROUTER_LEAN_SWEEP_S": "1",
+                                                        "POP_ROUTER_LEAN_STATS": str(tmp_path / "x.json")}
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("exabgp: {lean_reactor: maybe}", "exabgp.lean_reactor"),
+    ("exabgp: {lean_sweep_s: 2}", "exabgp.lean_sweep_s"),
+    ("exabgp: {lean_sweep_s: 0}", "exabgp.lean_sweep_s"),
+])
+def test_bad_settings_name_field_and_file(text: str, field: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_text(MINIMAL + text + "\n", "/etc/pop-router/pop.yaml")
+    assert str(exc.value).startswith(f"/etc/pop-router/pop.yaml: {field}: ")
+
+
+# --- how the daemon starts it -----------------------------------------------------------------------
+
+def script(tmp_path: Path, first_line: str) -> Path:
+    f = tmp_path / "exabgp"
+    f.write_text(first_line + "\nimport sys\n")
+    f.chmod(0o755)
+    return f
+
+
+def test_script_python(tmp_path: Path) -> None:
+    assert script_python(script(tmp_path, f"#!{sys.executable}")) == sys.executable
+    for first in ("#!/bin/sh", "#!/usr/bin/env python3", "import sys", f"#!{tmp_path}/missing/python"):
+        assert script_python(script(tmp_path, first)) is None, first
+    assert script_python(tmp_path / "absent") is None
+
+
+def speaker(tmp_path: Path, binary: Path, lean: bool) -> ExabgpSpeaker:
+    c = config_from_text(MINIMAL + f"exabgp: {{binary: {binary}, lean_reactor: {str(lean).lower()}}}\n")
+    return ExabgpSpeaker(c, tmp_path / "run", Inbox())
+
+
+def test_speaker_starts_exabgp_through_the_launcher(tmp_path: Path) -> None:
+    s = speaker(tmp_path, script(tmp_path, f"#!{sys.executable}"), lean=True)
+    assert s._argv() == [sys.executable, str(LEAN_LAUNCHER), str(s.conf_path)]
+    assert s._environment()["POP_ROUTER_LEAN_STATS"] == str(s.lean_stats_path)
+    assert s.lean_reactor() is None  # nothing reported yet
+    s.lean_stats_path.parent.mkdir(parents=True)
+    s.lean_stats_path.write_text('{"active": true}')
+    assert s.lean_reactor() == {"active": True}
+    s._before_start()  # a report from the previous process is not this one's
+    assert not s.lean_stats_path.exists()
+
+
+def test_speaker_without_the_launcher(tmp_path: Path) -> None:
+    binary = script(tmp_path, f"#!{sys.executable}")
+    off = speaker(tmp_path, binary, lean=False)
+    assert off._argv() == [str(binary), str(off.conf_path)]
+    assert "POP_ROUTER_LEAN_STATS" not in off._environment()
+    assert off.lean_reactor() == {"active": False, "reason": "off in the configuration (exabgp.lean_reactor)"}
+    shell = speaker(tmp_path, script(tmp_path, "#!/bin/sh"), lean=True)
+    assert shell._argv() == [str(tmp_path / "exabgp"), str(shell.conf_path)]
+    assert shell.lean_reactor()["active"] is False  # type: ignore[index]
+
+
 # --- the launcher, run ------------------------------------------------------------------------------
 
 def test_the_launcher_imports_only_the_standard_library() -> None:
@@ -237,7 +305,7 @@ def launch(python: str, tmp_path: Path, *args: str, pythonpath: Path | None = No
     env["POP_ROUTER_LEAN_STATS"] = str(tmp_path / "lean.json")
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([python, str(LAUNCHER), *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([python, str(LEAN_LAUNCHER), *args], capture_output=True, text=True, timeout=60,
                           env=env, cwd=tmp_path)
 
 
@@ -246,7 +314,7 @@ INTERPRETERS = [Path(sys.executable).with_name("exabgp"), Path(sys.executable).w
 
 @pytest.mark.parametrize("console", INTERPRETERS, ids=lambda p: p.name)
 def test_the_launcher_patches_the_installed_exabgp(console: Path, tmp_path: Path) -> None:
-    python = console.read_text().splitlines()[0][2:] if console.exists() else None
+    python = script_python(console) if console.exists() else None
     if python is None:
         pytest.skip(f"no {console.name} console script here (make deps installs it)")
     p = launch(python, tmp_path, "version")
