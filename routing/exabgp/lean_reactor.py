@@ -341,8 +341,14 @@ def install(sweep_s: float, stats_path: str | None) -> str:
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         originals["__init__"](self, *args, **kwargs)
+        try:
+            attach(self)
+        except Exception as exc:  # without its state the reactor behaves as ExaBGP's own
+            say(f"not attached to the reactor, every pass is a full sweep: {type(exc).__name__}: {exc}")
+            self.__dict__.pop(_STATE, None)
+
+    def attach(self: Any) -> None:
         lean = LeanPass(self, sweep_s, stats_path, established, later, version)
-        self.__dict__[_STATE] = lean
         # Per instance: the API handler and the scheduler belong to this reactor only.
         api_process, async_run, scheduler = self.api.process, self.asynchronous.run, self.asynchronous
 
@@ -357,6 +363,7 @@ def install(sweep_s: float, stats_path: str | None) -> str:
 
         self.api.process = process
         self.asynchronous.run = run_scheduled
+        self.__dict__[_STATE] = lean
         lean.write_stats()
 
     def active_peers(self: Any) -> Any:
