@@ -272,20 +272,23 @@ class LeanPass:
                **self.planner.report()}
         if self.failed is not None:
             doc["reason"] = f"planner failed: {self.failed}"
-        write_stats(self.stats_path, doc)
+        if not write_stats(self.stats_path, doc):
+            self.stats_path = None  # said once; the reactor runs on without a report
 
 
-def write_stats(path: str | None, doc: dict[str, Any]) -> None:
-    """Replace the report file atomically (a reader never sees half of it); errors are not ours to raise."""
+def write_stats(path: str | None, doc: dict[str, Any]) -> bool:
+    """Replace the report file atomically (a reader never sees half of it); False (said) if it failed."""
     if not path:
-        return
+        return True
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
             json.dump(doc, f)
         os.replace(tmp, path)
     except OSError as exc:
-        say(f"cannot write {path}: {exc.strerror}")
+        say(f"cannot write {path}: {exc.strerror}; no report from now on")
+        return False
+    return True
 
 
 def say(line: str) -> None:
