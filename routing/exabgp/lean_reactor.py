@@ -26,11 +26,12 @@ visits a session only when
     after its initial routes are out, a route-refresh still being written).
 
 A full sweep happens on the first pass after each ``sweep_s``-aligned boundary of ``time.time()``
-(and never more than ``sweep_s`` apart), on the first pass, and on the pass after anything that may
-have changed sessions behind the planner's back: an API command processed (``api.process``), work
-the asynchronous scheduler ran (announcements are applied there), a signal (``reload``,
-``restart``, ``shutdown``, ``_pending_adjribout``), a connection accepted (``handle_connection``),
-or ``poll()`` reporting an error or hang-up (ExaBGP's ``_prevent_spin``). When in doubt, sweep.
+(so at most ``sweep_s`` plus one reactor timeout apart), on the first pass, and on the pass after
+anything that may have changed sessions behind the planner's back: an API command processed
+(``api.process``), work the asynchronous scheduler ran (announcements are applied there), a signal
+(``reload``, ``restart``, ``shutdown``, ``_pending_adjribout``), a connection accepted
+(``handle_connection``), or ``poll()`` reporting an error or hang-up (ExaBGP's ``_prevent_spin``).
+When in doubt, sweep.
 
 **Why keepalives and hold timers stay right.** ExaBGP's timers count whole seconds of
 ``time.time()`` (``bgp/timer.py``: ``int(time.time())``): a keepalive or a hold-timer expiry can only
