@@ -25,6 +25,12 @@ visits a session only when
     generator keeps some work in locals the reactor cannot see (the End-of-RIB it sends on the turn
     after its initial routes are out, a route-refresh still being written).
 
+Whether a session needs a turn ((a), (c), (d)) is read right after each of its turns (``Peer.run``):
+between two full sweeps that is the only time it can change, because everything else that changes
+sessions (commands, scheduled work, signals, accepts) makes the next pass a full sweep. So a lean pass
+costs what it visits, not one check per session (a walk over 200 sessions per pass cost more than
+the turns it saved, py-spy on CPython).
+
 A full sweep happens on the first pass after each ``sweep_s``-aligned boundary of ``time.time()``
 (so at most ``sweep_s`` plus one reactor timeout apart), on the first pass, and on the pass after
 anything that may have changed sessions behind the planner's back: an API command processed
@@ -97,7 +103,7 @@ REQUIRED_METHODS = {
     ("exabgp.reactor.loop", "Reactor"): (
         "__init__", "run", "active_peers", "_wait_for_io", "_prevent_spin", "_pending_adjribout", "reload",
         "restart", "shutdown", "handle_connection"),
-    ("exabgp.reactor.peer", "Peer"): ("__init__", "run", "socket", "_main"),
+    ("exabgp.reactor.peer", "Peer"): ("__init__", "run", "socket", "stopping", "_main"),
     ("exabgp.reactor.asynchronous", "ASYNC"): ("run", "ready"),
     ("exabgp.reactor.api", "API"): ("process",),
     ("exabgp.rib.outgoing", "OutgoingRIB"): ("pending",),
@@ -108,6 +114,9 @@ REQUIRED_SOURCE = {
         "peers = self.active_peers()", "action = peer.run()", "elif action == ACTION.LATER:",
         "self.api.process(self, service, command)", "self.asynchronous.run()",
         "for io in self._wait_for_io(sleep):", "if self._pending_adjribout():"),
+    ("exabgp.reactor.loop", "Reactor", "active_peers"): (
+        "for key, peer in self._peers.items():", "if peer.stopping():",
+        "if peer.neighbor['passive'] and not peer.proto:"),
     ("exabgp.reactor.peer", "Peer", "__init__"): ("self._teardown = None", "self._neighbor = None"),
     ("exabgp.reactor.peer", "Peer", "_main"): (
         "if self._neighbor:", "self.neighbor.messages", "self.neighbor.refresh", "self.neighbor.eor",
@@ -122,9 +131,12 @@ REQUIRED_SOURCE = {
 class PassPlanner:
     """Which sessions a reactor pass visits; one per reactor. Nothing here touches ExaBGP or a clock.
 
-    Each pass: :meth:`plan` with the sessions ``active_peers()`` returned. Between passes the adapter
-    reports what happened: :meth:`socket_ready` for every fd ``poll()`` said is readable (API pipes
-    excluded), :meth:`request_full` for every event after which a full sweep is due.
+    Each pass: :meth:`plan`, with the sessions that need a turn (``attention``: (a), (c) or (d) held
+    after their last turn, which is the only time those can change between full sweeps), returns
+    None for a full sweep or the sessions to visit. Between passes the adapter reports what happened:
+    :meth:`socket_ready` for every fd ``poll()`` said is readable (API pipes excluded),
+    :meth:`request_full` for every event after which a full sweep is due. A lean pass costs what it
+    visits: nothing here walks every session.
     """
 
     def __init__(self, sweep_s: float) -> None:
@@ -132,11 +144,10 @@ class PassPlanner:
         self._full_why: str | None = "start"
         self._last_full: float | None = None
         self._ready: list[int] = []
-        self._followup: set[Hashable] = set()
+        self._followup: frozenset[Hashable] = frozenset()
         self.passes = {"full": 0, "lean": 0}
         self.turns = {"full": 0, "lean": 0}
         self.full_reasons: dict[str, int] = {}
-        self.last_was_full = False
 
     def request_full(self, why: str) -> None:
         """Make the next pass a full sweep (the first reason given is the one counted)."""
@@ -154,12 +165,13 @@ class PassPlanner:
             return True
         return math.floor(now / self.sweep_s) != math.floor(last / self.sweep_s)
 
-    def plan(self, now: float, active: set[Hashable], owner: Callable[[int], Hashable | None],
-             needs_turn: Callable[[Hashable], bool]) -> set[Hashable]:
-        """The sessions this pass visits, out of ``active`` (``active`` itself on a full sweep).
+    def plan(self, now: float, attention: set[Hashable] | frozenset[Hashable],
+             owner: Callable[[int], Hashable | None]) -> set[Hashable] | None:
+        """None: this pass is a full sweep. Otherwise the sessions it visits: those in ``attention``,
+        those in it at the previous pass (their follow-up turn) and those whose socket is readable.
 
         ``owner(fd)``: the session whose socket ``fd`` is, None if it cannot be told (a full sweep
-        then). ``needs_turn(key)``: (a), (c) or (d) of the module docstring holds for the session.
+        then).
         """
         why = self._full_why
         if why is None and self.sweep_due(now):
@@ -173,20 +185,21 @@ class PassPlanner:
                     why = "unknown socket"
                     break
                 chosen.add(key)
-        busy = {key for key in active if needs_turn(key)}
-        followup, self._followup = self._followup, busy
-        self.last_was_full = why is not None
+        followup, self._followup = self._followup, frozenset(attention)
         if why is not None:
             self._full_why = None
             self._last_full = now
             self.full_reasons[why] = self.full_reasons.get(why, 0) + 1
             self.passes["full"] += 1
-            self.turns["full"] += len(active)
-            return active
-        chosen = (chosen | busy | followup) & active
+            return None
         self.passes["lean"] += 1
-        self.turns["lean"] += len(chosen)
+        chosen |= attention
+        chosen |= followup
         return chosen
+
+    def visited(self, kind: str, turns: int) -> None:
+        """How many sessions the pass (``full`` or ``lean``) really visited, for the report."""
+        self.turns[kind] += turns
 
     def report(self) -> dict[str, Any]:
         return {"sweep_s": self.sweep_s, "passes": dict(self.passes), "turns": dict(self.turns),
@@ -229,38 +242,72 @@ class LeanPass:
     """One reactor's planner, the facts it is fed, and its report file."""
 
     def __init__(self, reactor: Any, sweep_s: float, stats_path: str | None, established: Any, later: int,
-                 version: str) -> None:
+                 close: int, version: str) -> None:
         self.reactor = reactor
         self.planner = PassPlanner(sweep_s)
         self.stats_path = stats_path
         self.established = established
         self.later = later
+        self.close = close
         self.version = version
+        #: Sessions that need a turn, as of the end of their last turn (see :class:`PassPlanner`).
+        self.attention: set[Hashable] = set()
         #: fd -> the Peer that last registered it with the reactor's poller (on ACTION.LATER).
         self.fd_owner: dict[int, Any] = {}
         self.failed: str | None = None
         self._stats_at = 0.0
 
-    def plan(self, active: set[Hashable]) -> set[Hashable]:
+    def plan(self, every_session: Callable[[], set[Hashable]]) -> set[Hashable]:
+        """This pass's sessions; ``every_session()``: ExaBGP's own ``active_peers()``, for a sweep."""
         if self.failed is not None:
-            return active
+            return every_session()
         try:
             now = time.time()
-            chosen = self.planner.plan(now, active, self.owner, self.needs_turn)
-            if self.planner.last_was_full and now - self._stats_at >= STATS_PERIOD_S:
-                self._stats_at = now
-                self.write_stats()
+            chosen = self.planner.plan(now, self.attention, self.owner)
+            if chosen is None:
+                active = every_session()
+                peers = self.reactor._peers
+                for key in active:
+                    peers[key].__dict__[_KEY] = key  # for owner() and after_turn(): a Peer does not know it
+                self.planner.visited("full", len(active))
+                if now - self._stats_at >= STATS_PERIOD_S:
+                    self._stats_at = now
+                    self.write_stats()
+                return active
+            chosen = {key for key in chosen if self.eligible(key)}
+            self.planner.visited("lean", len(chosen))
             return chosen
         except Exception as exc:  # never take the reactor down: fall back to ExaBGP's behaviour
             self.failed = f"{type(exc).__name__}: {exc}"
             say(f"planner failed ({self.failed}); every pass is a full sweep from now on")
             self.write_stats()
-            return active
+            return every_session()
 
-    def needs_turn(self, key: Hashable) -> bool:
-        peer = self.reactor._peers[key]
-        peer.__dict__[_KEY] = key  # for owner(): a Peer does not know its key in Reactor._peers
-        return needs_turn(peer, self.established, self.later)
+    def eligible(self, key: Hashable) -> bool:
+        """ExaBGP's own ``active_peers()`` rule for one session (checked against its source): still
+        configured, and a passive neighbour only once it has a connection or is on its way out."""
+        peer = self.reactor._peers.get(key)
+        if peer is None:
+            self.attention.discard(key)
+            return False
+        return peer.stopping() or not (peer.neighbor["passive"] and not peer.proto)
+
+    def after_turn(self, peer: Any, action: Any) -> None:
+        """Called after every ``Peer.run()``: is the session still in need of a turn?"""
+        peer.__dict__[_LAST_ACTION] = action
+        key = peer.__dict__.get(_KEY)
+        if key is None:  # a session no sweep has seen: sweep now rather than guess
+            self.planner.request_full("unknown session")
+            return
+        if action == self.later:
+            # Reactor.run registers this socket with its poller now: remember whose it is.
+            fd = peer.socket()
+            if fd != -1:
+                self.fd_owner[fd] = peer
+        if action != self.close and needs_turn(peer, self.established, self.later):
+            self.attention.add(key)
+        else:
+            self.attention.discard(key)
 
     def owner(self, fd: int) -> Hashable | None:
         peer = self.fd_owner.get(fd)
@@ -322,8 +369,9 @@ def unsupported() -> str | None:
             if absent:
                 return f"ExaBGP {version}: {cls}.{method} no longer has {absent[0]!r}"
         peer_module = importlib.import_module("exabgp.reactor.peer")
-        if not hasattr(peer_module.ACTION, "LATER") or not hasattr(peer_module.FSM, "ESTABLISHED"):
-            return f"ExaBGP {version}: no ACTION.LATER or FSM.ESTABLISHED"
+        if not all(hasattr(peer_module.ACTION, a) for a in ("LATER", "CLOSE")) or \
+                not hasattr(peer_module.FSM, "ESTABLISHED"):
+            return f"ExaBGP {version}: no ACTION.LATER, ACTION.CLOSE or FSM.ESTABLISHED"
     except (ImportError, AttributeError, OSError, TypeError) as exc:
         return f"ExaBGP {version}: cannot inspect its reactor ({type(exc).__name__}: {exc})"
     return None
@@ -335,7 +383,7 @@ def install(sweep_s: float, stats_path: str | None) -> str:
     from exabgp.reactor.loop import Reactor
     from exabgp.version import version
 
-    later, established = peer_module.ACTION.LATER, peer_module.FSM.ESTABLISHED
+    later, close, established = peer_module.ACTION.LATER, peer_module.ACTION.CLOSE, peer_module.FSM.ESTABLISHED
     run_code = Reactor.run.__code__
     originals = {name: getattr(Reactor, name) for name in REQUIRED_METHODS[("exabgp.reactor.loop", "Reactor")]}
     peer_run = peer_module.Peer.run
@@ -352,7 +400,7 @@ def install(sweep_s: float, stats_path: str | None) -> str:
             self.__dict__.pop(_STATE, None)
 
     def attach(self: Any) -> None:
-        lean = LeanPass(self, sweep_s, stats_path, established, later, version)
+        lean = LeanPass(self, sweep_s, stats_path, established, later, close, version)
         # Per instance: the API handler and the scheduler belong to this reactor only.
         api_process, async_run, scheduler = self.api.process, self.asynchronous.run, self.asynchronous
 
@@ -371,12 +419,11 @@ def install(sweep_s: float, stats_path: str | None) -> str:
         lean.write_stats()
 
     def active_peers(self: Any) -> Any:
-        peers = originals["active_peers"](self)
         lean = state_of(self)
         # Only the pass of Reactor.run is planned; any other caller gets every session.
         if lean is None or sys._getframe(1).f_code is not run_code:
-            return peers
-        return lean.plan(peers)
+            return originals["active_peers"](self)
+        return lean.plan(lambda: originals["active_peers"](self))
 
     def wait_for_io(self: Any, sleeptime: Any) -> Any:
         lean = state_of(self)
@@ -401,13 +448,9 @@ def install(sweep_s: float, stats_path: str | None) -> str:
 
     def run_peer(self: Any) -> Any:
         action = peer_run(self)
-        self.__dict__[_LAST_ACTION] = action
-        if action == later:
-            # Reactor.run registers this socket with its poller now: remember whose it is.
-            lean = state_of(self.reactor)
-            fd = self.socket()
-            if lean is not None and fd != -1:
-                lean.fd_owner[fd] = self
+        lean = state_of(self.reactor)
+        if lean is not None:
+            lean.after_turn(self, action)
         return action
 
     Reactor.__init__ = init

@@ -34,18 +34,20 @@ SESSIONS = {"a", "b", "c"}
 FDS = {10: "a", 11: "b", 12: "c"}
 
 
-def idle(_key: object) -> bool:
-    return False
-
-
 def owner(fd: int) -> str | None:
     return FDS.get(fd)
+
+
+def visit(p: PassPlanner, now: float, attention: set[str] | None = None) -> set[str]:
+    """The sessions a pass visits (a full sweep: all of them), as the adapter sees it."""
+    chosen = p.plan(now, attention or set(), owner)
+    return SESSIONS if chosen is None else chosen
 
 
 def started(sweep_s: float = 1.0, at: float = 100.2) -> PassPlanner:
     """A planner past its first pass (a full sweep at ``at``)."""
     p = PassPlanner(sweep_s)
-    assert p.plan(at, SESSIONS, owner, idle) == SESSIONS
+    assert p.plan(at, set(), owner) is None
     assert p.full_reasons == {"start": 1}
     return p
 
@@ -54,50 +56,42 @@ def started(sweep_s: float = 1.0, at: float = 100.2) -> PassPlanner:
 
 def test_idle_sessions_are_left_alone_until_the_next_second() -> None:
     p = started()
-    assert p.plan(100.5, SESSIONS, owner, idle) == set()
-    assert p.plan(100.99, SESSIONS, owner, idle) == set()
-    assert p.plan(101.01, SESSIONS, owner, idle) == SESSIONS  # the sweep: a new wall-clock second
-    assert p.plan(101.5, SESSIONS, owner, idle) == set()
+    assert visit(p, 100.5) == set()
+    assert visit(p, 100.99) == set()
+    assert p.plan(101.01, set(), owner) is None  # the sweep: a new wall-clock second
+    assert visit(p, 101.5) == set()
     assert p.passes == {"full": 2, "lean": 3} and p.full_reasons == {"start": 1, "sweep": 1}
-    assert p.turns == {"full": 6, "lean": 0}
 
 
 def test_a_readable_socket_gives_its_session_a_turn_once() -> None:
     p = started()
     p.socket_ready(11)
-    assert p.plan(100.3, SESSIONS, owner, idle) == {"b"}
-    assert p.plan(100.4, SESSIONS, owner, idle) == set()
+    assert visit(p, 100.3) == {"b"}
+    assert visit(p, 100.4) == set()
 
 
 def test_a_socket_nobody_owns_makes_a_full_sweep() -> None:
     p = started()
     p.socket_ready(11)
     p.socket_ready(99)
-    assert p.plan(100.3, SESSIONS, owner, idle) == SESSIONS
+    assert p.plan(100.3, set(), owner) is None
     assert p.full_reasons["unknown socket"] == 1
-
-
-def test_a_ready_session_that_left_is_not_visited() -> None:
-    p = started()
-    p.socket_ready(12)
-    assert p.plan(100.3, {"a", "b"}, owner, idle) == set()
 
 
 def test_a_busy_session_gets_its_turns_and_one_more() -> None:
     """(a)/(c)/(d): visited while busy, then once more (the End-of-RIB after the initial routes)."""
     p = started()
-    busy = {"c"}
-    assert p.plan(100.3, SESSIONS, owner, lambda k: k in busy) == {"c"}
-    assert p.plan(100.4, SESSIONS, owner, lambda k: k in busy) == {"c"}
-    busy.clear()
-    assert p.plan(100.5, SESSIONS, owner, lambda k: k in busy) == {"c"}  # the follow-up turn
-    assert p.plan(100.6, SESSIONS, owner, lambda k: k in busy) == set()
+    assert visit(p, 100.3, {"c"}) == {"c"}
+    assert visit(p, 100.4, {"c"}) == {"c"}
+    assert visit(p, 100.5) == {"c"}  # the follow-up turn
+    assert visit(p, 100.6) == set()
 
 
-def test_work_seen_during_a_full_sweep_gets_its_follow_up() -> None:
+def test_work_seen_at_a_full_sweep_gets_its_follow_up() -> None:
     p = PassPlanner(1.0)
-    assert p.plan(100.2, SESSIONS, owner, lambda k: k == "a") == SESSIONS
-    assert p.plan(100.3, SESSIONS, owner, idle) == {"a"}
+    assert p.plan(100.2, {"a"}, owner) is None
+    assert visit(p, 100.3) == {"a"}
+    assert visit(p, 100.4) == set()
 
 
 @pytest.mark.parametrize("why", ["api command", "scheduled work", "reload", "accept", "poll error"])
@@ -105,25 +99,27 @@ def test_events_make_the_next_pass_a_full_sweep(why: str) -> None:
     p = started()
     p.request_full(why)
     p.request_full("something else")  # the first reason is the one counted
-    assert p.plan(100.3, SESSIONS, owner, idle) == SESSIONS
-    assert p.plan(100.4, SESSIONS, owner, idle) == set()
+    assert p.plan(100.3, set(), owner) is None
+    assert visit(p, 100.4) == set()
     assert p.full_reasons == {"start": 1, why: 1}
 
 
 def test_a_clock_that_goes_back_sweeps() -> None:
     p = started()
-    assert p.plan(99.5, SESSIONS, owner, idle) == SESSIONS
+    assert p.plan(99.5, set(), owner) is None
 
 
 def test_a_long_sleep_sweeps_even_inside_one_slot() -> None:
     p = started(sweep_s=0.5, at=100.0)
-    assert p.plan(100.49, SESSIONS, owner, idle) == set()
-    assert p.plan(100.5, SESSIONS, owner, idle) == SESSIONS
+    assert visit(p, 100.49) == set()
+    assert p.plan(100.5, set(), owner) is None
 
 
 def test_report() -> None:
     p = started()
-    p.plan(100.5, SESSIONS, owner, lambda k: k == "a")
+    p.visited("full", 3)
+    visit(p, 100.5, {"a"})
+    p.visited("lean", 1)
     assert p.report() == {"sweep_s": 1.0, "passes": {"full": 1, "lean": 1}, "turns": {"full": 3, "lean": 1},
                           "full_reasons": {"start": 1}}
 
@@ -153,7 +149,7 @@ def test_idle_sessions_send_keepalives_on_the_same_pass_as_exabgp(gaps_ms: list[
         t += g / 1000
         passes.append(t)
     p = PassPlanner(1.0)
-    visited = [now for now in passes if p.plan(now, {"s"}, owner, idle)]
+    visited = [now for now in passes if p.plan(now, set(), owner) is None]
     assert keepalives_sent(visited, keepalive_s, passes[0]) == keepalives_sent(passes, keepalive_s, passes[0])
 
 
@@ -162,7 +158,7 @@ def test_full_sweeps_are_never_further_apart_than_sweep_s_plus_one_gap(gaps: lis
     p, t, last = PassPlanner(sweep_s), 50.0, None
     for g in gaps:
         t += g
-        if p.plan(t, {"s"}, owner, idle):
+        if p.plan(t, set(), owner) is None:
             if last is not None:
                 assert t - last <= sweep_s + g + 1e-9
             last = t
@@ -210,6 +206,64 @@ def test_no_rib_yet_is_not_work() -> None:
     p = peer()
     p.neighbor.rib = None
     assert needs_turn(p, ESTABLISHED, LATER) is False
+
+
+class FakeNeighbor(dict):
+    """ExaBGP's Neighbor: settings by key, queues and the RIB as attributes."""
+
+    def __init__(self, passive: bool = False) -> None:
+        super().__init__(passive=passive)
+        self.messages: list[str] = []
+        self.refresh: list[str] = []
+        self.eor: list[str] = []
+        self.pending = False
+        self.rib = SimpleNamespace(outgoing=SimpleNamespace(pending=lambda: self.pending))
+
+
+class FakePeer:
+    def __init__(self, fd: int, passive: bool = False) -> None:
+        self.fsm, self._teardown, self._neighbor, self.proto = ESTABLISHED, None, None, object()
+        self.neighbor = FakeNeighbor(passive)
+        self.fd = fd
+
+    def stopping(self) -> bool:
+        return False
+
+    def socket(self) -> int:
+        return self.fd if self.proto is not None else -1
+
+
+def test_the_adapter_visits_what_its_turns_left_busy() -> None:
+    """LeanPass with a stand-in reactor: attention is read after each turn, a lean pass visits only
+    it (plus follow-ups and readable sockets), and ExaBGP's own rule drops a passive peer with no
+    connection; a full sweep asks ExaBGP for every session."""
+    peers = {"a": FakePeer(10), "b": FakePeer(11), "p": FakePeer(12, passive=True)}
+    reactor = SimpleNamespace(_peers=peers)
+    lean = lean_reactor.LeanPass(reactor, 1.0, None, ESTABLISHED, LATER, 0x01, "5.0.15")
+    every = lambda: set(peers)  # noqa: E731 - ExaBGP's active_peers() stand-in
+    assert lean.plan(every) == {"a", "b", "p"}  # the first pass sweeps
+    for peer in peers.values():
+        lean.after_turn(peer, LATER)
+    assert lean.attention == set()
+    assert lean.plan(every) == set()
+    peers["b"].neighbor.pending = True  # an announcement queued (the API's pass sweeps; here by hand)
+    lean.after_turn(peers["b"], LATER)
+    peers["p"].proto, peers["p"].fsm = None, 0x01  # the passive peer lost its connection
+    lean.after_turn(peers["p"], LATER)
+    assert lean.attention == {"b", "p"}
+    assert lean.plan(every) == {"b"}  # p: ExaBGP's rule, no connection and passive
+    peers["b"].neighbor.pending = False
+    lean.after_turn(peers["b"], LATER)
+    lean.planner.socket_ready(10)
+    assert lean.plan(every) == {"a", "b"}  # a: readable; b: its follow-up turn
+    lean.after_turn(peers["a"], LATER)
+    assert lean.plan(every) == set()
+    del peers["b"]
+    lean.attention.add("b")
+    assert lean.plan(every) == set() and "b" not in lean.attention  # gone from the reactor
+    lean.after_turn(FakePeer(13), LATER)  # a session no sweep has seen: the next pass sweeps
+    assert lean.plan(every) == {"a", "p"}
+    assert lean.planner.full_reasons == {"start": 1, "unknown session": 1}
 
 
 # --- settings -------------------------------------------------------------------------------------
