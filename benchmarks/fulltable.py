@@ -37,7 +37,8 @@ Cases (``--cases``, comma-separated; default ``1m,3peers,sessions``):
   ``--feeder-passive`` (no connect race with BIRD's error wait), ``--exabgp-env K=V,...`` (sweeps) and
   ``--lean-reactor on,off [--rounds N]`` (pop-router with and without ``exabgp.lean_reactor``, one
   after the other, N times, the order reversed every other round; ``on:0.1`` also sets ``exabgp.lean_sweep_s``; the launcher's pass counts
-  are in the RESULT as ``..._lean_reactor``).
+  are in the RESULT as ``..._lean_reactor``). ``--settle S`` idles S seconds between convergence and
+  the soak without measuring (steady state: PyPy compiles a loop only after ~1,000 iterations).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases 1m --prefixes 100000
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases sessions --sessions 200 --soak 30
@@ -710,7 +711,7 @@ def neighbour_table_for(entries: int, keep: bool) -> Iterator[None]:
 def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, processes: str,
                  timeout_s: float, soak_s: float, soak_poll_s: float = 1.0,
                  exabgp_env: dict[str, str] | None = None, hold_s: int | None = None,
-                 feeder_passive: bool = False, lean: str | None = None) -> dict[str, Any]:
+                 feeder_passive: bool = False, lean: str | None = None, settle_s: float = 0.0) -> dict[str, Any]:
     total = sum(len(session_prefixes(k)) for k in range(sessions))
     feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions, hold_s, feeder_passive))
     log(f"feeder: {sessions} sessions, {total:,} prefixes; PoP {pop_kind}")
@@ -761,6 +762,11 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
                     last = now
                     log(f"{pop_kind}: {est}/{sessions} established, {fib:,}/{total:,} in the FIB")
                 time.sleep(0.25)  # poll
+            # Settle: idle but not measured (PyPy's JIT compiles a loop after ~1,000 iterations: a lean
+            # reactor makes ~20 passes a second, so right after convergence it still runs interpreted).
+            settle_end = time.monotonic() + settle_s
+            while time.monotonic() < settle_end:
+                time.sleep(min(soak_poll_s, max(0.0, settle_end - time.monotonic())))  # poll: waiting out the settle
             # Soak: sessions that drop, and the CPU of every PoP process while nothing changes.
             est0, _, drops0 = state()
             downs_bird = 0
@@ -891,6 +897,8 @@ def main() -> int:
     ap.add_argument("--lean-reactor", default="",
                     help="sessions case: pop-router variants run one after the other, e.g. on,off or on,on:0.1,off "
                          "(exabgp.lean_reactor, on:S also sets exabgp.lean_sweep_s); default: the configuration's")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="sessions case: seconds idle between convergence and the soak, not measured (JIT warm-up)")
     ap.add_argument("--rounds", type=int, default=1, help="sessions case: run the variants this many times, alternating")
     ap.add_argument("--table-timeout", type=float, default=900.0)
     ap.add_argument("--no-bird", action="store_true", help="skip BIRD-as-PoP (profiling runs)")
@@ -978,6 +986,8 @@ def main() -> int:
                 result["hold_time_s"] = args.hold_time
             if args.feeder_passive:
                 result["feeder_passive"] = True
+            if args.settle:
+                result["settle_s"] = args.settle
             print("\n### customer sessions (10-50 prefixes each)\n")
             print("| PoP | sessions | prefixes | all Established s | converged s | dropped in soak | soak s | idle CPU % of a core | processes: VmHWM MB |")
             print("|---|---|---|---|---|---|---|---|---|")
@@ -991,7 +1001,7 @@ def main() -> int:
                                 lab_for(work, "sessions", count) as lab:
                             r = run_sessions(lab, count, kind, interpreters[0], args.processes, args.converge_timeout,
                                              args.soak, args.soak_poll, exabgp_env, args.hold_time, args.feeder_passive,
-                                             variant)
+                                             variant, args.settle)
                         procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
                         name = kind if variant is None else f"{kind} (lean {variant}, round {rnd})"
                         print(f"| {name} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "
