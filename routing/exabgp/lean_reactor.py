@@ -256,14 +256,25 @@ class LeanPass:
         self.fd_owner: dict[int, Any] = {}
         self.failed: str | None = None
         self._stats_at = 0.0
+        #: Seconds from the start of a pass to its poll(), by kind (the report's ``work_s``).
+        self.work_s = {"full": 0.0, "lean": 0.0}
+        self._pass: tuple[str, float] | None = None
+
+    def pass_done(self) -> None:
+        """The pass reached its poll(): add what it took to ``work_s``."""
+        if self._pass is not None:
+            kind, started = self._pass
+            self.work_s[kind] += time.perf_counter() - started
+            self._pass = None
 
     def plan(self, every_session: Callable[[], set[Hashable]]) -> set[Hashable]:
         """This pass's sessions; ``every_session()``: ExaBGP's own ``active_peers()``, for a sweep."""
         if self.failed is not None:
             return every_session()
         try:
-            now = time.time()
+            started, now = time.perf_counter(), time.time()
             chosen = self.planner.plan(now, self.attention, self.owner)
+            self._pass = ("lean" if chosen is not None else "full", started)
             if chosen is None:
                 active = every_session()
                 peers = self.reactor._peers
@@ -317,7 +328,7 @@ class LeanPass:
 
     def write_stats(self) -> None:
         doc = {"active": self.failed is None, "exabgp": self.version, "pid": os.getpid(), "at": time.time(),
-               **self.planner.report()}
+               **self.planner.report(), "work_s": {k: round(v, 3) for k, v in self.work_s.items()}}
         if self.failed is not None:
             doc["reason"] = f"planner failed: {self.failed}"
         if not write_stats(self.stats_path, doc):
@@ -427,6 +438,8 @@ def install(sweep_s: float, stats_path: str | None) -> str:
 
     def wait_for_io(self: Any, sleeptime: Any) -> Any:
         lean = state_of(self)
+        if lean is not None:
+            lean.pass_done()
         api_fds = self.processes.fds if self.processes is not None else ()
         for fd in originals["_wait_for_io"](self, sleeptime):
             if lean is not None and fd not in api_fds:
