@@ -28,8 +28,9 @@ visits a session only when
 Whether a session needs a turn ((a), (c), (d)) is read right after each of its turns (``Peer.run``):
 between two full sweeps that is the only time it can change, because everything else that changes
 sessions (commands, scheduled work, signals, accepts) makes the next pass a full sweep. So a lean pass
-costs what it visits, not one check per session (a walk over 200 sessions per pass cost more than
-the turns it saved, py-spy on CPython).
+costs what it visits, not one check per session (checking every session on every pass cost more
+than the turns it visited at 200 sessions on CPython, py-spy; at 1,000 sessions on PyPy removing it
+took the idle process from ~19 % to ~10 % of a core, ``benchmarks/RESULTS.md``).
 
 A full sweep happens on the first pass after each ``sweep_s``-aligned boundary of ``time.time()``
 (so at most ``sweep_s`` plus one reactor timeout apart), on the first pass, and on the pass after
