@@ -34,7 +34,11 @@ Cases (``--cases``, comma-separated; default ``1m,3peers,sessions``):
   (``keepalive_gaps_s``). The soak should span the keepalive interval (hold / 3; 30 s by default):
   keepalives arrive in a burst per interval, and each wakes ExaBGP for a pass over every session.
   ``--soak-poll`` (the soak's API calls cost the daemon ~1 % at 1 s), ``--hold-time``,
-  ``--feeder-passive`` (no connect race with BIRD's error wait) and ``--exabgp-env K=V,...`` (sweeps).
+  ``--feeder-passive`` (no connect race with BIRD's error wait), ``--exabgp-env K=V,...`` (sweeps) and
+  ``--lean-reactor on,off [--rounds N]`` (pop-router with and without ``exabgp.lean_reactor``, one
+  after the other, N times, the order reversed every other round; ``on:0.1`` also sets ``exabgp.lean_sweep_s``; the launcher's pass counts
+  are in the RESULT as ``..._lean_reactor``). ``--settle S`` idles S seconds between convergence and
+  the soak without measuring (steady state: PyPy compiles a loop only after ~1,000 iterations).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases 1m --prefixes 100000
     PYTHONPATH=. .venv/bin/python benchmarks/fulltable.py --cases sessions --sessions 200 --soak 30
@@ -421,15 +425,25 @@ class Customer:
     max_prefixes: int
 
 
+def lean_settings(lean: str | None) -> str:
+    """pop.yaml's ``exabgp`` keys for a ``--lean-reactor`` variant: ``on``, ``off`` or ``on:SWEEP_S``."""
+    if not lean:
+        return ""
+    on, _, sweep = lean.partition(":")
+    if on not in ("on", "off"):
+        raise ValueError(f"--lean-reactor variant {lean!r}: expected on, off or on:SWEEP_S")
+    return f", lean_reactor: {'true' if on == 'on' else 'false'}" + (f", lean_sweep_s: {float(sweep)}" if sweep else "")
+
+
 def pop_yaml(work: Path, customers: list[Customer], interpreter: str, processes: str,
-             exabgp_env: dict[str, str] | None = None, hold_s: int | None = None) -> str:
+             exabgp_env: dict[str, str] | None = None, hold_s: int | None = None, lean: str | None = None) -> str:
     env = f", env: {json.dumps(exabgp_env)}" if exabgp_env else ""
     hold = f", hold_time_s: {hold_s}" if hold_s else ""
     out = [f"router: {{asn: 65000, router_id: 192.0.2.1{hold}}}",
            f"api: {{socket: {work / 'api.sock'}}}",
            "metrics: {listen: 127.0.0.1:19324}",
            "fib: {protocol: 200, stale_timeout_s: 600}",
-           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}{env}}}",
+           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}{env}{lean_settings(lean)}}}",
            "log_level: WARNING",
            "customers:"]
     for c in customers:
@@ -697,7 +711,7 @@ def neighbour_table_for(entries: int, keep: bool) -> Iterator[None]:
 def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, processes: str,
                  timeout_s: float, soak_s: float, soak_poll_s: float = 1.0,
                  exabgp_env: dict[str, str] | None = None, hold_s: int | None = None,
-                 feeder_passive: bool = False) -> dict[str, Any]:
+                 feeder_passive: bool = False, lean: str | None = None, settle_s: float = 0.0) -> dict[str, Any]:
     total = sum(len(session_prefixes(k)) for k in range(sessions))
     feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions, hold_s, feeder_passive))
     log(f"feeder: {sessions} sessions, {total:,} prefixes; PoP {pop_kind}")
@@ -708,7 +722,8 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
     if pop_kind == "pop-router":
         customers = [Customer(f"c{k}", 4200000000 + k, [f"{session_block(k)[1]} le 24"], session_addr(k),
                               session_local(k), 100) for k in range(sessions)]
-        pop_r = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes, exabgp_env, hold_s))
+        pop_r = PopRouter(lab.pop, lab.work,
+                          pop_yaml(lab.work, customers, interpreter, processes, exabgp_env, hold_s, lean))
         root = pop_r.start()
         pop_r.wait_api()
     else:
@@ -747,6 +762,11 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
                     last = now
                     log(f"{pop_kind}: {est}/{sessions} established, {fib:,}/{total:,} in the FIB")
                 time.sleep(0.25)  # poll
+            # Settle: idle but not measured (PyPy's JIT compiles a loop after ~1,000 iterations: a lean
+            # reactor makes ~20 passes a second, so right after convergence it still runs interpreted).
+            settle_end = time.monotonic() + settle_s
+            while time.monotonic() < settle_end:
+                time.sleep(min(soak_poll_s, max(0.0, settle_end - time.monotonic())))  # poll: waiting out the settle
             # Soak: sessions that drop, and the CPU of every PoP process while nothing changes.
             est0, _, drops0 = state()
             downs_bird = 0
@@ -762,6 +782,8 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
             cpu1, w1 = sum(role1.values()), time.monotonic()
             ka_gaps = kas.stop()
             est1, fib1, drops1 = state()
+            lean_report = [p.get("lean_reactor") for p in pop_r.api("/status")["exabgp_processes"]] \
+                if pop_r is not None else None
             if pop_b is not None:
                 # BIRD: a session that went down and came back shows a recent "since"; count those not up,
                 # and the lowest established count seen.
@@ -776,7 +798,7 @@ def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, proce
                 "idle_cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
                 "idle_cpu_pct_by_process": {r: round(100 * (role1[r] - role0.get(r, 0.0)) / (w1 - w0), 2)
                                             for r in sorted(role1)},
-                "procs": smp.by_role(), "fib_end": fib1, "keepalive_gaps_s": ka_gaps}
+                "procs": smp.by_role(), "fib_end": fib1, "keepalive_gaps_s": ka_gaps, "lean_reactor": lean_report}
     finally:
         if pop_r is not None:
             pop_r.stop()
@@ -872,6 +894,12 @@ def main() -> int:
                     help="sessions case: the feeder BIRD only accepts (no connect race with the PoP)")
     ap.add_argument("--exabgp-env", default="",
                     help="sessions case: extra ExaBGP settings KEY=VALUE,... (pop.yaml exabgp.env), for sweeps")
+    ap.add_argument("--lean-reactor", default="",
+                    help="sessions case: pop-router variants run one after the other, e.g. on,off or on,on:0.1,off "
+                         "(exabgp.lean_reactor, on:S also sets exabgp.lean_sweep_s); default: the configuration's")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="sessions case: seconds idle between convergence and the soak, not measured (JIT warm-up)")
+    ap.add_argument("--rounds", type=int, default=1, help="sessions case: run the variants this many times, alternating")
     ap.add_argument("--table-timeout", type=float, default=900.0)
     ap.add_argument("--no-bird", action="store_true", help="skip BIRD-as-PoP (profiling runs)")
     ap.add_argument("--pyspy", type=Path, default=None, help="record py-spy profiles into this directory")
@@ -958,30 +986,40 @@ def main() -> int:
                 result["hold_time_s"] = args.hold_time
             if args.feeder_passive:
                 result["feeder_passive"] = True
+            if args.settle:
+                result["settle_s"] = args.settle
             print("\n### customer sessions (10-50 prefixes each)\n")
             print("| PoP | sessions | prefixes | all Established s | converged s | dropped in soak | soak s | idle CPU % of a core | processes: VmHWM MB |")
             print("|---|---|---|---|---|---|---|---|---|")
-            for count in (int(x) for x in args.sessions.split(",")):
-                kinds = ["pop-router"] + ([] if args.no_bird else ["bird"])
-                for kind in kinds:
-                    with neighbour_table_for(2 * count, args.keep_neigh_limits), lab_for(work, "sessions", count) as lab:
-                        r = run_sessions(lab, count, kind, interpreters[0], args.processes,
-                                         args.converge_timeout, args.soak, args.soak_poll, exabgp_env, args.hold_time,
-                                         args.feeder_passive)
-                    procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
-                    print(f"| {kind} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "
-                          f"{r['dropped_in_soak']} (min up {r['min_established_in_soak']}) | {r['soak_s']:.0f} | "
-                          f"{r['idle_cpu_pct']} | {procs} |", flush=True)
-                    tag = "" if kind == "pop-router" else "bird_"
-                    result[f"{tag}sessions_{count}_s"] = r["converged_s"]
-                    result[f"{tag}sessions_{count}_established_s"] = r["established_s"]
-                    result[f"{tag}sessions_{count}_dropped"] = r["dropped_in_soak"]
-                    result[f"{tag}sessions_{count}_up_at_timeout"] = r["established_at_timeout"]
-                    result[f"{tag}idle_cpu_pct_{count}"] = r["idle_cpu_pct"]
-                    result[f"{tag}idle_cpu_pct_{count}_by_process"] = r["idle_cpu_pct_by_process"]
-                    log(f"{kind} {count}: idle CPU by process (% of a core) {r['idle_cpu_pct_by_process']}")
-                    result[f"{tag}sessions_{count}_procs"] = r["procs"]
-                    result[f"{tag}sessions_{count}_keepalive_gaps_s"] = r["keepalive_gaps_s"]
+            variants = [v for v in args.lean_reactor.split(",") if v] or [None]
+            for rnd in range(1, args.rounds + 1):
+                for count in (int(x) for x in args.sessions.split(",")):
+                    order = variants if rnd % 2 else variants[::-1]  # alternate which variant goes first
+                    runs = [("pop-router", v) for v in order] + ([] if args.no_bird or rnd > 1 else [("bird", None)])
+                    for kind, variant in runs:
+                        with neighbour_table_for(2 * count, args.keep_neigh_limits), \
+                                lab_for(work, "sessions", count) as lab:
+                            r = run_sessions(lab, count, kind, interpreters[0], args.processes, args.converge_timeout,
+                                             args.soak, args.soak_poll, exabgp_env, args.hold_time, args.feeder_passive,
+                                             variant, args.settle)
+                        procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
+                        name = kind if variant is None else f"{kind} (lean {variant}, round {rnd})"
+                        print(f"| {name} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "
+                              f"{r['dropped_in_soak']} (min up {r['min_established_in_soak']}) | {r['soak_s']:.0f} | "
+                              f"{r['idle_cpu_pct']} | {procs} |", flush=True)
+                        tag = ("" if kind == "pop-router" else "bird_") + ("" if variant is None else f"{variant}#{rnd}_")
+                        result[f"{tag}sessions_{count}_s"] = r["converged_s"]
+                        result[f"{tag}sessions_{count}_established_s"] = r["established_s"]
+                        result[f"{tag}sessions_{count}_dropped"] = r["dropped_in_soak"]
+                        result[f"{tag}sessions_{count}_up_at_timeout"] = r["established_at_timeout"]
+                        result[f"{tag}idle_cpu_pct_{count}"] = r["idle_cpu_pct"]
+                        result[f"{tag}idle_cpu_pct_{count}_by_process"] = r["idle_cpu_pct_by_process"]
+                        log(f"{name} {count}: idle CPU by process (% of a core) {r['idle_cpu_pct_by_process']}, "
+                            f"keepalive gaps {r['keepalive_gaps_s']}, lean reactor {r['lean_reactor']}")
+                        result[f"{tag}sessions_{count}_procs"] = r["procs"]
+                        result[f"{tag}sessions_{count}_keepalive_gaps_s"] = r["keepalive_gaps_s"]
+                        if r["lean_reactor"] is not None:
+                            result[f"{tag}sessions_{count}_lean_reactor"] = r["lean_reactor"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["load_end"] = loadavg()

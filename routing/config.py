@@ -328,12 +328,21 @@ class ExabgpConfig(_Model):
     #: Longest ExaBGP's reactor sleeps when no socket and no command is ready (its
     #: ``exabgp.reactor.speed`` is this x 100). A BGP message or a command wakes it at once whatever
     #: the value; what waits for the timeout is the reactor's timer work: sending keepalives,
-    #: noticing that an outgoing connection completed or that a passive peer connected. Each wake-up
-    #: walks every session of the process, so ExaBGP's default (10 ms) costs ~25 % of a core idle
-    #: with 200 sessions, 0.1 s ~8 %, 0.25 s ~5.5 % but 1,000 sessions then took ~1.5x as long to
-    #: come up (benchmarks/RESULTS.md, "idle CPU"). Capped at a tenth of the shortest configured hold
-    #: time, so keepalives stay on time (``routing/exabgp/conf.py``).
+    #: noticing that an outgoing connection completed or that a passive peer connected. Without
+    #: ``lean_reactor`` each wake-up walks every session of the process: ExaBGP's default (10 ms)
+    #: cost ~25 % of a core idle with 200 sessions, 0.1 s ~8 %, 0.25 s ~5.5 % but 1,000 sessions then
+    #: took ~1.5x as long to come up (benchmarks/RESULTS.md, "idle CPU"). Capped at a tenth of the
+    #: shortest configured hold time, so keepalives stay on time (``routing/exabgp/conf.py``).
     reactor_poll_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
+    #: Start ExaBGP through ``routing/exabgp/lean_reactor.py``: a reactor pass then visits only the
+    #: sessions with something to do (not Established, a message in, work queued) instead of all of
+    #: them, with a full sweep every ``lean_sweep_s`` for the timers. Needs ExaBGP 5.0.x started from
+    #: its Python console script; otherwise ExaBGP runs unpatched and ``show status`` says why.
+    lean_reactor: bool = True
+    #: With ``lean_reactor``: every session gets a turn at least this often, on boundaries of the
+    #: wall-clock second. ExaBGP's keepalive and hold timers count whole seconds, so 1 s sends each
+    #: keepalive on the same pass as ExaBGP's own reactor; more would make keepalives late.
+    lean_sweep_s: Annotated[float, Field(ge=0.01, le=1.0)] = 1.0
     #: Extra ExaBGP environment settings (``exabgp.a.b: value``), applied last.
     env: dict[str, str] = {}
     #: How many ExaBGP processes share the sessions (a customer's sessions stay in one); ``auto``:

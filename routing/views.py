@@ -257,6 +257,7 @@ class Views:
                 "malformed_messages": s.malformed,
                 "relay_backlog_bytes": None if relay is None else relay.backlog_bytes,
                 "runs_on": s.runs_on,
+                "lean_reactor": s.lean_reactor(),
             })
         return out
 

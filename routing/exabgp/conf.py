@@ -41,12 +41,25 @@ and accepting a passive peer's connection. Idle, the 10 ms default is 100 passes
 every session: ~25 % of a core with 200 sessions on PyPy, ~37 % on CPython (measured 2026-12-01).
 So the timeout is ``exabgp.reactor_poll_s``, and never more than a tenth of the shortest configured
 hold time — a keepalive is then at most that much late (with hold 3 s and keepalives every second, a
-gap of at most ~2.3 s, ExaBGP's whole-second timers included). The default, 0.1 s, costs ~8 % of a
+gap of at most ~2.3 s, ExaBGP's whole-second timers included). The default, 0.1 s, cost ~8 % of a
 core idle with 200 sessions; 0.25 s cost ~5.5 % but 1,000 sessions took ~1.5x as long to come up
 (21-43 s against 14-29 s): the session set-up steps that wait for the timeout (a connect completing)
-come once per session, and a start-up with many sessions is made of them. What remains idle is the
+come once per session, and a start-up with many sessions is made of them. What remained idle was the
 passes woken by the peers' own keepalives (N sessions / (hold / 3) per second, each walking all N
-sessions), which no setting changes. ``exabgp.env`` still overrides it.
+sessions), which no timeout setting changes. ``exabgp.env`` still overrides it.
+
+That walk is what the lean reactor removes (``exabgp.lean_reactor``, on by default;
+:mod:`routing.exabgp.lean_reactor`): ExaBGP is started through that launcher, which patches the
+reactor so that a pass visits only the sessions with something to do — not yet Established, a
+message read from its socket, work queued, or more to do after its last turn — and sweeps every
+session on the first pass of each wall-clock second (``exabgp.lean_sweep_s``), which is when ExaBGP's
+whole-second keepalive and hold timers can fall due. The timeout above still paces the wake-ups and
+the set-up steps; what a wake-up costs no longer grows with the number of idle sessions. Measured
+(``benchmarks/RESULTS.md``, "lean reactor", 2026-12-01, PyPy): 200 idle sessions 3.6-4.0 % of a core
+in all (2.6 % after a minute), against 6.9-8.7 % without; 1,000 sessions 10.5-10.8 % against ~37 %;
+keepalives on time and 1,000 sessions up as fast. What remains is per wake-up (~0.75 ms each under
+PyPy, ~17 a second) and the sweep (~8 ms a second for 200 sessions), so the timeout above still
+matters. :func:`lean_environment` is what the launcher is told.
 """
 
 from __future__ import annotations
@@ -56,6 +69,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from routing.config import Config, PeerConfig, reveal
+from routing.exabgp.lean_reactor import ENV_STATS, ENV_SWEEP_S
 from routing.exabgp.pool import BACKBONE
 from routing.policy import customer_exports
 
@@ -172,3 +186,8 @@ def environment(config: Config) -> dict[str, str]:
     env.update(config.exabgp.env)
     # ExaBGP reads both `exabgp.a.b` and `exabgp_a_b`; the underscore form survives shells.
     return {k.replace(".", "_"): v for k, v in env.items()}
+
+
+def lean_environment(config: Config, stats_path: Path) -> dict[str, str]:
+    """What :mod:`routing.exabgp.lean_reactor` reads: its sweep period and where to write its report."""
+    return {ENV_SWEEP_S: f"{config.exabgp.lean_sweep_s:g}", ENV_STATS: str(stats_path)}

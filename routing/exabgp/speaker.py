@@ -29,11 +29,18 @@ Theory of operation
   about it ("down") are dropped here (:attr:`ExabgpSpeaker.foreign`), so they cannot end the session
   the new process has just opened.
 - Malformed lines are counted (``pop_router_exabgp_malformed_messages_total``) and dropped.
+- With ``exabgp.lean_reactor`` (the default) ExaBGP is started as ``<its Python> lean_reactor.py
+  exabgp-N.conf`` (:mod:`routing.exabgp.lean_reactor`: a reactor pass visits only the sessions with
+  something to do); its Python is read from the ``#!`` line of the console script
+  :func:`exabgp_binary` chose (:func:`script_python`). It reports whether it patched ExaBGP, and its
+  pass counts, in ``exabgp-N.lean.json`` (removed before each start), shown by ``show status``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -47,7 +54,7 @@ from common.model import IPAddress
 from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
 from routing.exabgp import messages
-from routing.exabgp.conf import environment, render
+from routing.exabgp.conf import environment, lean_environment, render
 from routing.exabgp.pool import BACKBONE, peer_processes, process_count, process_customers
 from routing.inbox import Inbox
 
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a command may wait for its ack (it can queue behind a table's worth of UPDATEs).
 ACK_TIMEOUT_S = 30.0
+#: The launcher that starts ExaBGP with the lean reactor pass (a script: see its docstring).
+LEAN_LAUNCHER = Path(__file__).resolve().with_name("lean_reactor.py")
 
 
 def exabgp_binary(config: Config) -> tuple[str, str]:
@@ -79,6 +88,29 @@ def exabgp_binary(config: Config) -> tuple[str, str]:
     return str(cpython), f"CPython: no {pypy.name} next to {here} (Debian's pypy3 + make deps install it)"
 
 
+def script_python(script: str | Path) -> str | None:
+    """The Python interpreter named by ``script``'s ``#!`` line (an ExaBGP console script), or None.
+
+    Why: the lean reactor launcher must run under the interpreter that has ExaBGP installed (PyPy's
+    venv or ours), and the console script pip wrote says which. A ``#!`` that is not an absolute path
+    to a Python (a shell wrapper, ``/usr/bin/env``, pip's ``/bin/sh`` form for long paths) gives None.
+    """
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if not words:
+        return None
+    python = Path(words[0])
+    if not python.is_absolute() or not ("python" in python.name or "pypy" in python.name):
+        return None
+    return str(python) if os.access(python, os.X_OK) else None
+
+
 class ExabgpSpeaker:
     """One ExaBGP process of the pool (``index``), holding the sessions of ``customers`` (None: all)."""
 
@@ -95,14 +127,17 @@ class ExabgpSpeaker:
         self.foreign_dropped = 0
         self.socket_path = run_dir / f"{self.name}.sock"
         self.conf_path = run_dir / f"{self.name}.conf"
+        self.lean_stats_path = run_dir / f"{self.name}.lean.json"
+        #: Why the lean reactor is not used for this start (None: the launcher runs ExaBGP).
+        self.lean_off: str | None = None
         self.inbox = inbox
         self.metrics = metrics
         self.malformed = 0
         self.relay_stats: messages.RelayStats | None = None
         self.child = ChildSupervisor(
-            self.name, lambda: [self._binary(), str(self.conf_path)],
+            self.name, self._argv,
             backoff_min_s=config.exabgp.restart_backoff_min_s, backoff_max_s=config.exabgp.restart_backoff_max_s,
-            env=lambda: environment(self.config), cwd=run_dir, before_start=self.write_config, on_exit=on_exit,
+            env=self._environment, cwd=run_dir, before_start=self._before_start, on_exit=on_exit,
             metrics=metrics, log_prefix=f"{self.name}: ",
         )
         if metrics is not None:
@@ -120,6 +155,43 @@ class ExabgpSpeaker:
             log.info("%s: ExaBGP runs on %s", self.name, why)
             self.runs_on = why
         return binary
+
+    def _argv(self) -> list[str]:
+        """ExaBGP's command line: through the lean reactor launcher when configured and possible."""
+        binary = self._binary()
+        lean_off = None
+        if not self.config.exabgp.lean_reactor:
+            lean_off = "off in the configuration (exabgp.lean_reactor)"
+        else:
+            python = script_python(binary)
+            if python is not None:
+                self.lean_off = None
+                return [python, str(LEAN_LAUNCHER), str(self.conf_path)]
+            lean_off = f"{binary} is not a Python console script: ExaBGP runs unpatched"
+        if lean_off != self.lean_off:
+            log.info("%s: lean reactor not used: %s", self.name, lean_off)
+        self.lean_off = lean_off
+        return [binary, str(self.conf_path)]
+
+    def _environment(self) -> dict[str, str]:
+        env = environment(self.config)
+        if self.config.exabgp.lean_reactor:
+            env.update(lean_environment(self.config, self.lean_stats_path))
+        return env
+
+    def _before_start(self) -> None:
+        self.write_config()
+        with contextlib.suppress(FileNotFoundError):
+            self.lean_stats_path.unlink()  # a report from the previous process is not this one's
+
+    def lean_reactor(self) -> dict[str, Any] | None:
+        """The launcher's report (active or not and why, passes by kind), None before it wrote one."""
+        if self.lean_off is not None:
+            return {"active": False, "reason": self.lean_off}
+        try:
+            return json.loads(self.lean_stats_path.read_text())
+        except (OSError, ValueError):
+            return None
 
     async def start_server(self) -> None:
         await self.channel.start()

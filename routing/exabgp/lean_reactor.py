@@ -1,0 +1,509 @@
+"""Start ExaBGP 5.0 with a lean reactor pass: a pass visits only the sessions that have something to do.
+
+Theory of operation
+-------------------
+**Why.** ExaBGP 5's reactor (``exabgp/reactor/loop.py``, ``Reactor.run``) starts every pass with
+``peers = self.active_peers()`` and gives *every* session a turn (``Peer.run``: a generator resumed,
+a ``poll(0)`` on its socket, its timers), then sleeps in ``poll()`` on all sockets and the API pipes.
+It wakes at least every ``exabgp.reactor.speed`` / 100 s and on every message a peer sends, so idle it
+costs N sessions x (1 / timeout + N / (hold / 3)) turns a second: 8 % of a core with 200 sessions at
+hold 90 s, and the keepalive-driven part grows with N\u00b2 (``benchmarks/RESULTS.md``, "idle CPU").
+The sockets ``poll()`` reported ready are thrown away by the next pass's ``active_peers()``.
+
+**What a pass visits.** :class:`PassPlanner` decides, at the start of each pass, between a *full
+sweep* (every session ``active_peers()`` returns: ExaBGP's own behaviour) and a *lean pass*, which
+visits a session only when
+
+(a) it is not ESTABLISHED (connecting, opening, backing off: every pass, exactly as today), or it is
+    being torn down, stopped or re-established (``Peer._teardown``);
+(b) its socket was reported readable by the last ``poll()`` (``Reactor._wait_for_io``, fd -> session
+    through ``Peer.socket()``; an fd we cannot place makes the pass a full sweep);
+(c) its last ``Peer.run()`` returned something other than ``ACTION.LATER`` (it has more to do now);
+(d) it has queued work: outgoing RIB changes (``rib.outgoing.pending()``), operational, route-refresh
+    or End-of-RIB messages queued by the API, or a reload pending (``Peer._neighbor``); and a session
+    that had any of (a), (c) or (d) gets one more turn on the next pass, because ExaBGP's session
+    generator keeps some work in locals the reactor cannot see (the End-of-RIB it sends on the turn
+    after its initial routes are out, a route-refresh still being written).
+
+Whether a session needs a turn ((a), (c), (d)) is read right after each of its turns (``Peer.run``):
+between two full sweeps that is the only time it can change, because everything else that changes
+sessions (commands, scheduled work, signals, accepts) makes the next pass a full sweep. So a lean pass
+costs what it visits, not one check per session (checking every session on every pass cost more
+than the turns it visited at 200 sessions on CPython, py-spy; at 1,000 sessions on PyPy removing it
+took the idle process from ~19 % to ~10 % of a core, ``benchmarks/RESULTS.md``).
+
+A full sweep happens on the first pass after each ``sweep_s``-aligned boundary of ``time.time()``
+(so at most ``sweep_s`` plus one reactor timeout apart), on the first pass, and on the pass after
+anything that may have changed sessions behind the planner's back: an API command processed
+(``api.process``), work the asynchronous scheduler ran (announcements are applied there), a signal
+(``reload``, ``restart``, ``shutdown``, ``_pending_adjribout``), a connection accepted
+(``handle_connection``), or ``poll()`` reporting an error or hang-up (ExaBGP's ``_prevent_spin``).
+When in doubt, sweep.
+
+**Why keepalives and hold timers stay right.** ExaBGP's timers count whole seconds of
+``time.time()`` (``bgp/timer.py``: ``int(time.time())``): a keepalive or a hold-timer expiry can only
+fall due when the wall-clock second changes. With ``sweep_s`` = 1 s the sweep comes on the first
+pass of each new second, which is the very pass on which ExaBGP's own reactor would have sent that
+keepalive (at most one reactor timeout after the second starts). A smaller ``sweep_s`` only sweeps
+more often; a larger one would make keepalives late, so 1 s is the cap (pop-router's
+``exabgp.lean_sweep_s``, at most a third of the shortest hold time it allows, 3 s). Messages from a
+peer (b), commands (full sweep) and sessions being set up (a) never wait for a sweep.
+
+**How it runs.** The daemon starts ``<ExaBGP's interpreter> /abs/path/lean_reactor.py <exabgp
+args>``: the interpreter is the one from the ExaBGP console script's ``#!`` line (PyPy's venv holds
+only ExaBGP and the standard library, not pop-router), so this file imports nothing but the standard
+library and ExaBGP, and runs as a script. A script's directory is put first on ``sys.path``; it is
+removed before ExaBGP is imported, so this package's modules (``conf``, ``messages``...) can never
+shadow anything. A ``PYTHONPATH`` directory or ``sitecustomize`` would also reach the relay process
+ExaBGP spawns (it inherits the environment), and a ``.pth`` file would mean writing into the venv.
+After patching, ExaBGP's own entry point (``exabgp.application.main.main``, what the ``exabgp``
+console script calls) runs with the same arguments and environment.
+
+**Guards.** The patch needs ExaBGP 5.0.x internals: the version, the methods it wraps, and the lines
+of ``Reactor.run`` and ``Peer`` it relies on (checked in their source). If any is missing, nothing is
+patched, one line saying why goes to stderr (the daemon logs it) and ExaBGP runs unpatched. If the
+planner ever fails while running, it says so once and every later pass is a full sweep.
+
+**Settings and report** (environment, set by ``routing/exabgp/speaker.py``): ``POP_ROUTER_LEAN_SWEEP_S``
+(default 1, range 0.01-1); ``POP_ROUTER_LEAN_STATS``: a file where the launcher writes, at start and
+then at most every ``STATS_PERIOD_S`` during a full sweep, a JSON document (active or not and why,
+passes and turns by kind, why full sweeps happened), read by ``pop-router show status``.
+
+Runs under Python 3.9 (Debian 12's PyPy): no syntax or library newer than that.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+ENV_SWEEP_S = "POP_ROUTER_LEAN_SWEEP_S"
+ENV_STATS = "POP_ROUTER_LEAN_STATS"
+DEFAULT_SWEEP_S = 1.0
+MIN_SWEEP_S = 0.01
+#: ExaBGP's timers count whole seconds: a 1 s sweep aligned on them sends keepalives on time.
+MAX_SWEEP_S = 1.0
+#: How often (at most) the report file is rewritten.
+STATS_PERIOD_S = 2.0
+SUPPORTED_VERSIONS = ("5.0.",)
+LOG_PREFIX = "pop-router lean reactor"
+
+#: Attribute names this module stores on ExaBGP's objects.
+_STATE = "_pop_lean"
+_LAST_ACTION = "_pop_lean_action"
+_KEY = "_pop_lean_key"
+
+#: Methods the patch wraps or calls, by ``(module, class)``.
+REQUIRED_METHODS = {
+    ("exabgp.reactor.loop", "Reactor"): (
+        "__init__", "run", "active_peers", "_wait_for_io", "_prevent_spin", "_pending_adjribout", "reload",
+        "restart", "shutdown", "handle_connection"),
+    ("exabgp.reactor.peer", "Peer"): ("__init__", "run", "socket", "stopping", "_main"),
+    ("exabgp.reactor.asynchronous", "ASYNC"): ("run", "ready"),
+    ("exabgp.reactor.api", "API"): ("process",),
+    ("exabgp.rib.outgoing", "OutgoingRIB"): ("pending",),
+}
+#: Source lines the patch relies on: how a pass starts, runs a session, reads commands and waits.
+REQUIRED_SOURCE = {
+    ("exabgp.reactor.loop", "Reactor", "run"): (
+        "peers = self.active_peers()", "action = peer.run()", "elif action == ACTION.LATER:",
+        "self.api.process(self, service, command)", "self.asynchronous.run()",
+        "for io in self._wait_for_io(sleep):", "if self._pending_adjribout():"),
+    ("exabgp.reactor.loop", "Reactor", "active_peers"): (
+        "for key, peer in self._peers.items():", "if peer.stopping():",
+        "if peer.neighbor['passive'] and not peer.proto:"),
+    ("exabgp.reactor.peer", "Peer", "__init__"): ("self._teardown = None", "self._neighbor = None"),
+    ("exabgp.reactor.peer", "Peer", "_main"): (
+        "if self._neighbor:", "self.neighbor.messages", "self.neighbor.refresh", "self.neighbor.eor",
+        "elif send_eor:", "yield ACTION.LATER"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The decision (pure: time, sessions and facts in, the sessions to visit out)
+# --------------------------------------------------------------------------------------------------
+
+class PassPlanner:
+    """Which sessions a reactor pass visits; one per reactor. Nothing here touches ExaBGP or a clock.
+
+    Each pass: :meth:`plan`, with the sessions that need a turn (``attention``: (a), (c) or (d) held
+    after their last turn, which is the only time those can change between full sweeps), returns
+    None for a full sweep or the sessions to visit. Between passes the adapter reports what happened:
+    :meth:`socket_ready` for every fd ``poll()`` said is readable (API pipes excluded),
+    :meth:`request_full` for every event after which a full sweep is due. A lean pass costs what it
+    visits: nothing here walks every session.
+    """
+
+    def __init__(self, sweep_s: float) -> None:
+        self.sweep_s = sweep_s
+        self._full_why: str | None = "start"
+        self._last_full: float | None = None
+        self._ready: list[int] = []
+        self._followup: frozenset[Hashable] = frozenset()
+        self.passes = {"full": 0, "lean": 0}
+        self.turns = {"full": 0, "lean": 0}
+        self.full_reasons: dict[str, int] = {}
+
+    def request_full(self, why: str) -> None:
+        """Make the next pass a full sweep (the first reason given is the one counted)."""
+        if self._full_why is None:
+            self._full_why = why
+
+    def socket_ready(self, fd: int) -> None:
+        self._ready.append(fd)
+
+    def sweep_due(self, now: float) -> bool:
+        """A new ``sweep_s``-aligned slot of wall-clock time began since the last full sweep (or the
+        clock went back, or ``sweep_s`` passed)."""
+        last = self._last_full
+        if last is None or now < last or now - last >= self.sweep_s:
+            return True
+        return math.floor(now / self.sweep_s) != math.floor(last / self.sweep_s)
+
+    def plan(self, now: float, attention: set[Hashable] | frozenset[Hashable],
+             owner: Callable[[int], Hashable | None]) -> set[Hashable] | None:
+        """None: this pass is a full sweep. Otherwise the sessions it visits: those in ``attention``,
+        those in it at the previous pass (their follow-up turn) and those whose socket is readable.
+
+        ``owner(fd)``: the session whose socket ``fd`` is, None if it cannot be told (a full sweep
+        then).
+        """
+        why = self._full_why
+        if why is None and self.sweep_due(now):
+            why = "sweep"
+        ready, self._ready = self._ready, []
+        chosen: set[Hashable] = set()
+        if why is None:
+            for fd in ready:
+                key = owner(fd)
+                if key is None:
+                    why = "unknown socket"
+                    break
+                chosen.add(key)
+        followup, self._followup = self._followup, frozenset(attention)
+        if why is not None:
+            self._full_why = None
+            self._last_full = now
+            self.full_reasons[why] = self.full_reasons.get(why, 0) + 1
+            self.passes["full"] += 1
+            return None
+        self.passes["lean"] += 1
+        chosen |= attention
+        chosen |= followup
+        return chosen
+
+    def visited(self, kind: str, turns: int) -> None:
+        """How many sessions the pass (``full`` or ``lean``) really visited, for the report."""
+        self.turns[kind] += turns
+
+    def report(self) -> dict[str, Any]:
+        return {"sweep_s": self.sweep_s, "passes": dict(self.passes), "turns": dict(self.turns),
+                "full_reasons": dict(self.full_reasons)}
+
+
+def sweep_from_env(environ: dict[str, str] | os._Environ[str]) -> tuple[float, str | None]:
+    """(sweep_s, a complaint or None): ``POP_ROUTER_LEAN_SWEEP_S`` if it is a number in range."""
+    text = environ.get(ENV_SWEEP_S)
+    if text is None:
+        return DEFAULT_SWEEP_S, None
+    try:
+        value = float(text)
+    except ValueError:
+        return DEFAULT_SWEEP_S, f"{ENV_SWEEP_S}={text!r} is not a number; using {DEFAULT_SWEEP_S:g} s"
+    if not MIN_SWEEP_S <= value <= MAX_SWEEP_S:
+        return DEFAULT_SWEEP_S, (f"{ENV_SWEEP_S}={text!r} is outside {MIN_SWEEP_S:g}-{MAX_SWEEP_S:g} s; "
+                                 f"using {DEFAULT_SWEEP_S:g} s")
+    return value, None
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter: ExaBGP's objects -> the planner's questions
+# --------------------------------------------------------------------------------------------------
+
+def needs_turn(peer: Any, established: Any, later: int) -> bool:
+    """(a), (c) or (d) of the module docstring, read from an ExaBGP ``Peer``."""
+    if peer.fsm != established or peer._teardown is not None or peer._neighbor is not None:
+        return True
+    if peer.__dict__.get(_LAST_ACTION) != later:
+        return True
+    neighbor = peer.neighbor
+    if neighbor.messages or neighbor.refresh or neighbor.eor:
+        return True
+    rib = neighbor.rib
+    return rib is not None and rib.outgoing.pending()
+
+
+class LeanPass:
+    """One reactor's planner, the facts it is fed, and its report file."""
+
+    def __init__(self, reactor: Any, sweep_s: float, stats_path: str | None, established: Any, later: int,
+                 close: int, version: str) -> None:
+        self.reactor = reactor
+        self.planner = PassPlanner(sweep_s)
+        self.stats_path = stats_path
+        self.established = established
+        self.later = later
+        self.close = close
+        self.version = version
+        #: Sessions that need a turn, as of the end of their last turn (see :class:`PassPlanner`).
+        self.attention: set[Hashable] = set()
+        #: fd -> the Peer that last registered it with the reactor's poller (on ACTION.LATER).
+        self.fd_owner: dict[int, Any] = {}
+        self.failed: str | None = None
+        self._stats_at = 0.0
+        #: Seconds from the start of a pass to its poll(), by kind (the report's ``work_s``).
+        self.work_s = {"full": 0.0, "lean": 0.0}
+        self._pass: tuple[str, float] | None = None
+
+    def pass_done(self) -> None:
+        """The pass reached its poll(): add what it took to ``work_s``."""
+        if self._pass is not None:
+            kind, started = self._pass
+            self.work_s[kind] += time.perf_counter() - started
+            self._pass = None
+
+    def plan(self, every_session: Callable[[], set[Hashable]]) -> set[Hashable]:
+        """This pass's sessions; ``every_session()``: ExaBGP's own ``active_peers()``, for a sweep."""
+        if self.failed is not None:
+            return every_session()
+        try:
+            started, now = time.perf_counter(), time.time()
+            chosen = self.planner.plan(now, self.attention, self.owner)
+            self._pass = ("lean" if chosen is not None else "full", started)
+            if chosen is None:
+                active = every_session()
+                peers = self.reactor._peers
+                for key in active:
+                    peers[key].__dict__[_KEY] = key  # for owner() and after_turn(): a Peer does not know it
+                self.planner.visited("full", len(active))
+                if now - self._stats_at >= STATS_PERIOD_S:
+                    self._stats_at = now
+                    self.write_stats()
+                return active
+            chosen = {key for key in chosen if self.eligible(key)}
+            self.planner.visited("lean", len(chosen))
+            return chosen
+        except Exception as exc:  # never take the reactor down: fall back to ExaBGP's behaviour
+            self.failed = f"{type(exc).__name__}: {exc}"
+            say(f"planner failed ({self.failed}); every pass is a full sweep from now on")
+            self.write_stats()
+            return every_session()
+
+    def eligible(self, key: Hashable) -> bool:
+        """ExaBGP's own ``active_peers()`` rule for one session (checked against its source): still
+        configured, and a passive neighbour only once it has a connection or is on its way out."""
+        peer = self.reactor._peers.get(key)
+        if peer is None:
+            self.attention.discard(key)
+            return False
+        return peer.stopping() or not (peer.neighbor["passive"] and not peer.proto)
+
+    def after_turn(self, peer: Any, action: Any) -> None:
+        """Called after every ``Peer.run()``: is the session still in need of a turn?"""
+        peer.__dict__[_LAST_ACTION] = action
+        key = peer.__dict__.get(_KEY)
+        if key is None:  # a session no sweep has seen: sweep now rather than guess
+            self.planner.request_full("unknown session")
+            return
+        if action == self.later:
+            # Reactor.run registers this socket with its poller now: remember whose it is.
+            fd = peer.socket()
+            if fd != -1:
+                self.fd_owner[fd] = peer
+        if action != self.close and needs_turn(peer, self.established, self.later):
+            self.attention.add(key)
+        else:
+            self.attention.discard(key)
+
+    def owner(self, fd: int) -> Hashable | None:
+        peer = self.fd_owner.get(fd)
+        if peer is None or peer.socket() != fd:
+            return None
+        return peer.__dict__.get(_KEY)
+
+    def write_stats(self) -> None:
+        doc = {"active": self.failed is None, "exabgp": self.version, "pid": os.getpid(), "at": time.time(),
+               **self.planner.report(), "work_s": {k: round(v, 3) for k, v in self.work_s.items()}}
+        if self.failed is not None:
+            doc["reason"] = f"planner failed: {self.failed}"
+        if not write_stats(self.stats_path, doc):
+            self.stats_path = None  # said once; the reactor runs on without a report
+
+
+def write_stats(path: str | None, doc: dict[str, Any]) -> bool:
+    """Replace the report file atomically (a reader never sees half of it); False (said) if it failed."""
+    if not path:
+        return True
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        say(f"cannot write {path}: {exc.strerror}; no report from now on")
+        return False
+    return True
+
+
+def say(line: str) -> None:
+    print(f"{LOG_PREFIX}: {line}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The patch
+# --------------------------------------------------------------------------------------------------
+
+def unsupported() -> str | None:
+    """Why this ExaBGP cannot be patched, or None when every internal the patch needs is there."""
+    import importlib
+
+    try:
+        version = importlib.import_module("exabgp.version").version
+    except (ImportError, AttributeError) as exc:
+        return f"cannot read ExaBGP's version ({exc})"
+    if not version.startswith(SUPPORTED_VERSIONS):
+        return f"ExaBGP {version} is not {'/'.join(v + 'x' for v in SUPPORTED_VERSIONS)}"
+    try:
+        for (module, cls), names in REQUIRED_METHODS.items():
+            obj = getattr(importlib.import_module(module), cls)
+            missing = [n for n in names if not callable(getattr(obj, n, None))]
+            if missing:
+                return f"ExaBGP {version}: {cls} has no {', '.join(missing)}"
+        for (module, cls, method), lines in REQUIRED_SOURCE.items():
+            source = inspect.getsource(getattr(getattr(importlib.import_module(module), cls), method))
+            absent = [line for line in lines if line not in source]
+            if absent:
+                return f"ExaBGP {version}: {cls}.{method} no longer has {absent[0]!r}"
+        peer_module = importlib.import_module("exabgp.reactor.peer")
+        if not all(hasattr(peer_module.ACTION, a) for a in ("LATER", "CLOSE")) or \
+                not hasattr(peer_module.FSM, "ESTABLISHED"):
+            return f"ExaBGP {version}: no ACTION.LATER, ACTION.CLOSE or FSM.ESTABLISHED"
+    except (ImportError, AttributeError, OSError, TypeError) as exc:
+        return f"ExaBGP {version}: cannot inspect its reactor ({type(exc).__name__}: {exc})"
+    return None
+
+
+def install(sweep_s: float, stats_path: str | None) -> str:
+    """Patch ExaBGP's reactor (call :func:`unsupported` first); returns ExaBGP's version."""
+    from exabgp.reactor import peer as peer_module
+    from exabgp.reactor.loop import Reactor
+    from exabgp.version import version
+
+    later, close, established = peer_module.ACTION.LATER, peer_module.ACTION.CLOSE, peer_module.FSM.ESTABLISHED
+    run_code = Reactor.run.__code__
+    originals = {name: getattr(Reactor, name) for name in REQUIRED_METHODS[("exabgp.reactor.loop", "Reactor")]}
+    peer_run = peer_module.Peer.run
+
+    def state_of(reactor: Any) -> LeanPass | None:
+        return reactor.__dict__.get(_STATE)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        originals["__init__"](self, *args, **kwargs)
+        try:
+            attach(self)
+        except Exception as exc:  # without its state the reactor behaves as ExaBGP's own
+            say(f"not attached to the reactor, every pass is a full sweep: {type(exc).__name__}: {exc}")
+            self.__dict__.pop(_STATE, None)
+
+    def attach(self: Any) -> None:
+        lean = LeanPass(self, sweep_s, stats_path, established, later, close, version)
+        # Per instance: the API handler and the scheduler belong to this reactor only.
+        api_process, async_run, scheduler = self.api.process, self.asynchronous.run, self.asynchronous
+
+        def process(*a: Any, **kw: Any) -> Any:
+            lean.planner.request_full("api command")
+            return api_process(*a, **kw)
+
+        def run_scheduled(*a: Any, **kw: Any) -> Any:
+            if not scheduler.ready():
+                lean.planner.request_full("scheduled work")
+            return async_run(*a, **kw)
+
+        self.api.process = process
+        self.asynchronous.run = run_scheduled
+        self.__dict__[_STATE] = lean
+        lean.write_stats()
+
+    def active_peers(self: Any) -> Any:
+        lean = state_of(self)
+        # Only the pass of Reactor.run is planned; any other caller gets every session.
+        if lean is None or sys._getframe(1).f_code is not run_code:
+            return originals["active_peers"](self)
+        return lean.plan(lambda: originals["active_peers"](self))
+
+    def wait_for_io(self: Any, sleeptime: Any) -> Any:
+        lean = state_of(self)
+        if lean is not None:
+            lean.pass_done()
+        api_fds = self.processes.fds if self.processes is not None else ()
+        for fd in originals["_wait_for_io"](self, sleeptime):
+            if lean is not None and fd not in api_fds:
+                lean.planner.socket_ready(fd)
+            yield fd
+
+    def full_after(name: str, why: str) -> Callable[..., Any]:
+        original = originals[name]
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lean = state_of(self)
+            if lean is not None:
+                lean.planner.request_full(why)
+            return original(self, *args, **kwargs)
+
+        wrapper.__name__ = name
+        wrapper.__doc__ = original.__doc__
+        return wrapper
+
+    def run_peer(self: Any) -> Any:
+        action = peer_run(self)
+        lean = state_of(self.reactor)
+        if lean is not None:
+            lean.after_turn(self, action)
+        return action
+
+    Reactor.__init__ = init
+    Reactor.active_peers = active_peers
+    Reactor._wait_for_io = wait_for_io
+    for name, why in (("_prevent_spin", "poll error"), ("_pending_adjribout", "signal"), ("reload", "reload"),
+                      ("restart", "restart"), ("shutdown", "shutdown"), ("handle_connection", "accept")):
+        setattr(Reactor, name, full_after(name, why))
+    peer_module.Peer.run = run_peer
+    return version
+
+
+def main() -> int:
+    """Patch (when this ExaBGP allows it), then run ExaBGP's own entry point with our arguments."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+        del sys.path[0]  # our package's modules must not shadow anything ExaBGP imports
+    stats_path = os.environ.get(ENV_STATS) or None
+    sweep_s, complaint = sweep_from_env(os.environ)
+    if complaint:
+        say(complaint)
+    problem = unsupported()
+    if problem is None:
+        try:
+            version = install(sweep_s, stats_path)
+        except Exception as exc:  # half-applied is impossible to reason about: say so and stop here
+            say(f"patching failed ({type(exc).__name__}: {exc})")
+            raise
+        say(f"active (ExaBGP {version}, full sweep every {sweep_s:g} s)")
+        write_stats(stats_path, {"active": True, "exabgp": version, "pid": os.getpid(), "at": time.time(),
+                                 **PassPlanner(sweep_s).report()})
+    else:
+        say(f"not applied, running ExaBGP unpatched: {problem}")
+        write_stats(stats_path, {"active": False, "reason": problem, "pid": os.getpid(), "at": time.time()})
+    from exabgp.application.main import main as exabgp_main
+
+    sys.argv = ["exabgp", *sys.argv[1:]]
+    return exabgp_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
