@@ -331,9 +331,11 @@ class ExabgpConfig(_Model):
     #: noticing that an outgoing connection completed or that a passive peer connected. Without
     #: ``lean_reactor`` each wake-up walks every session of the process: ExaBGP's default (10 ms)
     #: cost ~25 % of a core idle with 200 sessions, 0.1 s ~8 %, 0.25 s ~5.5 % but 1,000 sessions then
-    #: took ~1.5x as long to come up (benchmarks/RESULTS.md, "idle CPU"). Capped at a tenth of the
-    #: shortest configured hold time, so keepalives stay on time (``routing/exabgp/conf.py``).
-    reactor_poll_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
+    #: took ~1.5x as long to come up (benchmarks/RESULTS.md, "idle CPU"). Unset: 0.25 s with
+    #: ``lean_reactor`` (a wake-up then costs what it visits: 1.7-1.9 % of a core idle with 200
+    #: sessions and 1,000 up in 14-18 s, against 2.3 % at 0.1 s), 0.1 s without. Capped at a tenth of
+    #: the shortest configured hold time, so keepalives stay on time (``routing/exabgp/conf.py``).
+    reactor_poll_s: Annotated[float, Field(ge=0.01, le=1.0)] | None = None
     #: Start ExaBGP through ``routing/exabgp/lean_reactor.py``: a reactor pass then visits only the
     #: sessions with something to do (not Established, a message in, work queued) instead of all of
     #: them, with a full sweep every ``lean_sweep_s`` for the timers. Needs ExaBGP 5.0.x started from

@@ -59,7 +59,9 @@ the set-up steps; what a wake-up costs no longer grows with the number of idle s
 in all (2.6 % after a minute), against 6.9-8.7 % without; 1,000 sessions 10.5-10.8 % against ~37 %;
 keepalives on time and 1,000 sessions up as fast. What remains is per wake-up (~0.75 ms each under
 PyPy, ~17 a second) and the sweep (~8 ms a second for 200 sessions), so the timeout above still
-matters. :func:`lean_environment` is what the launcher is told.
+matters: with the lean reactor an unset ``exabgp.reactor_poll_s`` is 0.25 s (200 idle sessions
+1.7-1.9 % of a core against 2.3 % at 0.1 s, 1,000 up in 14-18 s), without it 0.1 s (there 0.25 s slowed
+the start-up of 1,000 sessions 1.5x). :func:`lean_environment` is what the launcher is told.
 """
 
 from __future__ import annotations
@@ -155,6 +157,11 @@ def _neighbor(config: Config, peer: PeerConfig, description: str, peer_as: int) 
 
 #: The reactor's timeout is at most this fraction of the shortest hold time (see the module docstring).
 HOLD_FRACTION = 0.1
+#: ``exabgp.reactor_poll_s`` when unset, with and without the lean reactor (``benchmarks/RESULTS.md``,
+#: "the reactor timeout with the lean reactor": 200 idle sessions 1.7-1.9 % of a core at 0.25 s
+#: against 2.3 % at 0.1 s, 1,000 sessions up in 14-18 s; without it 0.25 s slowed that start-up 1.5x).
+DEFAULT_POLL_LEAN_S = 0.25
+DEFAULT_POLL_S = 0.1
 
 
 def reactor_poll_s(config: Config) -> float:
@@ -164,7 +171,10 @@ def reactor_poll_s(config: Config) -> float:
     holds = [p.hold_time_s or config.router.hold_time_s
              for p in [p for _c, p in config.peers()] + list(config.backbone.peers)]
     shortest = min(holds, default=config.router.hold_time_s)
-    return min(config.exabgp.reactor_poll_s, shortest * HOLD_FRACTION)
+    wanted = config.exabgp.reactor_poll_s
+    if wanted is None:
+        wanted = DEFAULT_POLL_LEAN_S if config.exabgp.lean_reactor else DEFAULT_POLL_S
+    return min(wanted, shortest * HOLD_FRACTION)
 
 
 def environment(config: Config) -> dict[str, str]:

@@ -30,8 +30,10 @@ def cfg(router_hold: int = 90, peer_holds: tuple[int | None, ...] = (None,), bac
 
 def test_reactor_poll_default_and_environment() -> None:
     c = cfg()
-    assert reactor_poll_s(c) == 0.1
-    assert environment(c)["exabgp_reactor_speed"] == "10"  # ExaBGP sleeps speed / 100 s
+    assert reactor_poll_s(c) == 0.25  # the lean reactor is on by default
+    assert environment(c)["exabgp_reactor_speed"] == "25"  # ExaBGP sleeps speed / 100 s
+    assert reactor_poll_s(cfg(lean_reactor=False)) == 0.1  # without it every wake-up walks every session
+    assert reactor_poll_s(cfg(reactor_poll_s=0.5)) == 0.5
 
 
 @pytest.mark.parametrize(("router_hold", "peer_holds", "backbone_hold", "want"), [
@@ -50,8 +52,9 @@ def test_reactor_poll_is_capped_by_the_shortest_hold_time(router_hold: int, peer
 
 
 def test_the_default_is_below_every_cap() -> None:
-    """The shortest hold time allowed (3 s) caps at 0.3 s: the default never needs capping."""
-    assert reactor_poll_s(cfg(3, (3,), 3)) == reactor_poll_s(cfg()) == 0.1
+    """The shortest hold time allowed (3 s) caps at 0.3 s: neither default ever needs capping."""
+    assert reactor_poll_s(cfg(3, (3,), 3)) == reactor_poll_s(cfg()) == 0.25
+    assert reactor_poll_s(cfg(3, (3,), 3, lean_reactor=False)) == 0.1
 
 
 def test_reactor_poll_setting_and_env_override() -> None:
