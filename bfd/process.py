@@ -26,9 +26,10 @@ Attribution (issue 9). A transition out of Up also carries, so that every Down s
 :func:`blame`), ``host_steal_ms`` (the most a CPU of ours lost to the hypervisor in the detection
 window, ``bfd/steal.py``), ``rx_gap_ms`` (last packet's arrival -> detection), ``max_rx_gap_ms`` (largest
 receive gap of the previous 10 s), ``max_tx_gap_ms`` (largest gap in what we sent within the peer's
-detection window, up to the arrival of its Down; ``max_tx_gap_read_ms``: the same up to when we read
-it, the rule before 2026-12-01), ``detect_time_ms``, ``peer_detect_time_ms``, ``remote_diag``, ``tx_late``
-(that session's), ``loop_lag_ms`` and ``timer_lag_ms`` (this process's worst scheduling lateness
+detection window, up to the arrival of its Down; ``max_tx_gap_read_ms`` and ``blame_by_read_time``:
+the same up to when we read it, the rule before 2026-12-01), ``detect_time_ms``,
+``peer_detect_time_ms``, ``remote_diag``, ``tx_late`` (that session's), ``loop_lag_ms`` and
+``timer_lag_ms`` (this process's worst scheduling lateness
 over the previous 10 s: a sampler that wakes every 20 ms, and the BFD timer itself). The stats carry
 per session ``max_rx_gap_ms``/``max_tx_gap_ms`` (rolling 10 s), ``worst_rx_gap_ms``/
 ``worst_tx_gap_ms`` (since the session was created), ``tx_late``, ``last_down`` and ``downs`` (the
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -209,11 +211,15 @@ class BfdProcess:
     def down_doc(self, r: DownReport, at: float) -> dict[str, Any]:
         """The attribution keys of a transition out of Up (see the module docstring)."""
         steal = self.sampler.steal.stolen_s(at - (detection_window(r) or 0.0) - LOOP_LAG_PERIOD_S, at)
+        # The same rule applied to the send gap counted up to when we read the peer's Down (the rule
+        # before 2026-12-01), so a benchmark can compare without a second copy of blame().
+        read = r if r.max_tx_gap_read_s is None else dataclasses.replace(r, max_tx_gap_s=r.max_tx_gap_read_s)
         return {
-            "cause": r.cause, "blame": blame(r, steal), "host_steal_ms": _ms(steal),
+            "cause": r.cause, "blame": blame(r, steal), "blame_by_read_time": blame(read, steal),
+            "host_steal_ms": _ms(steal),
             "rx_gap_ms": _ms(r.rx_gap_s), "max_rx_gap_ms": _ms(r.max_rx_gap_s),
             "max_tx_gap_ms": _ms(r.max_tx_gap_s),
-            "max_tx_gap_read_ms": _ms(r.max_tx_gap_s if r.max_tx_gap_read_s is None else r.max_tx_gap_read_s),
+            "max_tx_gap_read_ms": _ms(read.max_tx_gap_s),
             "detect_time_ms": _ms(r.detect_time_s),
             "peer_detect_time_ms": _ms(r.peer_detect_time_s), "remote_diag": r.remote_diag.name.lower(),
             "tx_late": r.tx_late, "loop_lag_ms": _ms(self.sampler.current(at)),

@@ -137,9 +137,9 @@ def test_sessions_stay_up_and_keepalives_arrive_on_time(lab: Lab) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # poll: both sessions up through the whole window
+        while time.monotonic() < deadline:  # both sessions up through the whole window
             assert established(lab) == {CUSTOMER, RR}
-            time.sleep(0.5)
+            time.sleep(0.5)  # poll
     finally:
         cap.send_signal(signal.SIGINT)
         out, _ = cap.communicate(timeout=10)

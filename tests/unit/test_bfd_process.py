@@ -156,10 +156,28 @@ async def test_transition_log_lines_wait_for_the_end_of_the_pass(caplog: pytest.
                 State.UP, State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN, 1.0, report("peer_signaled", 0.031)))
         assert [x["peer"] for x in w.lines if x.get("event") == "state"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
         assert not [r for r in caplog.records if "->" in r.getMessage()]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: one pass of the loop runs what call_soon queued
         lines = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
         assert [x.split(":")[0] for x in lines] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
         assert all("UP -> DOWN" in x and "blame=us" in x for x in lines)
+    finally:
+        proc.sampler.close()
+        proc.transport.close()
+
+
+async def test_down_event_carries_the_blame_by_read_time_too() -> None:
+    # Our gap to the Down's arrival (20 ms) is under the peer's 30 ms; to when we read it, 40 ms.
+    w = _Writer()
+    proc = BfdProcess(w)  # type: ignore[arg-type]
+    try:
+        r = DownReport(cause="peer_signaled", rx_gap_s=0.001, max_rx_gap_s=0.010, max_tx_gap_s=0.020,
+                       detect_time_s=0.030, peer_detect_time_s=0.030,
+                       remote_diag=Diag.CONTROL_DETECTION_TIME_EXPIRED, tx_late=0, max_tx_gap_read_s=0.040)
+        proc._on_state(SessionKey("10.0.0.2", "10.0.0.1", "", False), None,  # type: ignore[arg-type]
+                       StateChanged(State.UP, State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN, 1.0, r))
+        ev = w.lines[-1]
+        assert (ev["blame"], ev["blame_by_read_time"]) == ("peer_or_path", "us")
+        assert (ev["max_tx_gap_ms"], ev["max_tx_gap_read_ms"]) == (20.0, 40.0)
     finally:
         proc.sampler.close()
         proc.transport.close()
