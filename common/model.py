@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -41,10 +40,6 @@ class _CachedHash:
             return h
 
 
-class Prefix4(_CachedHash, ipaddress.IPv4Network):
-    pass
-
-
 class Prefix6(_CachedHash, ipaddress.IPv6Network):
     pass
 
@@ -64,34 +59,191 @@ def parse_address(text: str) -> IPAddress:
 _OCTET = r"(0|[1-9][0-9]{0,2})"
 _V4_PREFIX = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}/([0-9]{{1,2}})")
 _V4_NETMASKS = tuple(ipaddress.IPv4Address((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF) for n in range(33))
+_V4_MASKS = tuple(int(m) for m in _V4_NETMASKS)
+_new_address4 = ipaddress.IPv4Address.__new__
+
+
+def _address4(ip: int) -> ipaddress.IPv4Address:
+    """An ``IPv4Address`` from a valid integer without ``__init__``'s checks."""
+    a = _new_address4(ipaddress.IPv4Address)
+    a._ip = ip
+    return a
+
+
+class Prefix4:
+    """An IPv4 network that stores two integers, and equals, hashes and orders like ``IPv4Network``.
+
+    Why not ``ipaddress.IPv4Network``: its instances carry a ``__dict__`` and their own network
+    address object, ~216 bytes per prefix, and a full table keeps a million of them (issue 12; the
+    second-largest structure in ``benchmarks/fulltable_mem.py``). Here: ``_ip`` (the network, host bits
+    clear) and ``_plen``, ~80 bytes, built from two integers by the parser. The attributes the code
+    uses are properties computed when asked; anything else of ``IPv4Network``'s API is delegated to a
+    real one built on the spot (:meth:`__getattr__`: rare paths only). Mixed with plain ``ipaddress``
+    networks in sets, dicts, sorts and ``subnet_of``, it behaves as one of them
+    (``tests/unit/test_model_parse.py``).
+    """
+
+    __slots__ = ("_ip", "_plen")
+    version = _version = 4
+    max_prefixlen = _max_prefixlen = 32
+    _ip: int
+    _plen: int
+
+    def __init__(self, address: object, strict: bool = True) -> None:
+        ref = ipaddress.IPv4Network(address, strict=strict)  # type: ignore[arg-type]
+        self._ip, self._plen = int(ref.network_address), ref.prefixlen
+
+    @property
+    def prefixlen(self) -> int:
+        return self._plen
+
+    @property
+    def network_address(self) -> ipaddress.IPv4Address:
+        return _address4(self._ip)
+
+    @property
+    def netmask(self) -> ipaddress.IPv4Address:
+        return _V4_NETMASKS[self._plen]
+
+    @property
+    def hostmask(self) -> ipaddress.IPv4Address:
+        return _address4(_V4_MASKS[self._plen] ^ 0xFFFFFFFF)
+
+    @property
+    def broadcast_address(self) -> ipaddress.IPv4Address:
+        return _address4(self._ip | (_V4_MASKS[self._plen] ^ 0xFFFFFFFF))
+
+    @property
+    def num_addresses(self) -> int:
+        return 1 << (32 - self._plen)
+
+    @property
+    def packed(self) -> bytes:
+        """The network address in network byte order (what netlink and the XDP maps take)."""
+        return self._ip.to_bytes(4, "big")
+
+    @property
+    def with_prefixlen(self) -> str:
+        return self.__str__()
+
+    def as_ipaddress(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network((self._ip, self._plen))
+
+    def __str__(self) -> str:
+        ip = self._ip
+        return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}/{self._plen}"
+
+    def __repr__(self) -> str:
+        return f"Prefix4('{self}')"
+
+    def __format__(self, spec: str) -> str:
+        return format(self.__str__(), spec) if spec else self.__str__()
+
+    def __reduce__(self) -> tuple[object, tuple[int, int]]:
+        return _prefix4_from_int, (self._ip, self._plen)
+
+    def __hash__(self) -> int:
+        return self._ip ^ _V4_MASKS[self._plen]  # IPv4Network's hash(int(network) ^ int(netmask)), an int's own
+
+    def _other(self, other: object) -> tuple[int, int] | None:
+        """(network, length) of another IPv4 network, None if it is not one."""
+        if type(other) is Prefix4:
+            return other._ip, other._plen
+        if isinstance(other, ipaddress.IPv4Network):
+            return int(other.network_address), other.prefixlen
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is Prefix4:
+            return self._ip == other._ip and self._plen == other._plen
+        o = self._other(other)
+        return NotImplemented if o is None else (self._ip, self._plen) == o
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def _order(self, other: object) -> tuple[int, int] | None:
+        o = self._other(other)
+        if o is None and isinstance(other, ipaddress.IPv6Network):
+            raise TypeError(f"{self!r} and {other!r} are not of the same version")
+        return o
+
+    def __lt__(self, other: object) -> bool:
+        o = self._order(other)
+        return NotImplemented if o is None else (self._ip, self._plen) < o
+
+    def __le__(self, other: object) -> bool:
+        o = self._order(other)
+        return NotImplemented if o is None else (self._ip, self._plen) <= o
+
+    def __gt__(self, other: object) -> bool:
+        o = self._order(other)
+        return NotImplemented if o is None else (self._ip, self._plen) > o
+
+    def __ge__(self, other: object) -> bool:
+        o = self._order(other)
+        return NotImplemented if o is None else (self._ip, self._plen) >= o
+
+    def __contains__(self, other: object) -> bool:
+        if isinstance(other, ipaddress.IPv4Address):
+            return (other._ip & _V4_MASKS[self._plen]) == self._ip
+        return False  # like IPv4Network: a network is never "in" another, addresses of v6 neither
+
+    def subnet_of(self, other: object) -> bool:
+        o = self._other(other)
+        if o is None:
+            raise TypeError(f"{self!r} and {other!r} are not of the same version")
+        ip, plen = o
+        return plen <= self._plen and (self._ip & _V4_MASKS[plen]) == ip
+
+    def supernet_of(self, other: object) -> bool:
+        o = self._other(other)
+        if o is None:
+            raise TypeError(f"{self!r} and {other!r} are not of the same version")
+        ip, plen = o
+        return self._plen <= plen and (ip & _V4_MASKS[self._plen]) == self._ip
+
+    def overlaps(self, other: object) -> bool:
+        return self.subnet_of(other) or self.supernet_of(other)
+
+    def supernet(self, prefixlen_diff: int = 1, new_prefix: int | None = None) -> Prefix4:
+        return _prefix4(self.as_ipaddress().supernet(prefixlen_diff, new_prefix))
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__") or name in Prefix4.__slots__:
+            raise AttributeError(name)
+        return getattr(self.as_ipaddress(), name)
+
+
+#: A prefix anywhere in the routing core: what the parser makes (:class:`Prefix4`, :class:`Prefix6`)
+#: and what config and tests hand in (plain :mod:`ipaddress` networks) mix freely.
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network | Prefix4
+
+
+def as_ipaddress(prefix: IPNetwork) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The plain :mod:`ipaddress` network for APIs that take only those (``collapse_addresses``)."""
+    return prefix.as_ipaddress() if type(prefix) is Prefix4 else prefix  # type: ignore[union-attr,return-value]
+
+
+def prefix_key(prefix: IPNetwork) -> tuple[int, int, int]:
+    """(version, network as an integer, length): the key of the policy and ROV indexes. A
+    :class:`Prefix4` has both integers at hand; a plain network builds them."""
+    if type(prefix) is Prefix4:
+        return 4, prefix._ip, prefix._plen
+    return prefix.version, int(prefix.network_address), prefix.prefixlen
+
+
+def _prefix4(net: ipaddress.IPv4Network) -> Prefix4:
+    return _prefix4_from_int(int(net.network_address), net.prefixlen)
 
 
 def _prefix4_from_int(ip: int, plen: int) -> Prefix4:
-    """Build a :class:`Prefix4` without ``IPv4Network.__init__`` (its argument parsing is most of the
-    cost): the three attributes that define a network, as ``__init__`` sets them. Checked against
-    :mod:`ipaddress` at import (:func:`_fast_v4_ok`); if a Python release changes the layout, the
-    fast path switches itself off."""
+    """A :class:`Prefix4` from integers (host bits cleared here), without ``__init__``'s parsing."""
     p = object.__new__(Prefix4)
-    p.network_address = ipaddress.IPv4Address(ip & int(_V4_NETMASKS[plen]))
-    p.netmask = _V4_NETMASKS[plen]
-    p._prefixlen = plen
+    p._ip = ip & _V4_MASKS[plen]
+    p._plen = plen
     return p
-
-
-def _fast_v4_ok() -> bool:
-    try:
-        for ip, plen in ((0, 0), (0xC0000201, 24), (0x0A000001, 32), (0xFFFFFFFF, 1)):
-            fast, ref = _prefix4_from_int(ip, plen), ipaddress.IPv4Network((ip, plen), strict=False)
-            same = (fast == ref and hash(fast) == hash(ref) and str(fast) == str(ref)
-                    and fast.broadcast_address == ref.broadcast_address and fast.num_addresses == ref.num_addresses)
-            if not same or (plen and fast.supernet() != ref.supernet()):
-                return False
-        return True
-    except Exception:  # any surprise means: do not use the fast path
-        return False
-
-
-_FAST_V4 = _fast_v4_ok()
 
 
 def parse_prefix(text: str) -> IPNetwork:
@@ -104,7 +256,7 @@ def parse_prefix(text: str) -> IPNetwork:
     """
     if ":" in text:
         return Prefix6(text, strict=False)
-    m = _V4_PREFIX.fullmatch(text) if _FAST_V4 else None
+    m = _V4_PREFIX.fullmatch(text)
     if m is not None:
         a, b, c, d, n = (int(x) for x in m.groups())
         if a <= 255 and b <= 255 and c <= 255 and d <= 255 and n <= 32:

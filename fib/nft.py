@@ -39,7 +39,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
-from common.model import IPNetwork
+from common.model import IPNetwork, as_ipaddress
 from fib.ops import BLACKHOLE_GID, Op, Results, RouteDelete, RouteInstall, RouteReplace
 from fib.table import FibView
 
@@ -135,7 +135,7 @@ class BlackholeCounter:
         script = ""
         for v in sorted(versions):
             name = "blackholes4" if v == 4 else "blackholes6"
-            nets = list(ipaddress.collapse_addresses(p for p in self.prefixes if p.version == v))  # type: ignore[misc]
+            nets = list(ipaddress.collapse_addresses(as_ipaddress(p) for p in self.prefixes if p.version == v))  # type: ignore[misc]
             script += f"flush set inet {TABLE} {name}\n"
             if nets:
                 script += f"add element inet {TABLE} {name} {{ {', '.join(map(str, nets))} }}\n"

@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
-from common.model import BLACKHOLE, Attributes, IPAddress, IPNetwork, Path, Validity, intern_attrs
+from common.model import BLACKHOLE, Attributes, IPAddress, IPNetwork, Path, Validity, intern_attrs, prefix_key
 from routing.config import CustomerConfig, PrefixRule, RouterConfig, parse_community
 
 #: A customer's effective RPKI mode (``Config.customer_rpki``).
@@ -83,8 +83,7 @@ class Rejection:
 _Key = tuple[int, int, int]  # (version, network as int, prefix length)
 
 
-def _key(net: IPNetwork) -> _Key:
-    return net.version, int(net.network_address), net.prefixlen
+_key = prefix_key
 
 
 def _covers(outer: _Key, inner: _Key) -> bool:

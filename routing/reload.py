@@ -56,7 +56,7 @@ from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.model import FibEntry, IPAddress, IPNetwork, Path, Peer, intern_attrs
+from common.model import FibEntry, IPAddress, IPNetwork, Path, Peer, intern_attrs, prefix_key
 from routing.bestpath import select
 from routing.bfd_link import session_specs
 from routing.config import Config, CustomerConfig, PeerConfig, reveal
@@ -494,8 +494,7 @@ def _addr_key(a: IPAddress) -> tuple[int, int]:
     return a.version, int(a)
 
 
-def _net_key(n: IPNetwork) -> tuple[int, int, int]:
-    return n.version, int(n.network_address), n.prefixlen
+_net_key = prefix_key
 
 
 # --- text rendering (the CLI without --json, the daemon's log) ---------------------------------------

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 
-from common.model import BLACKHOLE, FibDiff, FibEntry, IPAddress, IPNetwork, Path, Validity
+from common.model import BLACKHOLE, FibDiff, FibEntry, IPAddress, IPNetwork, Path, Validity, prefix_key
 from routing.bestpath import BestPathReason, Selection, select
 from routing.policy import ImportPolicy, Rejection, RejectReason
 from rpki.vrp import Validator
@@ -415,7 +415,7 @@ def validation_state(validator: Validator, path: Path) -> Validity:
     """RFC 6811 §2 state of one path (origin AS: :attr:`~common.model.Attributes.origin_as`)."""
     prefix, attrs = path.prefix, path.attrs
     check = validator.validate_any_length if BLACKHOLE in attrs.communities else validator.validate_int
-    return check(prefix.version, int(prefix.network_address), prefix.prefixlen, attrs.origin_as)
+    return check(*prefix_key(prefix), attrs.origin_as)
 
 
 _PATH_FIELDS = tuple(f.name for f in fields(Path))

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from common.model import FibDiff
+from common.model import FibDiff, prefix_key
 from routing.policy import Rejection
 from routing.reload import original_path
 from routing.rib import validation_state, with_rpki
@@ -121,7 +121,7 @@ class Revalidation:
                     break  # the peer was removed meanwhile
                 work += 1
                 stats.examined += 1
-                key = (prefix.version, int(prefix.network_address), prefix.prefixlen)
+                key = prefix_key(prefix)
                 if not any(r.contains(*key) for r in ranges):
                     continue
                 stats.in_ranges += 1

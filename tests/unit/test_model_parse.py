@@ -43,3 +43,46 @@ def test_any_text_is_accepted_or_refused_like_ipaddress(text: str) -> None:
                                   "1.2.3.4/", "1.2.3.4", "1.2.3.4/08", " 1.2.3.4/8", "1.2.3.4/8 "])
 def test_edge_cases_match(text: str) -> None:
     assert ours(text) == reference(text)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_prefix4_behaves_like_ipv4network_beside_one(ip: int, plen: int, ip2: int, plen2: int) -> None:
+    """The slotted Prefix4 (issue 12) mixes with plain ipaddress networks from config and tests."""
+    a, ref_a = parse_prefix(f"{ipaddress.IPv4Address(ip)}/{plen}"), ipaddress.IPv4Network((ip, plen), strict=False)
+    b, ref_b = parse_prefix(f"{ipaddress.IPv4Address(ip2)}/{plen2}"), ipaddress.IPv4Network((ip2, plen2), strict=False)
+    assert str(a) == str(ref_a) and a.prefixlen == ref_a.prefixlen and a.network_address == ref_a.network_address
+    assert a.netmask == ref_a.netmask and a.broadcast_address == ref_a.broadcast_address
+    assert a.num_addresses == ref_a.num_addresses and a.hostmask == ref_a.hostmask
+    assert a.packed == ref_a.network_address.packed
+    assert (a == b) == (ref_a == ref_b) and (a == ref_b) == (ref_a == ref_b) and (ref_a == b) == (ref_a == ref_b)
+    assert (a != ref_b) == (ref_a != ref_b) and (ref_a != b) == (ref_a != ref_b)
+    for x, y in ((a, b), (a, ref_b), (ref_a, b)):
+        assert (x < y) == (ref_a < ref_b) and (x <= y) == (ref_a <= ref_b)
+        assert (x > y) == (ref_a > ref_b) and (x >= y) == (ref_a >= ref_b)
+        assert x.subnet_of(y) == ref_a.subnet_of(ref_b) and x.supernet_of(y) == ref_a.supernet_of(ref_b)
+        assert x.overlaps(y) == ref_a.overlaps(ref_b)
+    assert (ref_b.network_address in a) == (ref_b.network_address in ref_a)
+    assert ({a: 1}.get(ref_a), {ref_a: 1}.get(a)) == (1, 1) and len({a, ref_a}) == 1
+    if plen:
+        assert a.supernet() == ref_a.supernet() and type(a.supernet()) is Prefix4
+
+
+def test_prefix4_is_small_and_keeps_the_rest_of_the_api() -> None:
+    import pickle
+    import sys
+
+    p = parse_prefix("198.51.100.0/24")
+    assert not hasattr(p, "__dict__") and sys.getsizeof(p) < 64
+    assert pickle.loads(pickle.dumps(p)) == p and type(pickle.loads(pickle.dumps(p))) is Prefix4
+    assert repr(p) == "Prefix4('198.51.100.0/24')" and f"{p}" == "198.51.100.0/24" and f"{p:>16}" == " 198.51.100.0/24"
+    assert next(iter(p.subnets())) == ipaddress.ip_network("198.51.100.0/25")  # delegated to IPv4Network
+    assert p.is_private is ipaddress.ip_network("198.51.100.0/24").is_private
+    assert Prefix4("10.1.2.3/8", strict=False) == ipaddress.ip_network("10.0.0.0/8")
+    with pytest.raises(ValueError):
+        Prefix4("10.1.2.3/8")
+    with pytest.raises(TypeError):
+        p < ipaddress.ip_network("::/0")  # noqa: B015 - ordering across versions refuses, as ipaddress does
+    assert p != ipaddress.ip_network("::/0") and p != "198.51.100.0/24"
+    assert list(ipaddress.collapse_addresses([p.as_ipaddress(), parse_prefix("198.51.101.0/24").as_ipaddress()]))
+    assert sorted([parse_prefix("10.0.0.0/8"), ipaddress.ip_network("9.0.0.0/8"), parse_prefix("10.0.0.0/7")]) == [
+        ipaddress.ip_network("9.0.0.0/8"), ipaddress.ip_network("10.0.0.0/7"), ipaddress.ip_network("10.0.0.0/8")]
