@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import orjson
 
@@ -141,7 +141,7 @@ def _addr(v: object) -> IPAddress:
 
 def _net(v: object) -> IPNetwork:
     try:
-        return parse_prefix(str(v))
+        return parse_prefix(v if type(v) is str else str(v))
     except ValueError:
         raise MalformedMessage(f"bad prefix {v!r}") from None
 
@@ -152,26 +152,36 @@ def _int(v: object, lo: int = 0, hi: int = 2**32 - 1) -> int:
     return v
 
 
-def _as_path(v: object) -> tuple[int, ...]:
+def _seg_key(k: object) -> int:
+    return int(k) if str(k).isdigit() else 0
+
+
+def _as_path(v: object) -> tuple[tuple[int, ...], bool]:
+    """The AS_PATH as a flat tuple and whether its last segment is a set (RFC 6811 §2: then no single
+    origin AS). One pass; a lone segment (what nearly every UPDATE has) skips the sort."""
     if v is None:
-        return ()
+        return (), False
     if isinstance(v, list):  # older/compact encoders: a flat list
-        return tuple(_int(x) for x in v)
+        return tuple(_int(x) for x in v), False
     if not isinstance(v, dict):
         raise MalformedMessage("bad as-path")
     out: list[int] = []
-    for key in sorted(v, key=lambda k: int(k) if str(k).isdigit() else 0):
+    is_set = False
+    for key in (v if len(v) == 1 else sorted(v, key=_seg_key)):
         seg = v[key]
         if not isinstance(seg, dict) or not isinstance(seg.get("value"), list):
             raise MalformedMessage("bad as-path segment")
         values = [_int(x) for x in seg["value"]]
-        if seg.get("element") in ("as-set", "confed-set"):
+        element = seg.get("element")
+        if element in ("as-set", "confed-set"):
             out.append(min(values) if values else 0)  # a set counts as one hop (RFC 4271 §9.1.2.2)
-        elif seg.get("element") in ("as-sequence", "confed-sequence", None):
+            is_set = True
+        elif element in ("as-sequence", "confed-sequence", None):
             out.extend(values)
+            is_set = False
         else:
-            raise MalformedMessage(f"unknown as-path element {seg.get('element')!r}")
-    return tuple(out)
+            raise MalformedMessage(f"unknown as-path element {element!r}")
+    return tuple(out), is_set
 
 
 def _attributes(a: object) -> Attributes:
@@ -184,26 +194,22 @@ def _attributes(a: object) -> Attributes:
         raise MalformedMessage(f"bad origin {a.get('origin')!r}")
     med = a.get("med")
     lp = a.get("local-preference")
-    comms = a.get("community") or []
-    large = a.get("large-community") or []
-    ext = a.get("extended-community") or []
+    comms = a.get("community")
+    large = a.get("large-community")
+    ext = a.get("extended-community")
     try:
-        communities = tuple((_int(c[0], 0, 65535), _int(c[1], 0, 65535)) for c in comms)
-        large_communities = tuple((_int(c[0]), _int(c[1]), _int(c[2])) for c in large)
+        communities = tuple((_int(c[0], 0, 65535), _int(c[1], 0, 65535)) for c in comms) if comms else ()
+        large_communities = tuple((_int(c[0]), _int(c[1]), _int(c[2])) for c in large) if large else ()
         # ExaBGP gives each extended community as {"value": int, "string": "target:..."}; the value is
         # the 8 bytes, type byte first (RFC 4360 §2).
-        ext_communities = tuple(_int(e["value"] if isinstance(e, dict) else e, 0, 2**64 - 1) for e in ext)
+        ext_communities = (tuple(_int(e["value"] if isinstance(e, dict) else e, 0, 2**64 - 1) for e in ext)
+                           if ext else ())
     except (TypeError, IndexError, KeyError):
         raise MalformedMessage("bad community") from None
-    return intern_attrs(Attributes(
-        origin=origin,
-        as_path=_as_path(a.get("as-path")),
-        med=None if med is None else _int(med),
-        local_pref=None if lp is None else _int(lp),
-        communities=communities,
-        large_communities=large_communities,
-        ext_communities=ext_communities,
-    ))
+    as_path, set_last = _as_path(a.get("as-path"))
+    return intern_attrs(Attributes(origin, as_path, None if med is None else _int(med),
+                                   None if lp is None else _int(lp), communities, large_communities,
+                                   ext_communities, (), set_last))
 
 
 def _labels(entry: dict) -> tuple[int, ...]:
@@ -216,20 +222,8 @@ def _labels(entry: dict) -> tuple[int, ...]:
     return tuple(_int(x, 0, 2**20 - 1) for x in flat)
 
 
-def _as_set_last(a: object) -> bool:
-    """True when the AS_PATH's last segment is a set: :func:`_as_path` flattens it to one hop, and
-    route origin validation must then know there is no single origin AS (RFC 6811 §2)."""
-    v = a.get("as-path") if isinstance(a, dict) else None
-    if not isinstance(v, dict) or not v:
-        return False
-    seg = v[max(v, key=lambda k: int(k) if str(k).isdigit() else 0)]
-    return isinstance(seg, dict) and seg.get("element") in ("as-set", "confed-set")
-
-
 def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
     attrs = _attributes(upd.get("attribute"))
-    if _as_set_last(upd.get("attribute")):
-        attrs = intern_attrs(replace(attrs, as_set_last=True))
     announce: list[tuple[IPNetwork, IPAddress, tuple[int, ...]]] = []
     withdraw: list[IPNetwork] = []
     for family, by_nh in (upd.get("announce") or {}).items():
@@ -243,12 +237,12 @@ def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
             nh = _addr(nh_text)
             if not isinstance(entries, list):
                 raise MalformedMessage("bad nlri list")
-            out = link_local if nh.is_link_local else announce  # once per next hop, not per prefix
-            for e in entries:
-                if isinstance(e, str):
-                    out.append((_net(e), nh, ()))
-                elif isinstance(e, dict):
-                    out.append((_net(e.get("nlri")), nh, _labels(e)))
+            add = (link_local if nh.is_link_local else announce).append  # once per next hop, not per prefix
+            for e in entries:  # once per prefix: the hottest loop of a full-table ingest
+                if type(e) is dict:
+                    add((_net(e.get("nlri")), nh, _labels(e) if "label" in e else ()))
+                elif type(e) is str:
+                    add((_net(e), nh, ()))
                 else:
                     raise MalformedMessage("bad nlri entry")
         if link_local:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.model import Origin, Path
-from routing.bestpath import BestPathReason, select
+from routing.bestpath import BestPathReason, select, select_by_chain
 
 from .factories import path, peer
 
@@ -87,3 +87,18 @@ def test_result_independent_of_arrival_order(draw_attrs, rnd) -> None:
     assert set(s1.multipath) == set(s2.multipath)
 
 
+
+
+@given(st.lists(st.tuples(st.sampled_from(PEERS), attrs, st.sampled_from(["10.0.9.1", "10.0.9.2"])),
+                min_size=2, max_size=6))
+def test_the_shortcuts_equal_the_chain(drawn) -> None:
+    """``select`` of two paths is one comparison and of more the chain written out; the chain is the
+    reference (same peer twice, same next hop, iBGP and MED across neighbour ASes included)."""
+    pair = []
+    for p, (lp, plen, origin, med), nh in drawn:
+        first = p.asn if not p.ibgp else 64512
+        pair.append(path(p=p, local_pref=lp, as_path=(first,) * plen, origin=Origin(origin), med=med, nexthop=nh))
+    for paths in (pair, pair[::-1]):
+        fast, ref = select(paths), select_by_chain(paths)
+        assert fast is not None and ref is not None
+        assert (fast.best, fast.reason, fast.multipath) == (ref.best, ref.reason, ref.multipath)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from common.model import IPNetwork
 from routing.config import PrefixRule
-from routing.policy import Rejection, RejectReason, export_routes
+from routing.policy import Rejection, RejectReason, _overlaps, export_routes
 
 from .factories import config, path, peer, policy
 
@@ -117,3 +117,20 @@ def test_set_mpls_label_policy() -> None:
 
     res = ImportPolicy(c.router, c.customers[0]).apply(path("203.0.113.0/24"))
     assert not isinstance(res, Rejection) and res.attrs.labels == (100, 200)
+
+
+@given(st.one_of(
+    st.tuples(st.just(4), st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.tuples(st.just(6), st.integers(0, 2**128 - 1), st.integers(0, 128)),
+    # near the bogons' edges, where an off-by-one would show
+    st.builds(lambda b, d, n: (4, max(0, min(2**32 - 1, b + d)), n),
+              st.sampled_from([0x0A000000, 0x0AFFFFFF, 0x0B000000, 0x09FFFFFF, 0x64400000, 0xC0A80000, 0xF0000000]),
+              st.integers(-300, 300), st.integers(1, 32)),
+))
+def test_bogon_index_equals_a_scan_of_the_list(key) -> None:
+    """The interval index answers "overlaps a bogon" exactly as comparing with every bogon does."""
+    v, a, n = key
+    bits = 32 if v == 4 else 128
+    k = (v, a & ~((1 << (bits - n)) - 1), n)
+    pol = policy()
+    assert pol._is_bogon(k) == any(_overlaps(b, k) for b in pol._bogons)
