@@ -199,6 +199,9 @@ class ProcStats:
     peak_rss: int = 0
     hwm: int = 0
     cpu_s: float = 0.0
+    #: RSS at the latest sample: read when the table is in, it is what stays; peak minus it is
+    #: transient (queues, garbage, a dict's resize, the relay's backlog).
+    rss: int = 0
 
 
 @dataclass
@@ -225,6 +228,7 @@ class Sampler:
             rss = st.get("VmRSS", 0)
             ps.peak_rss = max(ps.peak_rss, rss)
             ps.hwm = max(ps.hwm, st.get("VmHWM", 0))
+            ps.rss = rss
             ps.cpu_s = cpu
             total += rss
         self.peak_total = max(self.peak_total, total)
@@ -271,8 +275,10 @@ class Sampler:
     def by_role(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for ps in self.procs.values():
-            r = out.setdefault(ps.role, {"baseline_mb": 0.0, "peak_mb": 0.0, "hwm_mb": 0.0, "cpu_s": 0.0})
+            r = out.setdefault(ps.role, {"baseline_mb": 0.0, "peak_mb": 0.0, "hwm_mb": 0.0, "end_mb": 0.0,
+                                         "cpu_s": 0.0})
             r["baseline_mb"] += ps.baseline_rss / 2**20
+            r["end_mb"] += ps.rss / 2**20
             r["peak_mb"] += ps.peak_rss / 2**20
             r["hwm_mb"] += ps.hwm / 2**20
             r["cpu_s"] += ps.cpu_s
@@ -658,8 +664,10 @@ def run_bird_table(lab: Lab, n: int, peers: int, timeout_s: float) -> dict[str, 
 
 
 def bytes_per_prefix(r: dict[str, Any], n: int, role_prefix: str = "") -> dict[str, float]:
-    """Per role: peak RSS / n and (peak - baseline) / n, in bytes."""
-    return {role: {"total": round(v["hwm_mb"] * 2**20 / n), "delta": round((v["peak_mb"] - v["baseline_mb"]) * 2**20 / n)}
+    """Per role, in bytes: peak RSS / n ("total"), (peak - baseline) / n ("delta") and (RSS once the
+    table is in - baseline) / n ("kept": what stays; delta - kept was transient)."""
+    return {role: {"total": round(v["hwm_mb"] * 2**20 / n), "delta": round((v["peak_mb"] - v["baseline_mb"]) * 2**20 / n),
+                   "kept": round((v.get("end_mb", 0.0) - v["baseline_mb"]) * 2**20 / n)}
             for role, v in r["procs"].items() if role.startswith(role_prefix)}
 
 

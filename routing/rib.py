@@ -27,12 +27,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from operator import attrgetter
 
 from common.model import BLACKHOLE, FibDiff, FibEntry, IPAddress, IPNetwork, Path, Validity, prefix_key
 from routing.bestpath import BestPathReason, Selection, select
 from routing.policy import ImportPolicy, Rejection, RejectReason
 from rpki.vrp import Validator
+
+
+class _Unknown(Enum):
+    """Default of an argument the caller may have looked up already (None is a valid answer)."""
+
+    UNKNOWN = 0
+
+
+_UNKNOWN = _Unknown.UNKNOWN
 
 
 @dataclass(slots=True)
@@ -66,11 +76,13 @@ class AdjRibIn:
                 "ipv6": (self.v6_accepted + self.v6_rejected, self.v6_accepted)}
 
     # The only ways in and out of ``accepted``/``rejected``: they keep the IPv6 counts ``counts`` uses.
-    def accept(self, prefix: IPNetwork, path: Path) -> Path | None:
+    def accept(self, prefix: IPNetwork, path: Path, old: Path | _Unknown | None = _UNKNOWN) -> Path | None:
         """Store an accepted path (dropping a rejection of the prefix); returns the previous one.
-        Runs once per received prefix: two dict probes when nothing was rejected (issue 12)."""
+        Runs once per received prefix: one dict probe when nothing was rejected and the caller has
+        looked ``prefix`` up in :attr:`accepted` already (``old``; issue 12)."""
         rej = self.rejected.pop(prefix, None) if self.rejected else None
-        old = self.accepted.get(prefix)
+        if old is _UNKNOWN:
+            old = self.accepted.get(prefix)
         self.accepted[prefix] = path
         was = old if old is not None else (rej[0] if rej is not None else None)
         if was is None or was.rpki is not path.rpki:
@@ -197,10 +209,13 @@ class LocRib:
             return prefix
         return r.paths[0].prefix if type(r) is _Multi else r.prefix
 
-    def set_path(self, path: Path) -> FibDiff | None:
+    def set_path(self, path: Path, r: Path | _Multi | _Unknown | None = _UNKNOWN) -> FibDiff | None:
+        """Add or replace ``path``'s peer's path of its prefix. ``r``: what the table holds for the
+        prefix if the caller has just looked (one hash of the prefix less per path)."""
         prefix = path.prefix
         peer = path.peer.address
-        r = self._routes.get(prefix)
+        if r is _UNKNOWN:
+            r = self._routes.get(prefix)
         if r is None:
             self._routes[prefix] = path
             if self.best_changes is not None:
@@ -337,18 +352,23 @@ class Rib:
         loc = self.loc
         accepted, rejected = a.accepted, a.rejected
         diffs: list[FibDiff] = []
+        routes = loc._routes
         for path in paths:
             prefix = path.prefix
-            # Every session's UPDATE brings its own prefix object (~216 B): keep the one the Loc-RIB
-            # already holds, so three sessions' paths (and Adj-RIB-In keys) share one (issue 12).
-            canon = loc.canonical(prefix)
-            if canon is not prefix:
-                path = with_prefix(path, canon)
-                prefix = canon
+            # One probe of each table per path (a Prefix4 hashes in Python: issue 12). Every
+            # session's UPDATE brings its own prefix object: keep the one the Loc-RIB already holds,
+            # so three sessions' paths (and Adj-RIB-In keys) share one.
+            r = routes.get(prefix)
+            if r is not None:
+                canon = r.paths[0].prefix if type(r) is _Multi else r.prefix
+                if canon is not prefix:
+                    path = with_prefix(path, canon)
+                    prefix = canon
             if a.stale:
                 a.stale.discard(prefix)
-            is_new = prefix not in accepted and (not rejected or prefix not in rejected)
-            if is_new and a.max_prefixes is not None and a.received >= a.max_prefixes:
+            old = accepted.get(prefix)
+            if (old is None and a.max_prefixes is not None and a.received >= a.max_prefixes
+                    and (not rejected or prefix not in rejected)):
                 a.rejected_total[RejectReason.MAX_PREFIXES.value] += 1
                 raise LimitExceeded(peer, a.max_prefixes)
             path = self.validated(path, a.policy)
@@ -360,10 +380,10 @@ class Rib:
                     if d:
                         diffs.append(d)
                 continue
-            a.accept(prefix, res)
+            a.accept(prefix, res, old)
             if not eligible:
                 continue
-            d = loc.set_path(res)
+            d = loc.set_path(res, r)
             if d:
                 diffs.append(d)
         return diffs
