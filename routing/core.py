@@ -964,8 +964,7 @@ class RoutingCore:
                 self.rib.set_eligible(a, False)  # kept in their Adj-RIB-In, never in the Loc-RIB
 
     def _best(self, prefix: IPNetwork) -> RoutePath | None:
-        sel = self.rib.loc.selection(prefix)
-        return sel.best if sel is not None else None
+        return self.rib.loc.best(prefix)
 
     def _communities_out(self, path: RoutePath) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
         a = self.rib.adj.get(path.peer.address)

@@ -18,8 +18,9 @@ and the caller hands them to the FIB writers.
   :class:`~routing.bestpath.Selection`. A change recomputes that prefix only and emits a diff only
   when the FIB entry (the next-hop set) changed, so attribute-only churn never reaches the kernel.
   Storage is one value per prefix: a lone path is kept as itself (its selection and FIB entry are
-  built from it when asked, O(1)); from two paths on, one object holds the paths, the selection
-  and the FIB entry (issue 12: a full table is mostly single-path prefixes).
+  built from it when asked, O(1)); from two paths on, one object holds the paths, the best one
+  and the FIB entry (issue 12: a full table is mostly single-path prefixes; the selection's reason
+  and ECMP set are computed again when the API asks).
 """
 
 from __future__ import annotations
@@ -148,14 +149,17 @@ class LimitExceeded(Exception):
 
 
 class _Multi:
-    """A prefix with two or more paths: the paths (in arrival order, one per peer), the current
-    selection and the FIB entry it gives (kept: the backup needs a second ``select``)."""
+    """A prefix with two or more paths: the paths (in arrival order, one per peer), the best one and
+    the FIB entry the selection gives (kept: the next change is compared with it, and the backup
+    needs a second ``select``). The :class:`Selection` itself is not kept (issue 12: with its ECMP
+    tuple ~100 B per prefix of a table that several sessions carry); :meth:`LocRib.selection`
+    computes it again, the same as it was, for the API."""
 
-    __slots__ = ("entry", "paths", "sel")
+    __slots__ = ("best", "entry", "paths")
 
-    def __init__(self, paths: tuple[Path, ...], sel: Selection, entry: FibEntry) -> None:
+    def __init__(self, paths: tuple[Path, ...], best: Path, entry: FibEntry) -> None:
         self.paths = paths
-        self.sel = sel
+        self.best = best
         self.entry = entry
 
 
@@ -166,7 +170,7 @@ class LocRib:
     - one path: the :class:`Path` itself. Its selection (``only_path``) and FIB entry (its next hop,
       no backup) follow from it and are built when asked, in O(1);
     - two or more: a :class:`_Multi` with the paths as a tuple (one per peer, arrival order), the
-      selection and the FIB entry.
+      best path and the FIB entry.
 
     All paths of a prefix share the prefix object stored with the first one (:meth:`canonical`)."""
 
@@ -184,7 +188,13 @@ class LocRib:
         r = self._routes.get(prefix)
         if r is None:
             return None
-        return r.sel if type(r) is _Multi else _only(r)
+        return select(r.paths) if type(r) is _Multi else _only(r)
+
+    def best(self, prefix: IPNetwork) -> Path | None:
+        r = self._routes.get(prefix)
+        if r is None:
+            return None
+        return r.best if type(r) is _Multi else r
 
     def paths(self, prefix: IPNetwork) -> list[Path]:
         r = self._routes.get(prefix)
@@ -229,7 +239,7 @@ class LocRib:
                     break
             else:
                 paths = (*paths, path)
-            return self._recompute(prefix, r.sel.best, r.entry, paths)
+            return self._recompute(prefix, r.best, r.entry, paths)
         if r.peer.address == peer:  # the only path, replaced
             self._routes[prefix] = path
             if self.best_changes is not None and r != path:
@@ -252,7 +262,7 @@ class LocRib:
         paths = tuple(p for p in r.paths if p.peer.address != peer)
         if len(paths) == len(r.paths):
             return None
-        return self._recompute(prefix, r.sel.best, r.entry, paths)
+        return self._recompute(prefix, r.best, r.entry, paths)
 
     def _recompute(self, prefix: IPNetwork, old_best: Path, old_e: FibEntry,
                    paths: tuple[Path, ...]) -> FibDiff | None:
@@ -265,7 +275,7 @@ class LocRib:
             sel = select(paths)
             assert sel is not None
             new_e = _entry_of(sel, paths)
-            self._routes[prefix] = _Multi(paths, sel, new_e)
+            self._routes[prefix] = _Multi(paths, sel.best, new_e)
             new_best = sel.best
         if self.best_changes is not None and old_best != new_best:
             self.best_changes.append((prefix, old_best, new_best))
