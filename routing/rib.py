@@ -150,17 +150,28 @@ class LimitExceeded(Exception):
 
 class _Multi:
     """A prefix with two or more paths: the paths (in arrival order, one per peer), the best one and
-    the FIB entry the selection gives (kept: the next change is compared with it, and the backup
-    needs a second ``select``). The :class:`Selection` itself is not kept (issue 12: with its ECMP
-    tuple ~100 B per prefix of a table that several sessions carry); :meth:`LocRib.selection`
-    computes it again, the same as it was, for the API."""
+    what of the FIB entry does not follow from the best path: the primary next hops (the ECMP set)
+    and the backup's next hops and labels, each an interned tuple (kept: the next change is compared
+    with them, and the backup needs a second ``select``). Neither the :class:`Selection` nor the
+    :class:`FibEntry` object is kept (issue 12: ~100 B and 80 B per prefix of a table that several
+    sessions carry); :meth:`entry` builds the entry again when asked, :meth:`LocRib.selection`
+    computes the selection again, both the same as they were."""
 
-    __slots__ = ("best", "entry", "paths")
+    __slots__ = ("backup", "backup_labels", "best", "nexthops", "paths")
 
     def __init__(self, paths: tuple[Path, ...], best: Path, entry: FibEntry) -> None:
         self.paths = paths
         self.best = best
-        self.entry = entry
+        self.nexthops = entry.nexthops
+        self.backup = entry.backup
+        self.backup_labels = entry.backup_labels
+
+    def entry(self) -> FibEntry:
+        """The :class:`FibEntry` this prefix was given (:func:`_entry_of` of its selection)."""
+        b = self.best
+        if b.rtbh:
+            return FibEntry(b.prefix, (), blackhole=True)
+        return FibEntry(b.prefix, self.nexthops, b.attrs.labels, self.backup, self.backup_labels)
 
 
 class LocRib:
@@ -170,7 +181,7 @@ class LocRib:
     - one path: the :class:`Path` itself. Its selection (``only_path``) and FIB entry (its next hop,
       no backup) follow from it and are built when asked, in O(1);
     - two or more: a :class:`_Multi` with the paths as a tuple (one per peer, arrival order), the
-      best path and the FIB entry.
+      best path and the FIB entry's next-hop tuples (the entry itself is built when asked).
 
     All paths of a prefix share the prefix object stored with the first one (:meth:`canonical`)."""
 
@@ -209,7 +220,7 @@ class LocRib:
         r = self._routes.get(prefix)
         if r is None:
             return None
-        return r.entry if type(r) is _Multi else _single_entry(r)
+        return r.entry() if type(r) is _Multi else _single_entry(r)
 
     def canonical(self, prefix: IPNetwork) -> IPNetwork:
         """The prefix object this table keeps for ``prefix`` (``prefix`` itself if none): a path from
@@ -239,7 +250,7 @@ class LocRib:
                     break
             else:
                 paths = (*paths, path)
-            return self._recompute(prefix, r.best, r.entry, paths)
+            return self._recompute(prefix, r.best, r.entry(), paths)
         if r.peer.address == peer:  # the only path, replaced
             self._routes[prefix] = path
             if self.best_changes is not None and r != path:
@@ -262,7 +273,7 @@ class LocRib:
         paths = tuple(p for p in r.paths if p.peer.address != peer)
         if len(paths) == len(r.paths):
             return None
-        return self._recompute(prefix, r.best, r.entry, paths)
+        return self._recompute(prefix, r.best, r.entry(), paths)
 
     def _recompute(self, prefix: IPNetwork, old_best: Path, old_e: FibEntry,
                    paths: tuple[Path, ...]) -> FibDiff | None:

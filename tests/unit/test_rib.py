@@ -191,7 +191,8 @@ _LOC_OPS = st.lists(
 
 @given(_LOC_OPS)
 def test_loc_rib_one_value_per_prefix_equals_a_dict_of_paths(seq) -> None:
-    """The Loc-RIB keeps a lone path as itself and builds its selection and entry when asked (issue 12);
+    """The Loc-RIB keeps a lone path as itself and builds its selection and entry when asked, and of a
+    prefix with several paths keeps the best one and the entry's tuples only (issue 12);
     against a plain dict of paths per prefix with ``select`` and ``_entry`` run on every change, the
     paths (in arrival order), selections, FIB entries, diffs and best-path changes are the same."""
     from routing.rib import LocRib, _entry
