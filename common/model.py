@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -62,7 +63,6 @@ _V4_PLEN = {str(n): n for n in range(33)}
 _V4_NETMASKS = tuple(ipaddress.IPv4Address((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF) for n in range(33))
 _V4_MASKS = tuple(int(m) for m in _V4_NETMASKS)
 _new_address4 = ipaddress.IPv4Address.__new__
-_new_object = object.__new__
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
@@ -74,32 +74,57 @@ def _address4(ip: int) -> ipaddress.IPv4Address:
     return a
 
 
-class Prefix4:
-    """An IPv4 network that stores two integers, and equals, hashes and orders like ``IPv4Network``.
+#: Python's integer hash modulus (2**61 - 1 on 64-bit builds): ``hash(n) == n % _M`` for n >= 0.
+_M = sys.hash_info.modulus
+_new_int = int.__new__
+#: The value of a /n with network ^ netmask == 0, by n (the parser adds the rest).
+_PLEN_BASE = tuple((n + 1) * _M for n in range(33))
+
+
+class Prefix4(int):
+    """An IPv4 network that is one integer, and equals, hashes and orders like ``IPv4Network``.
 
     Why not ``ipaddress.IPv4Network``: its instances carry a ``__dict__`` and their own network
     address object, ~216 bytes per prefix, and a full table keeps a million of them (issue 12; the
-    second-largest structure in ``benchmarks/fulltable_mem.py``). Here: ``_ip`` (the network, host bits
-    clear) and ``_plen``, ~80 bytes, built from two integers by the parser. The attributes the code
-    uses are properties computed when asked; anything else of ``IPv4Network``'s API is delegated to a
-    real one built on the spot (:meth:`__getattr__`: rare paths only). Mixed with plain ``ipaddress``
-    networks in sets, dicts, sorts and ``subnet_of``, it behaves as one of them
-    (``tests/unit/test_model_parse.py``).
+    second-largest structure in ``benchmarks/fulltable_mem.py``). Why an ``int`` and not an object
+    with two integer slots (80 bytes: the object and the network's own integer): one integer of three
+    30-bit digits is 56 bytes, and its hash and equality are the C ones of ``int``, while every dict
+    probe of a slotted object ran a Python ``__hash__`` and ``__eq__`` (issue 12: ~5 % of a 3-session
+    ingest).
+
+    The value is ``(length + 1) * M + (network ^ netmask)`` with ``M = sys.hash_info.modulus``: unique
+    per (network, length), and its hash is ``network ^ netmask``, which is exactly
+    ``IPv4Network.__hash__``, so both kinds meet in one dict. ``==`` is ``int``'s: between two of
+    these, value equality is network equality; against an ``IPv4Network`` it returns NotImplemented and
+    the network's own ``__eq__`` compares ``_version``, ``network_address`` and ``netmask`` (properties
+    here). Ordering is by (network, length), as ``IPv4Network`` orders, not by the value. An ``int``
+    that happens to equal the value compares equal: nothing here compares prefixes with integers.
+    The attributes the code uses are properties computed when asked; anything else of
+    ``IPv4Network``'s API is delegated to a real one built on the spot (:meth:`__getattr__`: rare paths
+    only). ``tests/unit/test_model_parse.py`` checks the mix in sets, dicts, sorts and ``subnet_of``.
     """
 
-    __slots__ = ("_ip", "_plen")
+    __slots__ = ()
     version = _version = 4
     max_prefixlen = _max_prefixlen = 32
-    _ip: int
-    _plen: int
+    __hash__ = int.__hash__
 
-    def __init__(self, address: object, strict: bool = True) -> None:
+    def __new__(cls, address: object, strict: bool = True) -> Prefix4:
         ref = ipaddress.IPv4Network(address, strict=strict)  # type: ignore[arg-type]
-        self._ip, self._plen = int(ref.network_address), ref.prefixlen
+        return _prefix4_from_int(int(ref.network_address), ref.prefixlen)
+
+    @property
+    def _plen(self) -> int:
+        return self // _M - 1
+
+    @property
+    def _ip(self) -> int:
+        k, x = divmod(self, _M)
+        return x ^ _V4_MASKS[k - 1]
 
     @property
     def prefixlen(self) -> int:
-        return self._plen
+        return self // _M - 1
 
     @property
     def network_address(self) -> ipaddress.IPv4Address:
@@ -146,26 +171,14 @@ class Prefix4:
     def __reduce__(self) -> tuple[object, tuple[int, int]]:
         return _prefix4_from_int, (self._ip, self._plen)
 
-    def __hash__(self) -> int:
-        return self._ip ^ _V4_MASKS[self._plen]  # IPv4Network's hash(int(network) ^ int(netmask)), an int's own
-
     def _other(self, other: object) -> tuple[int, int] | None:
         """(network, length) of another IPv4 network, None if it is not one."""
         if type(other) is Prefix4:
-            return other._ip, other._plen
+            k, x = divmod(other, _M)
+            return x ^ _V4_MASKS[k - 1], k - 1
         if isinstance(other, ipaddress.IPv4Network):
             return int(other.network_address), other.prefixlen
         return None
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is Prefix4:
-            return self._ip == other._ip and self._plen == other._plen
-        o = self._other(other)
-        return NotImplemented if o is None else (self._ip, self._plen) == o
-
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
 
     def _order(self, other: object) -> tuple[int, int] | None:
         o = self._other(other)
@@ -215,7 +228,7 @@ class Prefix4:
         return _prefix4(self.as_ipaddress().supernet(prefixlen_diff, new_prefix))
 
     def __getattr__(self, name: str) -> object:
-        if name.startswith("__") or name in Prefix4.__slots__:
+        if name.startswith("__") or name in ("_ip", "_plen"):
             raise AttributeError(name)
         return getattr(self.as_ipaddress(), name)
 
@@ -234,7 +247,8 @@ def prefix_key(prefix: IPNetwork) -> tuple[int, int, int]:
     """(version, network as an integer, length): the key of the policy and ROV indexes. A
     :class:`Prefix4` has both integers at hand; a plain network builds them."""
     if type(prefix) is Prefix4:
-        return 4, prefix._ip, prefix._plen
+        k, x = divmod(prefix, _M)
+        return 4, x ^ _V4_MASKS[k - 1], k - 1
     return prefix.version, int(prefix.network_address), prefix.prefixlen
 
 
@@ -244,10 +258,8 @@ def _prefix4(net: ipaddress.IPv4Network) -> Prefix4:
 
 def _prefix4_from_int(ip: int, plen: int) -> Prefix4:
     """A :class:`Prefix4` from integers (host bits cleared here), without ``__init__``'s parsing."""
-    p = object.__new__(Prefix4)
-    p._ip = ip & _V4_MASKS[plen]
-    p._plen = plen
-    return p
+    mask = _V4_MASKS[plen]
+    return _new_int(Prefix4, (plen + 1) * _M + ((ip & mask) ^ mask))
 
 
 def parse_prefix(text: str) -> IPNetwork:
@@ -270,10 +282,8 @@ def parse_prefix(text: str) -> IPNetwork:
         except (OSError, ValueError):  # ValueError: an embedded NUL or a non-ASCII character
             pass
         else:
-            p = _new_object(Prefix4)
-            p._ip = int.from_bytes(packed, "big") & _V4_MASKS[n]
-            p._plen = n
-            return p
+            mask = _V4_MASKS[n]
+            return _new_int(Prefix4, _PLEN_BASE[n] + ((int.from_bytes(packed, "big") & mask) ^ mask))
     return Prefix4(text, strict=False)
 
 

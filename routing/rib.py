@@ -224,7 +224,7 @@ class LocRib:
 
     def canonical(self, prefix: IPNetwork) -> IPNetwork:
         """The prefix object this table keeps for ``prefix`` (``prefix`` itself if none): a path from
-        another session can then share it instead of holding its own copy (~216 B each)."""
+        another session can then share it instead of holding its own copy (56 B each)."""
         r = self._routes.get(prefix)
         if r is None:
             return prefix
@@ -376,9 +376,9 @@ class Rib:
         routes = loc._routes
         for path in paths:
             prefix = path.prefix
-            # One probe of each table per path (a Prefix4 hashes in Python: issue 12). Every
-            # session's UPDATE brings its own prefix object: keep the one the Loc-RIB already holds,
-            # so three sessions' paths (and Adj-RIB-In keys) share one.
+            # One probe of each table per path (issue 12). Every session's UPDATE brings its own
+            # prefix object: keep the one the Loc-RIB already holds, so three sessions' paths (and
+            # Adj-RIB-In keys) share one.
             r = routes.get(prefix)
             if r is not None:
                 canon = r.paths[0].prefix if type(r) is _Multi else r.prefix

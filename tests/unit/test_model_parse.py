@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.model import Prefix4, parse_prefix
+from common.model import Prefix4, parse_prefix, prefix_key
 
 
 def reference(text: str) -> ipaddress.IPv4Network | None:
@@ -49,13 +49,15 @@ def test_edge_cases_match(text: str) -> None:
 
 @given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 32))
 def test_prefix4_behaves_like_ipv4network_beside_one(ip: int, plen: int, ip2: int, plen2: int) -> None:
-    """The slotted Prefix4 (issue 12) mixes with plain ipaddress networks from config and tests."""
+    """The integer Prefix4 (issue 12) mixes with plain ipaddress networks from config and tests: equal,
+    the same hash (the int's own), ordered by (network, length) and not by its value."""
     a, ref_a = parse_prefix(f"{ipaddress.IPv4Address(ip)}/{plen}"), ipaddress.IPv4Network((ip, plen), strict=False)
     b, ref_b = parse_prefix(f"{ipaddress.IPv4Address(ip2)}/{plen2}"), ipaddress.IPv4Network((ip2, plen2), strict=False)
     assert str(a) == str(ref_a) and a.prefixlen == ref_a.prefixlen and a.network_address == ref_a.network_address
     assert a.netmask == ref_a.netmask and a.broadcast_address == ref_a.broadcast_address
     assert a.num_addresses == ref_a.num_addresses and a.hostmask == ref_a.hostmask
-    assert a.packed == ref_a.network_address.packed
+    assert a.packed == ref_a.network_address.packed and hash(a) == hash(ref_a)
+    assert prefix_key(a) == (4, int(ref_a.network_address), plen) and bool(a)
     assert (a == b) == (ref_a == ref_b) and (a == ref_b) == (ref_a == ref_b) and (ref_a == b) == (ref_a == ref_b)
     assert (a != ref_b) == (ref_a != ref_b) and (ref_a != b) == (ref_a != ref_b)
     for x, y in ((a, b), (a, ref_b), (ref_a, b)):
@@ -85,6 +87,7 @@ def test_prefix4_is_small_and_keeps_the_rest_of_the_api() -> None:
     with pytest.raises(TypeError):
         p < ipaddress.ip_network("::/0")  # noqa: B015 - ordering across versions refuses, as ipaddress does
     assert p != ipaddress.ip_network("::/0") and p != "198.51.100.0/24"
+    assert p != (198 << 24 | 51 << 16 | 100 << 8) and p != 24  # not the network's integer, nor anything small
     assert list(ipaddress.collapse_addresses([p.as_ipaddress(), parse_prefix("198.51.101.0/24").as_ipaddress()]))
     assert sorted([parse_prefix("10.0.0.0/8"), ipaddress.ip_network("9.0.0.0/8"), parse_prefix("10.0.0.0/7")]) == [
         ipaddress.ip_network("9.0.0.0/8"), ipaddress.ip_network("10.0.0.0/7"), ipaddress.ip_network("10.0.0.0/8")]
