@@ -179,6 +179,8 @@ def role_of(pid: int, root: int) -> str:
     except OSError:
         return "gone"
     text = b" ".join(argv).decode(errors="replace")
+    if not text.strip(" "):
+        return ""  # forked, not yet exec'd: asked again at the next sample
     if pid == root:
         return "bird" if "bird" in argv[0].decode(errors="replace") else "daemon"
     if "routing.exabgp.bridge" in text:
@@ -225,6 +227,8 @@ class Sampler:
             ps = self.procs.get(pid)
             if ps is None:
                 ps = self.procs[pid] = ProcStats(role_of(pid, self.root), baseline_rss=st.get("VmRSS", 0))
+            elif not ps.role:
+                ps.role = role_of(pid, self.root)
             rss = st.get("VmRSS", 0)
             ps.peak_rss = max(ps.peak_rss, rss)
             ps.hwm = max(ps.hwm, st.get("VmHWM", 0))
@@ -250,7 +254,7 @@ class Sampler:
         self.sample()
         out: dict[str, float] = {}
         for ps in self.procs.values():
-            out[ps.role] = out.get(ps.role, 0.0) + ps.cpu_s
+            out[ps.role or "other"] = out.get(ps.role or "other", 0.0) + ps.cpu_s
         return out
 
     def pid_of(self, role: str) -> int | None:
@@ -275,7 +279,7 @@ class Sampler:
     def by_role(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for ps in self.procs.values():
-            r = out.setdefault(ps.role, {"baseline_mb": 0.0, "peak_mb": 0.0, "hwm_mb": 0.0, "end_mb": 0.0,
+            r = out.setdefault(ps.role or "other", {"baseline_mb": 0.0, "peak_mb": 0.0, "hwm_mb": 0.0, "end_mb": 0.0,
                                          "cpu_s": 0.0})
             r["baseline_mb"] += ps.baseline_rss / 2**20
             r["end_mb"] += ps.rss / 2**20
