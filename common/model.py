@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -322,8 +323,45 @@ _ATTRS: dict[Attributes, Attributes] = {}
 
 
 def intern_attrs(a: Attributes) -> Attributes:
-    """Return the one shared instance equal to ``a`` (the cache is bounded by distinct sets)."""
+    """Return the one shared instance equal to ``a``. The table holds every set seen since the last
+    :func:`sweep_interned_attrs`, in use or not."""
     return _ATTRS.setdefault(a, a)
+
+
+def interned_attrs() -> int:
+    return len(_ATTRS)
+
+
+#: References to an entry of :data:`_ATTRS` that nothing else holds, as :func:`sweep_interned_attrs`
+#: counts them: the dict's key and value, the loop's local and ``getrefcount``'s own argument.
+_TABLE_ONLY_REFS = 4
+_getrefcount = getattr(sys, "getrefcount", None)
+
+
+def sweep_interned_attrs(step: int = 5_000) -> Iterator[int]:
+    """Drop the attribute sets that no path holds any more; yields after every ``step`` entries (the
+    caller runs its loop in between) the number dropped so far.
+
+    Why: sets are interned so that a table's million paths share a few thousand, but the table
+    itself kept every set ever seen. A MED or AS path that changes makes a new set and leaves the old
+    one behind: a long-running PoP under churn grew the table without bound (issue 12: the full-table
+    benchmark, a MED per UPDATE, leaves 250,000 sets behind when the session goes). A set that only
+    the table refers to has a reference count of :data:`_TABLE_ONLY_REFS` here, and nothing can take
+    a new reference between the count and the delete: only the routing loop interns. Where the
+    interpreter has no reference counts (PyPy) nothing is dropped.
+    """
+    if _getrefcount is None:
+        return
+    snap: list[Attributes | None] = list(_ATTRS)
+    dropped = 0
+    for start in range(0, len(snap), step):
+        for i in range(start, min(start + step, len(snap))):
+            a = snap[i]
+            snap[i] = None  # the snapshot's reference must not count
+            if _getrefcount(a) <= _TABLE_ONLY_REFS:
+                del _ATTRS[a]  # type: ignore[arg-type]
+                dropped += 1
+        yield dropped
 
 
 _NO_ROUTER_ID = ipaddress.IPv4Address(0)

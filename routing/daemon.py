@@ -84,7 +84,7 @@ from routing.policy_dataplane import PolicyDataplane
 from routing.reload import ReloadPlan, plan_steps, render_text, running_config
 from routing.rib import Rib
 from routing.rpki_link import RpkiLink
-from routing.runtime import LAG_PARK_S, LAG_SAMPLE_S, LagPacer, gc_pacer
+from routing.runtime import LAG_PARK_S, LAG_SAMPLE_S, LagPacer, attrs_sweeper, gc_pacer
 from routing.views import Views
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,7 @@ class Daemon:
             tg.create_task(self._owner(), name="rib")
             tg.create_task(self._loop_lag(), name="lag")
             tg.create_task(gc_pacer(self.metrics), name="gc")
+            tg.create_task(attrs_sweeper(self.metrics), name="attrs")
             tg.create_task(serve_control(self.views), name="control")
             tg.create_task(self.pool.supervise(), name="exabgp")
             tg.create_task(self.rpki.run(), name="rpki")

@@ -243,6 +243,11 @@ class Metrics:
             "pop_router_gc_frozen_objects", "Objects the daemon froze out of garbage collection (routing/runtime.py)",
             registry=r,
         )
+        self.attr_sets_interned = Gauge(
+            "pop_router_attr_sets_interned",
+            "Distinct path attribute sets in the intern table (common/model.py; swept of unused ones)",
+            registry=r,
+        )
         self.gc_pause_seconds = Histogram(
             "pop_router_gc_pause_seconds", "Python garbage collections in the daemon, by generation (they stop "
             "the event loop)", ["generation"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),

@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Any
 
+from common.model import interned_attrs, sweep_interned_attrs
+
 SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (50_000, 20, 100)
 GC_FREEZE_INTERVAL_S = 1.0
@@ -42,6 +44,11 @@ GC_WARN_S = 0.02
 #: permanent generation (CPython's gc_list_size): ~200 ms with a 1M-route table, and called once a
 #: second it stalled the event loop and the API thread (GIL) by that much every second (issue 9).
 GC_FREEZE_COUNT_INTERVAL_S = 600.0
+
+#: The attribute-set intern table (:func:`attrs_sweeper`): looked at every ``ATTRS_SWEEP_INTERVAL_S``,
+#: swept when it holds at least ``ATTRS_SWEEP_MIN`` sets and twice what the last sweep kept.
+ATTRS_SWEEP_INTERVAL_S = 60.0
+ATTRS_SWEEP_MIN = 10_000
 
 #: Loop-lag sampling (:class:`LagPacer`): a sample is a timer of ``LAG_SAMPLE_S`` whose lateness is
 #: the lag. A sample later than ``LAG_IDLE_S``, or one during which the routing core worked, keeps
@@ -127,3 +134,28 @@ class LagPacer:
             return False
         self._quiet += 1
         return self._quiet >= self.quiet_samples
+
+
+async def attrs_sweeper(metrics: Any = None, interval_s: float = ATTRS_SWEEP_INTERVAL_S,
+                        minimum: int = ATTRS_SWEEP_MIN) -> None:
+    """Keeps the attribute-set intern table to the sets in use (:func:`common.model.sweep_interned_attrs`
+    says why it grows). A sweep visits every set, so it runs only once the table has doubled since the
+    last one (each set is visited a bounded number of times, amortised) and in slices of ~1 ms with
+    the loop run between them (the failover lane must not wait for it)."""
+    kept = 0
+    while True:
+        await asyncio.sleep(interval_s)
+        n = interned_attrs()
+        if metrics is not None:
+            metrics.attr_sets_interned.set(n)
+        if n < max(minimum, 2 * kept):
+            continue
+        t0 = time.monotonic()
+        dropped = 0
+        for dropped in sweep_interned_attrs():  # noqa: B007 - the last value is the total
+            await asyncio.sleep(0)  # between slices: the loop's other work, the failover lane first
+        kept = interned_attrs()
+        if metrics is not None:
+            metrics.attr_sets_interned.set(kept)
+        log.info("attribute sets: %d no longer used dropped, %d kept (%.0f ms)", dropped, kept,
+                 (time.monotonic() - t0) * 1000)

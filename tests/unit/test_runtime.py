@@ -9,6 +9,7 @@ import gc
 
 import pytest
 
+from common.model import Attributes, Origin
 from routing.runtime import LAG_IDLE_S, LAG_QUIET_SAMPLES, LagPacer, _GcTimer, gc_pacer
 
 
@@ -77,3 +78,50 @@ def test_work_or_lag_keeps_sampling_and_restarts_the_quiet_count(lag_s: float, w
 def test_an_ingest_never_parks() -> None:
     p = LagPacer(quiet_samples=2)
     assert not any(p.after_sample(0.001 * (i % 3), True) for i in range(1000))
+
+
+# --- the attribute-set intern table is swept of sets no path holds (issue 12) --------------------
+
+def _attrs(med: int) -> Attributes:
+    """A fresh set, never interned before: its MED is one no other test uses."""
+    return Attributes(Origin.IGP, (64512, 64513), med)
+
+
+def test_sweep_drops_only_the_sets_nothing_holds() -> None:
+    from common.model import intern_attrs, interned_attrs, sweep_interned_attrs
+
+    held = intern_attrs(_attrs(900_000_001))
+    path_like = (object(), intern_attrs(_attrs(900_000_002)))  # a reference from inside another object
+    intern_attrs(_attrs(900_000_003))  # interned, then nobody keeps it
+    before = interned_attrs()
+    totals = list(sweep_interned_attrs(step=2))
+    assert len(totals) == (before + 1) // 2 and totals == sorted(totals)  # one yield per slice, cumulative
+    assert totals[-1] >= 1 and interned_attrs() == before - totals[-1]
+    assert intern_attrs(_attrs(900_000_001)) is held and intern_attrs(_attrs(900_000_002)) is path_like[1]
+    fresh = _attrs(900_000_003)
+    assert intern_attrs(fresh) is fresh  # the old instance was dropped: a new equal set becomes the one
+
+
+async def test_sweeper_waits_for_the_table_to_double_then_sweeps() -> None:
+    from common.model import intern_attrs, interned_attrs
+    from routing.runtime import attrs_sweeper
+
+    m = _Metrics()
+    m.attr_sets_interned = _Gauge()  # type: ignore[attr-defined]
+    keep = [intern_attrs(_attrs(900_100_000 + i)) for i in range(50)]
+    for i in range(50):
+        intern_attrs(_attrs(900_200_000 + i))  # garbage once interned
+    task = asyncio.create_task(attrs_sweeper(m, interval_s=0.001, minimum=1))
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.002)  # poll: the sweeper's first round
+            if len(m.attr_sets_interned.values) >= 3:
+                break
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    seen, after_sweep, next_look = m.attr_sets_interned.values[:3]
+    assert seen >= 100 and after_sweep <= seen - 50  # the 50 unused sets went, the 50 held ones stayed
+    assert next_look == after_sweep  # not doubled since: looked at, not swept again
+    assert all(intern_attrs(_attrs(900_100_000 + i)) is keep[i] for i in range(50)) and interned_attrs() >= 50
