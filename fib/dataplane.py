@@ -184,7 +184,13 @@ class Dataplane:
         self.inflight_batches = 0  # batches handed to the kernel whose results are not applied yet
         self.inflight_deletes: set[IPNetwork] = set()  # route deletes sent, not yet completed
         #: Route notifications our own accepted installs will still cause (the monitor skips them).
+        #: Not counted while :attr:`own_notice_filter` keeps them out of the monitor's socket.
         self.own_route_notices = 0
+        #: Set by the monitor: ``f(True)`` when the first batch goes to the kernel, ``f(False)`` when
+        #: the last one's results are in; it returns whether our own route notifications are now
+        #: dropped in the kernel (:class:`fib.netlink.OwnRouteFilter`) instead of counted.
+        self.own_notice_filter: Callable[[bool], bool] | None = None
+        self._notices_filtered = False
         self._failovers = 0  # failover-lane calls so far: a batch planned across one re-checks its groups
 
     # --- input ---------------------------------------------------------------------------------
@@ -338,12 +344,15 @@ class Dataplane:
         return ops, msgs, taken
 
     def _start_send(self, ops: list[Op], msgs: list[bytes]) -> asyncio.Future[Results]:
+        if not self.inflight_batches and self.own_notice_filter is not None:
+            self._notices_filtered = self.own_notice_filter(True)
         self.inflight_batches += 1
+        count = not self._notices_filtered
         for op in ops:
             t = type(op)
             if t is RouteDelete:
                 self.inflight_deletes.add(op.prefix)  # type: ignore[union-attr]
-            elif t is RouteInstall or t is RouteReplace:
+            elif (t is RouteInstall or t is RouteReplace) and count:
                 self.own_route_notices += 1
             elif t is GroupDel or t is NexthopDel:
                 self.table.busy.add(op.gid if t is GroupDel else op.nid)  # type: ignore[union-attr]
@@ -353,6 +362,11 @@ class Dataplane:
             hist = self.metrics.fib_write_seconds  # type: ignore[attr-defined]
             fut.add_done_callback(lambda _f: hist.observe(time.perf_counter() - t0))
         return fut
+
+    def _batch_done(self) -> None:
+        self.inflight_batches -= 1
+        if not self.inflight_batches and self._notices_filtered and self.own_notice_filter is not None:
+            self._notices_filtered = self.own_notice_filter(False)
 
     def _unreachable(self, prefix: IPNetwork, entry: FibEntry) -> None:
         self._fail(prefix, entry, errno_mod.ENETUNREACH)
@@ -386,7 +400,7 @@ class Dataplane:
                 self._mirror(ops[i:j], {k - i: e for k, e in res.errors.items() if i <= k < j})
             stale_groups = self._finish_batch(ops, res, epoch != self._failovers)
         finally:
-            self.inflight_batches -= 1
+            self._batch_done()
         if stale_groups:  # a failover ran while these groups were being created: move them now
             self._failover(self.planner.regroup(set(), only=stale_groups), None, time.perf_counter())
 
@@ -406,7 +420,8 @@ class Dataplane:
             self._complete_errors(ops, errors, i, j, failed_objects)
 
     def _finish_batch(self, ops: Sequence[Op], res: Results, recheck_groups: bool) -> set[int]:
-        self.own_route_notices -= sum(1 for i in res.errors if type(ops[i]) in (RouteInstall, RouteReplace))
+        if not self._notices_filtered:
+            self.own_route_notices -= sum(1 for i in res.errors if type(ops[i]) in (RouteInstall, RouteReplace))
         self.operations += len(ops)
         self.batches += 1
         return self.planner.stale_members(ops) if recheck_groups else set()
@@ -549,7 +564,7 @@ class Dataplane:
             return iter(work.items())
         ops: list[Op] = list(dels)
         res = await self._start_send(ops, self.kernel.encode(ops))
-        self.inflight_batches -= 1
+        self._batch_done()
         n = 0
         for i, d in enumerate(dels):
             self.table.busy.discard(d.gid)
@@ -573,7 +588,7 @@ class Dataplane:
     async def _collect(self) -> None:
         ops = self.planner.collect()
         res = await self._start_send(ops, self.kernel.encode(ops))
-        self.inflight_batches -= 1
+        self._batch_done()
         for i, err in res.errors.items():
             if err != errno_mod.ENOENT:
                 log.warning("deleting unused %s failed: %s", type(ops[i]).__name__, errno_name(err))

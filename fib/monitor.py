@@ -14,11 +14,12 @@ One NETLINK_ROUTE notification socket (routes, nexthops, links) read on the even
   (the kernel has already flushed its nexthops), then a resync rebuilds what the kernel flushed; a
   link coming back is resynced first, then its gateways recovered.
 
-Our own writes cause one RTM_NEWROUTE each; they are recognised without decoding (protocol byte,
-the dataplane's count of notices still due, batches in flight) because a million-route write brings
-a million of them. The reader is bounded: each callback reads for at most :data:`READ_BUDGET_S`, then
-returns; the socket is still readable, so the loop calls it again after the other
-ready callbacks (the failover lane, BFD, the API) have run.
+Our own writes cause one RTM_NEWROUTE each, a million for a full table. While the dataplane has
+batches in the kernel a socket filter drops them there (:class:`fib.netlink.OwnRouteFilter`); where
+the kernel refuses the filter they are recognised without decoding (protocol byte, the dataplane's
+count of notices still due, batches in flight). The reader is bounded: each callback reads for at
+most :data:`READ_BUDGET_S`, then returns; the socket is still readable, so the loop calls it again
+after the other ready callbacks (the failover lane, BFD, the API) have run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from fib.netlink import (
     RTM_DELROUTE,
     RTM_NEWLINK,
     RTM_NEWROUTE,
+    OwnRouteFilter,
     decode_link_state,
     decode_nexthop,
     decode_route_any,
@@ -76,11 +78,34 @@ class FibMonitor:
         self._resync_again = False
         self._sock: socket.socket | None = None
         self._buf = bytearray(1 << 20)
+        self._own_filter: OwnRouteFilter | None = None
 
     def start(self) -> None:
         with enter_netns(self.kernel.netns):
             self._sock = monitor_socket()
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_notify)
+        self._own_filter = OwnRouteFilter(self.protocol)
+        self.dp.own_notice_filter = self._filter_own
+
+    def _filter_own(self, on: bool) -> bool:
+        """Keep our own route notifications out of the socket while the dataplane has batches in
+        the kernel (:class:`fib.netlink.OwnRouteFilter`); False: not filtering (the dataplane counts
+        them instead, as it did before, and the reader skips that many)."""
+        sock = self._sock
+        if sock is None or self._own_filter is None:
+            return False
+        try:
+            if on:
+                self._own_filter.attach(sock)
+            else:
+                self._own_filter.detach(sock)
+        except OSError as exc:
+            if on:
+                log.warning("route notification filter refused (%s): our own writes' notifications are "
+                            "read and skipped instead", exc)
+                self._own_filter = None  # not again: the counting fallback is correct, only slower
+            return False
+        return on
 
     def close(self) -> None:
         if self._sock is not None:
