@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from common.model import FibEntry, IPAddress, IPNetwork
+from common.model import FibEntry, IPAddress, IPNetwork, fast_constructor
 from fib.ops import (
     BLACKHOLE_GID,
     GroupAdd,
@@ -58,6 +58,11 @@ from fib.ops import (
 from fib.table import FibTable, Group
 
 log = logging.getLogger(__name__)
+
+#: One route operation per route of a table write (issue 12): :func:`common.model.fast_constructor`.
+_route_install = fast_constructor(RouteInstall)
+_route_replace = fast_constructor(RouteReplace)
+_route_delete = fast_constructor(RouteDelete)
 
 
 class Planner:
@@ -149,12 +154,12 @@ class Planner:
             old = installed_get(prefix)
             if entry is None:
                 if old is not None:
-                    append(RouteDelete(prefix, old))
+                    append(_route_delete(prefix, old))
                 continue
             if entry.blackhole:  # no group: a blackhole route never enters failover or repair plans
                 if old != BLACKHOLE_GID:
-                    append(RouteInstall(prefix, BLACKHOLE_GID, entry) if old is None
-                           else RouteReplace(prefix, BLACKHOLE_GID, entry, old))
+                    append(_route_install(prefix, BLACKHOLE_GID, entry) if old is None
+                           else _route_replace(prefix, BLACKHOLE_GID, entry, old))
                 continue
             tk = tuple_ids(entry)
             if tk in by_tuples:
@@ -166,7 +171,7 @@ class Planner:
                 continue
             if old == g.id:
                 continue
-            append(RouteInstall(prefix, g.id, entry) if old is None else RouteReplace(prefix, g.id, entry, old))
+            append(_route_install(prefix, g.id, entry) if old is None else _route_replace(prefix, g.id, entry, old))
         return ops
 
     def whole_group_scan(self) -> WholeGroupScan:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from common.model import IPAddress, Path
+from common.model import IPAddress, Path, fast_constructor
 
 
 class BestPathReason(StrEnum):
@@ -97,6 +97,10 @@ class Selection:
     multipath: tuple[Path, ...]
 
 
+#: A selection per best-path run (issue 12): :func:`common.model.fast_constructor`.
+_new_selection = fast_constructor(Selection)
+
+
 def select(paths: Sequence[Path]) -> Selection | None:
     """The best path, why it won, and the ECMP set. One path: at once; two (every second arrival of
     a prefix and nearly every backup, issue 12: half of a 3-session ingest's CPU was this chain):
@@ -105,7 +109,7 @@ def select(paths: Sequence[Path]) -> Selection | None:
         return None
     if len(paths) == 1:  # most prefixes of a full table: no chain, no sort (issue 12)
         only = paths[0]
-        return Selection(only, BestPathReason.ONLY_PATH, (only,))
+        return _new_selection(only, BestPathReason.ONLY_PATH, (only,))
     if len(paths) == 2:
         return _select2(paths[0], paths[1])
     return _select_many(paths)
@@ -130,7 +134,7 @@ def select_by_chain(paths: Sequence[Path]) -> Selection | None:
         if tied_for_multipath is None:
             tied_for_multipath = cands
     best = min(cands, key=lambda p: _addr_key(p.peer.address))
-    return Selection(best, reason, _multipath(best, tied_for_multipath or ()))
+    return _new_selection(best, reason, _multipath(best, tied_for_multipath or ()))
 
 
 def _multipath(best: Path, tied: Sequence[Path]) -> tuple[Path, ...]:
@@ -170,8 +174,8 @@ def _select2(a: Path, b: Path) -> Selection:
         reason = BestPathReason.PEER_ADDRESS if ka != kb else BestPathReason.ONLY_PATH
     other = b if best is a else a
     if other.peer.customer == best.peer.customer and other.nexthop != best.nexthop:
-        return Selection(best, reason, (best, other))
-    return Selection(best, reason, (best,))
+        return _new_selection(best, reason, (best, other))
+    return _new_selection(best, reason, (best,))
 
 
 def _select_many(paths: Sequence[Path]) -> Selection:
@@ -212,8 +216,8 @@ def _select_many(paths: Sequence[Path]) -> Selection:
         c = [p for p, k in zip(c, keys, strict=True) if k == low]
         reason = R.PEER_ADDRESS if len(c) == 1 else R.ONLY_PATH
     best = c[0] if len(c) == 1 else min(c, key=lambda p: _addr_key(p.peer.address))
-    return Selection(best, reason, _multipath(best, tied))
+    return _new_selection(best, reason, _multipath(best, tied))
 
 
 def _won(best: Path, reason: BestPathReason) -> Selection:
-    return Selection(best, reason, (best,))
+    return _new_selection(best, reason, (best,))

@@ -71,7 +71,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs
+from common.model import FibDiff, IPAddress, IPNetwork, Peer, intern_attrs, new_path
 from common.model import Path as RoutePath
 from routing.backbone import EXPORT_TIMER, FLUSH_AT, FLUSH_DELAY_S, BackboneExport
 from routing.backbone import PURPOSE as EXPORT_PURPOSE
@@ -880,7 +880,7 @@ class RoutingCore:
             diffs += self.rib.withdraw(addr, ev.withdraw)
         if ev.announce:
             peer, attrs = ps.peer, ev.attrs
-            paths = [RoutePath(p, peer, nh, attrs if not labels else intern_attrs(replace(attrs, labels=labels)))
+            paths = [new_path(p, peer, nh, attrs if not labels else intern_attrs(replace(attrs, labels=labels)))
                      for p, nh, labels in ev.announce]
             try:
                 diffs += self.rib.announce(addr, paths)
@@ -934,7 +934,7 @@ class RoutingCore:
             if self.rib.adj.get(addr) is not adj:
                 return
             part = ev.announce[i:i + step]
-            paths = [RoutePath(p, peer, nh, attrs if not labels else intern_attrs(replace(attrs, labels=labels)))
+            paths = [new_path(p, peer, nh, attrs if not labels else intern_attrs(replace(attrs, labels=labels)))
                      for p, nh, labels in part]
             before = dict(adj.rejected_total)
             chunk = _Slice()

@@ -31,7 +31,19 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from operator import attrgetter
 
-from common.model import BLACKHOLE, FibDiff, FibEntry, IPAddress, IPNetwork, Path, Validity, prefix_key
+from common.model import (
+    BLACKHOLE,
+    FibDiff,
+    FibEntry,
+    IPAddress,
+    IPNetwork,
+    Path,
+    Validity,
+    new_fib_diff,
+    new_fib_entry,
+    new_path,
+    prefix_key,
+)
 from routing.bestpath import BestPathReason, Selection, select
 from routing.policy import ImportPolicy, Rejection, RejectReason
 from rpki.vrp import Validator
@@ -170,8 +182,8 @@ class _Multi:
         """The :class:`FibEntry` this prefix was given (:func:`_entry_of` of its selection)."""
         b = self.best
         if b.rtbh:
-            return FibEntry(b.prefix, (), blackhole=True)
-        return FibEntry(b.prefix, self.nexthops, b.attrs.labels, self.backup, self.backup_labels)
+            return new_fib_entry(b.prefix, (), blackhole=True)
+        return new_fib_entry(b.prefix, self.nexthops, b.attrs.labels, self.backup, self.backup_labels)
 
 
 class LocRib:
@@ -241,7 +253,7 @@ class LocRib:
             self._routes[prefix] = path
             if self.best_changes is not None:
                 self.best_changes.append((prefix, None, path))
-            return FibDiff(prefix, None, _single_entry(path))
+            return new_fib_diff(prefix, None, _single_entry(path))
         if type(r) is _Multi:
             paths = r.paths
             for i, p in enumerate(paths):
@@ -256,7 +268,7 @@ class LocRib:
             if self.best_changes is not None and r != path:
                 self.best_changes.append((prefix, r, path))
             old_e, new_e = _single_entry(r), _single_entry(path)
-            return None if old_e == new_e else FibDiff(prefix, old_e, new_e)
+            return None if old_e == new_e else new_fib_diff(prefix, old_e, new_e)
         return self._recompute(prefix, r, _single_entry(r), (r, path))
 
     def remove_path(self, prefix: IPNetwork, peer: IPAddress) -> FibDiff | None:
@@ -269,7 +281,7 @@ class LocRib:
             del self._routes[prefix]
             if self.best_changes is not None:
                 self.best_changes.append((prefix, r, None))
-            return FibDiff(prefix, _single_entry(r), None)
+            return new_fib_diff(prefix, _single_entry(r), None)
         paths = tuple(p for p in r.paths if p.peer.address != peer)
         if len(paths) == len(r.paths):
             return None
@@ -292,7 +304,7 @@ class LocRib:
             self.best_changes.append((prefix, old_best, new_best))
         if old_e == new_e:
             return None
-        return FibDiff(prefix, old_e, new_e)
+        return new_fib_diff(prefix, old_e, new_e)
 
 
 def _only(p: Path) -> Selection:
@@ -310,8 +322,8 @@ def _intern(t: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
 def _single_entry(p: Path) -> FibEntry:
     """The FIB entry of a prefix whose only path is ``p`` (what :func:`_entry` gives for it)."""
     if p.rtbh:
-        return FibEntry(p.prefix, (), blackhole=True)
-    return FibEntry(p.prefix, _intern((p.nexthop,)), p.attrs.labels)
+        return new_fib_entry(p.prefix, (), blackhole=True)
+    return new_fib_entry(p.prefix, _intern((p.nexthop,)), p.attrs.labels)
 
 
 def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry:
@@ -321,7 +333,7 @@ def _entry(s: Selection, paths: dict[IPAddress, Path] | None = None) -> FibEntry
 def _entry_of(s: Selection, paths: Sequence[Path]) -> FibEntry:
     if s.best.rtbh:
         # A blackhole request (RFC 7999) that won: drop here; no next hops, no backup.
-        return FibEntry(s.best.prefix, (), blackhole=True)
+        return new_fib_entry(s.best.prefix, (), blackhole=True)
     primary = _intern(tuple(p.nexthop for p in s.multipath))
     backup: tuple[IPAddress, ...] = ()
     backup_labels: tuple[int, ...] = ()
@@ -331,7 +343,7 @@ def _entry_of(s: Selection, paths: Sequence[Path]) -> FibEntry:
         if alt is not None:
             backup = _intern(tuple(p.nexthop for p in alt.multipath))
             backup_labels = alt.best.attrs.labels
-    return FibEntry(s.best.prefix, primary, s.best.attrs.labels, backup, backup_labels)
+    return new_fib_entry(s.best.prefix, primary, s.best.attrs.labels, backup, backup_labels)
 
 
 class Rib:
@@ -469,7 +481,7 @@ def with_rpki(path: Path, state: Validity | None) -> Path:
     path: ~1.7 µs of ~5 µs saved, a full table's ingest ~2 s of CPU)."""
     values = list(_path_values(path))
     values[_RPKI_FIELD] = state
-    return Path(*values)
+    return new_path(*values)
 
 
 if _PATH_FIELDS != ("prefix", "peer", "nexthop", "attrs", "local_pref", "rpki", "rtbh", "prepend"):
@@ -478,4 +490,4 @@ if _PATH_FIELDS != ("prefix", "peer", "nexthop", "attrs", "local_pref", "rpki", 
 
 def with_prefix(p: Path, prefix: IPNetwork) -> Path:
     """``p`` for an equal prefix object (the one the Loc-RIB shares across sessions)."""
-    return Path(prefix, p.peer, p.nexthop, p.attrs, p.local_pref, p.rpki, p.rtbh, p.prepend)
+    return new_path(prefix, p.peer, p.nexthop, p.attrs, p.local_pref, p.rpki, p.rtbh, p.prepend)

@@ -33,7 +33,16 @@ from dataclasses import dataclass
 
 import orjson
 
-from common.model import Attributes, IPAddress, IPNetwork, Origin, intern_attrs, parse_address, parse_prefix
+from common.model import (
+    Attributes,
+    IPAddress,
+    IPNetwork,
+    Origin,
+    fast_constructor,
+    intern_attrs,
+    parse_address,
+    parse_prefix,
+)
 
 
 class MalformedMessage(ValueError):
@@ -82,6 +91,11 @@ class UpdateEvent:
     #: (prefix, next hop, labels)
     announce: tuple[tuple[IPNetwork, IPAddress, tuple[int, ...]], ...]
     withdraw: tuple[IPNetwork, ...]
+
+
+#: One per UPDATE (issue 12): :func:`common.model.fast_constructor`.
+_new_update = fast_constructor(UpdateEvent)
+_new_attributes = fast_constructor(Attributes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +221,9 @@ def _attributes(a: object) -> Attributes:
     except (TypeError, IndexError, KeyError):
         raise MalformedMessage("bad community") from None
     as_path, set_last = _as_path(a.get("as-path"))
-    return intern_attrs(Attributes(origin, as_path, None if med is None else _int(med),
-                                   None if lp is None else _int(lp), communities, large_communities,
-                                   ext_communities, (), set_last))
+    return intern_attrs(_new_attributes(origin, as_path, None if med is None else _int(med),
+                                        None if lp is None else _int(lp), communities, large_communities,
+                                        ext_communities, (), set_last))
 
 
 def _labels(entry: dict) -> tuple[int, ...]:
@@ -255,7 +269,7 @@ def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
             raise MalformedMessage("bad withdraw block")
         for e in entries:
             withdraw.append(_net(e if isinstance(e, str) else (e.get("nlri") if isinstance(e, dict) else None)))
-    return UpdateEvent(peer, attrs, tuple(announce), tuple(withdraw))
+    return _new_update(peer, attrs, tuple(announce), tuple(withdraw))
 
 
 def parse_line(line: bytes) -> Event | None:
