@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(FsPath(__file__).resolve().parents[1]))
 
-from common.model import IPNetwork, Peer
+from common.model import IPNetwork, Peer, new_path
 from common.model import Path as RoutePath
 from fib.table import FibTable
 from routing.config import parse_config
@@ -125,7 +125,7 @@ def run(n: int, peers: int, per_update: int = 4) -> dict[str, Any]:
 
     def make_paths() -> list[tuple[Any, list[RoutePath]]]:
         # As RoutingCore._update builds them (no labels here).
-        return [(ev.peer, [RoutePath(p, by_peer[ev.peer], nh, ev.attrs) for p, nh, _ in ev.announce])
+        return [(ev.peer, [new_path(p, by_peer[ev.peer], nh, ev.attrs) for p, nh, _ in ev.announce])
                 for ev in held["events"]]
 
     held["paths"], size = traced(make_paths, groups)
