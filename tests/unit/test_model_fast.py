@@ -85,3 +85,31 @@ def test_classes_it_cannot_swap_are_refused() -> None:
     for cls in (NoSlots, Sub):
         with pytest.raises(TypeError):
             fast_constructor(cls)
+
+
+def test_defaults_factories_and_keywords_as_the_class_takes_them() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class D:
+        a: int
+        b: tuple[int, ...] = ()
+        c: list[int] = dataclasses.field(default_factory=list)
+
+    make = fast_constructor(D)
+    x, y = make(1), make(1)
+    assert x == D(1) and x.c == [] and x.c is not y.c  # a fresh default per instance, as the class does
+    assert make(a=2, c=[1]) == D(2, (), [1]) and make(3, (4,)) == D(3, (4,))
+    with pytest.raises(TypeError):
+        make(1, b=(), a=2)  # the same argument errors as the class
+
+
+def test_a_class_with_post_init_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    with pytest.raises(TypeError):
+        fast_constructor(Checked)
