@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.model import IPAddress, IPNetwork
+from common.model import IPAddress, IPNetwork, Prefix4, prefix_key
 
 # --- declarations (linux/netlink.h, linux/rtnetlink.h) ---------------------------------------------
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -257,6 +257,11 @@ def route_encoder(*, protocol: int, table: int, metric: int) -> Callable[[int, I
     dst_a, table_a, prio_a, nhid_a = RTA_DST, RTA_TABLE, RTA_PRIORITY, RTA_NH_ID
 
     def encode(seq: int, prefix: IPNetwork, nhid: int, replace: bool) -> bytes:
+        if type(prefix) is Prefix4:  # a parsed prefix: both integers without an address object
+            _v, ip, plen = prefix_key(prefix)
+            return pack4(size4, new, f_replace if replace else f_new, seq, 0, inet, plen, 0, 0,
+                         rtm_table, protocol, scope, unicast, 0, 8, dst_a, ip.to_bytes(4, "big"),
+                         8, table_a, table, 8, prio_a, metric, 8, nhid_a, nhid)
         dst = prefix.network_address.packed
         if len(dst) == 4:
             return pack4(size4, new, f_replace if replace else f_new, seq, 0, inet, prefix.prefixlen, 0, 0,

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from common.model import parse_prefix
 from fib import netlink as nl
 from tests.netlink_reference import encode_route, encode_route_nhid_reference
 
@@ -52,6 +53,8 @@ def test_route_nhid_any_values(addr: int, length: int, nhid: int, table: int) ->
     assert fast == encode_route_nhid_reference(nl.RTM_NEWROUTE, 1, p, nhid, protocol=201, table=table, metric=5)
     m = _parse(fast)
     assert m.get_attr("RTA_TABLE") == table and m["table"] == nl.RT_TABLE_COMPAT
+    parsed = parse_prefix(str(p))  # what the routing core hands the writer: the same bytes
+    assert nl.encode_route_nhid(nl.RTM_NEWROUTE, 1, parsed, nhid, protocol=201, table=table, metric=5) == fast
 
 
 @given(st.integers(0, 2**128 - 1), st.integers(0, 128), st.integers(1, 2**32 - 1), st.booleans(),
