@@ -393,3 +393,74 @@ def test_another_exabgp_runs_unpatched(tmp_path: Path) -> None:
                                 "ExaBGP 4.2.21 is not 5.0.x")
     doc = json.loads((tmp_path / "lean.json").read_text())
     assert doc["active"] is False and doc["reason"] == "ExaBGP 4.2.21 is not 5.0.x"
+
+
+# --- API output: one write per reactor pass (issue 12) ---------------------------------------------
+
+def test_deferred_flush_writes_once_when_the_pass_ends() -> None:
+    """Three messages and their flushes make no system call; the flush before the reactor waits
+    writes all three at once; close still flushes what is left."""
+    import io
+
+    from routing.exabgp.lean_reactor import DeferredFlush, flush_pipes
+
+    class Raw(io.RawIOBase):
+        def __init__(self) -> None:
+            self.calls: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: bytes) -> int:  # type: ignore[override]
+            self.calls.append(bytes(b))
+            return len(b)
+
+    raw = Raw()
+    pipe = DeferredFlush(io.BufferedWriter(raw, 8192))
+
+    class Proc:
+        stdin = pipe
+
+    class Processes:
+        _process = {"api": Proc()}
+
+    for i in range(3):  # what Processes.write does per message
+        pipe.write(f'{{"n": {i}}}\n'.encode())
+        pipe.flush()
+    assert raw.calls == [] and pipe.pending
+    flush_pipes(Processes())
+    assert raw.calls == [b'{"n": 0}\n{"n": 1}\n{"n": 2}\n'] and not pipe.pending
+    flush_pipes(Processes())
+    assert len(raw.calls) == 1  # nothing pending: no call
+    pipe.write(b"last\n")
+    pipe.close()  # ExaBGP closing the pipe: the stream's own close, which flushes
+    assert raw.calls[-1] == b"last\n" and pipe.closed
+
+
+def test_a_failing_flush_keeps_the_data_for_the_next_pass() -> None:
+    from routing.exabgp.lean_reactor import DeferredFlush, flush_pipes
+
+    class Stream:
+        def __init__(self) -> None:
+            self.fail, self.flushed = True, 0
+
+        def flush(self) -> None:
+            if self.fail:
+                raise BlockingIOError(11, "again")
+            self.flushed += 1
+
+    stream = Stream()
+    pipe = DeferredFlush(stream)
+
+    class Proc:
+        stdin = pipe
+
+    class Processes:
+        _process = {"api": Proc()}
+
+    pipe.flush()
+    flush_pipes(Processes())
+    assert pipe.pending and stream.flushed == 0
+    stream.fail = False
+    flush_pipes(Processes())
+    assert not pipe.pending and stream.flushed == 1
