@@ -74,7 +74,10 @@ def _med_step(paths: list[Path]) -> list[Path]:
 
 
 def _addr_key(a: IPAddress) -> tuple[int, int]:
-    return a.version, int(a)
+    """(version, address as an integer): the ``ipaddress`` object's own fields, read without the
+    Python-level ``version`` property and ``__int__`` call (every tie of a multi-session table
+    reaches this step: issue 12)."""
+    return a._version, a._ip  # type: ignore[union-attr]
 
 
 CHAIN: tuple[tuple[BestPathReason, Step], ...] = (
@@ -140,7 +143,10 @@ def select_by_chain(paths: Sequence[Path]) -> Selection | None:
 def _multipath(best: Path, tied: Sequence[Path]) -> tuple[Path, ...]:
     mp: list[Path] = [best]
     seen = {best.nexthop}
-    for p in sorted(tied, key=lambda p: _addr_key(p.nexthop)) if len(tied) > 1 else ():
+    customer = best.peer.customer
+    if len(tied) < 2 or not any(p is not best and p.peer.customer == customer for p in tied):
+        return (best,)  # no other path may share the load: nothing to sort (issue 12)
+    for p in sorted(tied, key=lambda p: _addr_key(p.nexthop)):
         if p.peer.customer == best.peer.customer and p.nexthop not in seen:
             seen.add(p.nexthop)
             mp.append(p)
@@ -167,7 +173,7 @@ def _select2(a: Path, b: Path) -> Selection:
         return _won(b if ap.ibgp else a, BestPathReason.EBGP)
     # Tied through step 5: both may share the load (same customer, distinct next hops).
     if ap.router_id != bp.router_id:
-        best, reason = (a if int(ap.router_id) < int(bp.router_id) else b), BestPathReason.ROUTER_ID
+        best, reason = (a if ap.router_id._ip < bp.router_id._ip else b), BestPathReason.ROUTER_ID
     else:
         ka, kb = _addr_key(ap.address), _addr_key(bp.address)
         best = a if ka <= kb else b
@@ -206,7 +212,7 @@ def _select_many(paths: Sequence[Path]) -> Selection:
     tied = c
     if len(c) == 1:
         return _won(c[0], R.EBGP)
-    keys = [int(p.peer.router_id) for p in c]
+    keys = [p.peer.router_id._ip for p in c]
     low = min(keys)
     c = [p for p, k in zip(c, keys, strict=True) if k == low]
     reason = R.ROUTER_ID
