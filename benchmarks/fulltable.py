@@ -17,11 +17,12 @@ Cases (``--cases``, comma-separated; default ``1m,3peers,sessions``):
   until all of them are in the kernel (pop-router: FIB idle with N routes, then a netlink dump; BIRD:
   the kernel protocol's exported count, then the same dump). pop-router runs with ExaBGP under PyPy
   (``exabgp.interpreter: pypy``) and again under CPython (``--interpreters``). Peak RSS of every
-  process of the PoP is sampled every 0.5 s and read from ``VmHWM`` at the end. At 1M (2026-12-01):
-  ~8 min in all (pop-router 165 s on PyPy, 174 s on CPython, BIRD 10 s, plus setup and flushes).
+  process of the PoP is sampled every 0.5 s and read from ``VmHWM`` at the end. At 1M with
+  ``--interpreters pypy`` (2026-12-02): ~2 min in all (pop-router 21-25 s, BIRD 9-10 s, plus setup and
+  flushes); the CPython run took 174 s on 2026-12-01, before the cuts of ``benchmarks/RESULTS.md``.
 - ``3peers``: the same table from three sessions (three feeder protocols, three customers); done when
   the FIB holds N routes and every session's N paths are accepted (BIRD: imported by each protocol).
-  ~17 min at 1M (pop-router 946 s), ~2 min at 100k.
+  ~4 min at 1M (2026-12-02: pop-router 97 s, BIRD 26 s), ~1 min at 100k.
 - ``packed``: ``--packed-prefixes`` (default 100,000) packed /24s, pop-router against ExaBGP alone;
   this is ``benchmarks/ingest.py``'s run, reused, with ExaBGP under the same interpreter. ~30 s.
 - ``sessions``: ``--sessions`` (default 200,1000) customer sessions of 10-50 /24s each (one customer
