@@ -12,7 +12,8 @@ Flow control: the daemon reads its socket only as fast as its RIB takes events (
 lane), so during a full-table ingest the backlog sits here, as raw bytes (a few hundred bytes per
 UPDATE, far less than the parsed events would cost in the daemon). While there is a backlog the
 relay adds, at most once a second, a ``{"type": "pop-relay-stats", ...}`` line with its size and
-the largest seen, so operators and benchmarks can see where the stream waits.
+the largest seen, and one more when it has drained, so operators and benchmarks can see where the
+stream waits and how far it got.
 
 stdin is read in chunks of whatever the pipe holds (up to :data:`READ_CHUNK`), cut at the last
 newline, not line by line: the relay forwards bytes unchanged and the daemon splits lines itself, so
@@ -77,6 +78,7 @@ class Relay:
         self.max_backlog_lines = 0
         self.max_stored_bytes = 0
         self._stats_at = 0.0
+        self._reported_backlog = False
 
     def _enqueue(self, chunk: bytes) -> None:
         """Reader thread: queue whole lines, or gather them into a block to compress (module docstring)."""
@@ -162,6 +164,12 @@ class Relay:
                 now = time.monotonic()
                 if backlog[0] and now - self._stats_at >= 1.0:
                     self._stats_at = now
+                    self._reported_backlog = True
+                    chunk += self.stats_line(*backlog)
+                elif not backlog[0] and self._reported_backlog:
+                    # Drained: one last report, so the peak is known even when it built and drained
+                    # within the second after the previous report.
+                    self._reported_backlog = False
                     chunk += self.stats_line(*backlog)
                 if chunk:
                     self.sock.sendall(chunk)
