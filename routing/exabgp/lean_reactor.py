@@ -59,11 +59,12 @@ ExaBGP spawns (it inherits the environment), and a ``.pth`` file would mean writ
 After patching, ExaBGP's own entry point (``exabgp.application.main.main``, what the ``exabgp``
 console script calls) runs with the same arguments and environment.
 
-**API output, once per pass.** ExaBGP writes and flushes every message to the relay on its own
+**API output, batched.** ExaBGP writes and flushes every message to the relay on its own
 (``Processes.write``): a system call per UPDATE. The pipe to each API process is wrapped
-(:class:`DeferredFlush`, installed by the patched ``Processes._start``) so that the flush waits until
-the pass ends: the patched ``_wait_for_io`` flushes every pipe before the reactor polls. A message
-leaves no later than the end of the pass that made it (ExaBGP's own replies to commands included).
+(:class:`DeferredFlush`, installed by the patched ``Processes._start``) so that the flush waits: the
+patched ``_wait_for_io`` flushes before the reactor sleeps, and while it stays busy (``poll(0)``)
+once the oldest waiting message is :data:`MAX_HOLD_S` old (ExaBGP's own replies to commands
+included).
 
 **Guards.** The patch needs ExaBGP 5.0.x internals: the version, the methods it wraps, and the lines
 of ``Reactor.run`` and ``Peer`` it relies on (checked in their source). If any is missing, nothing is
@@ -137,29 +138,35 @@ REQUIRED_SOURCE = {
 
 
 class DeferredFlush:
-    """ExaBGP's pipe to an API process (the ``stdin`` of its ``Popen``), whose ``flush`` waits for the
-    end of the reactor pass.
+    """ExaBGP's pipe to an API process (the ``stdin`` of its ``Popen``), whose ``flush`` waits until
+    the reactor is about to sleep, or until the oldest unflushed message is :data:`MAX_HOLD_S` old.
 
     Why: ExaBGP writes each message to the relay and flushes it (``Processes.write``): one ``write``
     system call per UPDATE, ~10 % of ExaBGP's CPU in a full-table ingest on CPython (py-spy, issue
     12) and more of it on PyPy, where the Python around it is cheaper, plus one wake-up of the relay
-    per line. Here ``flush`` only notes that data waits; :meth:`flush_now` runs when the reactor is
-    about to wait for I/O (the patched ``_wait_for_io``), so the messages of one pass leave in one
-    write. Nothing waits longer than the pass that produced it, and the pipe's buffer (8 KiB) still
-    flushes itself when full in a long pass. Everything else (``close`` flushes first, ``fileno``)
-    is the stream's own."""
+    per line. Flushing once per reactor pass is not enough: while UPDATEs keep arriving ExaBGP reads
+    one message per session per pass. Here ``flush`` only notes when data started waiting;
+    :func:`flush_pipes` runs before every ``poll()`` of the reactor (the patched ``_wait_for_io``)
+    and writes when the reactor will actually wait (nothing left to do: an idle PoP sees each message
+    at once) or when the oldest message has waited ``MAX_HOLD_S``, so a busy ExaBGP still delivers a
+    session's state change within a few milliseconds. The pipe's buffer (8 KiB) also flushes itself
+    when full. Everything else (``close`` flushes first, ``fileno``) is the stream's own."""
 
-    __slots__ = ("pending", "stream")
+    __slots__ = ("clock", "pending", "since", "stream")
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
+        self.clock = clock
         self.pending = False
+        self.since = 0.0
 
     def write(self, data: bytes) -> int:
         return self.stream.write(data)
 
     def flush(self) -> None:
-        self.pending = True
+        if not self.pending:
+            self.pending = True
+            self.since = self.clock()
 
     def flush_now(self) -> None:
         if self.pending:
@@ -170,13 +177,18 @@ class DeferredFlush:
         return getattr(self.stream, name)
 
 
-def flush_pipes(processes: Any) -> None:
-    """Flush every API pipe with deferred data (before the reactor waits). A failing flush keeps its
-    data buffered for the next attempt, as ExaBGP's own ``write`` does; a dead helper is found by
-    ExaBGP on its next write."""
+#: Longest a message to the relay waits in ExaBGP's buffer while its reactor stays busy.
+MAX_HOLD_S = 0.005
+
+
+def flush_pipes(processes: Any, idle: bool, now: float) -> None:
+    """Flush the API pipes whose data must go now: all of them when the reactor is about to wait
+    (``idle``), else those whose oldest message has waited :data:`MAX_HOLD_S` at ``now``. A failing
+    flush keeps its data buffered for the next attempt, as ExaBGP's own ``write`` does; a dead helper
+    is found by ExaBGP on its next write."""
     for proc in list(getattr(processes, "_process", {}).values()):
         stdin = getattr(proc, "stdin", None)
-        if type(stdin) is DeferredFlush and stdin.pending:
+        if type(stdin) is DeferredFlush and stdin.pending and (idle or now - stdin.since >= MAX_HOLD_S):
             try:
                 stdin.flush_now()
             except (OSError, ValueError):
@@ -501,8 +513,8 @@ def install(sweep_s: float, stats_path: str | None) -> str:
         lean = state_of(self)
         if lean is not None:
             lean.pass_done()
-        if self.processes is not None:
-            flush_pipes(self.processes)  # this pass's messages leave before the reactor waits
+        if self.processes is not None:  # messages leave before the reactor waits, or once MAX_HOLD_S old
+            flush_pipes(self.processes, bool(sleeptime), time.monotonic())
         api_fds = self.processes.fds if self.processes is not None else ()
         for fd in originals["_wait_for_io"](self, sleeptime):
             if lean is not None and fd not in api_fds:

@@ -397,12 +397,13 @@ def test_another_exabgp_runs_unpatched(tmp_path: Path) -> None:
 
 # --- API output: one write per reactor pass (issue 12) ---------------------------------------------
 
-def test_deferred_flush_writes_once_when_the_pass_ends() -> None:
-    """Three messages and their flushes make no system call; the flush before the reactor waits
-    writes all three at once; close still flushes what is left."""
+def test_deferred_flush_writes_when_the_reactor_waits_or_the_oldest_is_due() -> None:
+    """Messages and their flushes make no system call while the reactor stays busy (``poll(0)``)
+    until the oldest has waited MAX_HOLD_S; an idle reactor writes all of them at once before it
+    sleeps; close still flushes what is left."""
     import io
 
-    from routing.exabgp.lean_reactor import DeferredFlush, flush_pipes
+    from routing.exabgp.lean_reactor import MAX_HOLD_S, DeferredFlush, flush_pipes
 
     class Raw(io.RawIOBase):
         def __init__(self) -> None:
@@ -415,8 +416,9 @@ def test_deferred_flush_writes_once_when_the_pass_ends() -> None:
             self.calls.append(bytes(b))
             return len(b)
 
+    now = [100.0]
     raw = Raw()
-    pipe = DeferredFlush(io.BufferedWriter(raw, 8192))
+    pipe = DeferredFlush(io.BufferedWriter(raw, 8192), clock=lambda: now[0])
 
     class Proc:
         stdin = pipe
@@ -424,14 +426,21 @@ def test_deferred_flush_writes_once_when_the_pass_ends() -> None:
     class Processes:
         _process = {"api": Proc()}
 
-    for i in range(3):  # what Processes.write does per message
+    for i in range(3):  # what Processes.write does per message, one message per busy pass
         pipe.write(f'{{"n": {i}}}\n'.encode())
         pipe.flush()
-    assert raw.calls == [] and pipe.pending
-    flush_pipes(Processes())
+        now[0] += MAX_HOLD_S / 4
+        flush_pipes(Processes(), False, now[0])
+    assert raw.calls == [] and pipe.pending and pipe.since == 100.0  # the first message's time
+    now[0] = 100.0 + MAX_HOLD_S * 1.01
+    flush_pipes(Processes(), False, now[0])  # still busy, but the oldest is due
     assert raw.calls == [b'{"n": 0}\n{"n": 1}\n{"n": 2}\n'] and not pipe.pending
-    flush_pipes(Processes())
-    assert len(raw.calls) == 1  # nothing pending: no call
+    pipe.write(b'{"n": 3}\n')
+    pipe.flush()
+    flush_pipes(Processes(), True, now[0])  # the reactor is about to sleep: at once
+    assert raw.calls[-1] == b'{"n": 3}\n'
+    flush_pipes(Processes(), True, now[0])
+    assert len(raw.calls) == 2  # nothing pending: no call
     pipe.write(b"last\n")
     pipe.close()  # ExaBGP closing the pipe: the stream's own close, which flushes
     assert raw.calls[-1] == b"last\n" and pipe.closed
@@ -459,8 +468,8 @@ def test_a_failing_flush_keeps_the_data_for_the_next_pass() -> None:
         _process = {"api": Proc()}
 
     pipe.flush()
-    flush_pipes(Processes())
+    flush_pipes(Processes(), True, 0.0)
     assert pipe.pending and stream.flushed == 0
     stream.fail = False
-    flush_pipes(Processes())
+    flush_pipes(Processes(), True, 0.0)
     assert not pipe.pending and stream.flushed == 1
