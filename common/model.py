@@ -116,17 +116,14 @@ class Prefix4(int):
         return _prefix4_from_int(int(ref.network_address), ref.prefixlen)
 
     @property
-    def _plen(self) -> int:
+    def prefixlen(self) -> int:
         return self // _M - 1
+
+    _plen = prefixlen
 
     @property
     def _ip(self) -> int:
-        k, x = divmod(self, _M)
-        return x ^ _V4_MASKS[k - 1]
-
-    @property
-    def prefixlen(self) -> int:
-        return self // _M - 1
+        return prefix_key(self)[1]
 
     @property
     def network_address(self) -> ipaddress.IPv4Address:
@@ -176,8 +173,8 @@ class Prefix4(int):
     def _other(self, other: object) -> tuple[int, int] | None:
         """(network, length) of another IPv4 network, None if it is not one."""
         if type(other) is Prefix4:
-            k, x = divmod(other, _M)
-            return x ^ _V4_MASKS[k - 1], k - 1
+            _v, ip, plen = prefix_key(other)
+            return ip, plen
         if isinstance(other, ipaddress.IPv4Network):
             return int(other.network_address), other.prefixlen
         return None
@@ -247,7 +244,8 @@ def as_ipaddress(prefix: IPNetwork) -> ipaddress.IPv4Network | ipaddress.IPv6Net
 
 def prefix_key(prefix: IPNetwork) -> tuple[int, int, int]:
     """(version, network as an integer, length): the key of the policy and ROV indexes. A
-    :class:`Prefix4` has both integers at hand; a plain network builds them."""
+    :class:`Prefix4`'s value decodes to both integers (the one place that decodes it); a plain network
+    builds them."""
     if type(prefix) is Prefix4:
         k, x = divmod(prefix, _M)
         return 4, x ^ _V4_MASKS[k - 1], k - 1
@@ -261,7 +259,7 @@ def _prefix4(net: ipaddress.IPv4Network) -> Prefix4:
 def _prefix4_from_int(ip: int, plen: int) -> Prefix4:
     """A :class:`Prefix4` from integers (host bits cleared here), without ``__init__``'s parsing."""
     mask = _V4_MASKS[plen]
-    return _new_int(Prefix4, (plen + 1) * _M + ((ip & mask) ^ mask))
+    return _new_int(Prefix4, _PLEN_BASE[plen] + ((ip & mask) ^ mask))
 
 
 def parse_prefix(text: str) -> IPNetwork:

@@ -141,13 +141,13 @@ def select_by_chain(paths: Sequence[Path]) -> Selection | None:
 
 
 def _multipath(best: Path, tied: Sequence[Path]) -> tuple[Path, ...]:
-    mp: list[Path] = [best]
-    seen = {best.nexthop}
     customer = best.peer.customer
     if len(tied) < 2 or not any(p is not best and p.peer.customer == customer for p in tied):
         return (best,)  # no other path may share the load: nothing to sort (issue 12)
+    mp: list[Path] = [best]
+    seen = {best.nexthop}
     for p in sorted(tied, key=lambda p: _addr_key(p.nexthop)):
-        if p.peer.customer == best.peer.customer and p.nexthop not in seen:
+        if p.peer.customer == customer and p.nexthop not in seen:
             seen.add(p.nexthop)
             mp.append(p)
     return tuple(mp)
