@@ -89,8 +89,9 @@ class FibMonitor:
 
     def _filter_own(self, on: bool) -> bool:
         """Keep our own route notifications out of the socket while the dataplane has batches in
-        the kernel (:class:`fib.netlink.OwnRouteFilter`); False: not filtering (the dataplane counts
-        them instead, as it did before, and the reader skips that many)."""
+        the kernel (:class:`fib.netlink.OwnRouteFilter`). Returns whether the filter is attached now:
+        False, the dataplane counts them instead, as it did before, and the reader skips that many;
+        True, it must not count them (they never arrive)."""
         sock = self._sock
         if sock is None or self._own_filter is None:
             return False
@@ -104,7 +105,12 @@ class FibMonitor:
                 log.warning("route notification filter refused (%s): our own writes' notifications are "
                             "read and skipped instead", exc)
                 self._own_filter = None  # not again: the counting fallback is correct, only slower
-            return False
+                return False
+            # Still attached: counting notices that cannot arrive would make later foreign changes
+            # look like ours. Say so; the next batch's end tries again.
+            log.warning("route notification filter could not be removed (%s): it stays until the next "
+                        "batch ends", exc)
+            return True
         return on
 
     def close(self) -> None:
