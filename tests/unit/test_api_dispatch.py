@@ -30,7 +30,7 @@ def test_owner_calls_run_on_the_owner_loop_sync_and_async(owner) -> None:  # typ
     on = Dispatch(loop)
 
     async def coro(x: int) -> tuple[str, int]:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: one loop iteration, so the coroutine really suspends on the owner loop
         return threading.current_thread().name, x
 
     async def main() -> None:

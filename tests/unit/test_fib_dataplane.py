@@ -321,7 +321,7 @@ async def _until(pred: object, within: float = 5.0) -> float:
     t0 = loop.time()
     while not pred():  # type: ignore[operator]
         assert loop.time() - t0 < within, "condition not reached in time"
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: one loop iteration per check, bounded by `within`
     return loop.time() - t0
 
 
@@ -329,7 +329,7 @@ async def test_a_lone_change_on_an_idle_router_goes_out_at_once() -> None:
     dp, kernel = _coalescing_dp(1000, 1.0)
     task = asyncio.create_task(dp.run())
     try:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: one loop iteration, so the writer task runs
         for i in range(3):  # idle in between: each one is written alone, none waits for company
             e = entry(f"198.51.{i}.0/24", GW2)
             dp.submit_many([(e.prefix, e)])
@@ -345,7 +345,7 @@ async def test_a_stream_of_small_diffs_is_written_in_few_batches_and_waits_a_bou
     dp, kernel = _coalescing_dp(50, 0.3)
     task = asyncio.create_task(dp.run())
     try:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: one loop iteration, so the writer task runs
         n = 0
 
         def more(k: int) -> None:
@@ -360,7 +360,7 @@ async def test_a_stream_of_small_diffs_is_written_in_few_batches_and_waits_a_bou
         # The routing lane keeps submitting: 120 more, a few per loop iteration.
         for _ in range(40):
             more(3)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # poll: one loop iteration between submissions, as the routing lane yields
         await asyncio.wait_for(dp.wait_idle(), 5)
         assert len(dp.table.installed) == 121
         assert len(kernel.sent_bulk) <= 4  # 1 + batches of >= 50 (not 40 trickles)
