@@ -228,9 +228,17 @@ class Sampler:
             ps = self.procs.get(pid)
             if ps is None:
                 ps = self.procs[pid] = ProcStats(role_of(pid, self.root), baseline_rss=st.get("VmRSS", 0))
-            elif not ps.role:
-                ps.role = role_of(pid, self.root)
             rss = st.get("VmRSS", 0)
+            if not ps.role or ps.role.startswith("exabgp-"):
+                # A child forked by ExaBGP shows ExaBGP's command line until it execs (the relay):
+                # the role is asked again, and a process that turned out to be something else starts
+                # its baseline at the exec.
+                role = role_of(pid, self.root)
+                if role != ps.role:
+                    if ps.role:  # exec gave it a new address space: forget the forked one's
+                        ps.baseline_rss = ps.peak_rss = rss
+                        ps.hwm = 0
+                    ps.role = role
             ps.peak_rss = max(ps.peak_rss, rss)
             ps.hwm = max(ps.hwm, st.get("VmHWM", 0))
             ps.rss = rss
