@@ -158,3 +158,21 @@ def test_addresses_are_parsed_once_per_text() -> None:
 
     assert _addr("10.0.1.2") is _addr("10.0.1.2")
     assert _addr("fe80::1%eth0") == _addr("fe80::1")
+
+
+def test_compact_nlri_reads_as_the_object_form() -> None:
+    """``exabgp.api.compact`` (set by ``routing/exabgp/conf.py``) prints a plain prefix as a bare
+    string: the same UPDATE, captured from ExaBGP in both forms, must give the same event."""
+    verbose, compact = (m.parse_line(x) for x in lines("exabgp_compact.jsonl") if not x.startswith(b"#"))
+    assert b'"nlri"' not in lines("exabgp_compact.jsonl")[3]
+    assert isinstance(verbose, m.UpdateEvent) and verbose == compact
+    assert [(str(p), str(nh)) for p, nh, _ in compact.announce] == [("198.51.100.0/24", "10.0.1.2"),
+                                                                      ("10.99.0.0/16", "10.0.1.2")]
+    assert [str(p) for p in compact.withdraw] == ["203.0.113.0/24"] and compact.attrs.med == 5
+
+
+def test_generated_environment_asks_for_compact_nlri() -> None:
+    from routing.exabgp.conf import environment
+    from tests.unit.factories import config
+
+    assert environment(config())["exabgp_api_compact"] == "true"
