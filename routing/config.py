@@ -320,6 +320,12 @@ class ExabgpConfig(_Model):
     #: several times faster), ``cpython`` (the ``exabgp`` next to this Python) or ``auto`` (PyPy when
     #: installed, else CPython, with a log line saying which and why).
     interpreter: Literal["auto", "cpython", "pypy"] = "auto"
+    #: PyPy's young-generation size for ExaBGP, in MiB (``PYPY_GC_NURSERY``); null: PyPy's own
+    #: choice, half the last-level cache it reads off the CPU. On a host whose CPU reports a 480 MiB
+    #: L3 that made every ExaBGP process start at ~240 MB and take in a 1M table ~20 % slower than
+    #: with 4 MiB (the nursery no longer fits any cache): the setting makes memory independent of the
+    #: host (benchmarks/RESULTS.md, "PyPy's nursery"). Ignored on CPython.
+    pypy_nursery_mb: Annotated[int, Field(ge=1, le=1024)] | None = 4
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     #: Directory for the generated ExaBGP configuration and its relay socket.
     run_dir: Path | None = None
