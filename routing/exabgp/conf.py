@@ -76,6 +76,7 @@ from routing.config import Config, PeerConfig, reveal
 from routing.exabgp.lean_reactor import ENV_STATS, ENV_SWEEP_S
 from routing.exabgp.pool import BACKBONE
 from routing.policy import customer_exports
+from routing.runtime import MMAP_THRESHOLD
 
 PROCESS = "popd"
 
@@ -207,6 +208,9 @@ def environment(config: Config) -> dict[str, str]:
     env.update(config.exabgp.env)
     # ExaBGP reads both `exabgp.a.b` and `exabgp_a_b`; the underscore form survives shells.
     out = {k.replace(".", "_"): v for k, v in env.items()}
+    # The relay, which ExaBGP starts with this environment, then returns its large buffers to the
+    # kernel when freed (routing/runtime.py: fixed_mmap_threshold says why; the daemon sets its own).
+    out.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     if config.exabgp.pypy_nursery_mb is not None:
         out[PYPY_NURSERY_ENV] = f"{config.exabgp.pypy_nursery_mb}MB"
     return out
