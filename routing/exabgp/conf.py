@@ -183,6 +183,11 @@ def reactor_poll_s(config: Config) -> float:
 #: PyPy's nursery size (read by PyPy only: CPython and the relay ignore it). PyPy's default is half
 #: the last-level cache it finds, which a VM may report as hundreds of MiB (``exabgp.pypy_nursery_mb``).
 PYPY_NURSERY_ENV = "PYPY_GC_NURSERY"
+#: PyPy starts a major collection when its heap reaches this multiple of what the last one kept (its
+#: default: 1.82). ExaBGP's heap is mostly transient (messages parsed, encoded, dropped), so 1.3 cost
+#: no CPU measurably and lowered its peak by ~7 MB per process at a 1M-prefix session (108 -> 101 MB,
+#: 2026-12-02, benchmarks/RESULTS.md "PyPy's nursery").
+PYPY_MAJOR_ENV, PYPY_MAJOR_COLLECT = "PYPY_GC_MAJOR_COLLECT", "1.3"
 
 
 def environment(config: Config) -> dict[str, str]:
@@ -213,6 +218,7 @@ def environment(config: Config) -> dict[str, str]:
     out.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     if config.exabgp.pypy_nursery_mb is not None:
         out[PYPY_NURSERY_ENV] = f"{config.exabgp.pypy_nursery_mb}MB"
+    out[PYPY_MAJOR_ENV] = PYPY_MAJOR_COLLECT
     return out
 
 

@@ -86,6 +86,7 @@ def test_exabgp_reads_the_speed_we_write() -> None:
 def test_pypy_nursery_default_setting_and_off() -> None:
     assert environment(cfg())["PYPY_GC_NURSERY"] == "4MB"
     assert environment(cfg())["MALLOC_MMAP_THRESHOLD_"] == "131072"  # for the relay ExaBGP starts
+    assert environment(cfg(pypy_nursery_mb=None))["PYPY_GC_MAJOR_COLLECT"] == "1.3"
     assert environment(cfg(pypy_nursery_mb=16))["PYPY_GC_NURSERY"] == "16MB"
     assert "PYPY_GC_NURSERY" not in environment(cfg(pypy_nursery_mb=None))  # PyPy's own choice
     with pytest.raises(ConfigError, match="pypy_nursery_mb"):
