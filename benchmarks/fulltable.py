@@ -76,7 +76,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.netns import netns  # noqa: E402
 from fib.netlink import RouteSocket  # noqa: E402
-from labs.bird import logging_to_file  # noqa: E402
+from labs.bird import FeedWaker, logging_to_file  # noqa: E402
 from routing.cli import api_call  # noqa: E402
 
 POP_PROTO = 200
@@ -338,13 +338,16 @@ class Lab:
 class Bird:
     """One BIRD in a namespace, driven through its own control socket."""
 
-    def __init__(self, ns: str, work: Path, name: str, conf: str) -> None:
+    def __init__(self, ns: str, work: Path, name: str, conf: str, wake: bool = False) -> None:
         self.ns = ns
         self.ctl = work / f"{name}.ctl"
         self.conf = work / f"{name}.conf"
         self.pidfile = work / f"{name}.pid"
         self.conf.write_text(logging_to_file(conf, work / f"{name}.log"))  # never syslog: see labs/bird.py
         self.pid: int | None = None
+        #: A feeder is woken every 20 ms while it runs: BIRD 2.0.12 can otherwise hold the end of the
+        #: table it sends back for up to 3 s (labs/bird.py, FeedWaker), which we would time as ours.
+        self.waker = FeedWaker(self.ctl) if wake else None
 
     def start(self) -> None:
         self.pidfile.unlink(missing_ok=True)
@@ -355,11 +358,15 @@ class Bird:
                 raise RuntimeError("bird did not start")
             time.sleep(0.05)  # poll: bird writes its pid file after parsing the configuration
         self.pid = int(self.pidfile.read_text())
+        if self.waker:
+            self.waker.start()
 
     def cmd(self, *words: str) -> str:
         return sh("birdc", "-s", str(self.ctl), *words, timeout=60).stdout
 
     def stop(self) -> None:
+        if self.waker:
+            self.waker.stop()
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
@@ -579,7 +586,7 @@ def run_pop_table(lab: Lab, n: int, peers: int, interpreter: str, processes: str
     customers = [Customer(f"t{j}", 64512 + j, ["64.0.0.0/4 le 24"], f"10.0.1.{2 + j}", table_local(j), n + 10)
                  for j in range(peers)]
     pop = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes))
-    feeder = Bird(lab.feed, lab.work, "feeder", feeder_table_conf(n, peers))
+    feeder = Bird(lab.feed, lab.work, "feeder", feeder_table_conf(n, peers), wake=True)
     log(f"feeder: {n:,} prefixes x {peers} sessions")
     feeder.start()
     root = pop.start()
@@ -639,7 +646,7 @@ def run_pop_table(lab: Lab, n: int, peers: int, interpreter: str, processes: str
 
 
 def run_bird_table(lab: Lab, n: int, peers: int, timeout_s: float) -> dict[str, Any]:
-    feeder = Bird(lab.feed, lab.work, "feeder", feeder_table_conf(n, peers))
+    feeder = Bird(lab.feed, lab.work, "feeder", feeder_table_conf(n, peers), wake=True)
     pop = Bird(lab.pop, lab.work, "birdpop", bird_pop_table_conf(peers))
     log(f"feeder: {n:,} prefixes x {peers} sessions (BIRD as the PoP)")
     feeder.start()
