@@ -198,6 +198,14 @@ def _as_path(v: object) -> tuple[tuple[int, ...], bool]:
     return tuple(out), is_set
 
 
+#: AS paths seen, each once: every UPDATE's attribute set is its own object (a MED, a community
+#: differs), but many share the AS path, and each kept its own tuple (48 bytes for one AS, more for
+#: longer: 12 MB of a 1M-prefix table at 4 prefixes per UPDATE with one path, issue 12). Bounded by
+#: clearing, not by a sweep: a tuple still held by an attribute set stays valid, only sharing is lost.
+_AS_PATHS: dict[tuple[int, ...], tuple[int, ...]] = {}
+AS_PATHS_MAX = 200_000
+
+
 def _attributes(a: object) -> Attributes:
     if a is None:
         a = {}
@@ -221,6 +229,9 @@ def _attributes(a: object) -> Attributes:
     except (TypeError, IndexError, KeyError):
         raise MalformedMessage("bad community") from None
     as_path, set_last = _as_path(a.get("as-path"))
+    as_path = _AS_PATHS.setdefault(as_path, as_path)
+    if len(_AS_PATHS) > AS_PATHS_MAX:
+        _AS_PATHS.clear()
     return intern_attrs(_new_attributes(origin, as_path, None if med is None else _int(med),
                                         None if lp is None else _int(lp), communities, large_communities,
                                         ext_communities, (), set_last))

@@ -176,3 +176,22 @@ def test_generated_environment_asks_for_compact_nlri() -> None:
     from tests.unit.factories import config
 
     assert environment(config())["exabgp_api_compact"] == "true"
+
+
+def test_as_paths_are_shared_between_updates_and_the_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    def upd(med: int, path: list[int]) -> m.UpdateEvent:
+        line = ('{"type": "update", "neighbor": {"address": {"local": "10.0.1.1", "peer": "10.0.1.2"}, '
+                '"message": {"update": {"attribute": {"origin": "igp", "as-path": {"0": {"element": '
+                f'"as-sequence", "value": {path}}}}}, "med": {med}}}, "announce": {{"ipv4 unicast": '
+                '{"10.0.1.2": ["198.51.100.0/24"]}}}}}}').encode()
+        ev = m.parse_line(line)
+        assert isinstance(ev, m.UpdateEvent)
+        return ev
+
+    a, b = upd(1, [64512, 3356]), upd(2, [64512, 3356])
+    assert a.attrs is not b.attrs and a.attrs.as_path is b.attrs.as_path == (64512, 3356)
+    monkeypatch.setattr(m, "AS_PATHS_MAX", 3)
+    for k in range(10):
+        upd(3, [64512, k])
+    assert len(m._AS_PATHS) <= 4
+    assert upd(4, [64512, 3356]).attrs.as_path == (64512, 3356)  # cleared, not wrong
