@@ -995,7 +995,7 @@ def main() -> int:
         if "packed" in cases:
             import ingest  # benchmarks/ingest.py: the same run, reused
 
-            b = ingest.Bench(args.packed_prefixes, False, work, interpreter=interpreters[0])
+            b = ingest.Bench(args.packed_prefixes, 0, work, interpreter=interpreters[0])
             try:
                 b.setup()
                 alone = b.exabgp_alone()
