@@ -17,9 +17,10 @@ import ipaddress
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, FrozenInstanceError, dataclass, field, fields
 from enum import IntEnum, StrEnum
-from typing import Any, TypeVar
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -395,8 +396,11 @@ NO_ADVERTISE = (65535, 65282)
 BLACKHOLE = (65535, 666)
 
 
-@dataclass(frozen=True, slots=True)
-class Path:
+@dataclass(frozen=True)
+class _PathFields:
+    """:class:`Path`'s fields as a dataclass declares them: its constructor's parameters, what
+    ``dataclasses.fields`` and ``dataclasses.replace`` see. Never instantiated."""
+
     prefix: IPNetwork
     peer: Peer
     nexthop: IPAddress
@@ -409,6 +413,155 @@ class Path:
     rtbh: bool = False
     #: Times to prepend the customer's AS towards the backbone (an action community asked for it).
     prepend: int = 0
+
+
+class PathSource:
+    """What a path owes to its session and to import policy: peer, next hop, LOCAL_PREF, origin
+    validation state, RTBH and prepend. Shared by every path with the same six values (a session's
+    table has a handful): see :class:`Path`. Equal and hashing by value; not to be changed."""
+
+    __slots__ = ("_hash", "local_pref", "nexthop", "peer", "prepend", "rpki", "rtbh")
+
+    def __init__(self, peer: Peer, nexthop: IPAddress, local_pref: int, rpki: Validity | None, rtbh: bool,
+                 prepend: int) -> None:
+        self.peer, self.nexthop, self.local_pref = peer, nexthop, local_pref
+        self.rpki, self.rtbh, self.prepend = rpki, rtbh, prepend
+        self._hash = hash((peer, nexthop, local_pref, rpki, rtbh, prepend))
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.peer, self.nexthop, self.local_pref, self.rpki, self.rtbh, self.prepend)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not PathSource:
+            return NotImplemented
+        return self is other or self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+#: Interned :class:`PathSource` objects, keyed by the identities of the peer, next-hop and validity
+#: objects and the values of the rest. Identity is safe as a key: the source in the table holds those
+#: objects, so their ids cannot be reused while it is there. Cleared past :data:`PATH_SOURCES_MAX`
+#: (a table ever growing with peers come and gone would leak): sharing is lost, nothing else.
+_SOURCES: dict[tuple[int, int, int, int, bool, int], PathSource] = {}
+PATH_SOURCES_MAX = 100_000
+
+
+def path_source(peer: Peer, nexthop: IPAddress, local_pref: int = 100, rpki: Validity | None = None,
+                rtbh: bool = False, prepend: int = 0) -> PathSource:
+    key = (id(peer), id(nexthop), local_pref, id(rpki), rtbh, prepend)
+    src = _SOURCES.get(key)
+    if src is None:
+        if len(_SOURCES) >= PATH_SOURCES_MAX:
+            _SOURCES.clear()
+        src = _SOURCES[key] = PathSource(peer, nexthop, local_pref, rpki, rtbh, prepend)
+    return src
+
+
+class Path:
+    """One received path after import policy: a prefix, its attribute set, and its
+    :class:`PathSource`.
+
+    Why not a frozen dataclass of the eight fields (what it was): a full table keeps one Path per
+    prefix per session, and eight slots and a GC header made each 96 bytes. Six of the eight are the
+    same for all of a session's paths but for a few policy outcomes, so they live in one shared
+    :class:`PathSource`. Three slots make 64 bytes: 32 MB less per session at a million prefixes
+    (issue 12). The dataclass API is kept: the same constructor, the eight fields as attributes
+    (the six shared ones read through the source), ``dataclasses.fields``/``replace``/``asdict``,
+    equality and hashing by the eight values, frozen, pickling. :func:`new_path` builds one at the
+    cost of a plain object (``tests/unit/test_model_fast.py``)."""
+
+    __slots__ = ("attrs", "prefix", "source")
+    __dataclass_fields__ = _PathFields.__dataclass_fields__  # type: ignore[attr-defined]
+    __dataclass_params__ = _PathFields.__dataclass_params__  # type: ignore[attr-defined]
+    __match_args__ = ("prefix", "peer", "nexthop", "attrs", "local_pref", "rpki", "rtbh", "prepend")
+
+    if TYPE_CHECKING:
+        prefix: IPNetwork
+        attrs: Attributes
+        source: PathSource
+        peer: Peer
+        nexthop: IPAddress
+        local_pref: int
+        rpki: Validity | None
+        rtbh: bool
+        prepend: int
+    else:
+        peer = property(attrgetter("source.peer"))
+        nexthop = property(attrgetter("source.nexthop"))
+        local_pref = property(attrgetter("source.local_pref"))
+        rpki = property(attrgetter("source.rpki"))
+        rtbh = property(attrgetter("source.rtbh"))
+        prepend = property(attrgetter("source.prepend"))
+
+    def __init__(self, prefix: IPNetwork, peer: Peer, nexthop: IPAddress, attrs: Attributes, local_pref: int = 100,
+                 rpki: Validity | None = None, rtbh: bool = False, prepend: int = 0) -> None:
+        _set(self, "prefix", prefix)
+        _set(self, "attrs", attrs)
+        _set(self, "source", path_source(peer, nexthop, local_pref, rpki, rtbh, prepend))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Path:
+            return NotImplemented
+        return (self.prefix == other.prefix and self.attrs == other.attrs  # type: ignore[attr-defined]
+                and (self.source is other.source or self.source == other.source))  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.prefix, self.attrs, self.source))
+
+    def _values(self) -> tuple[Any, ...]:
+        s = self.source
+        return (self.prefix, s.peer, s.nexthop, self.attrs, s.local_pref, s.rpki, s.rtbh, s.prepend)
+
+    def __repr__(self) -> str:
+        return "Path(" + ", ".join(f"{n}={v!r}" for n, v in zip(self.__match_args__, self._values(), strict=True)) + ")"
+
+    def __reduce__(self) -> tuple[type[Path], tuple[Any, ...]]:
+        return Path, self._values()
+
+
+_set = object.__setattr__
+
+
+class _PathBuilder:
+    __slots__ = ("attrs", "prefix", "source")
+
+
+def new_path(prefix: IPNetwork, peer: Peer, nexthop: IPAddress, attrs: Attributes, local_pref: int = 100,
+             rpki: Validity | None = None, rtbh: bool = False, prepend: int = 0) -> Path:
+    """``Path(...)`` at a plain slotted object's cost: built as a :class:`_PathBuilder`, which has
+    the same slots, then made a Path by assigning ``__class__`` (as :func:`fast_constructor` does)."""
+    key = (id(peer), id(nexthop), local_pref, id(rpki), rtbh, prepend)
+    src = _SOURCES.get(key)
+    if src is None:
+        src = path_source(peer, nexthop, local_pref, rpki, rtbh, prepend)
+    o = _new_object(_PathBuilder)
+    o.prefix = prefix
+    o.attrs = attrs
+    o.source = src
+    o.__class__ = Path
+    return o  # type: ignore[return-value]
+
+
+def path_of(prefix: IPNetwork, attrs: Attributes, source: PathSource) -> Path:
+    """A Path from its three parts (another prefix or source for an existing path's others), at
+    :func:`new_path`'s cost."""
+    o = _new_object(_PathBuilder)
+    o.prefix = prefix
+    o.attrs = attrs
+    o.source = source
+    o.__class__ = Path
+    return o  # type: ignore[return-value]
+
+
+_new_object = object.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +637,6 @@ def fast_constructor(cls: type[_V]) -> Callable[..., _V]:
     return make
 
 
-new_path = fast_constructor(Path)
 new_fib_entry = fast_constructor(FibEntry)
 new_fib_diff = fast_constructor(FibDiff)
 

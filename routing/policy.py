@@ -54,7 +54,18 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
-from common.model import BLACKHOLE, Attributes, IPAddress, IPNetwork, Path, Validity, intern_attrs, prefix_key
+from common.model import (
+    BLACKHOLE,
+    Attributes,
+    IPAddress,
+    IPNetwork,
+    Path,
+    Validity,
+    intern_attrs,
+    path_of,
+    path_source,
+    prefix_key,
+)
 from routing.config import CustomerConfig, PrefixRule, RouterConfig, parse_community
 
 #: A customer's effective RPKI mode (``Config.customer_rpki``).
@@ -203,12 +214,14 @@ class ImportPolicy:
         rej = self.check_rtbh_prefix(path.prefix) if blackhole else self.check_prefix(path.prefix)
         if rej is not None:
             return rej
-        if path.rpki is not None:
+        src = path.source  # the session and policy values, read once (common.model.Path)
+        if src.rpki is not None:
             rej = self._check_rpki(path)
             if rej is not None:
                 return rej
             if self.rpki == "off":
                 path = replace(path, rpki=None)
+                src = path.source
         as_path = attrs.as_path
         if not as_path or as_path[0] != self.customer_asn:
             first = as_path[0] if as_path else "empty"
@@ -219,19 +232,16 @@ class ImportPolicy:
             hit = _matching(attrs, self._reject_std, self._reject_large)
             if hit is not None:
                 return Rejection(RejectReason.COMMUNITY_REJECTED, hit)
-        if not blackhole and not _usable_nexthop(path.nexthop, path.prefix.version):
-            return Rejection(RejectReason.INVALID_NEXTHOP, str(path.nexthop))
+        if not blackhole and not _usable_nexthop(src.nexthop, path.prefix.version):
+            return Rejection(RejectReason.INVALID_NEXTHOP, str(src.nexthop))
         local_pref, prepend = self.local_pref, 0
         if attrs.communities or attrs.large_communities:
             local_pref, prepend = self._actions.apply(attrs, self.local_pref)
         if self.labels and not attrs.labels and not blackhole:
             attrs = intern_attrs(replace(attrs, labels=self.labels))
-        if (attrs is path.attrs and local_pref == path.local_pref and blackhole == path.rtbh
-                and prepend == path.prepend):
+        if attrs is path.attrs and local_pref == src.local_pref and blackhole == src.rtbh and prepend == src.prepend:
             return path  # nothing to change (most paths of a full table): no new Path (issue 12)
-        # The constructor, positionally (``routing.rib`` checks the field order at import): a third of
-        # ``dataclasses.replace``'s cost, once per accepted path.
-        return Path(path.prefix, path.peer, path.nexthop, attrs, local_pref, path.rpki, blackhole, prepend)
+        return path_of(path.prefix, attrs, path_source(src.peer, src.nexthop, local_pref, src.rpki, blackhole, prepend))
 
     def communities_out(self, path: Path) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
         """The standard and large communities an accepted path carries onwards (shown by ``show routes``,
