@@ -542,12 +542,7 @@ def new_path(prefix: IPNetwork, peer: Peer, nexthop: IPAddress, attrs: Attribute
     src = _SOURCES.get(key)
     if src is None:
         src = path_source(peer, nexthop, local_pref, rpki, rtbh, prepend)
-    o = _new_object(_PathBuilder)
-    o.prefix = prefix
-    o.attrs = attrs
-    o.source = src
-    o.__class__ = Path
-    return o  # type: ignore[return-value]
+    return path_of(prefix, attrs, src)
 
 
 def path_of(prefix: IPNetwork, attrs: Attributes, source: PathSource) -> Path:
