@@ -184,7 +184,7 @@ def role_of(pid: int, root: int) -> str:
         return ""  # forked, not yet exec'd: asked again at the next sample
     if pid == root:
         return "bird" if "bird" in argv[0].decode(errors="replace") else "daemon"
-    if "routing.exabgp.bridge" in text:
+    if "routing.exabgp.bridge" in text or "routing/exabgp/bridge.py" in text:
         m = re.search(r"exabgp-(\d+)\.sock", text)
         return f"relay-{m.group(1) if m else '?'}"
     if "exabgp" in text:

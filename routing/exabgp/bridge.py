@@ -1,4 +1,5 @@
-"""The relay ExaBGP runs as its API process: ``python -m routing.exabgp.bridge SOCKET``.
+"""The relay ExaBGP runs as its API process: ``python -I -S .../routing/exabgp/bridge.py SOCKET``
+(``python -m routing.exabgp.bridge SOCKET`` works too).
 
 Theory of operation
 -------------------
@@ -36,7 +37,7 @@ process and drop the chunk it had read, without acks.
 
 When the daemon's socket closes, the relay exits; ExaBGP respawns it and the new one reconnects.
 stdin EOF (ExaBGP exiting) ends the relay too. Only the standard library is used: this process is
-started by ExaBGP and should start fast.
+started by ExaBGP, should start fast and small, and runs as a script without ``site``.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def test_exabgp_runs_as_root_with_our_relay(converged: Lab) -> None:
     assert "\nUid:\t0\t0\t0\t0" in status  # it would drop to nobody unless told otherwise
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ") for c in children]
-    assert any(b"routing.exabgp.bridge" in c for c in cmdlines)
+    assert any(b"routing/exabgp/bridge.py" in c for c in cmdlines)
     # exabgp.interpreter: auto runs it on PyPy where make installed exabgp-pypy (issue 12), and says so
     pypy = Path(sys.executable).with_name("exabgp-pypy").exists()
     exe = os.readlink(f"/proc/{pid}/exe")

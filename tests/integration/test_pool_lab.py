@@ -101,7 +101,7 @@ def test_customers_spread_over_two_processes(converged: Lab) -> None:
         # Each process runs its own relay, on its own socket.
         children = Path(f"/proc/{p['pid']}/task/{p['pid']}/children").read_text().split()
         cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ") for c in children]
-        assert any(b"routing.exabgp.bridge" in c and f"{p['name']}.sock".encode() in c for c in cmdlines)
+        assert any(b"routing/exabgp/bridge.py" in c and f"{p['name']}.sock".encode() in c for c in cmdlines)
     m = metrics(converged)
     assert metric_value(m, "pop_router_child_up", child="exabgp-0") == 1.0
     assert metric_value(m, "pop_router_child_up", child="exabgp-1") == 1.0
