@@ -38,6 +38,14 @@ router (nothing written in the last ``coalesce_s``) goes out at once; so does a 
 a whole table handed over at once). The failover lane never passes through here: it is synchronous
 on the loop thread.
 
+Backlog (issue 12): what the routing lane submitted and no batch has taken yet — the pending dict
+plus what is left of the set being written — is :meth:`Dataplane.backlog`. With watermarks set
+(:meth:`Dataplane.watch_backlog`), the owner is told when it passes ``high`` and again when it is back
+at ``low``; the daemon then stops taking routing events in between (``routing.inbox.Inbox.hold``), so
+a full table waits in the relay as compressed JSON (~15 bytes per prefix) instead of here as a
+``FibEntry`` and a dict slot per prefix (~130 bytes): 145,000 routes were waiting at one point of a
+1M-prefix ingest. The failover lane and urgent events never wait on it.
+
 Source address validation (:meth:`apply_sav`) is a third, tiny stream: per-interface allowed source
 prefixes, applied synchronously to the mirror providers that validate (XDP), with results.
 """
@@ -192,6 +200,13 @@ class Dataplane:
         self.own_notice_filter: Callable[[bool], bool] | None = None
         self._notices_filtered = False
         self._failovers = 0  # failover-lane calls so far: a batch planned across one re-checks its groups
+        #: Backlog watermarks and whom to tell (module docstring, "Backlog"); None: not watched.
+        self._backlog_high: int | None = None
+        self._backlog_low = 0
+        self._on_backlog: Callable[[bool], None] | None = None
+        self._backlog_over = False
+        #: Routes of the set being written that no batch has taken yet.
+        self._work_left = 0
 
     # --- input ---------------------------------------------------------------------------------
     def submit(self, prefix: IPNetwork, entry: FibEntry | None) -> None:
@@ -204,6 +219,8 @@ class Dataplane:
         if entry is None:
             self._pending_deletes = True
         self.wake()
+        if self._on_backlog is not None:
+            self._check_backlog()
 
     def submit_many(self, items: Iterable[tuple[IPNetwork, FibEntry | None]]) -> None:
         """:meth:`submit` for a whole RIB diff at once: one dict update instead of a method call and
@@ -221,6 +238,33 @@ class Dataplane:
         if deletes:
             self._pending_deletes = True
         self.wake()
+        if self._on_backlog is not None:
+            self._check_backlog()
+
+    # --- backlog -------------------------------------------------------------------------------
+    def backlog(self) -> int:
+        """Routes submitted that no batch has taken yet (module docstring, "Backlog")."""
+        return len(self.pending) + self._work_left
+
+    def watch_backlog(self, high: int, low: int, notify: Callable[[bool], None]) -> None:
+        """Call ``notify(True)`` when the backlog passes ``high``, ``notify(False)`` when it is back at
+        ``low`` or below (once each way)."""
+        if not 0 <= low < high:
+            raise ValueError(f"backlog watermarks: need 0 <= low < high, got {low}, {high}")
+        self._backlog_high, self._backlog_low, self._on_backlog = high, low, notify
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        notify, high = self._on_backlog, self._backlog_high
+        if notify is None or high is None:
+            return
+        n = len(self.pending) + self._work_left
+        if not self._backlog_over and n > high:
+            self._backlog_over = True
+            notify(True)
+        elif self._backlog_over and n <= self._backlog_low:
+            self._backlog_over = False
+            notify(False)
 
     def wake(self) -> None:
         self._idle.clear()
@@ -260,6 +304,7 @@ class Dataplane:
             await self._coalesce()
             deletes = self._pending_deletes
             work, self.pending = self.pending, {}
+            self._work_left = len(work)
             self._pending_deletes = False
             # Only a table with withdrawals needs the whole-group pass; installs are sliced straight
             # off the dict, so the first batch reaches the kernel at once.
@@ -271,6 +316,8 @@ class Dataplane:
             finally:
                 self._writing = False
                 self._write_end = asyncio.get_running_loop().time()
+                self._work_left = 0
+                self._check_backlog()
             self._update_gauges()
 
     async def _coalesce(self) -> None:
@@ -335,6 +382,9 @@ class Dataplane:
             if not chunk:
                 break
             taken += len(chunk)
+            self._work_left = max(0, self._work_left - len(chunk))
+            if self._backlog_over:
+                self._check_backlog()
             sub = self.planner.routes(chunk, self._unreachable)
             msgs += self.kernel.encode(sub, len(ops))
             ops += sub

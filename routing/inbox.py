@@ -13,6 +13,10 @@ Two kinds of producer must be treated differently (DESIGN.md, "Lanes"):
   socket fills and the relay holds the rest (as raw bytes, counted): flow control instead of an
   unbounded backlog of parsed events in the daemon.
 
+While the FIB writer is far behind, the daemon *holds* the routing lane (:meth:`Inbox.hold`): the owner
+then gets urgent events only, the routing lane fills, and the relay keeps the rest, as above (issue
+12: a waiting route costs far more here than in the relay; ``fib/dataplane.py``, "Backlog").
+
 The owner may also peek at the urgent lane only (:meth:`Inbox.take_urgent`) while it works through a
 long job (a flush), because routing events must not overtake a peer's flush.
 """
@@ -34,6 +38,9 @@ class Inbox:
         #: Largest number of routing events queued at once, and how often a producer had to wait.
         self.max_depth = 0
         self.producer_waits = 0
+        #: Routing events are not handed out (:meth:`hold`); how many times that happened.
+        self.held = False
+        self.holds = 0
 
     def __len__(self) -> int:
         return len(self._urgent) + len(self._routing)
@@ -57,6 +64,14 @@ class Inbox:
         self.max_depth = max(self.max_depth, len(self._routing))
         self._readable.set()
 
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) handing out routing events; urgent ones always go."""
+        if held and not self.held:
+            self.holds += 1
+        self.held = held
+        if not held and self._routing:
+            self._readable.set()
+
     def take_urgent(self) -> object | None:
         return self._urgent.popleft() if self._urgent else None
 
@@ -64,7 +79,7 @@ class Inbox:
         """The next event (urgent first) without waiting; None when both lanes are empty."""
         if self._urgent:
             return self._urgent.popleft()
-        if self._routing:
+        if self._routing and not self.held:
             ev = self._routing.popleft()
             if len(self._routing) < self.maxsize:
                 self._writable.set()

@@ -289,6 +289,9 @@ class Views:
             "exabgp_commands_failed": self.core.counters.commands_failed,
             "rib_inbox_events": len(self.inbox),
             "rib_inbox_max_events": self.inbox.max_depth,
+            # The routing lane waits for the FIB writer (fib/dataplane.py, "Backlog"): now, and how often.
+            "rib_inbox_held": self.inbox.held,
+            "rib_inbox_holds": self.inbox.holds,
             # Summed over the processes' relays (each process's own is in exabgp_processes).
             "relay_backlog": None if not stats else {
                 "lines": sum(r.backlog_lines for r in stats), "bytes": sum(r.backlog_bytes for r in stats),

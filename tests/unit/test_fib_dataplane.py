@@ -385,3 +385,34 @@ async def test_a_large_diff_is_not_held_back() -> None:
         assert await _until(lambda: len(dp.table.installed) == 61) < 1.0
     finally:
         task.cancel()
+
+
+# --- backlog watermarks --------------------------------------------------------------------------------
+async def test_the_backlog_is_reported_above_high_and_again_at_low() -> None:
+    """The daemon holds the routing lane between the two reports (``fib/dataplane.py``, "Backlog"):
+    the writer must say when it is back at ``low``, from inside a write as batches are taken."""
+    dp, kernel, _mirror, _ = _dp()  # 4 routes per batch
+    said: list[tuple[bool, int]] = []
+    dp.watch_backlog(10, 3, lambda over: said.append((over, dp.backlog())))
+    dp.submit_many((e.prefix, e) for e in (entry(f"198.51.{i}.0/24", GW2) for i in range(8)))
+    assert said == [] and dp.backlog() == 8
+    dp.submit_many((e.prefix, e) for e in (entry(f"198.52.{i}.0/24", GW2) for i in range(12)))
+    assert said == [(True, 20)]
+    task = asyncio.create_task(dp.run())
+    try:
+        await asyncio.wait_for(dp.wait_idle(), 5)
+    finally:
+        task.cancel()
+    assert said[1][0] is False and said[1][1] <= 3 and len(said) == 2  # once each way
+    assert len(dp.table.installed) == 20 and dp.backlog() == 0
+    assert len(kernel.sent_bulk) >= 5
+
+
+def test_backlog_watermarks_must_be_ordered() -> None:
+    dp, *_ = _dp()
+    for high, low in ((3, 3), (3, 5), (3, -1)):
+        try:
+            dp.watch_backlog(high, low, lambda over: None)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted high={high} low={low}")

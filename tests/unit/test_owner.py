@@ -146,3 +146,21 @@ def test_owner_takes_events_in_runs_bounded_by_its_step_budget(tmp_path: Path) -
             tick_task.cancel()
 
     asyncio.run(main())
+
+
+async def test_a_held_inbox_hands_out_urgent_events_only_and_wakes_its_reader_on_release() -> None:
+    """What the daemon does while the FIB writer is far behind (``routing.inbox.Inbox.hold``)."""
+    from routing.inbox import Inbox
+
+    inbox = Inbox(4)
+    await inbox.put("u1")
+    inbox.hold(True)
+    assert inbox.get_nowait() is None
+    inbox.post("bfd-down")
+    assert inbox.get_nowait() == "bfd-down" and inbox.get_nowait() is None
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)  # poll: the reader is now waiting
+    assert not reader.done()
+    inbox.hold(False)
+    assert await asyncio.wait_for(reader, 1) == "u1"
+    assert inbox.holds == 1 and not inbox.held
