@@ -386,6 +386,25 @@ class Bird:
 
 FEED_TIMERS = "connect delay time 1; connect retry time 2; error wait time 1, 5;"
 
+#: One listening socket per session address in the sessions case, each bound to that address.
+#: Without it BIRD 2.0.12 accepts every session on one wildcard socket (0.0.0.0:179) whose backlog
+#: it fixes at 8 (``ss -tln``: Send-Q 8): 1,000 connections arriving within a second overflow its
+#: accept queue (TcpExtListenOverflows 315, syncookies 97 in one run). The client's handshake
+#: completes (SYN cookie) but the ACK carrying its OPEN is dropped, no state is kept on BIRD's side,
+#: and only the client's TCP retransmission of the OPEN (RTO 0.2 s doubling: backoff 6, rto 13 s
+#: seen) brings the connection in, 9 (backlog + 1) per wave: 30-65 s tails in ~4 runs out of 10
+#: (benchmarks/RESULTS.md, "sessions case: the stragglers", 2026-12-02). 1,000 customers are 1,000
+#: routers with a listener each, not one BIRD behind one backlog of 8: a lab artefact. Only the
+#: feeder: BIRD as the PoP keeps one listener, as a real PoP would (1,000 listening sockets took its
+#: idle CPU from 7.1 to 15.9 % of a core in one run each, 2.36-2.64 s to converge either way).
+STRICT_BIND = "strict bind on; "
+#: ``--wildcard-listen``: BIRD's default (one 0.0.0.0:179 socket), to reproduce the stragglers.
+WILDCARD_LISTEN = False
+
+
+def strict_bind() -> str:
+    return "" if WILDCARD_LISTEN else STRICT_BIND
+
 
 def feeder_table_conf(n: int, peers: int) -> str:
     lines = ["router id 10.255.0.2;", "protocol device {}", "protocol static s4 { ipv4;"]
@@ -415,14 +434,15 @@ def feeder_sessions_conf(sessions: int, hold_s: int | None = None, passive: bool
     """``passive``: the feeder never connects out. Otherwise its attempts to the PoP's closed port 179
     (ExaBGP connects out and does not listen) put each protocol in BIRD's error wait (1-5 s), during
     which it refuses ExaBGP's connection too: the convergence time then varies with that race
-    (7-41 s for 200 sessions, 2026-12-01)."""
+    (7-41 s for 200 sessions, 2026-12-01). Each protocol listens on its own address
+    (:data:`STRICT_BIND`)."""
     lines = ["router id 10.255.0.2;", "protocol device {}"]
     for k in range(sessions):
         lines.append(f"ipv4 table t{k};")
         routes = " ".join(f"route {p} unreachable;" for p in session_prefixes(k))
         lines.append(f"protocol static s{k} {{ ipv4 {{ table t{k}; }}; {routes} }}")
         lines.append(f"protocol bgp c{k} {{ local {session_addr(k)} as {4200000000 + k}; neighbor {session_local(k)} as 65000; "
-                     f"{FEED_TIMERS} {hold_conf(hold_s)}{'passive on; ' if passive else ''}"
+                     f"{FEED_TIMERS} {strict_bind()}{hold_conf(hold_s)}{'passive on; ' if passive else ''}"
                      f"ipv4 {{ table t{k}; import none; export all; }}; }}")
     return "\n".join(lines) + "\n"
 
@@ -930,8 +950,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="sessions case: run the variants this many times, alternating")
     ap.add_argument("--table-timeout", type=float, default=900.0)
     ap.add_argument("--no-bird", action="store_true", help="skip BIRD-as-PoP (profiling runs)")
+    ap.add_argument("--wildcard-listen", action="store_true",
+                    help="sessions case: BIRD listens on one 0.0.0.0:179 socket (backlog 8), as before 2026-12-02: "
+                         "reproduces the 30-65 s stragglers (see STRICT_BIND)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configurations) and say where")
     ap.add_argument("--pyspy", type=Path, default=None, help="record py-spy profiles into this directory")
     args = ap.parse_args()
+    global WILDCARD_LISTEN
+    WILDCARD_LISTEN = args.wildcard_listen
     cases = set(args.cases.split(","))
     exabgp_env = dict(kv.split("=", 1) for kv in args.exabgp_env.split(",") if kv)
     interpreters = args.interpreters.split(",")
@@ -1049,7 +1075,10 @@ def main() -> int:
                         if r["lean_reactor"] is not None:
                             result[f"{tag}sessions_{count}_lean_reactor"] = r["lean_reactor"]
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     result["load_end"] = loadavg()
     log(f"load average at end: {result['load_end']}")
     print("RESULT " + json.dumps(result))
