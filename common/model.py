@@ -511,7 +511,7 @@ class Path:
         if other.__class__ is not Path:
             return NotImplemented
         return (self.prefix == other.prefix and self.attrs == other.attrs  # type: ignore[attr-defined]
-                and (self.source is other.source or self.source == other.source))  # type: ignore[attr-defined]
+                and self.source == other.source)  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash((self.prefix, self.attrs, self.source))
@@ -538,11 +538,7 @@ def new_path(prefix: IPNetwork, peer: Peer, nexthop: IPAddress, attrs: Attribute
              rpki: Validity | None = None, rtbh: bool = False, prepend: int = 0) -> Path:
     """``Path(...)`` at a plain slotted object's cost: built as a :class:`_PathBuilder`, which has
     the same slots, then made a Path by assigning ``__class__`` (as :func:`fast_constructor` does)."""
-    key = (id(peer), id(nexthop), local_pref, id(rpki), rtbh, prepend)
-    src = _SOURCES.get(key)
-    if src is None:
-        src = path_source(peer, nexthop, local_pref, rpki, rtbh, prepend)
-    return path_of(prefix, attrs, src)
+    return path_of(prefix, attrs, path_source(peer, nexthop, local_pref, rpki, rtbh, prepend))
 
 
 def path_of(prefix: IPNetwork, attrs: Attributes, source: PathSource) -> Path:

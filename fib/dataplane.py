@@ -200,9 +200,8 @@ class Dataplane:
         self.own_notice_filter: Callable[[bool], bool] | None = None
         self._notices_filtered = False
         self._failovers = 0  # failover-lane calls so far: a batch planned across one re-checks its groups
-        #: Backlog watermarks and whom to tell (module docstring, "Backlog"); None: not watched.
-        self._backlog_high: int | None = None
-        self._backlog_low = 0
+        #: Backlog watermarks and whom to tell (module docstring, "Backlog"); no one: not watched.
+        self._backlog_high = self._backlog_low = 0
         self._on_backlog: Callable[[bool], None] | None = None
         self._backlog_over = False
         #: Routes of the set being written that no batch has taken yet.
@@ -255,11 +254,11 @@ class Dataplane:
         self._check_backlog()
 
     def _check_backlog(self) -> None:
-        notify, high = self._on_backlog, self._backlog_high
-        if notify is None or high is None:
+        notify = self._on_backlog
+        if notify is None:
             return
-        n = len(self.pending) + self._work_left
-        if not self._backlog_over and n > high:
+        n = self.backlog()
+        if not self._backlog_over and n > self._backlog_high:
             self._backlog_over = True
             notify(True)
         elif self._backlog_over and n <= self._backlog_low:
