@@ -67,7 +67,7 @@ def feeder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         conf.write_text(bird_conf(tmp_path / "bird.log"))
         ctl = tmp_path / "bird.ctl"
         sh("bird", "-c", str(conf), "-s", str(ctl), "-P", str(pidfile), ns=b)
-        time.sleep(SETTLE_S)  # let BIRD's start-up wake-ups pass: the session must be all it hears
+        time.sleep(SETTLE_S)  # poll: BIRD's start-up wake-ups pass; the session must be all it hears
         yield a, ctl
     finally:
         with contextlib.suppress(OSError, ValueError):

@@ -62,7 +62,7 @@ def test_waker_connects_every_interval_until_stopped(tmp_path: Path) -> None:
                 time.sleep(0.01)  # poll: the waker runs in its own thread
             assert waker.wakes >= 3, "the waker did not connect three times in 2 s"
         after = waker.wakes
-        time.sleep(0.05)  # a stopped waker must stay quiet
+        time.sleep(0.05)  # poll: a window in which a stopped waker must stay quiet
         assert waker.wakes == after
     finally:
         done.set()
@@ -75,7 +75,7 @@ def test_waker_survives_a_missing_socket(tmp_path: Path) -> None:
     """Before BIRD creates its control socket (or after it is gone) the waker keeps trying, quietly."""
     waker = FeedWaker(tmp_path / "absent.ctl", interval_s=0.005)
     waker.start()
-    time.sleep(0.05)  # let it fail a few times
+    time.sleep(0.05)  # poll: a window in which it fails a few times
     waker.stop()
     assert waker.wakes == 0
     waker.stop()  # stopping twice is harmless

@@ -376,7 +376,7 @@ async def test_a_large_diff_is_not_held_back() -> None:
     dp, kernel = _coalescing_dp(50, 5.0)
     task = asyncio.create_task(dp.run())
     try:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: the writer task starts
         e = entry("198.51.0.0/24", GW2)
         dp.submit_many([(e.prefix, e)])
         await _until(lambda: len(kernel.sent_bulk) == 1)

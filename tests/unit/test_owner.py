@@ -115,7 +115,7 @@ def test_owner_takes_events_in_runs_bounded_by_its_step_budget(tmp_path: Path) -
             nonlocal ticks
             while True:
                 ticks += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # poll: one tick per loop iteration
 
         loop = asyncio.get_running_loop()
         d.core.on_event = on_event  # type: ignore[method-assign]
