@@ -398,12 +398,6 @@ FEED_TIMERS = "connect delay time 1; connect retry time 2; error wait time 1, 5;
 #: feeder: BIRD as the PoP keeps one listener, as a real PoP would (1,000 listening sockets took its
 #: idle CPU from 7.1 to 15.9 % of a core in one run each, 2.36-2.64 s to converge either way).
 STRICT_BIND = "strict bind on; "
-#: ``--wildcard-listen``: BIRD's default (one 0.0.0.0:179 socket), to reproduce the stragglers.
-WILDCARD_LISTEN = False
-
-
-def strict_bind() -> str:
-    return "" if WILDCARD_LISTEN else STRICT_BIND
 
 
 def feeder_table_conf(n: int, peers: int) -> str:
@@ -430,19 +424,21 @@ def hold_conf(hold_s: int | None) -> str:
     return "" if hold_s is None else f"hold time {hold_s}; keepalive time {max(1, hold_s // 3)}; "
 
 
-def feeder_sessions_conf(sessions: int, hold_s: int | None = None, passive: bool = False) -> str:
+def feeder_sessions_conf(sessions: int, hold_s: int | None = None, passive: bool = False,
+                         wildcard_listen: bool = False) -> str:
     """``passive``: the feeder never connects out. Otherwise its attempts to the PoP's closed port 179
     (ExaBGP connects out and does not listen) put each protocol in BIRD's error wait (1-5 s), during
     which it refuses ExaBGP's connection too: the convergence time then varies with that race
     (7-41 s for 200 sessions, 2026-12-01). Each protocol listens on its own address
-    (:data:`STRICT_BIND`)."""
+    (:data:`STRICT_BIND`) unless ``wildcard_listen`` (``--wildcard-listen``: BIRD's default, one
+    0.0.0.0:179 socket, to reproduce the stragglers)."""
     lines = ["router id 10.255.0.2;", "protocol device {}"]
     for k in range(sessions):
         lines.append(f"ipv4 table t{k};")
         routes = " ".join(f"route {p} unreachable;" for p in session_prefixes(k))
         lines.append(f"protocol static s{k} {{ ipv4 {{ table t{k}; }}; {routes} }}")
         lines.append(f"protocol bgp c{k} {{ local {session_addr(k)} as {4200000000 + k}; neighbor {session_local(k)} as 65000; "
-                     f"{FEED_TIMERS} {strict_bind()}{hold_conf(hold_s)}{'passive on; ' if passive else ''}"
+                     f"{FEED_TIMERS} {'' if wildcard_listen else STRICT_BIND}{hold_conf(hold_s)}{'passive on; ' if passive else ''}"
                      f"ipv4 {{ table t{k}; import none; export all; }}; }}")
     return "\n".join(lines) + "\n"
 
@@ -759,9 +755,11 @@ def neighbour_table_for(entries: int, keep: bool) -> Iterator[None]:
 def run_sessions(lab: Lab, sessions: int, pop_kind: str, interpreter: str, processes: str,
                  timeout_s: float, soak_s: float, soak_poll_s: float = 1.0,
                  exabgp_env: dict[str, str] | None = None, hold_s: int | None = None,
-                 feeder_passive: bool = False, lean: str | None = None, settle_s: float = 0.0) -> dict[str, Any]:
+                 feeder_passive: bool = False, lean: str | None = None, settle_s: float = 0.0,
+                 wildcard_listen: bool = False) -> dict[str, Any]:
     total = sum(len(session_prefixes(k)) for k in range(sessions))
-    feeder = Bird(lab.feed, lab.work, "feeder", feeder_sessions_conf(sessions, hold_s, feeder_passive))
+    feeder = Bird(lab.feed, lab.work, "feeder",
+                  feeder_sessions_conf(sessions, hold_s, feeder_passive, wildcard_listen))
     log(f"feeder: {sessions} sessions, {total:,} prefixes; PoP {pop_kind}")
     feeder.start()
     pop_r: PopRouter | None = None
@@ -956,8 +954,6 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configurations) and say where")
     ap.add_argument("--pyspy", type=Path, default=None, help="record py-spy profiles into this directory")
     args = ap.parse_args()
-    global WILDCARD_LISTEN
-    WILDCARD_LISTEN = args.wildcard_listen
     cases = set(args.cases.split(","))
     exabgp_env = dict(kv.split("=", 1) for kv in args.exabgp_env.split(",") if kv)
     interpreters = args.interpreters.split(",")
@@ -1055,7 +1051,7 @@ def main() -> int:
                                 lab_for(work, "sessions", count) as lab:
                             r = run_sessions(lab, count, kind, interpreters[0], args.processes, args.converge_timeout,
                                              args.soak, args.soak_poll, exabgp_env, args.hold_time, args.feeder_passive,
-                                             variant, args.settle)
+                                             variant, args.settle, args.wildcard_listen)
                         procs = ", ".join(f"{k} {v['hwm_mb']:.0f}" for k, v in r["procs"].items())
                         name = kind if variant is None else f"{kind} (lean {variant}, round {rnd})"
                         print(f"| {name} | {count} | {r['prefixes']:,} | {r['established_s']} | {r['converged_s']} | "

@@ -51,9 +51,9 @@ def test_bird_as_the_pop_keeps_one_listener(fulltable):
     assert not any("strict bind" in ln for ln in lines)
 
 
-def test_wildcard_listen_reproduces_birds_default(fulltable, monkeypatch):
-    monkeypatch.setattr(fulltable, "WILDCARD_LISTEN", True)
-    assert not any("strict bind" in ln for ln in bgp_lines(fulltable.feeder_sessions_conf(3, passive=True)))
+def test_wildcard_listen_reproduces_birds_default(fulltable):
+    conf = fulltable.feeder_sessions_conf(3, passive=True, wildcard_listen=True)
+    assert not any("strict bind" in ln for ln in bgp_lines(conf))
 
 
 @pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD is not installed")
