@@ -66,6 +66,27 @@ patched ``_wait_for_io`` flushes before the reactor sleeps, and while it stays b
 once the oldest waiting message is :data:`MAX_HOLD_S` old (ExaBGP's own replies to commands
 included).
 
+**API input, read when there is some.** ExaBGP looks for commands from its API processes on every
+pass (``Processes.received``: a ``waitpid``, a new ``poll`` object and a ``poll(0)`` per process per
+pass, 5-6 % of its CPU in a full-table ingest, vmprof on PyPy). The API pipes are in the reactor's own
+``poll()`` set, so the patched ``_wait_for_io`` notes when one is readable; ``received`` then runs on
+the pass after that, on every full sweep (at least once a second) and whenever the planner is off. A
+pipe that hangs up makes ExaBGP's ``_prevent_spin`` run, which makes the next pass a full sweep, so a
+dead relay is found as before. Commands are not delayed on an idle ExaBGP: its ``poll()`` returns
+because the pipe became readable and the very next pass reads it.
+
+**UPDATEs to JSON, the same text in fewer steps** (:class:`LeanUpdateJSON`). ExaBGP's encoder for a
+received UPDATE (``JSON.update``) was ~27 % of its CPU in a full-table ingest on PyPy: per message it
+asks the system for the host name, groups the NLRI through a ``Family`` object each, renders every
+prefix through generic helpers, and writes the AS_PATH through the standard ``json`` module (pure
+Python on PyPy). :class:`LeanUpdateJSON` writes the same characters for the messages a table is made
+of (plain IPv4/IPv6 unicast NLRI without path identifiers, any attributes) and hands anything else
+(EOR, add-path, labels, VPN, flowspec, the ``negotiated``/``header``/``body`` options) to ExaBGP's own
+method. Before it is installed it encodes sample UPDATEs both ways and is left out, with a line saying
+so, if a single character differs (ExaBGP's format is what ``routing/exabgp/messages.py`` parses);
+``tests/unit/test_lean_reactor.py`` compares the two on generated UPDATEs. The one value it reads less
+often is the host name (once per process: ExaBGP prints it, nothing reads it).
+
 **Guards.** The patch needs ExaBGP 5.0.x internals: the version, the methods it wraps, and the lines
 of ``Reactor.run`` and ``Peer`` it relies on (checked in their source). If any is missing, nothing is
 patched, one line saying why goes to stderr (the daemon logs it) and ExaBGP runs unpatched. If the
@@ -85,6 +106,7 @@ import inspect
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Hashable
@@ -115,14 +137,15 @@ REQUIRED_METHODS = {
     ("exabgp.reactor.asynchronous", "ASYNC"): ("run", "ready"),
     ("exabgp.reactor.api", "API"): ("process",),
     ("exabgp.rib.outgoing", "OutgoingRIB"): ("pending",),
-    ("exabgp.reactor.api.processes", "Processes"): ("_start", "write"),
+    ("exabgp.reactor.api.processes", "Processes"): ("_start", "write", "received"),
 }
 #: Source lines the patch relies on: how a pass starts, runs a session, reads commands and waits.
 REQUIRED_SOURCE = {
     ("exabgp.reactor.loop", "Reactor", "run"): (
         "peers = self.active_peers()", "action = peer.run()", "elif action == ACTION.LATER:",
         "self.api.process(self, service, command)", "self.asynchronous.run()",
-        "for io in self._wait_for_io(sleep):", "if self._pending_adjribout():"),
+        "for io in self._wait_for_io(sleep):", "if self._pending_adjribout():",
+        "for service, command in self.processes.received():"),
     ("exabgp.reactor.loop", "Reactor", "active_peers"): (
         "for key, peer in self._peers.items():", "if peer.stopping():",
         "if peer.neighbor['passive'] and not peer.proto:"),
@@ -131,6 +154,8 @@ REQUIRED_SOURCE = {
         "self._process[process] = subprocess.Popen(", "stdin=subprocess.PIPE,"),
     ("exabgp.reactor.api.processes", "Processes", "write"): (
         "self._process[process].stdin.write(", "self._process[process].stdin.flush()"),
+    ("exabgp.reactor.loop", "Reactor", "_wait_for_io"): (
+        "for fd, event in self._poller.poll(sleeptime):", "self._prevent_spin()"),
     ("exabgp.reactor.peer", "Peer", "_main"): (
         "if self._neighbor:", "self.neighbor.messages", "self.neighbor.refresh", "self.neighbor.eor",
         "elif send_eor:", "yield ACTION.LATER"),
@@ -193,6 +218,277 @@ def flush_pipes(processes: Any, idle: bool, now: float) -> None:
                 stdin.flush_now()
             except (OSError, ValueError):
                 stdin.pending = True
+
+
+# --------------------------------------------------------------------------------------------------
+# UPDATEs to JSON (module docstring, "UPDATEs to JSON")
+# --------------------------------------------------------------------------------------------------
+
+#: Characters ``json.dumps`` writes as themselves (ensure_ascii: printable ASCII but ``"`` and ``\\``).
+_JSON_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+#: AS_PATH renderings kept, by the attribute's wire bytes (bounded by clearing).
+ASPATH_CACHE_MAX = 4096
+
+
+def json_string(text: str) -> str:
+    """``json.dumps(text)`` for a ``str``, without the encoder's machinery when nothing needs escaping."""
+    for ch in text:
+        if ch not in _JSON_PLAIN:
+            return json.dumps(text)
+    return '"' + text + '"'
+
+
+class LeanUpdateJSON:
+    """ExaBGP's ``JSON.update`` text for received UPDATEs (module docstring). Built from ExaBGP's own
+    classes (:meth:`from_exabgp`); :meth:`update` has ``JSON.update``'s signature and falls back to
+    ``original`` for anything it does not render itself."""
+
+    def __init__(self, original: Callable[..., str], inet: type, nopath: Any, announce: Any, withdraw: Any,
+                 no_generation: Any, aspath: type, is_json_number: Callable[[str], bool]) -> None:
+        self.original = original
+        self.inet = inet
+        self.nopath = nopath
+        self.announce = announce
+        self.withdraw = withdraw
+        self.no_generation = no_generation
+        self.aspath = aspath
+        self.is_json_number = is_json_number
+        self.host = ""
+        self._families: dict[tuple[Any, Any], str] = {}
+        self._aspaths: dict[bytes, str] = {}
+        #: Messages rendered here and handed to ExaBGP's own encoder (the report's counts).
+        self.rendered = 0
+        self.delegated = 0
+
+    @classmethod
+    def from_exabgp(cls) -> LeanUpdateJSON:
+        from exabgp.bgp.message import Action
+        from exabgp.bgp.message.update.attribute import attributes as attributes_module
+        from exabgp.bgp.message.update.attribute.aspath import ASPath
+        from exabgp.bgp.message.update.nlri.inet import INET
+        from exabgp.bgp.message.update.nlri.qualifier.path import PathInfo
+        from exabgp.reactor.api.response.json import JSON
+
+        return cls(JSON.update, INET, PathInfo.NOPATH, Action.ANNOUNCE, Action.WITHDRAW,
+                   attributes_module.Attributes.NO_GENERATION, ASPath, attributes_module._is_json_number)
+
+    def update(self, encoder: Any, neighbor: Any, direction: Any, update: Any, negotiated: Any, header: Any,
+               body: Any) -> str:
+        message = None if negotiated or header or body else self._message(update, encoder.compact)
+        if message is None:
+            self.delegated += 1
+            return self.original(encoder, neighbor, direction, update, negotiated, header, body)
+        self.rendered += 1
+        if not self.host:
+            self.host = socket.gethostname()
+        router_id = neighbor["router-id"]
+        rid = f', "router-id": "{router_id}"' if router_id else ""
+        where = f', "direction": "{direction}", ' if direction else ", "
+        return (f'{{ "exabgp": "{encoder.version}", "time": {encoder.time(time.time())}, "host" : "{self.host}", '
+                f'"pid" : {os.getpid()}, "ppid" : {os.getppid()}, "counter": {encoder._counter(neighbor)}, '
+                f'"type": "update", "neighbor": {{ "address": {{ "local": "{neighbor["local-address"]}", '
+                f'"peer": "{neighbor["peer-address"]}" }}, "asn": {{ "local": {neighbor["local-as"]}, '
+                f'"peer": {neighbor["peer-as"]} }}{rid} {where}"message": {{ {message} }} }} }}')
+
+    def _message(self, update: Any, compact: bool) -> str | None:
+        """``"update": {...}`` of ``JSON._update``, or None to leave the message to ExaBGP."""
+        inet, nopath, announce, withdraw = self.inet, self.nopath, self.announce, self.withdraw
+        plus: dict[str, dict[str, list[str]]] = {}
+        minus: dict[str, list[str]] = {}
+        last_nh: Any = None
+        nh_text = "null"
+        for nlri in update.nlris:
+            if type(nlri) is not inet or nlri.path_info is not nopath:
+                return None
+            nh = nlri.nexthop
+            if nh is not last_nh:  # an UPDATE's NLRI share one next-hop object
+                last_nh = nh
+                try:
+                    nh_text = str(nh)
+                except Exception:  # ExaBGP's own fallback
+                    nh_text = "null"
+            cidr = nlri.cidr
+            packed = cidr._packed
+            if cidr._ip is None and len(packed) == 4:
+                # inet_ntop's text for IPv4, without a call into the C library per prefix
+                cidr._ip = "%d.%d.%d.%d" % (packed[0], packed[1], packed[2], packed[3])  # noqa: UP031
+            text = f'"{cidr.prefix()}"' if compact else f'{{ "nlri": "{cidr.prefix()}" }}'
+            key = (nlri.afi, nlri.safi)
+            family = self._families.get(key)
+            if family is None:
+                family = self._families[key] = f'"{key[0]} {key[1]}"'
+            action = nlri.action
+            if action == announce:
+                by_nh = plus.get(family)
+                if by_nh is None:
+                    by_nh = plus[family] = {}
+                texts = by_nh.get(nh_text)
+                if texts is None:
+                    texts = by_nh[nh_text] = []
+                texts.append(text)
+            if action == withdraw:
+                texts = minus.get(family)
+                if texts is None:
+                    texts = minus[family] = []
+                texts.append(text)
+        if not plus and not minus:
+            return None  # End-of-RIB or empty: ExaBGP's own
+        parts = []
+        if plus:
+            parts.append('"announce": { ' + ", ".join(
+                family + ": { " + ", ".join(f'"{nh}": [ {", ".join(texts)} ]' for nh, texts in by_nh.items()) + " }"
+                for family, by_nh in plus.items()) + " }")
+        if minus:
+            parts.append('"withdraw": { ' + ", ".join(f"{family}: [ {', '.join(texts)} ]"
+                                                      for family, texts in minus.items()) + " }")
+        attributes = update.attributes
+        if attributes:
+            parts.insert(0, f'"attribute": {{ {self._attributes(attributes)} }}')
+        return f'"update": {{ {", ".join(parts)} }}'
+
+    def _attributes(self, attributes: Any) -> str:
+        """``Attributes.json()``: the same text and the same cache on the object."""
+        if attributes._json:
+            return attributes._json
+        out = []
+        representation = attributes.representation
+        for code in sorted(attributes.keys()):
+            if code in self.no_generation:
+                continue
+            attribute = attributes[code]
+            r = representation.get(code)
+            if r is None:
+                out.append(f'"attribute-0x{code:02X}-0x{attribute.FLAG:02X}": {json_string(str(attribute))}')
+                continue
+            how, _, name, _, presentation = r
+            if how == "boolean":
+                out.append(f'"{name}": {"true" if attributes.has(code) else "false"}')
+            elif how == "string" or how == "inet":
+                out.append(f'"{name}": {json_string(presentation % str(attribute))}')
+            elif how == "list":
+                value = self._aspath(attribute) if type(attribute) is self.aspath else attribute.json()
+                out.append(f'"{name}": {presentation % value}')
+            elif how == "multiple":
+                for n in name:
+                    value = attribute.json(n)
+                    if value:
+                        out.append(f'"{n}": {presentation % value}')
+            else:
+                value = presentation % str(attribute)
+                out.append(f'"{name}": {value if self.is_json_number(value) else json_string(value)}')
+        attributes._json = ", ".join(out)
+        return attributes._json
+
+    def _aspath(self, attribute: Any) -> str:
+        """``ASPath.json()`` (``json.dumps`` of ``{position: {"element": NAME, "value": [ASNs]}}``),
+        kept by the attribute's wire bytes: a table repeats a few AS paths in many UPDATEs."""
+        raw = attribute.index
+        if type(raw) is bytes:
+            text = self._aspaths.get(raw)
+            if text is not None:
+                return text
+        text = "{" + ", ".join(
+            f'"{pos}": {{"element": {json_string(seg.NAME)}, "value": [{", ".join([str(int(a)) for a in seg])}]}}'
+            for pos, seg in enumerate(attribute.aspath)) + "}"
+        if type(raw) is bytes:
+            if len(self._aspaths) >= ASPATH_CACHE_MAX:
+                self._aspaths.clear()
+            self._aspaths[raw] = text
+        return text
+
+
+class SampleNegotiated:
+    """What ExaBGP's UPDATE parser reads of a session (``Negotiated``), for parsing sample UPDATEs:
+    4-byte ASNs, IPv4 and IPv6 unicast, no add-path."""
+
+    asn4 = True
+    aigp = False
+    local_as = 65000
+    peer_as = 64512
+    nexthopself = None
+    cached_wire = None
+    cached_attributes = None
+    msg_size = 4096
+
+    def __init__(self) -> None:
+        from exabgp.protocol.family import AFI, SAFI
+
+        self.families = [(AFI.ipv4, SAFI.unicast), (AFI.ipv6, SAFI.unicast)]
+        self.nexthop: list[Any] = []
+        self.addpath = self
+
+    def receive(self, afi: Any, safi: Any) -> bool:
+        return False
+
+    def send(self, afi: Any, safi: Any) -> bool:
+        return False
+
+
+def path_attribute(flags: int, code: int, data: bytes) -> bytes:
+    """One path attribute on the wire (RFC 4271 §4.3), extended length when it needs it."""
+    if len(data) > 255:
+        return bytes([flags | 0x10, code]) + len(data).to_bytes(2, "big") + data
+    return bytes([flags, code, len(data)]) + data
+
+
+def update_wire(attributes: bytes, nlri: bytes = b"", withdrawn: bytes = b"") -> bytes:
+    """An UPDATE message's body (no BGP header), as ExaBGP's ``Update.unpack_message`` takes it."""
+    return (len(withdrawn).to_bytes(2, "big") + withdrawn + len(attributes).to_bytes(2, "big") + attributes + nlri)
+
+
+def sample_updates() -> list[bytes]:
+    """UPDATEs covering what the lean encoder renders itself: IPv4 announce and withdraw in one, AS_SET,
+    every common attribute, a prefix of each length class, IPv6 through MP_REACH / MP_UNREACH."""
+    nh4 = path_attribute(0x40, 3, bytes([10, 0, 1, 2]))
+    base = (path_attribute(0x40, 1, b"\x00")
+            + path_attribute(0x40, 2, b"\x02\x02" + (64512).to_bytes(4, "big") + (65001).to_bytes(4, "big")
+                             + b"\x01\x02" + (64999).to_bytes(4, "big") + (64998).to_bytes(4, "big")))
+    full = (base + nh4 + path_attribute(0x80, 4, (7).to_bytes(4, "big"))
+            + path_attribute(0x40, 5, (200).to_bytes(4, "big"))
+            + path_attribute(0x40, 6, b"") + path_attribute(0xC0, 8, bytes([0xFD, 0xE8, 0, 1, 0xFF, 0xFF, 0, 0]))
+            + path_attribute(0xC0, 32, (64512).to_bytes(4, "big") * 3)
+            + path_attribute(0xC0, 16, bytes([0, 2, 0xFD, 0xE8, 0, 0, 0, 7])))
+    v4 = b"\x18\x40\x00\x01" + b"\x20\xc6\x33\x64\x01" + b"\x08\x0a" + b"\x00" + b"\x11\xc0\x00\x80"
+    nh6 = bytes.fromhex("20010db8000000000000000000000001")
+    v6 = b"\x30" + bytes.fromhex("20010db80001") + b"\x40" + bytes.fromhex("20010db800020000")
+    mp_reach = path_attribute(0x80, 14, b"\x00\x02\x01\x10" + nh6 + b"\x00" + v6)
+    mp_unreach = path_attribute(0x80, 15, b"\x00\x02\x01" + b"\x30" + bytes.fromhex("20010db80003"))
+    return [
+        update_wire(base + nh4 + path_attribute(0x80, 4, (5).to_bytes(4, "big")), v4),
+        update_wire(full, v4, withdrawn=b"\x18\xcb\x00\x71"),
+        update_wire(b"", withdrawn=b"\x18\xcb\x00\x71\x10\x0a\x63"),
+        update_wire(base + mp_reach),
+        update_wire(mp_unreach),
+    ]
+
+
+def compare_update_json(lean: LeanUpdateJSON, wires: list[bytes], compact: bool) -> str | None:
+    """Encode each UPDATE with ExaBGP's ``JSON.update`` and with ``lean``; the first difference, or
+    None. The time and the message counter are the only parts that may differ between two calls."""
+    from exabgp.bgp.message.direction import Direction
+    from exabgp.bgp.message.update import Update
+    from exabgp.reactor.api.response.json import JSON
+
+    class Neighbor(dict):  # what the encoders read of ExaBGP's Neighbor: its keys and uid
+        uid = "pop-router-self-check"
+
+    neighbor = Neighbor({"local-address": "10.0.1.1", "peer-address": "10.0.1.2", "local-as": 65000,
+                         "peer-as": 64512, "router-id": "10.0.1.2"})
+    encoder = JSON("5.0.0")
+    encoder.compact = compact
+    encoder.time = lambda _t: 0
+    def parsed(wire: bytes) -> Any:
+        return Update.unpack_message(wire, Direction.IN, SampleNegotiated())
+
+    for wire in wires:
+        for direction in ("in", None):
+            theirs = lean.original(encoder, neighbor, direction, parsed(wire), None, "", "")
+            encoder._count.pop(neighbor.uid, None)
+            ours = lean.update(encoder, neighbor, direction, parsed(wire), None, "", "")
+            encoder._count.pop(neighbor.uid, None)
+            if ours != theirs:
+                return f"differs from ExaBGP's for UPDATE {wire.hex()}: {ours!r} != {theirs!r}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,8 +609,13 @@ class LeanPass:
     """One reactor's planner, the facts it is fed, and its report file."""
 
     def __init__(self, reactor: Any, sweep_s: float, stats_path: str | None, established: Any, later: int,
-                 close: int, version: str) -> None:
+                 close: int, version: str, encoder: LeanUpdateJSON | None = None, encoder_problem: str = "") -> None:
         self.reactor = reactor
+        self.encoder = encoder
+        self.encoder_problem = encoder_problem
+        #: An API pipe was readable at the last poll() (module docstring, "API input").
+        self.api_readable = True
+        self.api_reads = {"read": 0, "skipped": 0}
         self.planner = PassPlanner(sweep_s)
         self.stats_path = stats_path
         self.established = established
@@ -330,6 +631,14 @@ class LeanPass:
         #: Seconds from the start of a pass to its poll(), by kind (the report's ``work_s``).
         self.work_s = {"full": 0.0, "lean": 0.0}
         self._pass: tuple[str, float] | None = None
+
+    def api_turn(self) -> bool:
+        """Whether this pass looks for commands: an API pipe was readable at the last poll(), the pass
+        is a full sweep, or the planner is off."""
+        due = self.api_readable or self.failed is not None or self._pass is None or self._pass[0] == "full"
+        self.api_readable = False
+        self.api_reads["read" if due else "skipped"] += 1
+        return due
 
     def pass_done(self) -> None:
         """The pass reached its poll(): add what it took to ``work_s``."""
@@ -399,7 +708,12 @@ class LeanPass:
 
     def write_stats(self) -> None:
         doc = {"active": self.failed is None, "exabgp": self.version, "pid": os.getpid(), "at": time.time(),
-               **self.planner.report(), "work_s": {k: round(v, 3) for k, v in self.work_s.items()}}
+               **self.planner.report(), "work_s": {k: round(v, 3) for k, v in self.work_s.items()},
+               "api_reads": dict(self.api_reads)}
+        if self.encoder is not None:
+            doc["update_json"] = {"lean": True, "rendered": self.encoder.rendered, "delegated": self.encoder.delegated}
+        else:
+            doc["update_json"] = {"lean": False, "reason": self.encoder_problem}
         if self.failed is not None:
             doc["reason"] = f"planner failed: {self.failed}"
         if not write_stats(self.stats_path, doc):
@@ -470,7 +784,10 @@ def install(sweep_s: float, stats_path: str | None) -> str:
     run_code = Reactor.run.__code__
     originals = {name: getattr(Reactor, name) for name in REQUIRED_METHODS[("exabgp.reactor.loop", "Reactor")]}
     peer_run = peer_module.Peer.run
-    processes_start = Processes._start
+    processes_start, processes_received = Processes._start, Processes.received
+    #: The UPDATE encoder, chosen when the first reactor is built: the self-check parses sample UPDATEs,
+    #: and ExaBGP's parser logs, which it can only once its own entry point has set logging up.
+    encoders: dict[str, Any] = {}
 
     def state_of(reactor: Any) -> LeanPass | None:
         return reactor.__dict__.get(_STATE)
@@ -484,7 +801,10 @@ def install(sweep_s: float, stats_path: str | None) -> str:
             self.__dict__.pop(_STATE, None)
 
     def attach(self: Any) -> None:
-        lean = LeanPass(self, sweep_s, stats_path, established, later, close, version)
+        if not encoders:
+            encoders["lean"], encoders["problem"] = install_update_json()
+        lean = LeanPass(self, sweep_s, stats_path, established, later, close, version, encoders["lean"],
+                        encoders["problem"])
         # Per instance: the API handler and the scheduler belong to this reactor only.
         api_process, async_run, scheduler = self.api.process, self.asynchronous.run, self.asynchronous
 
@@ -515,10 +835,15 @@ def install(sweep_s: float, stats_path: str | None) -> str:
             lean.pass_done()
         if self.processes is not None:  # messages leave before the reactor waits, or once MAX_HOLD_S old
             flush_pipes(self.processes, bool(sleeptime), time.monotonic())
+            if lean is not None:  # the processes exist from the reactor's run on: their reads follow this pass
+                self.processes.__dict__[_STATE] = lean
         api_fds = self.processes.fds if self.processes is not None else ()
         for fd in originals["_wait_for_io"](self, sleeptime):
-            if lean is not None and fd not in api_fds:
-                lean.planner.socket_ready(fd)
+            if lean is not None:
+                if fd in api_fds:
+                    lean.api_readable = True
+                else:
+                    lean.planner.socket_ready(fd)
             yield fd
 
     def full_after(name: str, why: str) -> Callable[..., Any]:
@@ -541,6 +866,10 @@ def install(sweep_s: float, stats_path: str | None) -> str:
             lean.after_turn(self, action)
         return action
 
+    def received(self: Any) -> Any:
+        lean = self.__dict__.get(_STATE)
+        return processes_received(self) if lean is None or lean.api_turn() else ()
+
     def start_process(self: Any, process: Any) -> Any:
         result = processes_start(self, process)
         proc = self._process.get(process)
@@ -556,7 +885,38 @@ def install(sweep_s: float, stats_path: str | None) -> str:
         setattr(Reactor, name, full_after(name, why))
     peer_module.Peer.run = run_peer
     Processes._start = start_process
+    Processes.received = received
     return version
+
+
+def install_update_json() -> tuple[LeanUpdateJSON | None, str]:
+    """Put :class:`LeanUpdateJSON` in place of ``JSON.update`` if it passes its self-check; else say why."""
+    encoder, problem = lean_update_json()
+    if encoder is None:
+        say(f"UPDATE encoder left as ExaBGP's: {problem}")
+        return None, problem
+    from exabgp.reactor.api.response.json import JSON
+
+    def update(self: Any, neighbor: Any, direction: Any, update: Any, negotiated: Any, header: Any, body: Any) -> str:
+        return encoder.update(self, neighbor, direction, update, negotiated, header, body)
+
+    update.__doc__ = encoder.original.__doc__
+    JSON.update = update
+    return encoder, ""
+
+
+def lean_update_json() -> tuple[LeanUpdateJSON | None, str]:
+    """The lean encoder if it writes what ExaBGP's own writes for the samples; else None and why."""
+    try:
+        encoder = LeanUpdateJSON.from_exabgp()
+        problem = (compare_update_json(encoder, sample_updates(), compact=True)
+                   or compare_update_json(encoder, sample_updates(), compact=False))
+    except Exception as exc:  # an ExaBGP whose internals moved: its own encoder, said once
+        return None, f"self-check failed ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        return None, problem
+    encoder.rendered = encoder.delegated = 0
+    return encoder, ""
 
 
 def main() -> int:

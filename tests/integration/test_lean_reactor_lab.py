@@ -169,6 +169,13 @@ def test_an_announcement_crosses_without_waiting_for_a_sweep(lab: Lab) -> None:
     print(f"customer -> pop-router -> route reflector: {', '.join(f'{t:.3f}' for t in took)} s")
     assert max(took) < 1.0, took
     assert lean_report(lab)["full_reasons"].get("api command", 0) > 0
+    # The customer's UPDATEs went through the lean encoder, the announcements to the route reflector
+    # in through the API reads the launcher gates (the report is rewritten every couple of seconds).
+    wait_for(lambda: lean_report(lab)["update_json"].get("rendered", 0) >= 3, timeout=10,
+             what="UPDATEs rendered by the lean encoder")
+    r = lean_report(lab)
+    assert r["update_json"]["lean"] is True
+    assert r["api_reads"]["read"] > 0 and r["api_reads"]["skipped"] > 0, r["api_reads"]
 
 
 def test_an_operator_reset_tears_the_session_down_and_it_returns(lab: Lab) -> None:

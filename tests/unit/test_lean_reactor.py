@@ -473,3 +473,129 @@ def test_a_failing_flush_keeps_the_data_for_the_next_pass() -> None:
     stream.fail = False
     flush_pipes(Processes(), True, 0.0)
     assert not pipe.pending and stream.flushed == 1
+
+
+# --- UPDATEs to JSON: the lean encoder writes ExaBGP's text (issue 12) -----------------------------
+
+@pytest.fixture(scope="module")
+def exabgp_logging() -> None:
+    """ExaBGP's parser logs; its entry point sets logging up before any UPDATE is parsed."""
+    from exabgp.environment import getenv
+    from exabgp.logger import log
+
+    log.init(getenv())
+
+
+def _asn4(a: int) -> bytes:
+    return a.to_bytes(4, "big")
+
+
+#: AS_PATH segments: (type: set, sequence, confed sequence, confed set; the ASNs).
+segments = st.lists(st.tuples(st.sampled_from([1, 2, 3, 4]),
+                              st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=4)), max_size=3)
+v4_prefixes = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=6)
+v6_prefixes = st.lists(st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)), max_size=3)
+
+
+def _nlri(prefixes: list[tuple[int, int]], width: int) -> bytes:
+    out = b""
+    for addr, plen in prefixes:
+        nbytes = (plen + 7) // 8
+        out += bytes([plen]) + addr.to_bytes(width, "big")[:nbytes]
+    return out
+
+
+@st.composite
+def updates(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """An UPDATE's body and whether it carries any NLRI."""
+    pa = lean_reactor.path_attribute
+    attrs = b""
+    announce4 = draw(v4_prefixes)
+    announce6 = draw(v6_prefixes)
+    if announce4 or announce6 or draw(st.booleans()):
+        attrs += pa(0x40, 1, bytes([draw(st.integers(0, 2))]))
+        attrs += pa(0x40, 2, b"".join(bytes([t, len(a)]) + b"".join(_asn4(x) for x in a) for t, a in draw(segments)))
+        if announce4:
+            attrs += pa(0x40, 3, draw(st.binary(min_size=4, max_size=4)))
+        for code, flags in ((4, 0x80), (5, 0x40)):
+            if draw(st.booleans()):
+                attrs += pa(flags, code, draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big"))
+        if draw(st.booleans()):
+            attrs += pa(0x40, 6, b"")
+        comms = draw(st.lists(st.binary(min_size=4, max_size=4), max_size=3))
+        if comms:
+            attrs += pa(0xC0, 8, b"".join(comms))
+        large = draw(st.lists(st.binary(min_size=12, max_size=12), max_size=2))
+        if large:
+            attrs += pa(0xC0, 32, b"".join(large))
+        if announce6:
+            nh = draw(st.binary(min_size=16, max_size=16))
+            attrs += pa(0x80, 14, b"\x00\x02\x01\x10" + nh + b"\x00" + _nlri(announce6, 16))
+    withdrawn6 = draw(v6_prefixes)
+    if withdrawn6:
+        attrs += pa(0x80, 15, b"\x00\x02\x01" + _nlri(withdrawn6, 16))
+    withdrawn4 = draw(v4_prefixes)
+    wire = lean_reactor.update_wire(attrs, _nlri(announce4, 4), withdrawn=_nlri(withdrawn4, 4))
+    return wire, bool(announce4 or announce6 or withdrawn4 or withdrawn6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(update=updates(), compact=st.booleans())
+def test_the_lean_encoder_writes_what_exabgp_writes(exabgp_logging: None, update: tuple[bytes, bool],
+                                                    compact: bool) -> None:
+    """Generated UPDATEs (any mix of IPv4/IPv6 announcements and withdrawals, AS_PATH segments of
+    every type, the common attributes) come out character for character as ExaBGP's own encoder writes
+    them, for both directions and both NLRI forms; all of them through the lean encoder."""
+    wire, has_nlri = update
+    encoder = lean_reactor.LeanUpdateJSON.from_exabgp()
+    assert lean_reactor.compare_update_json(encoder, [wire], compact=compact) is None
+    # Rendered here, both directions; only an UPDATE without NLRI goes to ExaBGP's own encoder.
+    assert (encoder.rendered, encoder.delegated) == ((2, 0) if has_nlri else (0, 2))
+
+
+def test_the_lean_encoder_leaves_other_messages_to_exabgp(exabgp_logging: None) -> None:
+    """Messages it does not render (End-of-RIB; the negotiated/header/body options) go to ExaBGP's own
+    encoder, whose text is what comes out."""
+    from exabgp.bgp.message.direction import Direction
+    from exabgp.bgp.message.update import Update
+    from exabgp.reactor.api.response.json import JSON
+
+    encoder = lean_reactor.LeanUpdateJSON.from_exabgp()
+    calls: list[tuple[Any, ...]] = []
+    encoder.original = lambda *a: calls.append(a) or "exabgp's own"  # type: ignore[assignment]
+    neighbor = {"local-address": "10.0.1.1", "peer-address": "10.0.1.2", "local-as": 1, "peer-as": 2, "router-id": ""}
+    json_encoder = JSON("5.0.0")
+    eor = Update.unpack_message(b"\x00\x00\x00\x00", Direction.IN, lean_reactor.SampleNegotiated())
+    assert encoder.update(json_encoder, neighbor, "in", eor, None, "", "") == "exabgp's own"
+    plain = Update.unpack_message(lean_reactor.sample_updates()[0], Direction.IN, lean_reactor.SampleNegotiated())
+    assert encoder.update(json_encoder, neighbor, "in", plain, None, "ffff", "") == "exabgp's own"
+    assert encoder.delegated == 2 and encoder.rendered == 0 and len(calls) == 2
+
+
+def test_the_update_encoder_self_check_passes_on_the_installed_exabgp(exabgp_logging: None) -> None:
+    encoder, problem = lean_reactor.lean_update_json()
+    assert problem == "" and encoder is not None
+    assert (encoder.rendered, encoder.delegated) == (0, 0)  # the self-check's own messages are not counted
+
+
+def test_the_update_encoder_self_check_refuses_a_difference(exabgp_logging: None) -> None:
+    encoder = lean_reactor.LeanUpdateJSON.from_exabgp()
+    encoder._attributes = lambda a: '"origin": "egp"'  # type: ignore[method-assign]
+    problem = lean_reactor.compare_update_json(encoder, lean_reactor.sample_updates(), compact=True)
+    assert problem is not None and problem.startswith("differs from ExaBGP's for UPDATE ")
+
+
+# --- API input: read when a pipe was readable -------------------------------------------------------
+
+def test_commands_are_read_after_a_readable_poll_on_full_sweeps_and_without_the_planner() -> None:
+    lean = lean_reactor.LeanPass(SimpleNamespace(_peers={}), 1.0, None, None, 0, 1, "5.0.15")
+    assert lean.api_turn()  # the first pass reads
+    lean._pass = ("lean", 0.0)
+    assert not lean.api_turn()  # nothing readable since: skipped
+    lean.api_readable = True
+    assert lean.api_turn() and not lean.api_turn()  # once per readable poll
+    lean._pass = ("full", 0.0)
+    assert lean.api_turn() and lean.api_turn()  # a full sweep always reads
+    lean._pass, lean.failed = ("lean", 0.0), "planner failed"
+    assert lean.api_turn()
+    assert lean.api_reads == {"read": 5, "skipped": 2}
