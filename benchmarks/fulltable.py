@@ -540,9 +540,12 @@ class PopRouter:
 
 def scrape(ns: str, names: tuple[str, ...] = ("pop_router_fib_write_seconds_count", "pop_router_fib_write_seconds_sum",
                                                 "pop_router_gc_pause_seconds_count", "pop_router_gc_pause_seconds_sum",
-                                                "pop_router_loop_lag_seconds_count")) -> dict[str, float]:
+                                                "pop_router_loop_lag_seconds_count",
+                                                "pop_router_fib_operations_total")) -> dict[str, float]:
     """A few of the daemon's metrics (its endpoint listens inside the pop namespace): how many netlink
-    batches carried the table (the trickle of 4-prefix UPDATEs makes many small ones) and GC pauses."""
+    batches carried the table (the trickle of 4-prefix UPDATEs makes many small ones), how many route
+    operations (with several sessions, a prefix's install may be followed by replaces as its backup
+    next hops arrive) and GC pauses."""
     import urllib.request
 
     with netns(ns):
