@@ -599,3 +599,71 @@ def test_commands_are_read_after_a_readable_poll_on_full_sweeps_and_without_the_
     lean._pass, lean.failed = ("lean", 0.0), "planner failed"
     assert lean.api_turn()
     assert lean.api_reads == {"read": 5, "skipped": 2}
+
+
+# --- BGP messages read from a buffer ---------------------------------------------------------------
+
+def _keepalive() -> bytes:
+    return b"\xff" * 16 + (19).to_bytes(2, "big") + b"\x04"
+
+
+def _update_message(body: bytes) -> bytes:
+    return b"\xff" * 16 + (19 + len(body)).to_bytes(2, "big") + b"\x02" + body
+
+
+def _next(gen: Any) -> tuple[Any, ...]:
+    """One step of ExaBGP's ``Connection.reader()``: (length, type, header, body, notify)."""
+    return next(gen)
+
+
+def test_the_buffered_reader_serves_whole_messages_and_waits_only_on_a_drained_socket(
+        exabgp_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExaBGP's own ``Connection.reader`` over the patched ``_reader``, on a real socket pair: messages
+    that arrive together are all served from one ``recv``; a message cut in two is waited for (the
+    reader's "nothing yet" step) and served once the rest arrives; the end of the stream is ExaBGP's
+    ``LostConnection``."""
+    import socket
+
+    from exabgp.protocol.family import AFI
+    from exabgp.reactor.network.connection import Connection
+    from exabgp.reactor.network.error import LostConnection
+
+    monkeypatch.setattr(Connection, "_reader", lean_reactor.make_buffered_reader(Connection._reader))
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    conn = Connection(AFI.ipv4, "10.0.0.2", "10.0.0.1")
+    conn.defensive = False
+    conn.io = ours
+    recvs = []
+    real_recv = ours.recv
+
+    class CountingSocket:  # socket.socket's recv cannot be patched on the instance
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ours, name)
+
+        def recv(self, n: int) -> bytes:
+            recvs.append(n)
+            return real_recv(n)
+
+    conn.io = CountingSocket()
+    upd = _update_message(lean_reactor.sample_updates()[0])
+    try:
+        theirs.sendall(_keepalive() + upd + _keepalive())
+        got = [_next(conn.reader()) for _ in range(3)]
+        assert [(g[0], g[1]) for g in got] == [(19, 4), (len(upd), 2), (19, 4)]
+        assert got[1][2] + got[1][3] == upd and all(g[4] is None for g in got)
+        assert len(recvs) == 1  # three messages, one system call
+        theirs.sendall(upd[:30])
+        gen = conn.reader()
+        assert _next(gen)[:4] == (0, 0, b"", b"")  # half a message: nothing yet, the socket is drained
+        theirs.sendall(upd[30:])
+        while (step := _next(gen))[0] == 0:
+            pass
+        assert step[0] == len(upd) and step[2] + step[3] == upd
+        theirs.close()
+        with pytest.raises(LostConnection):
+            for _ in range(5):
+                _next(conn.reader())
+    finally:
+        conn.io = None
+        ours.close()
