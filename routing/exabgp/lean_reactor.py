@@ -89,9 +89,9 @@ often is the host name (once per process: ExaBGP prints it, nothing reads it).
 
 **BGP messages read from a buffer.** ExaBGP reads each message with four system calls: a ``poll(0)``
 and a ``recv`` of exactly the 19-byte header, then the same for the body (``Connection._reader``): a
-million for a 1M-prefix table at 4 prefixes per UPDATE. :func:`buffered_reader` takes what the socket
-holds (up to :data:`READ_AHEAD`) into a buffer of the connection and serves headers and bodies from
-it; it polls and reads the socket only when the buffer lacks the bytes asked for, exactly where
+million for a 1M-prefix table at 4 prefixes per UPDATE. :func:`make_buffered_reader` takes what the
+socket holds (up to :data:`READ_AHEAD`) into a buffer of the connection and serves headers and bodies
+from it; it polls and reads the socket only when the buffer lacks the bytes asked for, exactly where
 ExaBGP's own reader would wait. So a session says it has nothing to read (and its reactor pass ends
 with ``ACTION.LATER``) only when the socket is drained and the buffer holds less than a message, and
 the bytes that complete it make the socket readable again: no message can wait in the buffer
@@ -447,7 +447,9 @@ def make_buffered_reader(original: Callable[..., Any]) -> Callable[..., Any]:
                 yield b""
             try:
                 read = self.io.recv(max(READ_AHEAD, number - len(buf)))
-            except TimeoutError as exc:
+            # socket.timeout, not TimeoutError: on Python 3.9 (Debian 12's PyPy, which runs this) the two
+            # are different classes, and ExaBGP's own reader catches socket.timeout.
+            except socket.timeout as exc:  # noqa: UP041
                 self.close()
                 log.warning(lambda: f"{self.name()} {self.peer} peer is too slow", self.session())
                 raise TooSlowError(f"Timeout while reading data from the network ({errstr(exc)})") from None

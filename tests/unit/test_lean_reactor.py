@@ -667,3 +667,48 @@ def test_the_buffered_reader_serves_whole_messages_and_waits_only_on_a_drained_s
     finally:
         conn.io = None
         ours.close()
+
+
+TIMEOUT_PROBE = """
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+import lean_reactor
+from exabgp.environment import getenv
+from exabgp.logger import log
+log.init(getenv())
+from exabgp.protocol.family import AFI
+from exabgp.reactor.network.connection import Connection
+from exabgp.reactor.network.error import TooSlowError
+
+class TimingOut:
+    def recv(self, n):
+        raise socket.timeout("timed out")
+    def close(self):
+        pass
+
+conn = Connection(AFI.ipv4, "10.0.0.2", "10.0.0.1")
+conn.defensive = False
+conn.io = TimingOut()
+conn.reading = lambda: True
+try:
+    next(lean_reactor.make_buffered_reader(Connection._reader)(conn, 19))
+except TooSlowError:
+    print("TooSlowError")
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize("console", INTERPRETERS, ids=lambda p: p.name)
+def test_the_buffered_reader_raises_exabgps_timeout_error_on_each_interpreter(console: Path, tmp_path: Path) -> None:
+    """A socket timeout is ExaBGP's ``TooSlowError``, as in its own reader, under the interpreter ExaBGP
+    runs on: on Python 3.9 (Debian 12's PyPy) ``socket.timeout`` is not ``TimeoutError``."""
+    python = script_python(console) if console.exists() else None
+    if python is None:
+        pytest.skip(f"no {console.name} console script here (make deps installs it)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["exabgp_log_level"] = "CRITICAL"
+    p = subprocess.run([python, "-c", TIMEOUT_PROBE, str(LEAN_LAUNCHER.parent)], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "TooSlowError"
