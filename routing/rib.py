@@ -172,12 +172,13 @@ class _Multi:
 
     __slots__ = ("backup", "backup_labels", "best", "nexthops", "paths")
 
-    def __init__(self, paths: tuple[Path, ...], best: Path, entry: FibEntry) -> None:
+    def __init__(self, paths: tuple[Path, ...], best: Path, nexthops: tuple[IPAddress, ...],
+                 backup: tuple[IPAddress, ...], backup_labels: tuple[int, ...]) -> None:
         self.paths = paths
         self.best = best
-        self.nexthops = entry.nexthops
-        self.backup = entry.backup
-        self.backup_labels = entry.backup_labels
+        self.nexthops = nexthops
+        self.backup = backup
+        self.backup_labels = backup_labels
 
     def entry(self) -> FibEntry:
         """The :class:`FibEntry` this prefix was given (:func:`_entry_of` of its selection)."""
@@ -296,16 +297,49 @@ class LocRib:
             self._routes[prefix] = only
             new_best, new_e = only, _single_entry(only)
         else:
-            sel = select(paths)
-            assert sel is not None
-            new_e = _entry_of(sel, paths)
-            self._routes[prefix] = _Multi(paths, sel.best, new_e)
-            new_best = sel.best
+            m = self._routes[prefix] = _multi(paths)
+            new_best, new_e = m.best, m.entry()
         if self.best_changes is not None and old_best != new_best:
             self.best_changes.append((prefix, old_best, new_best))
         if old_e == new_e:
             return None
         return new_fib_diff(prefix, old_e, new_e)
+
+
+#: The outcome of the decision process for a set of paths, by the identity of each path's attribute
+#: set and :class:`~common.model.PathSource` in arrival order: (index of the best path, primary next
+#: hops, backup next hops, backup labels, the paths it was computed for). Why: ``select`` and the
+#: backup's second ``select`` depend on nothing else (not the prefix), and the paths of neighbouring
+#: prefixes share both (one UPDATE's prefixes share an attribute set; a session's, a source), so when
+#: several sessions carry one table most recomputes are a dict hit instead of two decision processes
+#: (issue 12: a third of the routing thread of a 3-session ingest was best path). The value keeps
+#: the paths it was computed for, so the objects whose ids make the key stay alive (an id is never
+#: reused while its entry exists); cleared whole when full.
+_SELECTED: dict[tuple[int, ...], tuple[int, tuple[IPAddress, ...], tuple[IPAddress, ...], tuple[int, ...],
+                                       tuple[Path, ...]]] = {}
+SELECTED_MAX = 8192
+
+
+def _multi(paths: tuple[Path, ...]) -> _Multi:
+    """The :class:`_Multi` of two or more paths (:func:`select` and :func:`_entry_of`, memoized)."""
+    if len(paths) == 2:
+        a, b = paths
+        key: tuple[int, ...] = (id(a.attrs), id(a.source), id(b.attrs), id(b.source))
+    elif len(paths) == 3:
+        a, b, c = paths
+        key = (id(a.attrs), id(a.source), id(b.attrs), id(b.source), id(c.attrs), id(c.source))
+    else:
+        key = tuple(i for p in paths for i in (id(p.attrs), id(p.source)))
+    hit = _SELECTED.get(key)
+    if hit is None:
+        sel = select(paths)
+        assert sel is not None
+        e = _entry_of(sel, paths)
+        best_i = next(i for i, p in enumerate(paths) if p is sel.best)
+        if len(_SELECTED) >= SELECTED_MAX:
+            _SELECTED.clear()
+        hit = _SELECTED[key] = (best_i, e.nexthops, e.backup, e.backup_labels, paths)
+    return _Multi(paths, paths[hit[0]], hit[1], hit[2], hit[3])
 
 
 def _only(p: Path) -> Selection:

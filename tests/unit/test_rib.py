@@ -260,3 +260,54 @@ def test_policy_returns_the_path_itself_when_nothing_changes() -> None:
     assert pol.apply(x) is x
     y = pol.apply(path(p=A1, local_pref=50))  # the customer's LOCAL_PREF (100) is set: a new path
     assert y == replace(path(p=A1), local_pref=100)
+
+
+_SHARED_OPS = st.lists(
+    st.tuples(st.booleans(), st.integers(0, len(PEERS) - 1), st.sampled_from(PREFIXES), st.integers(0, 2),
+              st.booleans()),
+    max_size=60,
+)
+
+
+@given(_SHARED_OPS, st.sampled_from([2, 10_000]))
+def test_memoized_selection_equals_the_decision_process_when_paths_share_their_parts(seq, cache_max) -> None:
+    """Paths of different prefixes share attribute sets and sources (as one UPDATE's prefixes and one
+    session's do), so recomputes hit the memo of ``routing.rib._multi`` (issue 12) — also with a memo
+    small enough to be cleared all the time: every prefix's selection and FIB entry must still be what
+    ``select`` and ``_entry`` give for its paths."""
+    import routing.rib as rib_mod
+    from common.model import intern_attrs, path_of
+    from routing.rib import LocRib, _entry, with_prefix
+
+    def template(p, med: int, rtbh: bool):
+        base = path("0.0.0.0/0", p=p, med=med)
+        base = replace(base, rtbh=True) if rtbh else base
+        # Equal attribute sets are one object across sessions (as ``intern_attrs`` makes them).
+        return path_of(base.prefix, intern_attrs(base.attrs), base.source)
+
+    templates = {(i, med, rtbh): template(p, med, rtbh)
+                 for i, p in enumerate(PEERS) for med in range(3) for rtbh in (False, True)}
+    saved = rib_mod.SELECTED_MAX
+    rib_mod.SELECTED_MAX = cache_max
+    rib_mod._SELECTED.clear()
+    try:
+        loc = LocRib()
+        ref: dict = {}
+        for add, i, prefix, med, rtbh in seq:
+            pfx = N(prefix)
+            if add:
+                x = with_prefix(templates[(i, med, rtbh)], loc.canonical(pfx))
+                loc.set_path(x)
+                ref.setdefault(pfx, {})[PEERS[i].address] = x
+            else:
+                loc.remove_path(pfx, PEERS[i].address)
+                ref.get(pfx, {}).pop(PEERS[i].address, None)
+            for q, paths in ref.items():
+                sel = select(list(paths.values()))
+                assert loc.selection(q) == sel
+                assert loc.fib_entry(q) == (_entry(sel, paths) if sel is not None else None)
+                assert loc.best(q) is (sel.best if sel is not None else None)
+        assert len(rib_mod._SELECTED) <= cache_max
+    finally:
+        rib_mod.SELECTED_MAX = saved
+        rib_mod._SELECTED.clear()
