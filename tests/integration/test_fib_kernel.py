@@ -478,3 +478,60 @@ async def test_local_repair_plan_sent_by_the_bfd_side_moves_traffic_and_stays_co
     finally:
         task.cancel()
         fib.close()
+
+
+async def test_backup_changes_within_the_hold_reach_the_kernel_as_one_replace(netns: str) -> None:
+    """The backup hold (fib/dataplane.py) on a real kernel: 200 routes get a backup, then a better
+    backup, within ``backup_hold_s``; the kernel keeps forwarding on the first group meanwhile and then
+    sees one replace per route, to the final group. A failover-lane call releases a hold at once."""
+    from fib.dataplane import Pace
+
+    set_compat_mode(netns, 0)
+    fib = KernelFib(protocol=PROTO, netns=netns, pace=Pace(backup_hold_s=1.0))
+    task = asyncio.create_task(fib.run())
+    prefixes = [f"10.{100 + i // 256}.{i % 256}.0/24" for i in range(200)]
+
+    def nhids() -> set[int]:
+        return {r["nhid"] for r in ip_json(netns, "-4", "route", "show", "proto", str(PROTO))}
+
+    try:
+        for p in prefixes:
+            fib.submit(N(p), entry(p, "10.0.0.2"))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        (first,) = nhids()
+        ops = fib.operations
+        for p in prefixes:
+            fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.3",)))
+        for _ in range(200):
+            await asyncio.sleep(0.005)  # poll
+            if len(fib.dataplane.held) == 200:
+                break
+        assert len(fib.dataplane.held) == 200 and fib.pending_count == 200
+        assert nhids() == {first}  # still forwarding on the first group: nothing written
+        for p in prefixes:
+            fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.4",)))
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        assert kernel_routes(netns) == {p: ("10.0.0.2",) for p in prefixes}
+        (final,) = nhids()
+        g = fib.group_by_id[final]
+        assert g.key is not None and g.key[0] == (A("10.0.0.2"),) and g.key[1] == (A("10.0.0.4"),)
+        # One replace per route plus a dozen object operations (nexthops and groups created, then the
+        # unused ones collected); 400 and more without the hold.
+        assert 200 <= fib.operations - ops <= 215, fib.operations - ops
+        assert fib.dataplane.backup_superseded_total == 200 and fib.dataplane.backup_held_total == 400
+        # A hold far longer than the test, released by the failover lane (a backup neighbour dies).
+        fib.pace = Pace(backup_hold_s=600.0)
+        for p in prefixes:
+            fib.submit(N(p), entry(p, "10.0.0.2", backup=("10.0.0.3",)))
+        for _ in range(200):
+            await asyncio.sleep(0.005)  # poll
+            if len(fib.dataplane.held) == 200:
+                break
+        assert len(fib.dataplane.held) == 200
+        fib.fail_gateways_now({A("10.0.0.4")})
+        await asyncio.wait_for(fib.wait_idle(), 10)
+        (last,) = nhids()
+        assert fib.group_by_id[last].key[1] == (A("10.0.0.3"),)  # type: ignore[index]
+    finally:
+        task.cancel()
+        fib.close()
