@@ -38,19 +38,6 @@ router (nothing written in the last ``coalesce_s``) goes out at once; so does a 
 a whole table handed over at once). The failover lane never passes through here: it is synchronous
 on the loop thread.
 
-Backup hold (issue 12, "one table from three sessions"): a route whose new group forwards exactly as
-its installed one does now — the same primaries, labels and members; only the backup differs — is
-held back for up to :attr:`Pace.backup_hold_s` instead of being replaced at once. When several
-sessions carry the same table, each prefix is installed with the first session's path and then got
-a new backup from each later session, a fraction of a second apart (a 3-session 1M ingest made 2.7
-kernel route operations per prefix); held, the later ones coalesce into one replace. Nothing about
-forwarding waits: a change of primaries, labels or members is planned at once, and every failover-
-lane call releases whatever is held, so a backup is never missing *because* of the hold after a
-neighbour died. A held route is released when its hold is over (at most about twice
-``backup_hold_s``: a prefix held again after a newer entry keeps its first time, but the release scan
-stops at the first entry not yet due); a newer entry for it replaces the held one (counted as
-superseded). Held routes keep :meth:`wait_idle` waiting and count as pending in the API.
-
 Backlog (issue 12): what the routing lane submitted and no batch has taken yet — the pending dict
 plus what is left of the set being written — is :meth:`Dataplane.backlog`. With watermarks set
 (:meth:`Dataplane.watch_backlog`), the owner is told when it passes ``high`` and again when it is back
@@ -122,8 +109,6 @@ class Pace:
     coalesce_routes: int = 1000
     #: The longest a pending route is held back on purpose (loop time; uvloop rounds timers to 1 ms).
     coalesce_s: float = 0.004
-    #: Backup hold (module docstring): how long a backup-only change may wait (0: never).
-    backup_hold_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,15 +206,6 @@ class Dataplane:
         self._backlog_over = False
         #: Routes of the set being written that no batch has taken yet.
         self._work_left = 0
-        #: Backup hold (module docstring): prefix -> (entry, clock time its hold began), in hold order.
-        self.held: dict[IPNetwork, tuple[FibEntry, float]] = {}
-        #: When the hold of a held prefix that a newer entry replaced began (it keeps that time).
-        self._held_since: dict[IPNetwork, float] = {}
-        #: Prefixes whose hold is over: planned as they are, never held again in that write.
-        self._released: set[IPNetwork] = set()
-        self.backup_held_total = 0  # routes held (each time)
-        self.backup_superseded_total = 0  # held routes a newer entry replaced before they were written
-        self._holds_counted = (0, 0)  # (written, superseded) already added to the metric
 
     # --- input ---------------------------------------------------------------------------------
     def submit(self, prefix: IPNetwork, entry: FibEntry | None) -> None:
@@ -238,8 +214,6 @@ class Dataplane:
             self.stale.discard(prefix)
         if self.failed:
             self.failed.pop(prefix, None)
-        if self.held:
-            self._unhold(prefix)
         self.pending[prefix] = entry
         if entry is None:
             self._pending_deletes = True
@@ -256,57 +230,15 @@ class Dataplane:
             return
         pending = self.pending
         deletes = False
-        if self.held:
-            unhold = self._unhold
-            for prefix, entry in items:
-                unhold(prefix)
-                pending[prefix] = entry
-                if entry is None:
-                    deletes = True
-        else:
-            for prefix, entry in items:
-                pending[prefix] = entry
-                if entry is None:
-                    deletes = True
+        for prefix, entry in items:
+            pending[prefix] = entry
+            if entry is None:
+                deletes = True
         if deletes:
             self._pending_deletes = True
         self.wake()
         if self._on_backlog is not None:
             self._check_backlog()
-
-    def _unhold(self, prefix: IPNetwork) -> None:
-        h = self.held.pop(prefix, None)
-        if h is not None:
-            self._held_since[prefix] = h[1]
-            self.backup_superseded_total += 1
-
-    # --- backup hold -----------------------------------------------------------------------------
-    def _hold(self, entries: list[tuple[IPNetwork, FibEntry]]) -> None:
-        now = self.clock()
-        held, since = self.held, self._held_since
-        for prefix, entry in entries:
-            held[prefix] = (entry, since.pop(prefix, now) if since else now)
-        self.backup_held_total += len(entries)
-
-    def _release_held(self, everything: bool = False) -> float | None:
-        """Move held routes whose hold is over (``everything``: all) back to pending; returns the
-        clock time the next one falls due (None: nothing held)."""
-        held = self.held
-        if not held:
-            return None
-        limit = float("inf") if everything else self.clock() - self.pace.backup_hold_s
-        due: list[IPNetwork] = []
-        for prefix, (_e, since) in held.items():
-            if since > limit:
-                break
-            due.append(prefix)
-        pending, released = self.pending, self._released
-        for prefix in due:
-            pending[prefix] = held.pop(prefix)[0]
-            released.add(prefix)
-        if not held:
-            return None
-        return next(iter(held.values()))[1] + self.pace.backup_hold_s
 
     # --- backlog -------------------------------------------------------------------------------
     def backlog(self) -> int:
@@ -347,7 +279,7 @@ class Dataplane:
     def sweep_stale(self) -> int:
         n = 0
         for prefix in list(self.stale):
-            if prefix not in self.pending and prefix not in self.held:
+            if prefix not in self.pending:
                 self.submit(prefix, None)
                 n += 1
         self.stale.clear()
@@ -358,16 +290,11 @@ class Dataplane:
     async def run(self) -> None:
         while True:
             nxt = self._requeue_due()
-            if self.held:
-                due = self._release_held()
-                if due is not None:
-                    nxt = due if nxt is None else min(nxt, due)
             if not self.pending:
                 if self.table.has_garbage():
                     await self._collect()
                     continue
-                if not self.held:
-                    self._idle.set()
+                self._idle.set()
                 self._wake.clear()
                 timeout = None if nxt is None else max(0.05, nxt - self.clock())
                 with contextlib.suppress(TimeoutError):
@@ -390,11 +317,6 @@ class Dataplane:
                 self._write_end = asyncio.get_running_loop().time()
                 self._work_left = 0
                 self._check_backlog()
-                # Released and superseded-hold marks matter only for prefixes still waiting.
-                if self._released:
-                    self._released = {p for p in self._released if p in self.pending}
-                if self._held_since:
-                    self._held_since = {p: t for p, t in self._held_since.items() if p in self.pending}
             self._update_gauges()
 
     async def _coalesce(self) -> None:
@@ -462,10 +384,7 @@ class Dataplane:
             self._work_left = max(0, self._work_left - len(chunk))
             if self._backlog_over:
                 self._check_backlog()
-            defer: list[tuple[IPNetwork, FibEntry]] | None = [] if pace.backup_hold_s > 0 else None
-            sub = self.planner.routes(chunk, self._unreachable, defer, self._released)
-            if defer:
-                self._hold(defer)
+            sub = self.planner.routes(chunk, self._unreachable)
             msgs += self.kernel.encode(sub, len(ops))
             ops += sub
             spent = time.perf_counter() - t0
@@ -769,13 +688,6 @@ class Dataplane:
         m.fib_routes.labels("ipv4").set(t.count[4])  # type: ignore[attr-defined]
         m.fib_routes.labels("ipv6").set(t.count[6])  # type: ignore[attr-defined]
         m.fib_failed_routes.set(len(self.failed))  # type: ignore[attr-defined]
-        m.fib_backup_held.set(len(self.held))  # type: ignore[attr-defined]
-        holds = m.fib_backup_holds  # type: ignore[attr-defined]
-        # Each hold ends written (released) or superseded; those still held have not ended.
-        written = self.backup_held_total - self.backup_superseded_total - len(self.held)
-        holds.labels("superseded").inc(max(0, self.backup_superseded_total - self._holds_counted[1]))
-        holds.labels("written").inc(max(0, written - self._holds_counted[0]))
-        self._holds_counted = (written, self.backup_superseded_total)
         m.fib_nexthop_groups.set(len(t.group_by_id))  # type: ignore[attr-defined]
 
     # --- policy: source address validation (XDP only) ---------------------------------------------
@@ -823,7 +735,6 @@ class Dataplane:
         the kernel (no lock there); the kernel's refusals are undone in the maps."""
         t0 = time.perf_counter()
         self.table.dead |= gws
-        self._release_all_held()
         return self._failover(self.planner.regroup(gws), detected_at, t0)
 
     def recover_gateways_now(self, gws: set[IPAddress]) -> FailoverResult:
@@ -831,14 +742,7 @@ class Dataplane:
         flap flushed), in one message."""
         t0 = time.perf_counter()
         self.table.dead -= gws
-        self._release_all_held()
         return self._failover(self.planner.regroup(gws), None, t0)
-
-    def _release_all_held(self) -> None:
-        """A neighbour died or came back: held backups go to the routing lane now (module docstring)."""
-        if self.held:
-            self._release_held(everything=True)
-            self.wake()
 
     def _failover(self, ops: list[Op], detected_at: float | None, t0: float) -> FailoverResult:
         self._failovers += 1

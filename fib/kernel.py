@@ -252,8 +252,8 @@ class KernelFib:
 
     @property
     def pending_count(self) -> int:
-        """Prefixes submitted and not yet planned (the routing lane's backlog), backup holds included."""
-        return len(self.dataplane.pending) + len(self.dataplane.held)
+        """Prefixes submitted and not yet planned (the routing lane's backlog)."""
+        return len(self.dataplane.pending)
 
     @property
     def _pending(self) -> Mapping[IPNetwork, FibEntry | None]:

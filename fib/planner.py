@@ -141,24 +141,15 @@ class Planner:
 
     # --- routes ------------------------------------------------------------------------------------
     def routes(self, work: Iterable[tuple[IPNetwork, FibEntry | None]],
-               unreachable: Callable[[IPNetwork, FibEntry], None],
-               defer: list[tuple[IPNetwork, FibEntry]] | None = None,
-               due: set[IPNetwork] | frozenset[IPNetwork] = frozenset()) -> list[Op]:
+               unreachable: Callable[[IPNetwork, FibEntry], None]) -> list[Op]:
         """Operations for ``work`` (latest desired entry per prefix). ``unreachable`` is told about
-        entries whose gateways have no interface (no operation is planned for them).
-
-        ``defer`` (a list): a route that would move to a group forwarding exactly as its current one
-        does now (same members: only the backup differs) is appended there instead of planned,
-        unless its prefix is in ``due`` (the dataplane's backup hold, :mod:`fib.dataplane`)."""
+        entries whose gateways have no interface (no operation is planned for them)."""
         ops: list[Op] = []
         append = ops.append
-        table = self.table
-        installed_get = table.installed.get
-        group_by_id = table.group_by_id
+        installed_get = self.table.installed.get
         # Routes of a table share a few (primary, backup) tuples (the RIB interns them): resolve each
         # distinct pair of tuple objects to its group once per call instead of once per route.
         by_tuples: dict[tuple[int, int, int, int], Group | None] = {}
-        same_now: dict[tuple[int, int], bool] = {}  # (installed gid, new gid) -> forwarding identical
         for prefix, entry in work:
             old = installed_get(prefix)
             if entry is None:
@@ -180,23 +171,7 @@ class Planner:
                 continue
             if old == g.id:
                 continue
-            if old is None:
-                append(_route_install(prefix, g.id, entry))
-                continue
-            if defer is not None and prefix not in due:
-                pair = (old, g.id)
-                same = same_now.get(pair)
-                if same is None:
-                    og = group_by_id.get(old)
-                    # Same primaries and labels (only the backup moves) and the same members now
-                    # (no primary dead: a dead one makes the members the backups, which differ).
-                    same = same_now[pair] = (og is not None and og.key is not None and g.key is not None
-                                             and og.key[0] == g.key[0] and og.key[2] == g.key[2]
-                                             and og.members == g.members)
-                if same:
-                    defer.append((prefix, entry))
-                    continue
-            append(_route_replace(prefix, g.id, entry, old))
+            append(_route_install(prefix, g.id, entry) if old is None else _route_replace(prefix, g.id, entry, old))
         return ops
 
     def whole_group_scan(self) -> WholeGroupScan:

@@ -302,10 +302,6 @@ class FibConfig(_Model):
     startup_hold_s: Annotated[float, Field(ge=0)] = 10.0
     #: How many FIB operations one netlink batch may hold.
     batch_size: Annotated[int, Field(ge=1, le=100000)] = 10000
-    #: A route change that only moves the backup (the route forwards exactly as before) waits up to
-    #: this long, so backups that several sessions bring within it are written as one replace
-    #: (fib/dataplane.py, "Backup hold"; a neighbour's failure releases them at once). 0: never wait.
-    backup_hold_s: Annotated[float, Field(ge=0, le=10)] = 1.0
     #: Route metric (priority) of our routes. Replace only hits a route with the same prefix *and*
     #: metric, so a distinct metric keeps us from ever overwriting another protocol's route.
     metric: Annotated[int, Field(ge=0, le=2**32 - 1)] = 20

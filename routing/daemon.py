@@ -50,7 +50,6 @@ from typing import Any
 
 from common import cpus
 from common.model import IPAddress, Peer, parse_address, parse_prefix
-from fib.dataplane import Pace
 from fib.kernel import KernelFib, set_compat_mode
 from routing.backbone import BACKBONE_LABEL, BackboneImportPolicy
 from routing.bfd_link import BfdController
@@ -185,7 +184,6 @@ class Daemon:
         self.fib = KernelFib(
             protocol=config.fib.protocol, table=config.fib.table, metric=config.fib.metric,
             batch_size=config.fib.batch_size, metrics=self.metrics, netns=netns, writer_cpus=self.writer_cpus,
-            pace=Pace(max_routes_per_send=config.fib.batch_size, backup_hold_s=config.fib.backup_hold_s),
         )
         high = max(FIB_BACKLOG_HIGH, 5 * config.fib.batch_size)
         self.fib.dataplane.watch_backlog(high, max(FIB_BACKLOG_LOW, high - config.fib.batch_size), self.inbox.hold)

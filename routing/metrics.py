@@ -191,12 +191,6 @@ class Metrics:
             "pop_router_fib_drift_repaired", "Routes or nexthops of ours changed by someone else and repaired",
             ["kind"], registry=r,
         )
-        self.fib_backup_held = Gauge(
-            "pop_router_fib_backup_held", "Routes whose backup-only change is held back (fib.backup_hold_s)",
-            registry=r)
-        self.fib_backup_holds = Counter(
-            "pop_router_fib_backup_holds", "Backup-only route changes held back, by what became of them "
-            "(written, or superseded by a newer change before being written)", ["outcome"], registry=r)
         self.fib_failed_routes = Gauge(
             "pop_router_fib_failed_routes", "Routes the kernel refused, waiting for a retry", registry=r
         )

@@ -278,10 +278,6 @@ class Views:
             "fib_pending": fib.pending_count,
             "fib_failed": len(fib.failed),
             "fib_nexthop_groups": len(fib.group_by_id),
-            # fib.backup_hold_s (fib/dataplane.py, "Backup hold"): held now, held so far, superseded so far.
-            "fib_backup_held": len(fib.dataplane.held),
-            "fib_backup_held_total": fib.dataplane.backup_held_total,
-            "fib_backup_superseded_total": fib.dataplane.backup_superseded_total,
             "kernel_mpls": mpls is not None and mpls.usable,
             "kernel_mpls_detail": mpls.detail if mpls is not None else None,
             "mpls_local_labels": {f"{k[0]}%{k[1]}" if k[2] == () else str(k): label

@@ -92,7 +92,7 @@ class FakeMetrics:
         self.fib_failover_errors = _Series()
         self.fib_errors, self.fib_operations, self.fib_failover_seconds = _Series(), _Series(), _Series()
         self.fib_write_seconds, self.fib_routes, self.fib_failed_routes = _Series(), _Series(), _Series()
-        self.fib_nexthop_groups, self.fib_backup_held, self.fib_backup_holds = _Series(), _Series(), _Series()
+        self.fib_nexthop_groups = _Series()
 
     @property
     def failover_errors(self) -> float:
@@ -416,93 +416,3 @@ def test_backlog_watermarks_must_be_ordered() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted high={high} low={low}")
-
-
-# --- backup hold -----------------------------------------------------------------------------------------
-def test_the_planner_holds_back_only_changes_that_move_the_backup() -> None:
-    dp, *_ = _dp()
-    p = N("192.0.2.0/24")
-    _install(dp, entry("192.0.2.0/24", GW2))
-    held: list = []
-    # Same primary, a backup appears: the group to use is created, the route is held, not replaced.
-    e2 = entry("192.0.2.0/24", GW2, backup=(GW3,))
-    ops = dp.planner.routes([(p, e2)], dp._unreachable, held)
-    assert [type(op) for op in ops] == [fo.NexthopAdd, fo.GroupAdd] and held == [(p, e2)]
-    # A prefix released from its hold is planned as it is.
-    held.clear()
-    assert [type(op) for op in dp.planner.routes([(p, e2)], dp._unreachable, held, {p})] == [fo.RouteReplace]
-    assert held == []
-    # A new primary is a forwarding change: never held.
-    ops = dp.planner.routes([(p, entry("192.0.2.0/24", GW3))], dp._unreachable, held)
-    assert [type(op) for op in ops][-1] is fo.RouteReplace and held == []
-
-
-def test_a_backup_change_is_not_held_while_the_primary_is_dead() -> None:
-    """With its primary dead the installed group forwards to its backup: a new backup changes where
-    traffic goes now."""
-    dp, *_ = _dp()
-    p = N("192.0.2.0/24")
-    _install(dp, entry("192.0.2.0/24", GW2, backup=(GW3,)))
-    dp.fail_gateways_now({GW2})
-    held: list = []
-    ops = dp.planner.routes([(p, entry("192.0.2.0/24", GW2, backup=(GW4,)))], dp._unreachable, held)
-    assert [type(op) for op in ops][-1] is fo.RouteReplace and held == []
-
-
-def _hold_dp(hold_s: float) -> tuple[Dataplane, FakeKernel, list[float]]:
-    dp, kernel, _mirror, _metrics = _dp()
-    now = [100.0]
-    dp.clock = lambda: now[0]
-    dp.pace = Pace(max_routes_per_send=100, coalesce_s=0.0, backup_hold_s=hold_s)
-    return dp, kernel, now
-
-
-def _replaces(kernel: FakeKernel) -> list[fo.Op]:
-    return [op for ops in kernel.sent_bulk for op in ops if type(op) is fo.RouteReplace]
-
-
-async def test_backups_from_several_sessions_within_the_hold_are_written_as_one_replace() -> None:
-    dp, kernel, now = _hold_dp(1.0)
-    p = N("192.0.2.0/24")
-    task = asyncio.create_task(dp.run())
-    try:
-        dp.submit_many([(p, entry("192.0.2.0/24", GW2))])  # the first session's path
-        await asyncio.wait_for(dp.wait_idle(), 5)
-        dp.submit_many([(p, entry("192.0.2.0/24", GW2, backup=(GW3,)))])  # a second session: a backup
-        await _until(lambda: p in dp.held)
-        final = entry("192.0.2.0/24", GW2, backup=(GW4,))
-        dp.submit_many([(p, final)])  # a third session's path beats the second's as the backup
-        await _until(lambda: p in dp.held and dp.held[p][0] == final)
-        assert _replaces(kernel) == [] and dp.backup_superseded_total == 1
-        now[0] += 0.5
-        dp.wake()
-        # Still held: not idle, and counted as pending.
-        idle = asyncio.ensure_future(dp.wait_idle())
-        await asyncio.sleep(0.1)  # poll: the writer runs; the hold (fake clock) is not over
-        assert not idle.done() and _replaces(kernel) == []
-        now[0] += 0.6  # the hold began at 100.0 (the superseded entry's time is kept)
-        dp.wake()
-        await asyncio.wait_for(idle, 5)
-    finally:
-        task.cancel()
-    (r,) = _replaces(kernel)
-    assert r.entry == final and dp.table.desired(p) == final  # type: ignore[union-attr]
-    assert dp.held == {} and dp.backup_held_total == 2
-
-
-async def test_a_failover_releases_held_backups_at_once() -> None:
-    dp, kernel, _now = _hold_dp(60.0)
-    p, q = N("192.0.2.0/24"), N("198.51.100.0/24")
-    task = asyncio.create_task(dp.run())
-    try:
-        dp.submit_many([(p, entry("192.0.2.0/24", GW2)), (q, entry("198.51.100.0/24", GW3))])
-        await asyncio.wait_for(dp.wait_idle(), 5)
-        withbackup = entry("192.0.2.0/24", GW2, backup=(GW4,))
-        dp.submit_many([(p, withbackup)])
-        await _until(lambda: p in dp.held)
-        dp.fail_gateways_now({GW3})  # any neighbour: nothing stays held across a failover
-        await asyncio.wait_for(dp.wait_idle(), 5)  # no clock movement needed
-    finally:
-        task.cancel()
-    (r,) = _replaces(kernel)
-    assert r.entry == withbackup and dp.held == {}  # type: ignore[union-attr]
