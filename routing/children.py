@@ -38,6 +38,9 @@ LINE_LIMIT = 1 << 24
 READ_BUFFER = 1 << 20
 READ_CHUNK = 1 << 16
 STEP_BUDGET_S = 0.002
+#: Lines per ``on_lines`` call (~0.5 ms of parsing for a full table's UPDATEs): the step budget is
+#: checked between calls.
+LINES_PER_CALL = 8
 
 
 def die_with_parent() -> None:
@@ -149,9 +152,13 @@ class LineServer:
         *,
         on_connect: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None,
         on_bad: Callable[[str], None] | None = None,
+        on_lines: Callable[[list[bytes]], Awaitable[None]] | None = None,
     ) -> None:
         self.path = path
         self._on_line = on_line
+        #: Given, it takes the complete lines of a read in runs of up to :data:`LINES_PER_CALL`
+        #: instead of ``on_line`` one at a time (the ExaBGP speaker batches UPDATEs: issue 12).
+        self._on_lines = on_lines
         self._on_connect = on_connect
         self._on_bad = on_bad
         self.writer: asyncio.StreamWriter | None = None
@@ -203,6 +210,13 @@ class LineServer:
                     lines[0] = b"".join(parts) + lines[0]
                 last = lines.pop()
                 parts, size = ([last], len(last)) if last else ([], 0)
+                if self._on_lines is not None:
+                    for i in range(0, len(lines), LINES_PER_CALL):
+                        await self._on_lines(lines[i:i + LINES_PER_CALL])
+                        if time.perf_counter() - slice_start > self.step_budget_s:  # as below
+                            await asyncio.sleep(0)
+                            slice_start = time.perf_counter()
+                    continue
                 for line in lines:
                     if not line:
                         continue

@@ -9,7 +9,9 @@ Two kinds of producer must be treated differently (DESIGN.md, "Lanes"):
   dead ExaBGP, a timer, a command's outcome, an operator's reset — are few and must not wait behind
   a table: :meth:`Inbox.post` never blocks and the owner takes them first;
 - **routing** events — ExaBGP's UPDATE stream — are many: :meth:`Inbox.put` waits while
-  ``maxsize`` events are queued. The relay reader awaits it, so it stops reading its socket, the
+  ``maxsize`` UPDATEs are queued (an event counts as its ``weight``, 1 unless it says otherwise: an
+  ``UpdateBatch`` of 30 UPDATEs counts 30, so batching never lets more parsed UPDATEs wait here).
+  The relay reader awaits it, so it stops reading its socket, the
   socket fills and the relay holds the rest (as raw bytes, counted): flow control instead of an
   unbounded backlog of parsed events in the daemon.
 
@@ -35,6 +37,7 @@ class Inbox:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._weight = 0  # UPDATEs in the routing lane (events' ``weight``)
         #: Largest number of routing events queued at once, and how often a producer had to wait.
         self.max_depth = 0
         self.producer_waits = 0
@@ -56,11 +59,12 @@ class Inbox:
 
     async def put(self, ev: object) -> None:
         """Routing event: waits while the lane is full (the caller stops reading its source)."""
-        while len(self._routing) >= self.maxsize:
+        while self._weight >= self.maxsize:
             self.producer_waits += 1
             self._writable.clear()
             await self._writable.wait()
         self._routing.append(ev)
+        self._weight += getattr(ev, "weight", 1)
         self.max_depth = max(self.max_depth, len(self._routing))
         self._readable.set()
 
@@ -81,7 +85,8 @@ class Inbox:
             return self._urgent.popleft()
         if self._routing and not self.held:
             ev = self._routing.popleft()
-            if len(self._routing) < self.maxsize:
+            self._weight -= getattr(ev, "weight", 1)
+            if self._weight < self.maxsize:
                 self._writable.set()
             return ev
         return None

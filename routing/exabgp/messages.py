@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass
+from typing import ClassVar
 
 import orjson
 
@@ -91,6 +92,28 @@ class UpdateEvent:
     #: (prefix, next hop, labels)
     announce: tuple[tuple[IPNetwork, IPAddress, tuple[int, ...]], ...]
     withdraw: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBatch:
+    """Consecutive UPDATEs of one peer, in the order they arrived, read from the relay together: the
+    routing core applies them in one step (issue 12: per-event costs — the inbox, the core's dispatch,
+    metrics, the FIB hand-off — were paid per UPDATE, ~4 prefixes of a full table). Never holds an
+    UPDATE big enough to be sliced (``routing.core.JOB_STEP``)."""
+
+    peer: IPAddress
+    updates: tuple[UpdateEvent, ...]
+
+    #: The most prefixes (announced + withdrawn) an UPDATE may carry to join a batch; equal to the
+    #: routing core's slice (``routing.core.JOB_STEP``), above which an UPDATE is applied in slices.
+    MAX_PREFIXES: ClassVar[int] = 100
+    #: The most UPDATEs of one batch (a few ms of routing work: one step of the owner).
+    MAX_UPDATES: ClassVar[int] = 8
+
+    @property
+    def weight(self) -> int:
+        """What it counts for in the inbox's bound (``routing.inbox``): its UPDATEs."""
+        return len(self.updates)
 
 
 #: One per UPDATE (issue 12): :func:`common.model.fast_constructor`.

@@ -142,7 +142,7 @@ class ExabgpSpeaker:
         )
         if metrics is not None:
             metrics.child_restarts.labels(self.name)  # at 0 from the start (see routing/metrics.py)
-        self.channel = LineServer(self.socket_path, self._on_line, on_bad=self._malformed)
+        self.channel = LineServer(self.socket_path, self._on_line, on_bad=self._malformed, on_lines=self._on_lines)
         self.ack_timeout_s = ACK_TIMEOUT_S
         self._cmd_lock = asyncio.Lock()
         self._ack: asyncio.Future[bool] | None = None
@@ -202,8 +202,43 @@ class ExabgpSpeaker:
         except messages.MalformedMessage as exc:
             self._malformed(str(exc))
             return
-        if ev is None:
-            return
+        if ev is not None:
+            await self._dispatch(ev)
+
+    async def _on_lines(self, lines: list[bytes]) -> None:
+        """Lines of one read, in order: runs of consecutive UPDATEs of one peer go to the routing core
+        as one :class:`~routing.exabgp.messages.UpdateBatch` (issue 12), everything else one event
+        at a time, as :meth:`_on_line` does. A big UPDATE (one the core applies in slices) or any
+        other event ends a run, so nothing is reordered."""
+        parse, update = messages.parse_line, messages.UpdateEvent
+        max_prefixes, max_updates = messages.UpdateBatch.MAX_PREFIXES, messages.UpdateBatch.MAX_UPDATES
+        run: list[messages.UpdateEvent] = []
+        for line in lines:
+            try:
+                ev = parse(line)
+            except messages.MalformedMessage as exc:
+                self._malformed(str(exc))
+                continue
+            if ev is None:
+                continue
+            if (type(ev) is update and len(ev.announce) + len(ev.withdraw) <= max_prefixes  # type: ignore[union-attr]
+                    and ev.peer not in self.foreign):  # type: ignore[union-attr]
+                if run and (ev.peer != run[0].peer or len(run) >= max_updates):  # type: ignore[union-attr]
+                    await self._put_run(run)
+                    run = []
+                run.append(ev)  # type: ignore[arg-type]
+                continue
+            if run:
+                await self._put_run(run)
+                run = []
+            await self._dispatch(ev)
+        if run:
+            await self._put_run(run)
+
+    async def _put_run(self, run: list[messages.UpdateEvent]) -> None:
+        await self.inbox.put(run[0] if len(run) == 1 else messages.UpdateBatch(run[0].peer, tuple(run)))
+
+    async def _dispatch(self, ev: object) -> None:
         peer = getattr(ev, "peer", None)
         if peer is not None and peer in self.foreign:
             self.foreign_dropped += 1

@@ -450,3 +450,59 @@ def test_rejections_are_counted_once_each_without_a_copy_per_update() -> None:
     assert rejected() == {reason: 3.0}
     updates = m.registry.get_sample_value("pop_router_bgp_updates_received_total", {"peer": str(A)})
     assert updates == 4.0
+
+
+# --- UPDATE batches (issue 12) --------------------------------------------------------------------------
+def _upd(peer: ipaddress.IPv4Address, announce: list[str] = (), withdraw: list[str] = (),  # type: ignore[assignment]
+         med: int = 0) -> msg.UpdateEvent:
+    attrs = intern_attrs(Attributes(origin=Origin.IGP, as_path=(64512,), med=med))
+    return msg.UpdateEvent(peer, attrs, tuple((ipaddress.ip_network(p), peer, ()) for p in announce),
+                           tuple(ipaddress.ip_network(p) for p in withdraw))
+
+
+def _final_fib(core: RoutingCore, acts: list) -> dict:
+    return fib_prefixes(acts + drain(core))
+
+
+def test_a_batch_of_updates_ends_where_the_same_updates_one_by_one_do() -> None:
+    """Announce, re-announce with another MED, withdraw, a packed UPDATE in the middle (sliced, and
+    the UPDATEs behind it after it): same Loc-RIB, same FIB, same counters, as one event each."""
+    big = [f"20.{i // 256}.{i % 256}.0/24" for i in range(150)]
+    updates = [
+        _upd(A, ["20.255.0.0/24", "20.255.1.0/24"]),
+        _upd(A, ["20.255.0.0/24"], med=5),
+        _upd(A, big),
+        _upd(A, [], withdraw=["20.255.1.0/24", big[0]]),
+        _upd(A, [big[0]], med=7),
+    ]
+    one = _big_core(10_000)
+    up(one, A)
+    seq = []
+    for u in updates:
+        seq += one.on_event(u, 2.0)
+        seq += drain(one)
+    batched = _big_core(10_000)
+    up(batched, A)
+    acts = batched.on_event(msg.UpdateBatch(A, tuple(updates)), 2.0)
+    assert batched.busy  # the packed UPDATE and the two behind it became jobs, in order
+    assert _final_fib(batched, acts) == fib_prefixes(seq)
+    assert {p: batched.rib.loc.best(p) for p in batched.rib.loc.prefixes()} == \
+        {p: one.rib.loc.best(p) for p in one.rib.loc.prefixes()}
+    assert batched.peers[A].updates == one.peers[A].updates == 5
+    assert len(batched.rib.loc) == 1 + 150
+
+
+def test_max_prefixes_inside_a_batch_tears_down_once() -> None:
+    core = _big_core(5)
+    up(core, A)
+    batch = msg.UpdateBatch(A, tuple(_upd(A, [f"20.0.{i}.{j}/32" for j in range(2)]) for i in range(5)))
+    acts = core.on_event(batch, 2.0) + drain(core)
+    assert acts.count(SendCommand(A, f"neighbor {A} teardown 1", "max_prefixes")) == 1
+    assert len(core.rib.loc) == 0
+
+
+def test_a_batch_for_an_unknown_peer_is_dropped_and_counted() -> None:
+    core = make_core()
+    other = ipaddress.ip_address("10.9.9.9")
+    assert core.on_event(msg.UpdateBatch(other, (_upd(other, ["198.51.100.0/24"]),)), 2.0) == []
+    assert core.counters.unknown_peer_events == 1
