@@ -90,6 +90,13 @@ def test_updates_of_a_session_another_process_holds_are_dropped(tmp_path: Path) 
     assert dropped == 1 and shape(evs) == [("UpdateEvent", A, 1), ("UpdateEvent", A, 1)]
 
 
+def test_a_batch_never_holds_an_update_the_core_slices() -> None:
+    from routing import children, core
+
+    assert msg.UpdateBatch.MAX_PREFIXES == core.JOB_STEP
+    assert children.LINES_PER_CALL == msg.UpdateBatch.MAX_UPDATES  # one read's run is one batch
+
+
 def test_the_inbox_bounds_updates_not_events() -> None:
     """A producer waits once ``maxsize`` UPDATEs are queued, whether they came one by one or in batches,
     and is let go when the owner has taken enough."""
