@@ -10,10 +10,10 @@ Two kinds of producer must be treated differently (DESIGN.md, "Lanes"):
   a table: :meth:`Inbox.post` never blocks and the owner takes them first;
 - **routing** events — ExaBGP's UPDATE stream — are many: :meth:`Inbox.put` waits while
   ``maxsize`` UPDATEs are queued (an event counts as its ``weight``, 1 unless it says otherwise: an
-  ``UpdateBatch`` of 30 UPDATEs counts 30, so batching never lets more parsed UPDATEs wait here).
-  The relay reader awaits it, so it stops reading its socket, the
-  socket fills and the relay holds the rest (as raw bytes, counted): flow control instead of an
-  unbounded backlog of parsed events in the daemon.
+  ``UpdateBatch`` of 8 UPDATEs counts 8, so batching never lets more parsed UPDATEs wait here). The
+  relay reader awaits it, so it stops reading its socket, the socket fills and the relay holds the
+  rest (as raw bytes, counted): flow control instead of an unbounded backlog of parsed events in the
+  daemon.
 
 While the FIB writer is far behind, the daemon *holds* the routing lane (:meth:`Inbox.hold`): the owner
 then gets urgent events only, the routing lane fills, and the relay keeps the rest, as above (issue
