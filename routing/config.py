@@ -351,6 +351,12 @@ class ExabgpConfig(_Model):
     #: wall-clock second. ExaBGP's keepalive and hold timers count whole seconds, so 1 s sends each
     #: keepalive on the same pass as ExaBGP's own reactor; more would make keepalives late.
     lean_sweep_s: Annotated[float, Field(ge=0.01, le=1.0)] = 1.0
+    #: How received UPDATEs reach the daemon. ``raw``: with ``lean_reactor``, ExaBGP passes each UPDATE
+    #: of a session with four-octet AS numbers and no ADD-PATH on undecoded and the daemon decodes it
+    #: (``routing/exabgp/wire.py``, RFC 7606 error handling included): ExaBGP then spends a third of
+    #: the CPU on a full table (benchmarks/RESULTS.md). ``json``: ExaBGP decodes every UPDATE and
+    #: sends it as JSON, as before. Other sessions, and ``raw`` without the lean reactor, use JSON.
+    updates: Literal["raw", "json"] = "raw"
     #: Extra ExaBGP environment settings (``exabgp.a.b: value``), applied last.
     env: dict[str, str] = {}
     #: How many ExaBGP processes share the sessions (a customer's sessions stay in one); ``auto``:

@@ -164,6 +164,11 @@ class Metrics:
         self.bgp_teardowns = Counter(
             "pop_router_bgp_teardowns", "Sessions we tore down, by reason", ["peer", "reason"], registry=r
         )
+        self.update_errors = Counter(
+            "pop_router_bgp_update_errors",
+            "Malformed UPDATEs (RFC 7606) by what was done: treat_as_withdraw or session_reset",
+            ["peer", "action"], registry=r,
+        )
         self.api_malformed = Counter(
             "pop_router_exabgp_malformed_messages", "Lines from ExaBGP that could not be parsed (dropped)",
             registry=r,

@@ -73,7 +73,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from routing.config import Config, PeerConfig, reveal
-from routing.exabgp.lean_reactor import ENV_STATS, ENV_SWEEP_S
+from routing.exabgp.lean_reactor import ENV_RAW_UPDATES, ENV_STATS, ENV_SWEEP_S
 from routing.exabgp.pool import BACKBONE
 from routing.policy import customer_exports
 from routing.runtime import MMAP_THRESHOLD
@@ -230,4 +230,5 @@ def environment(config: Config) -> dict[str, str]:
 
 def lean_environment(config: Config, stats_path: Path) -> dict[str, str]:
     """What :mod:`routing.exabgp.lean_reactor` reads: its sweep period and where to write its report."""
-    return {ENV_SWEEP_S: f"{config.exabgp.lean_sweep_s:g}", ENV_STATS: str(stats_path)}
+    return {ENV_SWEEP_S: f"{config.exabgp.lean_sweep_s:g}", ENV_STATS: str(stats_path),
+            ENV_RAW_UPDATES: "1" if config.exabgp.updates == "raw" else "0"}

@@ -108,6 +108,18 @@ planner ever fails while running, it says so once and every later pass is a full
 then at most every ``STATS_PERIOD_S`` during a full sweep, a JSON document (active or not and why,
 passes and turns by kind, why full sweeps happened), read by ``pop-router show status``.
 
+**UPDATEs passed on undecoded** (:class:`RawUpdates`, only with ``POP_ROUTER_RAW_UPDATES=1``, which the
+daemon sets for ``exabgp.updates: raw``). Decoding a received UPDATE into ExaBGP's objects and encoding
+them as JSON was most of ExaBGP's CPU in a full-table ingest (1M prefixes at 4 per UPDATE, ExaBGP alone
+to a do-nothing API process: 28.0 s, 10.8 s without the decoding, this machine, 2026-12-02). With it,
+``Update.unpack_message`` returns an empty :class:`RawUpdate` holding the body for every UPDATE received
+on a session that negotiated four-octet AS numbers and no ADD-PATH, and ``JSON.update`` writes it as
+``U <peer address> <hex of the body>``; the daemon parses it (``routing/exabgp/wire.py``), including the
+RFC 7606 error handling ExaBGP no longer does for these messages. Any other session, and every message
+ExaBGP sends, goes through ExaBGP's decoder as before. So the daemon can ask for the NOTIFICATION of
+a session reset (UPDATE Message Error), a ``teardown`` code of ``TEARDOWN_UPDATE_ERROR`` + subcode
+becomes NOTIFICATION 3/subcode instead of Cease/code (``Notify.__init__``).
+
 Runs under Python 3.9 (Debian 12's PyPy): no syntax or library newer than that.
 """
 
@@ -125,6 +137,9 @@ from typing import Any
 
 ENV_SWEEP_S = "POP_ROUTER_LEAN_SWEEP_S"
 ENV_STATS = "POP_ROUTER_LEAN_STATS"
+ENV_RAW_UPDATES = "POP_ROUTER_RAW_UPDATES"
+#: ``neighbor X teardown <this + subcode>`` sends NOTIFICATION UPDATE Message Error / subcode.
+TEARDOWN_UPDATE_ERROR = 0x300
 DEFAULT_SWEEP_S = 1.0
 MIN_SWEEP_S = 0.01
 #: ExaBGP's timers count whole seconds: a 1 s sweep aligned on them sends keepalives on time.
@@ -696,8 +711,10 @@ class LeanPass:
     """One reactor's planner, the facts it is fed, and its report file."""
 
     def __init__(self, reactor: Any, sweep_s: float, stats_path: str | None, established: Any, later: int,
-                 close: int, version: str, encoder: LeanUpdateJSON | None = None, encoder_problem: str = "") -> None:
+                 close: int, version: str, encoder: LeanUpdateJSON | None = None, encoder_problem: str = "",
+                 raw: RawUpdates | None = None) -> None:
         self.reactor = reactor
+        self.raw = raw
         self.encoder = encoder
         self.encoder_problem = encoder_problem
         #: An API pipe was readable at the last poll() (module docstring, "API input").
@@ -801,6 +818,8 @@ class LeanPass:
             doc["update_json"] = {"lean": True, "rendered": self.encoder.rendered, "delegated": self.encoder.delegated}
         else:
             doc["update_json"] = {"lean": False, "reason": self.encoder_problem}
+        if self.raw is not None:
+            doc["raw_updates"] = self.raw.report()
         if self.failed is not None:
             doc["reason"] = f"planner failed: {self.failed}"
         if not write_stats(self.stats_path, doc):
@@ -890,8 +909,10 @@ def install(sweep_s: float, stats_path: str | None) -> str:
     def attach(self: Any) -> None:
         if not encoders:
             encoders["lean"], encoders["problem"] = install_update_json()
+            if os.environ.get(ENV_RAW_UPDATES) == "1":
+                encoders["raw"] = install_raw_updates()
         lean = LeanPass(self, sweep_s, stats_path, established, later, close, version, encoders["lean"],
-                        encoders["problem"])
+                        encoders["problem"], encoders.get("raw"))
         # Per instance: the API handler and the scheduler belong to this reactor only.
         api_process, async_run, scheduler = self.api.process, self.asynchronous.run, self.asynchronous
 
@@ -977,6 +998,83 @@ def install(sweep_s: float, stats_path: str | None) -> str:
 
     Connection._reader = make_buffered_reader(Connection._reader)
     return version
+
+
+class RawUpdate:
+    """Stands for a received UPDATE that ExaBGP did not decode; made a subclass of ExaBGP's ``Update``
+    (with no routes and no attributes, so nothing in ExaBGP acts on it) by :func:`install_raw_updates`."""
+
+
+class RawUpdates:
+    """Counts what :func:`install_raw_updates` passed on and what it left to ExaBGP's decoder, and why."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.decoded: dict[str, int] = {}
+        self.problem = ""
+
+    def report(self) -> dict[str, Any]:
+        if self.problem:
+            return {"active": False, "reason": self.problem}
+        return {"active": True, "passed": self.passed, "decoded": dict(self.decoded)}
+
+
+def install_raw_updates() -> RawUpdates:
+    """Patch ``Update.unpack_message``, ``JSON.update`` and ``Notify.__init__`` (module docstring)."""
+    raw = RawUpdates()
+    try:
+        from exabgp.bgp.message.direction import Direction
+        from exabgp.bgp.message.notification import Notify
+        from exabgp.bgp.message.update import Update
+        from exabgp.bgp.message.update.attribute import Attributes
+        from exabgp.reactor.api.response.json import JSON
+
+        decode = Update.unpack_message  # bound to Update
+        encode = JSON.update
+        notify_init = Notify.__init__
+        incoming = Direction.IN
+
+        class Raw(RawUpdate, Update):
+            def __init__(self, body: bytes) -> None:
+                Update.__init__(self, [], Attributes())
+                self.body = body
+
+        def why_decoded(negotiated: Any) -> str:
+            if not negotiated.asn4:
+                return "no four-octet AS numbers"
+            if negotiated.addpath._receive and any(negotiated.addpath._receive.values()):
+                return "ADD-PATH"
+            return ""
+
+        def unpack_message(cls: Any, data: bytes, direction: Any, negotiated: Any) -> Any:
+            if direction == incoming and negotiated is not None:
+                why = why_decoded(negotiated)
+                if not why:
+                    raw.passed += 1
+                    return Raw(bytes(data))
+                raw.decoded[why] = raw.decoded.get(why, 0) + 1
+            return decode(data, direction, negotiated)
+
+        def update(self: Any, neighbor: Any, direction: Any, update: Any, negotiated: Any, header: Any,
+                   body: Any) -> str:
+            if isinstance(update, RawUpdate):
+                return f"U {neighbor['peer-address']} {update.body.hex()}"
+            return encode(self, neighbor, direction, update, negotiated, header, body)
+
+        def init(self: Any, code: int, subcode: int, data: Any = None) -> None:
+            if code == 6 and TEARDOWN_UPDATE_ERROR < subcode < TEARDOWN_UPDATE_ERROR + 256:
+                code, subcode = 3, subcode - TEARDOWN_UPDATE_ERROR
+            notify_init(self, code, subcode, data)
+
+        Update.unpack_message = classmethod(unpack_message)
+        JSON.update = update
+        Notify.__init__ = init
+    except Exception as exc:  # an ExaBGP whose internals moved: it decodes every UPDATE, said once
+        raw.problem = f"not applied ({type(exc).__name__}: {exc})"
+        say(f"raw UPDATEs: {raw.problem}; ExaBGP decodes UPDATEs")
+        return raw
+    say("raw UPDATEs: received UPDATEs go to the daemon undecoded")
+    return raw
 
 
 def install_update_json() -> tuple[LeanUpdateJSON | None, str]:

@@ -20,6 +20,10 @@ Facts about the format this relies on (see ``shared/notes/exabgp.md``):
   tie-breaker.
 - ``type: notification`` with ``"notification": "shutdown"`` means ExaBGP is exiting.
 - Acks to our commands are bare ``done`` / ``error`` lines.
+- ``U <peer> <hex>`` is not ExaBGP's: the lean reactor launcher writes it for an UPDATE it passed on
+  undecoded (``exabgp.updates: raw``); :mod:`routing.exabgp.wire` decodes the body, and its
+  :class:`~routing.exabgp.wire.UpdateError` (RFC 7606 treat-as-withdraw or session reset) is the
+  one other exception :func:`parse_line` lets through.
 
 Commands are built by functions that refuse anything but ASCII, because one non-ASCII byte makes
 ExaBGP kill the API process and drop every unacknowledged command.
@@ -27,6 +31,7 @@ ExaBGP kill the API process and drop every unacknowledged command.
 
 from __future__ import annotations
 
+import binascii
 import functools
 import ipaddress
 from dataclasses import dataclass
@@ -308,6 +313,8 @@ def _update(peer: IPAddress, upd: dict) -> UpdateEvent:
 
 def parse_line(line: bytes) -> Event | None:
     s = line.strip()
+    if s[:2] == b"U ":
+        return _raw_update(s)
     if not s or s.startswith(b"#"):
         return None
     if s == b"done":
@@ -326,6 +333,17 @@ def parse_line(line: bytes) -> Event | None:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedMessage(f"unexpected structure: {exc!r}") from None
+
+
+def _raw_update(s: bytes) -> Event | None:
+    parts = s.split(b" ")
+    if len(parts) != 3:
+        raise MalformedMessage(f"bad raw UPDATE line: {s[:80]!r}")
+    try:
+        body = binascii.a2b_hex(parts[2])
+    except (binascii.Error, ValueError):
+        raise MalformedMessage(f"bad hex in raw UPDATE line: {s[:80]!r}") from None
+    return wire.parse_update(_addr(parts[1].decode("ascii", "replace")), body)
 
 
 def _event(msg: dict) -> Event | None:
@@ -434,6 +452,15 @@ def withdraw_attributes(peer: IPAddress, prefixes: list[IPNetwork]) -> str:
     return _ascii(f"neighbor {_ip(peer)} withdraw attributes next-hop self nlri {nlri}")
 
 
+def update_error(peer: IPAddress, subcode: int) -> str:
+    """Close the session with NOTIFICATION UPDATE Message Error/subcode (RFC 7606 session reset of an
+    UPDATE the daemon decoded): the lean reactor launcher turns this teardown code into that message
+    (``routing/exabgp/lean_reactor.py``, raw UPDATEs)."""
+    if not 1 <= subcode <= 255:
+        raise BadCommand(f"UPDATE Message Error subcode {subcode} out of range")
+    return _ascii(f"neighbor {_ip(peer)} teardown {TEARDOWN_UPDATE_ERROR + subcode}")
+
+
 def withdraw_route(peer: IPAddress, prefix: IPNetwork) -> str:
     """Stop exporting one of our prefixes to one session."""
     return _ascii(f"neighbor {_ip(peer)} withdraw route {_net_text(prefix)}")
@@ -455,3 +482,7 @@ def _net_text(v: object) -> str:
 
 def raw(cmd: str) -> str:
     return _ascii(cmd)
+
+
+from routing.exabgp import wire  # noqa: E402 - wire builds this module's events
+from routing.exabgp.lean_reactor import TEARDOWN_UPDATE_ERROR  # noqa: E402

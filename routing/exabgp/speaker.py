@@ -53,7 +53,7 @@ from typing import Any
 from common.model import IPAddress
 from routing.children import ChildSupervisor, LineServer
 from routing.config import Config
-from routing.exabgp import messages
+from routing.exabgp import messages, wire
 from routing.exabgp.conf import environment, lean_environment, render
 from routing.exabgp.pool import BACKBONE, peer_processes, process_count, process_customers
 from routing.inbox import Inbox
@@ -133,6 +133,12 @@ class ExabgpSpeaker:
         self.inbox = inbox
         self.metrics = metrics
         self.malformed = 0
+        #: Malformed UPDATEs the daemon decoded (raw UPDATEs, RFC 7606), by action.
+        self.update_errors = {"treat_as_withdraw": 0, "session_reset": 0}
+        #: Sessions asked to reset over a malformed UPDATE: their UPDATEs are dropped until ExaBGP
+        #: reports a state change for them (RFC 7606 session reset: nothing after the bad one counts).
+        self.resetting: set[IPAddress] = set()
+        self._reset_tasks: set[asyncio.Task[bool]] = set()
         self.relay_stats: messages.RelayStats | None = None
         self.child = ChildSupervisor(
             self.name, self._argv,
@@ -197,29 +203,59 @@ class ExabgpSpeaker:
         await self.channel.start()
 
     async def _on_line(self, line: bytes) -> None:
-        try:
-            ev = messages.parse_line(line)
-        except messages.MalformedMessage as exc:
-            self._malformed(str(exc))
-            return
+        ev = self._parse(line)
         if ev is not None:
             await self._dispatch(ev)
+
+    def _parse(self, line: bytes) -> messages.Event | None:
+        """One line -> its event; malformed lines and UPDATEs are counted and dealt with here."""
+        try:
+            return messages.parse_line(line)
+        except messages.MalformedMessage as exc:
+            self._malformed(str(exc))
+        except wire.TreatAsWithdraw as exc:
+            self._update_error(exc, "treat_as_withdraw")
+            return exc.event
+        except wire.SessionReset as exc:
+            self._update_error(exc, "session_reset")
+            self._reset(exc)
+        except wire.UpdateError as exc:  # a kind wire.py may add later: the safe answer is a reset
+            self._update_error(exc, "session_reset")
+            self._reset(wire.SessionReset(wire.MALFORMED_ATTRIBUTE_LIST, exc.why), exc.peer)
+        return None
+
+    def _update_error(self, exc: wire.UpdateError, action: str) -> None:
+        self.update_errors[action] += 1
+        if self.metrics is not None:
+            self.metrics.update_errors.labels(str(exc.peer), action).inc()
+        count = sum(self.update_errors.values())
+        if count <= 10 or count % 1000 == 0:
+            log.warning("%s: malformed UPDATE from %s (%d so far), %s: %s", self.name, exc.peer, count,
+                        action.replace("_", "-"), exc.why)
+
+    def _reset(self, exc: wire.SessionReset, peer: IPAddress | None = None) -> None:
+        peer = peer or exc.peer
+        if peer is None or peer in self.resetting:
+            return
+        self.resetting.add(peer)
+        task = asyncio.get_running_loop().create_task(self.command(messages.update_error(peer, exc.subcode)))
+        self._reset_tasks.add(task)
+        task.add_done_callback(self._reset_tasks.discard)
 
     async def _on_lines(self, lines: list[bytes]) -> None:
         """Lines of one read, in order: runs of consecutive UPDATEs of one peer go to the routing core
         as one :class:`~routing.exabgp.messages.UpdateBatch` (issue 12), everything else one event
         at a time, as :meth:`_on_line` does. A big UPDATE (one the core applies in slices) or any
         other event ends a run, so nothing is reordered."""
-        parse, update = messages.parse_line, messages.UpdateEvent
+        parse, update = self._parse, messages.UpdateEvent
         max_prefixes, max_updates = messages.UpdateBatch.MAX_PREFIXES, messages.UpdateBatch.MAX_UPDATES
         run: list[messages.UpdateEvent] = []
+        resetting = self.resetting
         for line in lines:
-            try:
-                ev = parse(line)
-            except messages.MalformedMessage as exc:
-                self._malformed(str(exc))
-                continue
+            ev = parse(line)
             if ev is None:
+                continue
+            if resetting and type(ev) is update and ev.peer in resetting:  # type: ignore[union-attr]
                 continue
             if (type(ev) is update and len(ev.announce) + len(ev.withdraw) <= max_prefixes  # type: ignore[union-attr]
                     and ev.peer not in self.foreign):  # type: ignore[union-attr]
@@ -244,6 +280,11 @@ class ExabgpSpeaker:
             self.foreign_dropped += 1
             log.info("%s: dropped %s about %s, now held by another process", self.name, type(ev).__name__, peer)
             return
+        if self.resetting:
+            if isinstance(ev, messages.StateEvent):
+                self.resetting.discard(ev.peer)
+            elif isinstance(ev, messages.UpdateEvent) and ev.peer in self.resetting:
+                return
         if isinstance(ev, messages.Ack):
             if self._ack is not None and not self._ack.done():
                 self._ack.set_result(ev.ok)

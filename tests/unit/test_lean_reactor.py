@@ -285,11 +285,15 @@ def test_config_defaults_and_environment(tmp_path: Path) -> None:
     c = parse_config({"router": {"asn": 65000, "router_id": "192.0.2.1"}})
     assert c.exabgp.lean_reactor is True and c.exabgp.lean_sweep_s == 1.0
     assert lean_environment(c, tmp_path / "x.json") == {"POP_ROUTER_LEAN_SWEEP_S": "1",
-                                                        "POP_ROUTER_LEAN_STATS": str(tmp_path / "x.json")}
+                                                        "POP_ROUTER_LEAN_STATS": str(tmp_path / "x.json"),
+                                                        "POP_ROUTER_RAW_UPDATES": "1"}
+    c = parse_config({"router": {"asn": 65000, "router_id": "192.0.2.1"}, "exabgp": {"updates": "json"}})
+    assert lean_environment(c, tmp_path / "x.json")["POP_ROUTER_RAW_UPDATES"] == "0"
 
 
 @pytest.mark.parametrize(("text", "field"), [
     ("exabgp: {lean_reactor: maybe}", "exabgp.lean_reactor"),
+    ("exabgp: {updates: binary}", "exabgp.updates"),
     ("exabgp: {lean_sweep_s: 2}", "exabgp.lean_sweep_s"),
     ("exabgp: {lean_sweep_s: 0}", "exabgp.lean_sweep_s"),
 ])
