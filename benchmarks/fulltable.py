@@ -478,14 +478,16 @@ def lean_settings(lean: str | None) -> str:
 
 
 def pop_yaml(work: Path, customers: list[Customer], interpreter: str, processes: str,
-             exabgp_env: dict[str, str] | None = None, hold_s: int | None = None, lean: str | None = None) -> str:
+             exabgp_env: dict[str, str] | None = None, hold_s: int | None = None, lean: str | None = None,
+             updates: str = "raw") -> str:
     env = f", env: {json.dumps(exabgp_env)}" if exabgp_env else ""
     hold = f", hold_time_s: {hold_s}" if hold_s else ""
     out = [f"router: {{asn: 65000, router_id: 192.0.2.1{hold}}}",
            f"api: {{socket: {work / 'api.sock'}}}",
            "metrics: {listen: 127.0.0.1:19324}",
            "fib: {protocol: 200, stale_timeout_s: 600}",
-           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}{env}{lean_settings(lean)}}}",
+           f"exabgp: {{run_dir: {work}, interpreter: {interpreter}, processes: {processes}, updates: {updates}"
+           f"{env}{lean_settings(lean)}}}",
            "log_level: WARNING",
            "customers:"]
     for c in customers:
@@ -601,10 +603,10 @@ class PySpy:
 # --------------------------------------------------------------------------------------------------
 
 def run_pop_table(lab: Lab, n: int, peers: int, interpreter: str, processes: str, timeout_s: float,
-                  pyspy: Path | None) -> dict[str, Any]:
+                  pyspy: Path | None, updates: str = "raw") -> dict[str, Any]:
     customers = [Customer(f"t{j}", 64512 + j, ["64.0.0.0/4 le 24"], f"10.0.1.{2 + j}", table_local(j), n + 10)
                  for j in range(peers)]
-    pop = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes))
+    pop = PopRouter(lab.pop, lab.work, pop_yaml(lab.work, customers, interpreter, processes, updates=updates))
     feeder = Bird(lab.feed, lab.work, "feeder", feeder_table_conf(n, peers), wake=True)
     log(f"feeder: {n:,} prefixes x {peers} sessions")
     feeder.start()
@@ -932,6 +934,8 @@ def main() -> int:
     ap.add_argument("--packed-prefixes", type=int, default=100_000)
     ap.add_argument("--interpreters", default="pypy,cpython", help="ExaBGP interpreters for the 1m case")
     ap.add_argument("--processes", default="auto", help="exabgp.processes")
+    ap.add_argument("--updates", default="raw", choices=("raw", "json"),
+                    help="exabgp.updates of pop-router in the table cases (raw: the daemon decodes UPDATEs)")
     ap.add_argument("--sessions", default="200,1000")
     ap.add_argument("--converge-timeout", type=float, default=150.0, help="sessions case: seconds to converge")
     ap.add_argument("--soak", type=float, default=60.0, help="sessions case: seconds watched after convergence")
@@ -964,6 +968,7 @@ def main() -> int:
     result: dict[str, Any] = {"load_start": loadavg()}
     if cases & {"1m", "3peers"}:
         result["prefixes"] = n
+        result["updates"] = args.updates
     log(f"load average at start: {result['load_start']}")
     work = Path(tempfile.mkdtemp(prefix="pop-fulltable-"))
     try:
@@ -971,7 +976,7 @@ def main() -> int:
             rows = []
             with lab_for(work, "table", 1) as lab:
                 for interp in interpreters:
-                    r = run_pop_table(lab, n, 1, interp, args.processes, args.table_timeout, args.pyspy)
+                    r = run_pop_table(lab, n, 1, interp, args.processes, args.table_timeout, args.pyspy, args.updates)
                     assert r["in_kernel"] == n, f"only {r['in_kernel']:,} of {n:,} in the kernel"
                     rows.append((f"pop-router, ExaBGP on {interp}", r))
                     log(f"pop-router ({interp}): {r['s']} s")
@@ -1000,7 +1005,8 @@ def main() -> int:
         if "3peers" in cases:
             rows = []
             with lab_for(work, "table", 3) as lab:
-                r = run_pop_table(lab, n, 3, interpreters[0], args.processes, args.table_timeout, args.pyspy)
+                r = run_pop_table(lab, n, 3, interpreters[0], args.processes, args.table_timeout, args.pyspy,
+                                  args.updates)
                 assert r["in_kernel"] == n, f"only {r['in_kernel']:,} of {n:,} in the kernel"
                 rows.append((f"pop-router, ExaBGP on {interpreters[0]}", r))
                 log(f"pop-router 3 peers: {r['s']} s")

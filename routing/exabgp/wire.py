@@ -347,8 +347,8 @@ def _parse(peer: IPAddress, b: bytes) -> UpdateEvent | EorEvent | None:
                 family = _FAMILY.get((afi, safi))
                 if code == MP_UNREACH:
                     if family is not None:
-                        if length == 3:
-                            eor = family
+                        if length == 3 and i - astart <= 4 and j == aend and wlen == 0 and aend == size:
+                            eor = family  # RFC 4724 2: the UPDATE holds this attribute and nothing else
                         else:
                             _mp_prefixes(b, i + 3, j, afi, safi == 4, True, withdraw, None)
                 else:
@@ -370,14 +370,16 @@ def _parse(peer: IPAddress, b: bytes) -> UpdateEvent | EorEvent | None:
                 width = 4 if code == COMMUNITIES else 8 if code == EXT_COMMUNITIES else 12
                 if length == 0 or length % width or flags & (_OPTIONAL | _TRANSITIVE) != _OPTIONAL | _TRANSITIVE:
                     bad = bad or f"malformed attribute {code}"
+                # Sorted (and large ones deduplicated, RFC 8092 5) as ExaBGP's decoder leaves them, so
+                # an attribute set is the same interned object on the JSON and the raw path.
                 elif code == COMMUNITIES:
                     v = unpack_from(f">{length // 2}H", b, i)
-                    communities = tuple(zip(v[0::2], v[1::2], strict=True))
+                    communities = tuple(sorted(zip(v[0::2], v[1::2], strict=True)))
                 elif code == EXT_COMMUNITIES:
-                    ext = unpack_from(f">{length // 8}Q", b, i)
+                    ext = tuple(sorted(unpack_from(f">{length // 8}Q", b, i)))
                 else:
                     v = unpack_from(f">{length // 4}I", b, i)
-                    large = tuple(zip(v[0::3], v[1::3], v[2::3], strict=True))
+                    large = tuple(sorted(set(zip(v[0::3], v[1::3], v[2::3], strict=True))))
             elif not flags & _OPTIONAL and code not in _ASSIGNED:
                 raise SessionReset(UNRECOGNIZED_WELL_KNOWN, f"unrecognized well-known attribute {code}")
             i = j
