@@ -258,6 +258,10 @@ def parse_update(peer: IPAddress, b: bytes) -> UpdateEvent | EorEvent | None:
     except UpdateError as exc:
         exc.peer = peer
         raise
+    except Exception as exc:  # a decoder bug must not take the session's reader down: reset it, loudly
+        err = SessionReset(MALFORMED_ATTRIBUTE_LIST, f"undecodable UPDATE ({type(exc).__name__}: {exc})")
+        err.peer = peer
+        raise err from exc
 
 
 def _parse(peer: IPAddress, b: bytes) -> UpdateEvent | EorEvent | None:

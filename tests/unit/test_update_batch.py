@@ -116,3 +116,48 @@ def test_the_inbox_bounds_updates_not_events() -> None:
         return was_blocked, blocked.done(), inbox.routing_depth
     was_blocked, done, depth = asyncio.run(run())
     assert was_blocked and done and depth == 4
+
+
+def raw(peer: str, nlri: bytes, extra: bytes = b"") -> bytes:
+    """A ``U`` line (``exabgp.updates: raw``) announcing ``nlri`` from AS 64512, next hop ``peer``."""
+    attrs = (bytes([0x40, 1, 1, 0]) + bytes([0x40, 2, 6, 2, 1]) + (64512).to_bytes(4, "big")
+             + bytes([0x40, 3, 4]) + bytes(int(x) for x in peer.split(".")) + extra)
+    body = (0).to_bytes(2, "big") + len(attrs).to_bytes(2, "big") + attrs + nlri
+    return b"U " + peer.encode() + b" " + body.hex().encode()
+
+
+def test_raw_update_errors_withdraw_or_reset_and_nothing_after_a_reset_counts(tmp_path: Path) -> None:
+    """Treat-as-withdraw becomes a withdraw-only event in its place; a session reset asks ExaBGP for
+    NOTIFICATION 3/subcode and drops that session's later UPDATEs until ExaBGP reports its state,
+    while another session's UPDATEs go on; both are counted."""
+    sent: list[str] = []
+
+    async def run() -> tuple[list[object], ExabgpSpeaker]:
+        inbox = Inbox(maxsize=10_000)
+        sp = ExabgpSpeaker(config(), tmp_path, inbox)
+
+        async def command(cmd: str, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - the real one's signature
+            sent.append(cmd)
+            return True
+
+        sp.command = command  # type: ignore[method-assign]
+        bad_community = bytes([0xC0, 8, 6]) + b"\x00" * 6
+        await sp._on_lines([raw(A, b"\x18\x14\x00\x01", bad_community),   # treat-as-withdraw
+                            raw(A, b"\x21\x14\x00\x02\x00\x00"),            # a /33: session reset
+                            raw(A, b"\x18\x14\x00\x03"),                    # after the reset: dropped
+                            raw(B, b"\x18\x14\x01\x01")])                   # another session: kept
+        await asyncio.sleep(0)  # the reset command is a task
+        await sp._on_lines([state(A, "down"), raw(A, b"\x18\x14\x00\x04")])
+        out = []
+        while (ev := inbox.get_nowait()) is not None:
+            out.append(ev)
+        return out, sp
+
+    evs, sp = asyncio.run(run())
+    updates = [u for e in evs for u in (e.updates if isinstance(e, msg.UpdateBatch) else [e])
+               if isinstance(u, msg.UpdateEvent)]
+    assert [(str(u.peer), [str(p) for p, _, _ in u.announce], [str(p) for p in u.withdraw]) for u in updates] == [
+        (A, [], ["20.0.1.0/24"]), (B, ["20.1.1.0/24"], []), (A, ["20.0.4.0/24"], [])]
+    assert sent == [f"neighbor {A} teardown {0x300 + 10}"]
+    assert sp.update_errors == {"treat_as_withdraw": 1, "session_reset": 1}
+    assert sp.resetting == set()

@@ -780,3 +780,15 @@ def test_as4_path_from_a_four_octet_session_is_ignored() -> None:
 # A two-octet session's AS4_PATH (RFC 6793 4.2.3) is ExaBGP's to merge: the launcher passes raw
 # UPDATEs of four-octet sessions only and leaves every other session on ExaBGP's decoder
 # (``routing/exabgp/lean_reactor.py``, RawUpdates), which the lab test of raw UPDATEs runs against.
+
+
+def test_a_decoder_bug_becomes_a_session_reset_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever escapes the decoder by mistake is reported as an UpdateError naming the peer (the
+    speaker then resets that session and counts it): the reader of ExaBGP's stream never dies."""
+    def broken(*_: object) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(wire, "_v4_routes", broken)
+    with pytest.raises(wire.SessionReset) as info:
+        wire.parse_update(PEER, routes_with(b""))
+    assert info.value.peer == PEER and "KeyError" in info.value.why
