@@ -42,7 +42,9 @@ POP_YAML: dict[str, Any] = {
                "max_prefix_length_v4": 25},
     "api": {"socket": "/run/pop-router/api.sock"},
     "fib": {"protocol": 200, "stale_timeout_s": 60},
-    "exabgp": {"lean_reactor": True},
+    # JSON UPDATEs: this lab checks the lean JSON encoder, which sessions the raw path does not take
+    # (two-octet AS, ADD-PATH) still use; test_raw_updates_lab.py covers the default, raw.
+    "exabgp": {"lean_reactor": True, "updates": "json"},
     "backbone": {"peers": [{"address": RR, "local_address": "10.0.20.1"}]},
     "customers": [{"name": "globex", "asn": 4200000001, "import": {"prefixes": ["203.0.113.0/24 le 25"]},
                    "peers": [{"address": CUSTOMER, "local_address": "10.0.3.1"}]}],
