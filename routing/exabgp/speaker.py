@@ -216,12 +216,9 @@ class ExabgpSpeaker:
         except wire.TreatAsWithdraw as exc:
             self._update_error(exc, "treat_as_withdraw")
             return exc.event
-        except wire.SessionReset as exc:
+        except wire.SessionReset as exc:  # with TreatAsWithdraw, all that wire.parse_update raises
             self._update_error(exc, "session_reset")
             self._reset(exc)
-        except wire.UpdateError as exc:  # a kind wire.py may add later: the safe answer is a reset
-            self._update_error(exc, "session_reset")
-            self._reset(wire.SessionReset(wire.MALFORMED_ATTRIBUTE_LIST, exc.why), exc.peer)
         return None
 
     def _update_error(self, exc: wire.UpdateError, action: str) -> None:
@@ -233,8 +230,8 @@ class ExabgpSpeaker:
             log.warning("%s: malformed UPDATE from %s (%d so far), %s: %s", self.name, exc.peer, count,
                         action.replace("_", "-"), exc.why)
 
-    def _reset(self, exc: wire.SessionReset, peer: IPAddress | None = None) -> None:
-        peer = peer or exc.peer
+    def _reset(self, exc: wire.SessionReset) -> None:
+        peer = exc.peer
         if peer is None or peer in self.resetting:
             return
         self.resetting.add(peer)

@@ -53,6 +53,7 @@ from common.model import (
     Origin,
     Prefix4,
     Prefix6,
+    _prefix4_from_int,
     intern_attrs,
 )
 from routing.exabgp import messages
@@ -67,13 +68,8 @@ UNRECOGNIZED_WELL_KNOWN = 2
 INVALID_NETWORK_FIELD = 10
 
 # attribute type codes
-ORIGIN, AS_PATH, NEXT_HOP, MED, LOCAL_PREF = 1, 2, 3, 4, 5
-ATOMIC_AGGREGATE, AGGREGATOR, COMMUNITIES = 6, 7, 8
+ORIGIN, AS_PATH, NEXT_HOP, MED, LOCAL_PREF, COMMUNITIES = 1, 2, 3, 4, 5, 8
 MP_REACH, MP_UNREACH, EXT_COMMUNITIES, LARGE_COMMUNITY = 14, 15, 16, 32
-#: Well-known attributes (RFC 4271 5): the optional bit must be clear.
-_WELL_KNOWN = frozenset((ORIGIN, AS_PATH, NEXT_HOP, LOCAL_PREF, ATOMIC_AGGREGATE))
-#: Optional transitive attributes we read: optional and transitive bits both set.
-_OPTIONAL_TRANSITIVE = frozenset((COMMUNITIES, EXT_COMMUNITIES, LARGE_COMMUNITY))
 #: Codes IANA has assigned or reserved below 41, and 128 (ATTR_SET): a known attribute with the
 #: optional bit clear is a flag error to discard, not an unrecognized well-known one to reset for.
 _ASSIGNED = frozenset(range(41)) | {128}
@@ -175,8 +171,7 @@ def _v4_routes(b: bytes, i: int, end: int, out: list, nh: IPAddress) -> None:
 
 def _prefix(afi: int, plen: int, raw: bytes) -> IPNetwork:
     if afi == 1:
-        mask = _V4_MASKS[plen]
-        return _new_int(Prefix4, _PLEN_BASE[plen] + (((_from_bytes(raw, "big") << (32 - 8 * len(raw))) & mask) ^ mask))
+        return _prefix4_from_int(_from_bytes(raw, "big") << (32 - 8 * len(raw)), plen)
     return Prefix6((_from_bytes(raw, "big") << (128 - 8 * len(raw)), plen), strict=False)
 
 

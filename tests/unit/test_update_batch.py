@@ -146,7 +146,7 @@ def test_raw_update_errors_withdraw_or_reset_and_nothing_after_a_reset_counts(tm
                             raw(A, b"\x21\x14\x00\x02\x00\x00"),            # a /33: session reset
                             raw(A, b"\x18\x14\x00\x03"),                    # after the reset: dropped
                             raw(B, b"\x18\x14\x01\x01")])                   # another session: kept
-        await asyncio.sleep(0)  # the reset command is a task
+        await asyncio.gather(*sp._reset_tasks)  # the reset command is a task
         await sp._on_lines([state(A, "down"), raw(A, b"\x18\x14\x00\x04")])
         out = []
         while (ev := inbox.get_nowait()) is not None:
